@@ -1,0 +1,110 @@
+//! Types of the HTTP API (`/api/v1`), shared by the node, the web UI and the CLI.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BlobHash, NodeId, ProcessId, RequestId};
+use crate::model::{GpuNeeds, Language, Process, ProcessKind, RequestState, RunState};
+use crate::run_view::RunCounts;
+
+/// Query of `POST /api/v1/processes` (the body is the file or zip itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadProcess {
+    /// Display name; defaults to the file name.
+    pub name: Option<String>,
+    /// The uploaded file's name, e.g. `main.py` or `project.zip`.
+    pub file_name: String,
+    #[serde(default = "default_kind")]
+    pub kind: ProcessKind,
+    /// Defaults to a guess from the entry's or file's extension.
+    pub language: Option<String>,
+    /// The entry file inside the zip (default: the file itself, or a main.* file).
+    pub entry: Option<String>,
+    /// A whole command line instead of an entry file (e.g. `true`).
+    pub command: Option<String>,
+}
+
+fn default_kind() -> ProcessKind {
+    ProcessKind::File
+}
+
+/// Body of `POST /api/v1/requests`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewRequest {
+    pub process: ProcessId,
+    pub repetitions: u32,
+    #[serde(default)]
+    pub parameters: Vec<String>,
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    #[serde(default)]
+    pub shared_files: Vec<String>,
+    #[serde(default)]
+    pub gpu: GpuNeeds,
+    #[serde(default)]
+    pub parallel: bool,
+    #[serde(default)]
+    pub same_node: bool,
+    #[serde(default)]
+    pub retries: u32,
+}
+
+/// One rank as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub rank: u32,
+    pub state: RunState,
+    pub node: Option<NodeId>,
+    /// Epoch of the attempt shown.
+    pub attempt: Option<u32>,
+    pub attempts: u32,
+    pub exit_code: Option<i32>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub output: Option<BlobHash>,
+    pub reason: Option<String>,
+}
+
+/// A request as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestInfo {
+    pub id: RequestId,
+    pub state: RequestState,
+    pub owner: String,
+    pub process: ProcessId,
+    pub process_name: String,
+    pub language: Language,
+    pub repetitions: u32,
+    pub parameters: Vec<String>,
+    pub created_ms: u64,
+    pub counts: RunCounts,
+    /// Bumped whenever anything about the request changes (for long polls).
+    pub version: u64,
+    /// Per-rank detail; left out of lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<Vec<RunInfo>>,
+}
+
+/// `GET /api/v1/node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub version: String,
+    pub executor: String,
+    /// Whether runs are isolated (containers) or plain processes.
+    pub isolated: bool,
+    pub slots: u32,
+    pub slots_busy: u32,
+    pub data_dir: String,
+    pub requests: u32,
+}
+
+/// Reply of a process upload.
+pub type ProcessInfo = Process;
+
+/// The error body every failed API call returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

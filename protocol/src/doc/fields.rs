@@ -1,0 +1,98 @@
+//! Small typed readers and writers for scalar fields of Automerge maps.
+
+use automerge::{
+    AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
+    transaction::Transactable,
+};
+
+use crate::error::{Error, Result};
+
+pub(crate) fn get_scalar(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option<ScalarValue>> {
+    match doc.get(obj, key)? {
+        Some((Value::Scalar(s), _)) => Ok(Some(s.into_owned())),
+        Some((Value::Object(_), _)) => Err(Error::document(format!("'{key}' is an object"))),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_str(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option<String>> {
+    match get_scalar(doc, obj, key)? {
+        Some(ScalarValue::Str(s)) => Ok(Some(s.to_string())),
+        Some(ScalarValue::Null) | None => Ok(None),
+        Some(_) => Err(Error::document(format!("'{key}' is not a string"))),
+    }
+}
+
+pub(crate) fn get_u64(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option<u64>> {
+    match get_scalar(doc, obj, key)? {
+        Some(ScalarValue::Uint(v)) => Ok(Some(v)),
+        Some(ScalarValue::Int(v)) if v >= 0 => Ok(Some(v as u64)),
+        Some(ScalarValue::Null) | None => Ok(None),
+        Some(_) => Err(Error::document(format!(
+            "'{key}' is not an unsigned number"
+        ))),
+    }
+}
+
+pub(crate) fn get_i64(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option<i64>> {
+    match get_scalar(doc, obj, key)? {
+        Some(ScalarValue::Int(v)) => Ok(Some(v)),
+        Some(ScalarValue::Uint(v)) => Ok(i64::try_from(v).ok()),
+        Some(ScalarValue::Null) | None => Ok(None),
+        Some(_) => Err(Error::document(format!("'{key}' is not a number"))),
+    }
+}
+
+/// The map object under `key`, which must exist.
+pub(crate) fn map(doc: &AutoCommit, parent: &ObjId, key: &str) -> Result<ObjId> {
+    match doc.get(parent, key)? {
+        Some((Value::Object(ObjType::Map), id)) => Ok(id),
+        Some(_) => Err(Error::document(format!("'{key}' is not a map"))),
+        None => Err(Error::document(format!("missing '{key}'"))),
+    }
+}
+
+/// Every (key, string value) of a map whose values are JSON strings.
+pub(crate) fn json_entries<T: serde::de::DeserializeOwned>(
+    doc: &AutoCommit,
+    obj: &ObjId,
+) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for item in doc.map_range(obj, ..) {
+        let key = item.key.to_string();
+        let ValueRef::Scalar(ScalarValueRef::Str(text)) = item.value else {
+            return Err(Error::document(format!("'{key}' is not a string")));
+        };
+        let v = serde_json::from_str(&text)
+            .map_err(|e| Error::document(format!("'{key}' does not parse: {e}")))?;
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
+pub(crate) fn put_json<T: serde::Serialize>(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    key: &str,
+    value: &T,
+) -> Result<()> {
+    let text = serde_json::to_string(value).map_err(|e| Error::document(e.to_string()))?;
+    // Equal values are not rewritten: keeps history small and merges quiet.
+    if get_str(doc, obj, key)?.as_deref() != Some(text.as_str()) {
+        doc.put(obj, key, text)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    key: &str,
+) -> Result<Option<T>> {
+    match get_str(doc, obj, key)? {
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::document(format!("'{key}' does not parse: {e}"))),
+        None => Ok(None),
+    }
+}

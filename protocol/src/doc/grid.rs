@@ -1,0 +1,150 @@
+//! The grid document: rooms, processes, the index of requests, and nodes.
+
+use automerge::{ActorId, AutoCommit, ObjId, ROOT, transaction::CommitOptions};
+use serde::{Deserialize, Serialize};
+
+use super::SCHEMA;
+use super::fields::*;
+use crate::error::{Error, Result};
+use crate::ids::{NodeId, ProcessId, RequestId};
+use crate::model::{Process, Room};
+
+/// What the grid document says about a request, so every node finds its document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestIndex {
+    pub id: RequestId,
+    pub owner: String,
+    pub process: ProcessId,
+    pub repetitions: u32,
+    pub created_ms: u64,
+}
+
+/// A node as the grid remembers it (live load travels by gossip, not here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub name: String,
+    pub slots: u32,
+    pub executor: String,
+}
+
+/// The grid document.
+pub struct GridDoc {
+    doc: AutoCommit,
+}
+
+const MAPS: [&str; 4] = ["rooms", "processes", "requests", "nodes"];
+
+impl GridDoc {
+    /// The grid's first state, with the public General room. Every node
+    /// builds byte-identical genesis changes from the grid id (fixed actor,
+    /// time 0), so replicas that started apart merge into one document
+    /// instead of hiding each other's top-level maps.
+    pub fn genesis(grid_id: &str, actor: ActorId) -> Result<Self> {
+        let genesis_actor =
+            ActorId::from(blake3::hash(grid_id.as_bytes()).as_bytes()[..16].to_vec());
+        let mut doc = AutoCommit::new().with_actor(genesis_actor);
+        doc_put_header(&mut doc)?;
+        let mut g = GridDoc { doc };
+        g.put_room(&Room::general())?;
+        g.doc.commit_with(CommitOptions::default().with_time(0));
+        g.doc.set_actor(actor);
+        Ok(g)
+    }
+
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
+        let doc = AutoCommit::load(bytes)?.with_actor(actor);
+        if get_str(&doc, &ROOT, "kind")?.as_deref() != Some("grid") {
+            return Err(Error::document("not a grid document"));
+        }
+        for m in MAPS {
+            map(&doc, &ROOT, m)?;
+        }
+        Ok(GridDoc { doc })
+    }
+
+    fn obj(&self, name: &str) -> Result<ObjId> {
+        map(&self.doc, &ROOT, name)
+    }
+
+    pub fn put_room(&mut self, room: &Room) -> Result<()> {
+        let o = self.obj("rooms")?;
+        put_json(&mut self.doc, &o, &room.name, room)
+    }
+
+    pub fn rooms(&self) -> Result<Vec<Room>> {
+        Ok(json_entries(&self.doc, &self.obj("rooms")?)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    pub fn put_process(&mut self, p: &Process) -> Result<()> {
+        let o = self.obj("processes")?;
+        put_json(&mut self.doc, &o, p.id.as_str(), p)
+    }
+
+    pub fn process(&self, id: &ProcessId) -> Result<Option<Process>> {
+        get_json(&self.doc, &self.obj("processes")?, id.as_str())
+    }
+
+    pub fn processes(&self) -> Result<Vec<Process>> {
+        Ok(json_entries(&self.doc, &self.obj("processes")?)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    pub fn put_request(&mut self, r: &RequestIndex) -> Result<()> {
+        let o = self.obj("requests")?;
+        put_json(&mut self.doc, &o, r.id.as_str(), r)
+    }
+
+    pub fn requests(&self) -> Result<Vec<RequestIndex>> {
+        let mut v: Vec<RequestIndex> = json_entries(&self.doc, &self.obj("requests")?)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(v)
+    }
+
+    pub fn put_node(&mut self, n: &NodeRecord) -> Result<()> {
+        let o = self.obj("nodes")?;
+        put_json(&mut self.doc, &o, n.id.as_str(), n)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        Ok(json_entries(&self.doc, &self.obj("nodes")?)?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect())
+    }
+
+    pub fn commit(&mut self) -> bool {
+        self.doc.commit().is_some()
+    }
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.doc.save_incremental()
+    }
+    pub fn doc_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+    pub fn merge(&mut self, other: &mut GridDoc) -> Result<()> {
+        self.doc.merge(&mut other.doc)?;
+        Ok(())
+    }
+}
+
+fn doc_put_header(doc: &mut AutoCommit) -> Result<()> {
+    use automerge::{ObjType, transaction::Transactable};
+    doc.put(ROOT, "schema", SCHEMA)?;
+    doc.put(ROOT, "kind", "grid")?;
+    for m in MAPS {
+        doc.put_object(ROOT, m, ObjType::Map)?;
+    }
+    Ok(())
+}

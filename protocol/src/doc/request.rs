@@ -1,0 +1,311 @@
+//! The per-request document: the spec, cancellation, and every attempt of every rank.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::{
+    ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, Value, ValueRef, transaction::Transactable,
+};
+
+use super::SCHEMA;
+use super::fields::*;
+use crate::error::{Error, Result};
+use crate::ids::{BlobHash, NodeId, RequestId};
+use crate::model::{Attempt, AttemptState, RequestSpec, RunState, parse_attempt_key};
+use crate::run_view::{RunCounts, RunPolicy, RunView, derive_run};
+
+/// A request document with a materialised view of its attempts.
+///
+/// Writes go to both the Automerge document and the view; after a merge from
+/// a peer, call [`RequestDoc::rematerialize`].
+pub struct RequestDoc {
+    doc: AutoCommit,
+    attempts_obj: ObjId,
+    spec: RequestSpec,
+    cancelled: bool,
+    attempts: BTreeMap<u32, Vec<Attempt>>,
+    /// Ranks whose run is not terminal (independent of lease liveness).
+    unfinished: BTreeSet<u32>,
+    /// Terminal runs by state (without cancellation, which applies at read time).
+    done: RunCounts,
+}
+
+impl RequestDoc {
+    /// A new document for a validated spec.
+    pub fn create(spec: RequestSpec, actor: ActorId) -> Result<Self> {
+        spec.validate()?;
+        let mut doc = AutoCommit::new().with_actor(actor);
+        doc.put(ROOT, "schema", SCHEMA)?;
+        doc.put(ROOT, "kind", "request")?;
+        put_json(&mut doc, &ROOT, "spec", &spec)?;
+        doc.put_object(ROOT, "cancel", ObjType::Map)?;
+        doc.put_object(ROOT, "attempts", ObjType::Map)?;
+        doc.commit();
+        Self::from_doc(doc)
+    }
+
+    /// Loads a saved document (full save plus any incremental chunks appended).
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
+        let doc = AutoCommit::load(bytes)?.with_actor(actor);
+        Self::from_doc(doc)
+    }
+
+    fn from_doc(doc: AutoCommit) -> Result<Self> {
+        if get_str(&doc, &ROOT, "kind")?.as_deref() != Some("request") {
+            return Err(Error::document("not a request document"));
+        }
+        let spec: RequestSpec = get_json(&doc, &ROOT, "spec")?
+            .ok_or_else(|| Error::document("request document without spec"))?;
+        let attempts_obj = map(&doc, &ROOT, "attempts")?;
+        let mut me = RequestDoc {
+            doc,
+            attempts_obj,
+            spec,
+            cancelled: false,
+            attempts: BTreeMap::new(),
+            unfinished: BTreeSet::new(),
+            done: RunCounts::default(),
+        };
+        me.rematerialize()?;
+        Ok(me)
+    }
+
+    /// Rebuilds the view from the document (after a merge or sync).
+    pub fn rematerialize(&mut self) -> Result<()> {
+        let cancel = map(&self.doc, &ROOT, "cancel")?;
+        self.cancelled = self.doc.length(&cancel) > 0;
+        self.attempts.clear();
+        let keys: Vec<(String, ObjId)> = self
+            .doc
+            .map_range(&self.attempts_obj, ..)
+            .filter_map(|item| match item.value {
+                ValueRef::Object(ObjType::Map) => Some((item.key.to_string(), item.id())),
+                _ => None,
+            })
+            .collect();
+        for (key, obj) in keys {
+            let a = read_attempt(&self.doc, &key, &obj)?;
+            if a.rank >= self.spec.repetitions {
+                return Err(Error::document(format!(
+                    "attempt for rank {} out of range",
+                    a.rank
+                )));
+            }
+            self.attempts.entry(a.rank).or_default().push(a);
+        }
+        self.unfinished = (0..self.spec.repetitions).collect();
+        self.done = RunCounts::default();
+        let ranks: Vec<u32> = self.attempts.keys().copied().collect();
+        for rank in ranks {
+            self.refresh_rank(rank);
+        }
+        Ok(())
+    }
+
+    fn refresh_rank(&mut self, rank: u32) {
+        let policy = RunPolicy {
+            retries: self.spec.retries,
+            cancelled: false,
+        };
+        let list = self.attempts.get(&rank).map(Vec::as_slice).unwrap_or(&[]);
+        let state = derive_run(&self.spec.id, list, policy, |_| true).state;
+        let was_unfinished = self.unfinished.contains(&rank);
+        if state.is_terminal() && was_unfinished {
+            self.unfinished.remove(&rank);
+            self.done.add(state);
+        }
+    }
+
+    pub fn id(&self) -> &RequestId {
+        &self.spec.id
+    }
+    pub fn spec(&self) -> &RequestSpec {
+        &self.spec
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+    pub fn attempts_of(&self, rank: u32) -> &[Attempt] {
+        self.attempts.get(&rank).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// Every attempt, by rank.
+    pub fn all_attempts(&self) -> impl Iterator<Item = &Attempt> {
+        self.attempts.values().flatten()
+    }
+    /// Ranks that have not reached a terminal state (ignoring cancellation).
+    pub fn unfinished_ranks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.unfinished.iter().copied()
+    }
+
+    fn policy(&self) -> RunPolicy {
+        RunPolicy {
+            retries: self.spec.retries,
+            cancelled: self.cancelled,
+        }
+    }
+
+    /// One run's view; `live` judges non-terminal attempts' leases.
+    pub fn run(&self, rank: u32, live: impl Fn(&Attempt) -> bool) -> RunView<'_> {
+        derive_run(&self.spec.id, self.attempts_of(rank), self.policy(), live)
+    }
+
+    /// Counts of runs per state.
+    pub fn counts(&self, live: impl Fn(&Attempt) -> bool) -> RunCounts {
+        let mut c = self.done;
+        c.total = self.spec.repetitions;
+        for rank in &self.unfinished {
+            c.add(self.run(*rank, &live).state);
+        }
+        c
+    }
+
+    /// Whether every run is terminal (a cancelled request's unfinished runs are).
+    pub fn is_finished(&self) -> bool {
+        self.unfinished.is_empty() || self.cancelled
+    }
+
+    /// Writes (creates or updates) an attempt. Only the attempt's own node
+    /// may call this for it; only changed fields are written.
+    pub fn put_attempt(&mut self, a: &Attempt) -> Result<()> {
+        if a.rank >= self.spec.repetitions {
+            return Err(Error::invalid(format!("rank {} out of range", a.rank)));
+        }
+        let key = a.key();
+        let list = self.attempts.entry(a.rank).or_default();
+        let old = list.iter().position(|x| x.key() == key);
+        let obj = match self.doc.get(&self.attempts_obj, key.as_str())? {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => self
+                .doc
+                .put_object(&self.attempts_obj, key.as_str(), ObjType::Map)?,
+        };
+        let prev = old.map(|i| list[i].clone());
+        write_attempt(&mut self.doc, &obj, a, prev.as_ref())?;
+        match old {
+            Some(i) => list[i] = a.clone(),
+            None => list.push(a.clone()),
+        }
+        self.refresh_rank(a.rank);
+        Ok(())
+    }
+
+    /// Marks the request cancelled (any node may; idempotent).
+    pub fn cancel(&mut self, by: &NodeId, now_ms: u64) -> Result<()> {
+        let cancel = map(&self.doc, &ROOT, "cancel")?;
+        if self.doc.get(&cancel, by.as_str())?.is_none() {
+            self.doc.put(&cancel, by.as_str(), now_ms)?;
+        }
+        self.cancelled = true;
+        Ok(())
+    }
+
+    /// Closes the pending change, if any. Returns whether there was one.
+    pub fn commit(&mut self) -> bool {
+        self.doc.commit().is_some()
+    }
+
+    /// Full save (compaction snapshot).
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Changes since the last save or incremental save.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.doc.save_incremental()
+    }
+
+    /// The underlying document (for sync with peers).
+    pub fn doc_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    /// Merges another replica into this one and refreshes the view.
+    pub fn merge(&mut self, other: &mut RequestDoc) -> Result<()> {
+        self.doc.merge(&mut other.doc)?;
+        self.rematerialize()
+    }
+
+    /// The attempt chosen as the rank's result, or its latest finished one.
+    pub fn result_attempt(&self, rank: u32) -> Option<&Attempt> {
+        let v = self.run(rank, |_| true);
+        match v.state {
+            RunState::Succeeded => v.current,
+            _ => self
+                .attempts_of(rank)
+                .iter()
+                .filter(|a| a.state.is_terminal() && a.state != AttemptState::Yielded)
+                .max_by_key(|a| (a.epoch, a.finished_ms)),
+        }
+    }
+}
+
+fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
+    let (rank, epoch, node) = parse_attempt_key(key)?;
+    let hash = |field: &str| -> Result<Option<BlobHash>> {
+        get_str(doc, obj, field)?
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| Error::document(format!("bad hash in '{field}'")))
+            })
+            .transpose()
+    };
+    let state = get_str(doc, obj, "state")?
+        .ok_or_else(|| Error::document(format!("attempt {key} without state")))?
+        .parse()?;
+    Ok(Attempt {
+        rank,
+        epoch,
+        node,
+        state,
+        claimed_ms: get_u64(doc, obj, "claimed_ms")?.unwrap_or(0),
+        started_ms: get_u64(doc, obj, "started_ms")?,
+        finished_ms: get_u64(doc, obj, "finished_ms")?,
+        exit_code: get_i64(doc, obj, "exit_code")?.and_then(|v| i32::try_from(v).ok()),
+        output: hash("output")?,
+        stdout: hash("stdout")?,
+        stderr: hash("stderr")?,
+        reason: get_str(doc, obj, "reason")?,
+    })
+}
+
+fn write_attempt(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    a: &Attempt,
+    prev: Option<&Attempt>,
+) -> Result<()> {
+    macro_rules! field {
+        ($name:ident, $conv:expr) => {
+            if prev.map(|p| &p.$name) != Some(&a.$name) {
+                #[allow(clippy::redundant_closure_call)]
+                match ($conv)(&a.$name) {
+                    Some(v) => doc.put(obj, stringify!($name), v)?,
+                    None => {
+                        if prev.is_some() {
+                            doc.delete(obj, stringify!($name))?
+                        }
+                    }
+                }
+            }
+        };
+    }
+    field!(state, |s: &AttemptState| Some(
+        automerge::ScalarValue::from(s.as_str())
+    ));
+    field!(claimed_ms, |v: &u64| Some(automerge::ScalarValue::Uint(*v)));
+    field!(started_ms, |v: &Option<u64>| v
+        .map(automerge::ScalarValue::Uint));
+    field!(finished_ms, |v: &Option<u64>| v
+        .map(automerge::ScalarValue::Uint));
+    field!(exit_code, |v: &Option<i32>| v
+        .map(|c| automerge::ScalarValue::Int(c as i64)));
+    field!(output, |v: &Option<BlobHash>| v
+        .map(|h| automerge::ScalarValue::from(h.to_hex())));
+    field!(stdout, |v: &Option<BlobHash>| v
+        .map(|h| automerge::ScalarValue::from(h.to_hex())));
+    field!(stderr, |v: &Option<BlobHash>| v
+        .map(|h| automerge::ScalarValue::from(h.to_hex())));
+    field!(reason, |v: &Option<String>| v
+        .clone()
+        .map(automerge::ScalarValue::from));
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! PESC's sans-I/O protocol core.
+//!
+//! Everything that decides what happens on the grid lives here as pure code fed
+//! `now` and events: the data model, the Automerge document schema, the lease
+//! tracker, how a run's state follows from its attempts, which runs a node
+//! should claim (fair share), and the run header handed to user programs.
+//! There is no tokio, no socket and no clock in this crate: the node drives it
+//! with real time and I/O, the simulator with virtual ones.
+
+pub mod api;
+pub mod doc;
+pub mod error;
+pub mod header;
+pub mod ids;
+pub mod lease;
+pub mod limits;
+pub mod model;
+pub mod run_view;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub use ids::{BlobHash, NodeId, ProcessId, RequestId};

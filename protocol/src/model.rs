@@ -1,0 +1,594 @@
+//! The data model: rooms, processes, requests, runs and their attempts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::{BlobHash, NodeId, ProcessId, RequestId};
+use crate::limits::*;
+
+/// Name of the public room every node and user belongs to by default.
+pub const GENERAL_ROOM: &str = "General";
+
+/// A named group of nodes; room admins decide who may use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Room {
+    pub name: String,
+    /// Public rooms are open to every user of the grid.
+    pub public: bool,
+}
+
+impl Room {
+    pub fn general() -> Self {
+        Room {
+            name: GENERAL_ROOM.to_string(),
+            public: true,
+        }
+    }
+}
+
+/// The language a process is written in: decides how its entry is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Python,
+    R,
+    Java,
+    C,
+    Shell,
+}
+
+impl Language {
+    pub const ALL: [Language; 5] = [
+        Language::Python,
+        Language::R,
+        Language::Java,
+        Language::C,
+        Language::Shell,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::R => "r",
+            Language::Java => "java",
+            Language::C => "c",
+            Language::Shell => "shell",
+        }
+    }
+
+    /// Guesses the language from a file name's extension.
+    pub fn from_file_name(name: &str) -> Option<Language> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "py" => Some(Language::Python),
+            "r" => Some(Language::R),
+            "jar" => Some(Language::Java),
+            "c" => Some(Language::C),
+            "sh" => Some(Language::Shell),
+            _ => None,
+        }
+    }
+
+    /// The command that starts `entry` (a path inside the app dir) in this language.
+    /// A `.c` entry is compiled in the app dir first (PESC: "compile on the platform").
+    pub fn command_for(self, entry: &str) -> Vec<String> {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        match self {
+            Language::Python => s(&["python3", entry]),
+            Language::R => s(&["Rscript", entry]),
+            Language::Java => s(&["java", "-jar", entry]),
+            Language::Shell => s(&["sh", entry]),
+            Language::C if entry.ends_with(".c") => s(&[
+                "sh",
+                "-c",
+                "cc -O2 -o ./.pesc_prog \"$0\" -lm && exec ./.pesc_prog \"$@\"",
+                entry,
+            ]),
+            Language::C => vec![format!("./{}", entry.trim_start_matches("./"))],
+        }
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Language {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "python" | "py" => Ok(Language::Python),
+            "r" => Ok(Language::R),
+            "java" => Ok(Language::Java),
+            "c" | "c++" | "cpp" => Ok(Language::C),
+            "shell" | "sh" | "bash" => Ok(Language::Shell),
+            _ => Err(Error::invalid(format!(
+                "unknown language '{s}': use one of python, r, java, c, shell"
+            ))),
+        }
+    }
+}
+
+/// How a process's code is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessKind {
+    /// One file, placed in the app dir under `file_name`.
+    File,
+    /// A zip archive, unpacked into the app dir.
+    Zip,
+}
+
+/// The user's code: a blob plus how to start it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub id: ProcessId,
+    pub name: String,
+    pub kind: ProcessKind,
+    /// The file's name in the app dir (for `File`), or the zip's original name.
+    pub file_name: String,
+    pub code: BlobHash,
+    pub size: u64,
+    pub language: Language,
+    /// Path of the entry file inside the app dir, or a whole command line when
+    /// `entry_is_command` is set (e.g. `true`, `python3 -m pkg`).
+    pub entry: String,
+    pub entry_is_command: bool,
+    pub owner: String,
+    pub created_ms: u64,
+}
+
+impl Process {
+    /// The process id is derived from its content, so uploading the same code
+    /// with the same settings twice names the same process.
+    pub fn derive_id(
+        code: &BlobHash,
+        kind: ProcessKind,
+        file_name: &str,
+        language: Language,
+        entry: &str,
+        entry_is_command: bool,
+    ) -> ProcessId {
+        let mut h = blake3::Hasher::new();
+        h.update(&code.0);
+        h.update(&[kind as u8, language as u8, entry_is_command as u8]);
+        for part in [file_name, entry] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        ProcessId::from_bytes(b)
+    }
+
+    /// The argv that starts this process, before the PESC header is appended.
+    pub fn command(&self) -> Vec<String> {
+        if self.entry_is_command {
+            split_command(&self.entry)
+        } else {
+            self.language.command_for(&self.entry)
+        }
+    }
+}
+
+/// Splits a command line into words: whitespace separates, single and double
+/// quotes group, backslash escapes the next character.
+pub fn split_command(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') | (None, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                in_word = true;
+            }
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// Checks a path given by a user or found in an archive: relative, no `..`,
+/// no empty or odd components. Returns the normalised path.
+pub fn safe_relative_path(p: &str) -> Result<String> {
+    let bad = |why: &str| Err(Error::invalid(format!("path '{p}' {why}")));
+    if p.is_empty() {
+        return bad("is empty");
+    }
+    if p.starts_with('/') || p.starts_with('\\') || p.contains(':') {
+        return bad("is absolute: use a path relative to the process folder");
+    }
+    if p.contains('\0') {
+        return bad("contains a NUL byte");
+    }
+    let mut parts = Vec::new();
+    for c in p.split(['/', '\\']) {
+        match c {
+            "" | "." => continue,
+            ".." => return bad("escapes its folder ('..')"),
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return bad("names no file");
+    }
+    Ok(parts.join("/"))
+}
+
+/// GPU needs of a request (used from the GPU issue on; validated already).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuNeeds {
+    /// Devices per run; 0 means no GPU.
+    pub count: u32,
+    /// Minimum CUDA compute capability, e.g. 7.0.
+    pub min_capability: Option<f32>,
+}
+
+/// What a user submits: run this process N times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestSpec {
+    pub id: RequestId,
+    pub owner: String,
+    pub process: Process,
+    pub repetitions: u32,
+    #[serde(default)]
+    pub parameters: Vec<String>,
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    #[serde(default)]
+    pub shared_files: Vec<String>,
+    #[serde(default)]
+    pub gpu: GpuNeeds,
+    /// Gang scheduling: all ranks start together (a later issue).
+    #[serde(default)]
+    pub parallel: bool,
+    /// All ranks on one node (a later issue).
+    #[serde(default)]
+    pub same_node: bool,
+    /// Extra attempts after the program exits non-zero.
+    #[serde(default)]
+    pub retries: u32,
+    pub created_ms: u64,
+}
+
+impl RequestSpec {
+    /// Checks every user-given field; the message says what to fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.repetitions == 0 {
+            return Err(Error::invalid("repetitions must be at least 1"));
+        }
+        if self.repetitions > MAX_REPETITIONS {
+            return Err(Error::invalid(format!(
+                "repetitions must be at most {MAX_REPETITIONS} (got {})",
+                self.repetitions
+            )));
+        }
+        if self.parameters.len() > MAX_PARAMETERS {
+            return Err(Error::invalid(format!(
+                "at most {MAX_PARAMETERS} parameters (got {})",
+                self.parameters.len()
+            )));
+        }
+        for p in &self.parameters {
+            if p.len() > MAX_PARAMETER_BYTES {
+                return Err(Error::invalid(format!(
+                    "a parameter is longer than {MAX_PARAMETER_BYTES} bytes"
+                )));
+            }
+            if p.contains('\0') {
+                return Err(Error::invalid("a parameter contains a NUL byte"));
+            }
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(Error::invalid(format!(
+                "retries must be at most {MAX_RETRIES}"
+            )));
+        }
+        for (what, list) in [("rooms", &self.rooms), ("shared files", &self.shared_files)] {
+            if list.len() > MAX_LIST_ITEMS {
+                return Err(Error::invalid(format!("at most {MAX_LIST_ITEMS} {what}")));
+            }
+            if list
+                .iter()
+                .any(|s| s.trim().is_empty() || s.len() > MAX_NAME_BYTES)
+            {
+                return Err(Error::invalid(format!(
+                    "{what} must have names of 1 to {MAX_NAME_BYTES} bytes"
+                )));
+            }
+        }
+        if self.gpu.count > 16 {
+            return Err(Error::invalid("a run may ask for at most 16 GPUs"));
+        }
+        if let Some(c) = self.gpu.min_capability
+            && !(c.is_finite() && (1.0..=20.0).contains(&c))
+        {
+            return Err(Error::invalid(
+                "GPU minimum compute capability must be a number like 7.0 (between 1 and 20)",
+            ));
+        }
+        if self.parallel && self.repetitions > 1024 {
+            return Err(Error::invalid(
+                "a parallel (gang) request may have at most 1024 ranks",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rooms this request may run in ("General" when none was named).
+    pub fn effective_rooms(&self) -> Vec<String> {
+        if self.rooms.is_empty() {
+            vec![GENERAL_ROOM.to_string()]
+        } else {
+            self.rooms.clone()
+        }
+    }
+}
+
+/// Where one attempt of a run stands. Each attempt is written only by the node
+/// that made it, so its fields never conflict between replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    /// The node claimed the run and is preparing it.
+    Claimed,
+    /// The program is running.
+    Running,
+    /// Exit code 0 and the output archive stored.
+    Succeeded,
+    /// The program exited non-zero (or was killed by a signal).
+    Failed,
+    /// The node could not start or finish the attempt (executor error, missing code).
+    Error,
+    /// The node lost its lease (restart, silence) and abandoned the attempt.
+    Lost,
+    /// The node lost a claim race and stopped: not a failure of anything.
+    Yielded,
+    /// Stopped because the request was cancelled.
+    Cancelled,
+}
+
+impl AttemptState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, AttemptState::Claimed | AttemptState::Running)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Claimed => "claimed",
+            AttemptState::Running => "running",
+            AttemptState::Succeeded => "succeeded",
+            AttemptState::Failed => "failed",
+            AttemptState::Error => "error",
+            AttemptState::Lost => "lost",
+            AttemptState::Yielded => "yielded",
+            AttemptState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for AttemptState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "claimed" => AttemptState::Claimed,
+            "running" => AttemptState::Running,
+            "succeeded" => AttemptState::Succeeded,
+            "failed" => AttemptState::Failed,
+            "error" => AttemptState::Error,
+            "lost" => AttemptState::Lost,
+            "yielded" => AttemptState::Yielded,
+            "cancelled" => AttemptState::Cancelled,
+            _ => return Err(Error::document(format!("unknown attempt state '{s}'"))),
+        })
+    }
+}
+
+/// One try at running one rank, on one node, in one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub rank: u32,
+    pub epoch: u32,
+    pub node: NodeId,
+    pub state: AttemptState,
+    /// Wall-clock milliseconds of the node that wrote them: for display only,
+    /// never compared across nodes.
+    pub claimed_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub output: Option<BlobHash>,
+    pub stdout: Option<BlobHash>,
+    pub stderr: Option<BlobHash>,
+    pub reason: Option<String>,
+}
+
+impl Attempt {
+    pub fn claim(rank: u32, epoch: u32, node: NodeId, now_ms: u64) -> Self {
+        Attempt {
+            rank,
+            epoch,
+            node,
+            state: AttemptState::Claimed,
+            claimed_ms: now_ms,
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            output: None,
+            stdout: None,
+            stderr: None,
+            reason: None,
+        }
+    }
+
+    /// Where this attempt sits in the document's attempt map.
+    pub fn key(&self) -> String {
+        attempt_key(self.rank, self.epoch, &self.node)
+    }
+
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.finished_ms?.saturating_sub(self.started_ms?))
+    }
+}
+
+/// The key of an attempt: zero-padded so keys sort by rank, then epoch.
+pub fn attempt_key(rank: u32, epoch: u32, node: &NodeId) -> String {
+    format!("{rank:08}.{epoch:05}.{node}")
+}
+
+/// Parses an attempt key back into (rank, epoch, node).
+pub fn parse_attempt_key(key: &str) -> Result<(u32, u32, NodeId)> {
+    let bad = || Error::document(format!("bad attempt key '{key}'"));
+    let mut it = key.splitn(3, '.');
+    let rank = it.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+    let epoch = it.next().and_then(|e| e.parse().ok()).ok_or_else(bad)?;
+    let node = it.next().filter(|n| !n.is_empty()).ok_or_else(bad)?;
+    Ok((rank, epoch, NodeId::new(node)))
+}
+
+/// The state of one run (rank), derived from its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Claimed,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Claimed => "claimed",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The state of a whole request, from its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RequestState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RequestState::Succeeded | RequestState::Failed | RequestState::Cancelled
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Queued => "queued",
+            RequestState::Running => "running",
+            RequestState::Succeeded => "succeeded",
+            RequestState::Failed => "failed",
+            RequestState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths() {
+        assert_eq!(safe_relative_path("a/./b.py").unwrap(), "a/b.py");
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "",
+            "C:\\x",
+            "./",
+            "a\0b",
+        ] {
+            assert!(safe_relative_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn split_command_words() {
+        assert_eq!(
+            split_command("python3  -m pkg"),
+            vec!["python3", "-m", "pkg"]
+        );
+        assert_eq!(
+            split_command(r#"sh -c 'echo "a b"' x\ y"#),
+            vec!["sh", "-c", "echo \"a b\"", "x y"]
+        );
+        assert!(split_command("   ").is_empty());
+    }
+
+    #[test]
+    fn attempt_keys_round_trip() {
+        let n = NodeId::new("12D3Koo.w");
+        let k = attempt_key(7, 2, &n);
+        assert_eq!(parse_attempt_key(&k).unwrap(), (7, 2, n));
+        assert!(parse_attempt_key("x.y.z").is_err());
+        assert!(parse_attempt_key("00000001.00001.").is_err());
+    }
+
+    #[test]
+    fn language_parsing_and_commands() {
+        assert!(
+            "cobol"
+                .parse::<Language>()
+                .unwrap_err()
+                .to_string()
+                .contains("python, r")
+        );
+        assert_eq!(Language::from_file_name("Main.JAR"), Some(Language::Java));
+        assert_eq!(
+            Language::Python.command_for("main.py"),
+            vec!["python3", "main.py"]
+        );
+        assert_eq!(Language::C.command_for("prog"), vec!["./prog"]);
+    }
+}

@@ -1,0 +1,385 @@
+//! How a run's state follows from its attempts, identically on every node.
+//!
+//! Every replica that holds the same attempts computes the same answer: who won
+//! a claim race, which of two successful attempts is *the* result, whether the
+//! run may be claimed again and in which epoch. Only lease liveness is local
+//! (each node's own clock), and it only decides whether a live-looking claim is
+//! trusted or the run may be taken over in the next epoch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, RequestId};
+use crate::limits::MAX_INFRA_ATTEMPTS;
+use crate::model::{Attempt, AttemptState, RequestState, RunState};
+
+/// The deterministic priority of a claim: lower wins. A hash rather than the
+/// node id, so no node wins every race.
+pub fn claim_priority(request: &RequestId, rank: u32, epoch: u32, node: &NodeId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(request.as_str().as_bytes());
+    h.update(&rank.to_le_bytes());
+    h.update(&epoch.to_le_bytes());
+    h.update(node.as_str().as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// What a run looks like from its attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunView<'a> {
+    pub state: RunState,
+    /// The attempt that stands for the run: the result when succeeded, the
+    /// live claim when claimed or running, the latest attempt otherwise.
+    pub current: Option<&'a Attempt>,
+    /// The epoch a new claim must use (only meaningful when `Queued`).
+    pub next_epoch: u32,
+}
+
+/// Limits from the request that decide when a run gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunPolicy {
+    /// Extra attempts after the program exits non-zero.
+    pub retries: u32,
+    /// The request was cancelled.
+    pub cancelled: bool,
+}
+
+/// Derives one run's state. `attempts` are all attempts of this rank (any
+/// order); `live` says whether a non-terminal attempt's lease is alive.
+pub fn derive_run<'a>(
+    request: &RequestId,
+    attempts: &'a [Attempt],
+    policy: RunPolicy,
+    live: impl Fn(&Attempt) -> bool,
+) -> RunView<'a> {
+    let prio = |a: &Attempt| (a.epoch, claim_priority(request, a.rank, a.epoch, &a.node));
+    let latest = attempts.iter().max_by_key(|a| prio(a));
+
+    // The first success in (epoch, priority) order is the result; never two.
+    if let Some(win) = attempts
+        .iter()
+        .filter(|a| a.state == AttemptState::Succeeded)
+        .min_by_key(|a| prio(a))
+    {
+        return RunView {
+            state: RunState::Succeeded,
+            current: Some(win),
+            next_epoch: 0,
+        };
+    }
+    if policy.cancelled {
+        return RunView {
+            state: RunState::Cancelled,
+            current: latest,
+            next_epoch: 0,
+        };
+    }
+    let user_failures = attempts
+        .iter()
+        .filter(|a| a.state == AttemptState::Failed)
+        .count() as u32;
+    let infra_failures = attempts
+        .iter()
+        .filter(|a| matches!(a.state, AttemptState::Error | AttemptState::Lost))
+        .count() as u32;
+    if user_failures > policy.retries || infra_failures >= MAX_INFRA_ATTEMPTS {
+        let last_failure = attempts
+            .iter()
+            .filter(|a| a.state.is_terminal())
+            .max_by_key(|a| prio(a));
+        return RunView {
+            state: RunState::Failed,
+            current: last_failure,
+            next_epoch: 0,
+        };
+    }
+    let Some(top_epoch) = attempts.iter().map(|a| a.epoch).max() else {
+        return RunView {
+            state: RunState::Queued,
+            current: None,
+            next_epoch: 0,
+        };
+    };
+    let holder = attempts
+        .iter()
+        .filter(|a| a.epoch == top_epoch && a.state != AttemptState::Yielded)
+        .min_by_key(|a| prio(a));
+    match holder {
+        Some(h) if !h.state.is_terminal() && live(h) => RunView {
+            state: if h.state == AttemptState::Running {
+                RunState::Running
+            } else {
+                RunState::Claimed
+            },
+            current: Some(h),
+            next_epoch: top_epoch + 1,
+        },
+        // Finished without success, expired, or every claimant yielded:
+        // anyone may claim the next epoch.
+        _ => RunView {
+            state: RunState::Queued,
+            current: latest,
+            next_epoch: top_epoch + 1,
+        },
+    }
+}
+
+/// Why a node should stop its own attempt, if it should.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandon {
+    /// Another claim in the same epoch has priority.
+    LostRace,
+    /// The run already has its result from another attempt.
+    AlreadyDone,
+    /// The request was cancelled.
+    Cancelled,
+    /// The run was reassigned in a later epoch (our lease was presumed dead).
+    Reassigned,
+}
+
+/// Decides whether `mine` (a non-terminal attempt of this node) should stop,
+/// given every attempt of the same rank as now merged.
+pub fn should_abandon(
+    request: &RequestId,
+    mine: &Attempt,
+    attempts: &[Attempt],
+    cancelled: bool,
+) -> Option<Abandon> {
+    if cancelled {
+        return Some(Abandon::Cancelled);
+    }
+    if attempts
+        .iter()
+        .any(|a| a.state == AttemptState::Succeeded && a.key() != mine.key())
+    {
+        return Some(Abandon::AlreadyDone);
+    }
+    let my_prio = claim_priority(request, mine.rank, mine.epoch, &mine.node);
+    let beaten = attempts.iter().any(|a| {
+        a.epoch == mine.epoch
+            && a.node != mine.node
+            && a.state != AttemptState::Yielded
+            && claim_priority(request, a.rank, a.epoch, &a.node) < my_prio
+    });
+    if beaten {
+        return Some(Abandon::LostRace);
+    }
+    if attempts
+        .iter()
+        .any(|a| a.epoch > mine.epoch && !a.state.is_terminal())
+    {
+        return Some(Abandon::Reassigned);
+    }
+    None
+}
+
+/// Counts of runs per state, and the request state they add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCounts {
+    pub total: u32,
+    pub queued: u32,
+    pub claimed: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+}
+
+impl RunCounts {
+    pub fn add(&mut self, s: RunState) {
+        match s {
+            RunState::Queued => self.queued += 1,
+            RunState::Claimed => self.claimed += 1,
+            RunState::Running => self.running += 1,
+            RunState::Succeeded => self.succeeded += 1,
+            RunState::Failed => self.failed += 1,
+            RunState::Cancelled => self.cancelled += 1,
+        }
+    }
+
+    pub fn finished(&self) -> u32 {
+        self.succeeded + self.failed + self.cancelled
+    }
+
+    /// The request's state: terminal once every run is; cancelled wins,
+    /// then failed if any rank failed.
+    pub fn request_state(&self, cancelled: bool) -> RequestState {
+        if self.finished() < self.total {
+            if cancelled {
+                // Runs still stopping; the request is already cancelled.
+                return RequestState::Cancelled;
+            }
+            if self.queued == self.total {
+                return RequestState::Queued;
+            }
+            return RequestState::Running;
+        }
+        if cancelled && self.cancelled > 0 {
+            RequestState::Cancelled
+        } else if self.failed > 0 {
+            RequestState::Failed
+        } else {
+            RequestState::Succeeded
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> RequestId {
+        RequestId::from_bytes([9; 8])
+    }
+
+    fn att(rank: u32, epoch: u32, node: &str, state: AttemptState) -> Attempt {
+        let mut a = Attempt::claim(rank, epoch, NodeId::new(node), 0);
+        a.state = state;
+        a
+    }
+
+    const OPEN: RunPolicy = RunPolicy {
+        retries: 0,
+        cancelled: false,
+    };
+
+    #[test]
+    fn fresh_run_is_queued_at_epoch_zero() {
+        let v = derive_run(&req(), &[], OPEN, |_| true);
+        assert_eq!((v.state, v.next_epoch), (RunState::Queued, 0));
+    }
+
+    #[test]
+    fn claim_race_has_one_deterministic_winner() {
+        let a = att(0, 0, "a", AttemptState::Claimed);
+        let b = att(0, 0, "b", AttemptState::Claimed);
+        let ab = [a.clone(), b.clone()];
+        let ba = [b.clone(), a.clone()];
+        let v1 = derive_run(&req(), &ab, OPEN, |_| true);
+        let v2 = derive_run(&req(), &ba, OPEN, |_| true);
+        assert_eq!(v1.current, v2.current);
+        let winner = v1.current.unwrap().node.clone();
+        let (w, l) = if winner.as_str() == "a" {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        assert_eq!(
+            should_abandon(&req(), l, &[a.clone(), b.clone()], false),
+            Some(Abandon::LostRace)
+        );
+        assert_eq!(
+            should_abandon(&req(), w, &[a.clone(), b.clone()], false),
+            None
+        );
+    }
+
+    #[test]
+    fn two_successes_give_one_result() {
+        let mut a = att(0, 0, "a", AttemptState::Succeeded);
+        a.exit_code = Some(0);
+        let b = att(0, 1, "b", AttemptState::Succeeded);
+        let ba = [b.clone(), a.clone()];
+        let v = derive_run(&req(), &ba, OPEN, |_| true);
+        assert_eq!(v.state, RunState::Succeeded);
+        assert_eq!(v.current, Some(&a), "the earlier epoch is the result");
+    }
+
+    #[test]
+    fn expired_lease_makes_run_claimable_next_epoch() {
+        let a = att(4, 2, "a", AttemptState::Running);
+        let v = derive_run(&req(), std::slice::from_ref(&a), OPEN, |_| false);
+        assert_eq!((v.state, v.next_epoch), (RunState::Queued, 3));
+        let v = derive_run(&req(), std::slice::from_ref(&a), OPEN, |_| true);
+        assert_eq!(v.state, RunState::Running);
+    }
+
+    #[test]
+    fn failures_respect_retries_and_infra_limit() {
+        let f0 = att(0, 0, "a", AttemptState::Failed);
+        let v = derive_run(&req(), std::slice::from_ref(&f0), OPEN, |_| true);
+        assert_eq!(v.state, RunState::Failed);
+        let v = derive_run(
+            &req(),
+            std::slice::from_ref(&f0),
+            RunPolicy {
+                retries: 1,
+                cancelled: false,
+            },
+            |_| true,
+        );
+        assert_eq!((v.state, v.next_epoch), (RunState::Queued, 1));
+        let lost: Vec<_> = (0..MAX_INFRA_ATTEMPTS)
+            .map(|e| att(0, e, "a", AttemptState::Lost))
+            .collect();
+        assert_eq!(
+            derive_run(&req(), &lost, OPEN, |_| true).state,
+            RunState::Failed
+        );
+        assert_eq!(
+            derive_run(&req(), &lost[..3], OPEN, |_| true).state,
+            RunState::Queued
+        );
+    }
+
+    #[test]
+    fn cancel_and_reassignment() {
+        let a = att(0, 0, "a", AttemptState::Running);
+        let v = derive_run(
+            &req(),
+            std::slice::from_ref(&a),
+            RunPolicy {
+                retries: 0,
+                cancelled: true,
+            },
+            |_| true,
+        );
+        assert_eq!(v.state, RunState::Cancelled);
+        let b = att(0, 1, "b", AttemptState::Claimed);
+        assert_eq!(
+            should_abandon(&req(), &a, &[a.clone(), b.clone()], false),
+            Some(Abandon::Reassigned)
+        );
+        assert_eq!(
+            should_abandon(&req(), &a, &[a.clone()], true),
+            Some(Abandon::Cancelled)
+        );
+    }
+
+    #[test]
+    fn request_state_from_counts() {
+        let mut c = RunCounts {
+            total: 2,
+            ..Default::default()
+        };
+        c.add(RunState::Queued);
+        c.add(RunState::Queued);
+        assert_eq!(c.request_state(false), RequestState::Queued);
+        let c = RunCounts {
+            total: 2,
+            succeeded: 1,
+            running: 1,
+            ..Default::default()
+        };
+        assert_eq!(c.request_state(false), RequestState::Running);
+        let c = RunCounts {
+            total: 2,
+            succeeded: 1,
+            failed: 1,
+            ..Default::default()
+        };
+        assert_eq!(c.request_state(false), RequestState::Failed);
+        let c = RunCounts {
+            total: 2,
+            succeeded: 2,
+            ..Default::default()
+        };
+        assert_eq!(c.request_state(false), RequestState::Succeeded);
+        let c = RunCounts {
+            total: 2,
+            succeeded: 1,
+            cancelled: 1,
+            ..Default::default()
+        };
+        assert_eq!(c.request_state(true), RequestState::Cancelled);
+    }
+}
