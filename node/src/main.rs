@@ -1,1 +1,118 @@
-fn main() {}
+//! `pesc`: the PESC node daemon and its command-line client.
+
+mod agent;
+mod archive;
+mod blobs;
+mod cli;
+mod config;
+mod daemon;
+mod executor;
+mod identity;
+mod runner;
+mod service;
+mod store;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pesc",
+    version,
+    about = "PESC: run sequential programs many times on a peer-to-peer desktop grid"
+)]
+struct Cli {
+    /// The node's data dir (default: $XDG_DATA_HOME/pesc or ~/.local/share/pesc).
+    #[arg(long, global = true, env = "PESC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a node: runs requests and serves the API.
+    Node(daemon::NodeArgs),
+    /// Run a program file or a directory N times on the grid.
+    Submit(cli::SubmitArgs),
+    /// Show all requests, or one request rank by rank.
+    Status {
+        request: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's output (all ranks, or one with --rank).
+    Logs {
+        request: String,
+        #[arg(long)]
+        rank: Option<u32>,
+        /// Keep printing until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Download a finished request's results as one zip.
+    Results {
+        request: String,
+        /// Where to save the zip.
+        #[arg(short = 'o', long = "output", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Stop every run of a request.
+    Cancel { request: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let is_node = matches!(cli.cmd, Cmd::Node(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                if is_node {
+                    "info".into()
+                } else {
+                    "warn".into()
+                }
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pesc: cannot start the runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = rt.block_on(async move {
+        let data_dir = config::resolve_data_dir(cli.data_dir)?;
+        if let Cmd::Node(args) = cli.cmd {
+            daemon::run(data_dir, args).await?;
+            return Ok(0);
+        }
+        let c = cli::Client::from_data_dir(&data_dir)?;
+        match cli.cmd {
+            Cmd::Node(_) => unreachable!("handled above"),
+            Cmd::Submit(a) => cli::submit(&c, a).await,
+            Cmd::Status { request, json } => cli::status(&c, request, json).await,
+            Cmd::Logs {
+                request,
+                rank,
+                follow,
+                stderr,
+            } => cli::logs(&c, &request, rank, follow, stderr).await,
+            Cmd::Results { request, dir } => cli::results(&c, &request, &dir).await,
+            Cmd::Cancel { request } => cli::cancel(&c, &request).await,
+        }
+    });
+    match code {
+        Ok(c) => std::process::exit(c),
+        Err(e) => {
+            eprintln!("pesc: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! The agent: one task that owns the node's documents and drives the
+//! protocol's state machines with real time and I/O.
+//!
+//! Everything that changes state goes through its channels (API commands and
+//! runner events); after each batch it schedules free slots, then writes the
+//! changed documents to redb in one transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo};
+use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id};
+use pesc_protocol::lease::{LeaseKey, LeaseTracker};
+use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState};
+use pesc_protocol::run_view::RunCounts;
+use pesc_protocol::schedule::{Candidate, pick};
+use pesc_protocol::{BlobHash, NodeId, RequestId};
+use pesc_webui::ApiFailure;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::executor::Exit;
+use crate::runner::{AttemptJob, AttemptKey, RunnerCtx, RunnerEvent, RunnerOutcome, run_attempt};
+use crate::store::{DocWrite, Store};
+
+type Reply<T> = oneshot::Sender<T>;
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Compact a document into a snapshot after this many incremental chunks.
+const COMPACT_AFTER_CHUNKS: u64 = 256;
+/// Housekeeping period when nothing else happens.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Commands from the API to the agent.
+pub enum Command {
+    RegisterProcess(Process, Reply<ApiResult<Process>>),
+    Processes(Reply<Vec<Process>>),
+    Submit(NewRequest, Reply<ApiResult<RequestInfo>>),
+    List(Reply<Vec<RequestInfo>>),
+    Get {
+        id: String,
+        runs: bool,
+        reply: Reply<ApiResult<RequestInfo>>,
+    },
+    Cancel {
+        id: String,
+        reply: Reply<ApiResult<RequestInfo>>,
+    },
+    NodeInfo(Reply<NodeInfo>),
+    Results {
+        id: String,
+        reply: Reply<ApiResult<ResultPlan>>,
+    },
+    Log {
+        id: String,
+        rank: u32,
+        reply: Reply<ApiResult<LogSource>>,
+    },
+}
+
+/// What the results archive of a finished request is made of.
+pub struct ResultPlan {
+    pub id: RequestId,
+    /// Per rank: output archive and stdout blobs.
+    pub ranks: Vec<(u32, Option<BlobHash>, Option<BlobHash>)>,
+}
+
+/// Where a run's log is now.
+pub enum LogSource {
+    /// The attempt ended: its logs are blobs.
+    Stored {
+        stdout: Option<BlobHash>,
+        stderr: Option<BlobHash>,
+    },
+    /// Running here: the files grow until the attempt ends.
+    Live { key: AttemptKey },
+    /// Not started yet (or running on another node).
+    NotYet,
+}
+
+struct Running {
+    attempt: Attempt,
+    owner: String,
+    stop: watch::Sender<bool>,
+    /// Why we asked it to stop, if we did.
+    stopping: Option<AttemptState>,
+}
+
+struct Req {
+    doc: RequestDoc,
+    version: u64,
+    dirty: bool,
+    chunks: u64,
+    next_seq: u64,
+}
+
+pub struct Settings {
+    pub node: NodeId,
+    pub name: String,
+    pub slots: u32,
+    pub user: String,
+    pub lease_ttl_ms: u64,
+    pub data_dir: PathBuf,
+}
+
+pub struct Agent {
+    s: Settings,
+    store: Store,
+    runner: Arc<RunnerCtx>,
+    grid: GridDoc,
+    grid_dirty: bool,
+    grid_seq: u64,
+    grid_chunks: u64,
+    requests: BTreeMap<RequestId, Req>,
+    running: HashMap<AttemptKey, Running>,
+    leases: LeaseTracker,
+    started: Instant,
+    version: u64,
+    version_tx: watch::Sender<u64>,
+    events_tx: mpsc::UnboundedSender<RunnerEvent>,
+    events_rx: mpsc::UnboundedReceiver<RunnerEvent>,
+}
+
+/// A handle the API uses to reach the agent.
+#[derive(Clone)]
+pub struct AgentHandle {
+    pub tx: mpsc::Sender<Command>,
+    pub versions: watch::Receiver<u64>,
+}
+
+impl AgentHandle {
+    /// Sends a command and waits for its reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> ApiResult<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| ApiFailure::unavailable("the node is shutting down"))?;
+        rx.await
+            .map_err(|_| ApiFailure::unavailable("the node is shutting down"))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Loads the node's documents and recovers from an earlier crash: the
+    /// node's unfinished attempts are marked lost, so they run again.
+    pub fn new(
+        s: Settings,
+        store: Store,
+        runner: Arc<RunnerCtx>,
+    ) -> Result<(Agent, AgentHandle, mpsc::Receiver<Command>)> {
+        let actor = || actor_id(&s.node, rand::random());
+        let grid_id = match store.get_meta("grid_id")? {
+            Some(v) => String::from_utf8(v).context("grid id")?,
+            None => {
+                let id = hex::encode(rand::random::<[u8; 16]>());
+                store.put_meta("grid_id", id.as_bytes())?;
+                id
+            }
+        };
+        let mut grid = None;
+        let mut grid_seq = 0;
+        let mut grid_chunks = 0;
+        let mut requests = BTreeMap::new();
+        for d in store.load_docs()? {
+            if d.key == "grid" {
+                grid = Some(GridDoc::load(&d.bytes, actor()).context("loading the grid document")?);
+                grid_seq = d.next_seq;
+                grid_chunks = d.chunks;
+            } else if let Some(id) = d.key.strip_prefix("req/") {
+                match RequestDoc::load(&d.bytes, actor()) {
+                    Ok(doc) => {
+                        let req = Req {
+                            doc,
+                            version: 0,
+                            dirty: false,
+                            chunks: d.chunks,
+                            next_seq: d.next_seq,
+                        };
+                        requests.insert(req.doc.id().clone(), req);
+                    }
+                    Err(e) => tracing::error!(
+                        "request document {id} cannot be loaded and is skipped: {e}"
+                    ),
+                }
+            }
+        }
+        let fresh_grid = grid.is_none();
+        let mut grid = match grid {
+            Some(g) => g,
+            None => GridDoc::genesis(&grid_id, actor())?,
+        };
+        grid.put_node(&NodeRecord {
+            id: s.node.clone(),
+            name: s.name.clone(),
+            slots: s.slots,
+            executor: runner.executor.name().to_string(),
+        })?;
+        let grid_dirty = grid.commit() || fresh_grid;
+        // Attempts this node had in flight when it died: their processes are gone.
+        let mut recovered = 0;
+        for req in requests.values_mut() {
+            let mine: Vec<Attempt> = req
+                .doc
+                .all_attempts()
+                .filter(|a| a.node == s.node && !a.state.is_terminal())
+                .cloned()
+                .collect();
+            for mut a in mine {
+                a.state = AttemptState::Lost;
+                a.finished_ms = Some(now_ms());
+                a.reason = Some("the node restarted while this attempt ran".into());
+                req.doc.put_attempt(&a)?;
+                req.dirty = true;
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            tracing::info!("{recovered} interrupted attempt(s) will run again");
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let (version_tx, versions) = watch::channel(0);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let agent = Agent {
+            leases: LeaseTracker::new(s.lease_ttl_ms),
+            s,
+            store,
+            runner,
+            grid,
+            grid_dirty,
+            grid_seq,
+            grid_chunks,
+            requests,
+            running: HashMap::new(),
+            started: Instant::now(),
+            version: 0,
+            version_tx,
+            events_tx,
+            events_rx,
+        };
+        Ok((agent, AgentHandle { tx, versions }, rx))
+    }
+
+    /// Runs until every command sender is gone.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        self.step();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                c = commands.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                Some(ev) = self.events_rx.recv() => self.event(ev),
+                _ = tick.tick() => {}
+            }
+            // Take everything already waiting before scheduling and writing once.
+            for _ in 0..256 {
+                let mut any = false;
+                if let Ok(ev) = self.events_rx.try_recv() {
+                    self.event(ev);
+                    any = true;
+                }
+                if let Ok(c) = commands.try_recv() {
+                    self.command(c);
+                    any = true;
+                }
+                if !any {
+                    break;
+                }
+            }
+            self.step();
+        }
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
+        }
+    }
+
+    fn mono(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Schedules free slots, then persists what changed.
+    fn step(&mut self) {
+        self.schedule();
+        if let Err(e) = self.persist() {
+            tracing::error!("writing the node database failed: {e:#}");
+        }
+    }
+
+    fn is_live(&self, req: &RequestId, a: &Attempt, now: u64) -> bool {
+        if a.node == self.s.node {
+            self.running.contains_key(&(req.clone(), a.rank, a.epoch))
+        } else {
+            self.leases.is_live(
+                &LeaseKey {
+                    request: req.clone(),
+                    rank: a.rank,
+                    epoch: a.epoch,
+                    node: a.node.clone(),
+                },
+                now,
+            )
+        }
+    }
+
+    fn schedule(&mut self) {
+        let free = (self.s.slots as usize).saturating_sub(self.running.len());
+        if free == 0 {
+            return;
+        }
+        let now = self.mono();
+        let mut in_progress: BTreeMap<String, u32> = BTreeMap::new();
+        for r in self.running.values() {
+            *in_progress.entry(r.owner.clone()).or_default() += 1;
+        }
+        let mut cands = Vec::new();
+        for (id, req) in &self.requests {
+            if req.doc.is_finished() {
+                continue;
+            }
+            let spec = req.doc.spec();
+            let mut found = 0;
+            for rank in req.doc.unfinished_ranks() {
+                if found == free {
+                    break;
+                }
+                let v = req.doc.run(rank, |a| self.is_live(id, a, now));
+                if v.state == RunState::Queued {
+                    found += 1;
+                    cands.push(Candidate {
+                        request: id.clone(),
+                        owner: spec.owner.clone(),
+                        created_ms: spec.created_ms,
+                        rank,
+                        epoch: v.next_epoch,
+                    });
+                }
+            }
+        }
+        for c in pick(cands, &in_progress, free) {
+            self.claim(c);
+        }
+    }
+
+    fn claim(&mut self, c: Candidate) {
+        let Some(req) = self.requests.get_mut(&c.request) else {
+            return;
+        };
+        let attempt = Attempt::claim(c.rank, c.epoch, self.s.node.clone(), now_ms());
+        if let Err(e) = req.doc.put_attempt(&attempt) {
+            tracing::error!("cannot record a claim: {e}");
+            return;
+        }
+        req.dirty = true;
+        let spec = req.doc.spec();
+        let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
+        let (stop, stop_rx) = watch::channel(false);
+        let job = AttemptJob {
+            key: key.clone(),
+            node: self.s.node.clone(),
+            process: spec.process.clone(),
+            world_size: spec.repetitions,
+            parameters: spec.parameters.clone(),
+        };
+        self.running.insert(
+            key,
+            Running {
+                attempt,
+                owner: c.owner,
+                stop,
+                stopping: None,
+            },
+        );
+        tokio::spawn(run_attempt(
+            self.runner.clone(),
+            job,
+            stop_rx,
+            self.events_tx.clone(),
+        ));
+    }
+
+    fn event(&mut self, ev: RunnerEvent) {
+        match ev {
+            RunnerEvent::Started { key } => {
+                let Some(r) = self.running.get_mut(&key) else {
+                    return;
+                };
+                r.attempt.state = AttemptState::Running;
+                r.attempt.started_ms = Some(now_ms());
+                let a = r.attempt.clone();
+                self.write_attempt(&key.0, &a);
+            }
+            RunnerEvent::Finished { key, outcome } => {
+                let Some(r) = self.running.remove(&key) else {
+                    return;
+                };
+                let mut a = r.attempt;
+                finish_attempt(&mut a, outcome, r.stopping);
+                self.write_attempt(&key.0, &a);
+                if self
+                    .requests
+                    .get(&key.0)
+                    .is_some_and(|q| q.doc.is_finished())
+                {
+                    self.request_finished(&key.0);
+                }
+            }
+        }
+    }
+
+    fn write_attempt(&mut self, req: &RequestId, a: &Attempt) {
+        if let Some(q) = self.requests.get_mut(req) {
+            match q.doc.put_attempt(a) {
+                Ok(()) => q.dirty = true,
+                Err(e) => tracing::error!("cannot record attempt {}: {e}", a.key()),
+            }
+        }
+    }
+
+    /// Drops the request's working files (checkpoints) once nothing runs here.
+    fn request_finished(&mut self, id: &RequestId) {
+        if self.running.keys().any(|k| &k.0 == id) {
+            return;
+        }
+        self.leases.forget_request(id);
+        let dir = self.runner.work_dir.join(id.as_str());
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+
+    fn persist(&mut self) -> Result<()> {
+        let mut writes = Vec::new();
+        let mut changed = false;
+        if self.grid_dirty || self.grid.commit() {
+            self.grid.commit();
+            self.grid_dirty = false;
+            if self.grid_chunks >= COMPACT_AFTER_CHUNKS || self.grid_seq == 0 {
+                writes.push(DocWrite::Snapshot {
+                    key: "grid".into(),
+                    bytes: self.grid.save(),
+                });
+                self.grid_chunks = 0;
+            } else {
+                let bytes = self.grid.save_incremental();
+                writes.push(DocWrite::Chunk {
+                    key: "grid".into(),
+                    seq: self.grid_seq,
+                    bytes,
+                });
+                self.grid_chunks += 1;
+            }
+            self.grid_seq += 1;
+        }
+        for (id, q) in self.requests.iter_mut() {
+            if !q.dirty {
+                continue;
+            }
+            q.dirty = false;
+            q.doc.commit();
+            changed = true;
+            self.version += 1;
+            q.version = self.version;
+            let key = format!("req/{id}");
+            if q.chunks >= COMPACT_AFTER_CHUNKS || q.next_seq == 0 {
+                writes.push(DocWrite::Snapshot {
+                    key,
+                    bytes: q.doc.save(),
+                });
+                q.chunks = 0;
+            } else {
+                let bytes = q.doc.save_incremental();
+                if !bytes.is_empty() {
+                    writes.push(DocWrite::Chunk {
+                        key,
+                        seq: q.next_seq,
+                        bytes,
+                    });
+                    q.chunks += 1;
+                }
+            }
+            q.next_seq += 1;
+        }
+        self.store.write(writes)?;
+        if changed {
+            let _ = self.version_tx.send(self.version);
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::RegisterProcess(p, reply) => {
+                let r = self
+                    .grid
+                    .put_process(&p)
+                    .map(|_| p)
+                    .map_err(ApiFailure::from);
+                self.grid_dirty = true;
+                let _ = reply.send(r);
+            }
+            Command::Processes(reply) => {
+                let _ = reply.send(self.grid.processes().unwrap_or_default());
+            }
+            Command::Submit(n, reply) => {
+                let _ = reply.send(self.submit(n));
+            }
+            Command::List(reply) => {
+                let list = self
+                    .requests
+                    .keys()
+                    .filter_map(|id| self.info(id, false))
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Command::Get { id, runs, reply } => {
+                let r = self
+                    .resolve(&id)
+                    .map(|id| self.info(&id, runs).expect("resolved"));
+                let _ = reply.send(r);
+            }
+            Command::Cancel { id, reply } => {
+                let _ = reply.send(self.cancel(&id));
+            }
+            Command::NodeInfo(reply) => {
+                let _ = reply.send(NodeInfo {
+                    id: self.s.node.clone(),
+                    name: self.s.name.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    executor: self.runner.executor.name().to_string(),
+                    isolated: self.runner.executor.isolated(),
+                    slots: self.s.slots,
+                    slots_busy: self.running.len() as u32,
+                    data_dir: self.s.data_dir.display().to_string(),
+                    requests: self.requests.len() as u32,
+                });
+            }
+            Command::Results { id, reply } => {
+                let _ = reply.send(self.result_plan(&id));
+            }
+            Command::Log { id, rank, reply } => {
+                let _ = reply.send(self.log_source(&id, rank));
+            }
+        }
+    }
+
+    fn submit(&mut self, n: NewRequest) -> ApiResult<RequestInfo> {
+        let process = self.grid.process(&n.process).map_err(ApiFailure::from)?.ok_or_else(|| {
+            ApiFailure::not_found(format!(
+                "process {} does not exist: upload it first (pesc submit PATH, or POST /api/v1/processes)",
+                n.process
+            ))
+        })?;
+        let spec = RequestSpec {
+            id: RequestId::from_bytes(rand::random()),
+            owner: self.s.user.clone(),
+            process,
+            repetitions: n.repetitions,
+            parameters: n.parameters,
+            rooms: n.rooms,
+            shared_files: n.shared_files,
+            gpu: n.gpu,
+            parallel: n.parallel,
+            same_node: n.same_node,
+            retries: n.retries,
+            created_ms: now_ms(),
+        };
+        spec.validate()?;
+        if spec.gpu.count > 0 || spec.parallel || spec.same_node || !spec.shared_files.is_empty() {
+            return Err(ApiFailure::bad_request(
+                "GPU, parallel, same-node and shared-file requests are not supported by this node yet",
+            ));
+        }
+        if let Some(room) = spec
+            .rooms
+            .iter()
+            .find(|r| r.as_str() != pesc_protocol::model::GENERAL_ROOM)
+        {
+            return Err(ApiFailure::bad_request(format!(
+                "room '{room}' does not exist; use General"
+            )));
+        }
+        let doc = RequestDoc::create(spec.clone(), actor_id(&self.s.node, rand::random()))?;
+        self.grid
+            .put_request(&RequestIndex {
+                id: spec.id.clone(),
+                owner: spec.owner.clone(),
+                process: spec.process.id.clone(),
+                repetitions: spec.repetitions,
+                created_ms: spec.created_ms,
+            })
+            .map_err(ApiFailure::from)?;
+        self.grid_dirty = true;
+        self.requests.insert(
+            spec.id.clone(),
+            Req {
+                doc,
+                version: 0,
+                dirty: true,
+                chunks: 0,
+                next_seq: 0,
+            },
+        );
+        tracing::info!(request = %spec.id, repetitions = spec.repetitions, "request submitted");
+        // Persist before answering, so an accepted request survives a crash.
+        self.step();
+        Ok(self.info(&spec.id, false).expect("just inserted"))
+    }
+
+    fn resolve(&self, prefix: &str) -> ApiResult<RequestId> {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiFailure::bad_request(format!(
+                "'{prefix}' is not a request id (hex digits)"
+            )));
+        }
+        let mut it = self
+            .requests
+            .range(RequestId::from_bytes([0; 8])..)
+            .map(|(k, _)| k)
+            .filter(|k| k.as_str().starts_with(&prefix));
+        match (it.next(), it.next()) {
+            (Some(id), None) => Ok(id.clone()),
+            (None, _) => Err(ApiFailure::not_found(format!(
+                "no request {prefix} on this grid"
+            ))),
+            (Some(_), Some(_)) => Err(ApiFailure::bad_request(format!(
+                "'{prefix}' matches several requests: give more digits"
+            ))),
+        }
+    }
+
+    fn info(&self, id: &RequestId, with_runs: bool) -> Option<RequestInfo> {
+        let q = self.requests.get(id)?;
+        let now = self.mono();
+        let live = |a: &Attempt| self.is_live(id, a, now);
+        let spec = q.doc.spec();
+        let counts: RunCounts = q.doc.counts(live);
+        let runs = with_runs.then(|| {
+            (0..spec.repetitions)
+                .map(|rank| {
+                    let v = q.doc.run(rank, live);
+                    let a = v.current;
+                    RunInfo {
+                        rank,
+                        state: v.state,
+                        node: a.map(|a| a.node.clone()),
+                        attempt: a.map(|a| a.epoch),
+                        attempts: q.doc.attempts_of(rank).len() as u32,
+                        exit_code: a.and_then(|a| a.exit_code),
+                        started_ms: a.and_then(|a| a.started_ms),
+                        finished_ms: a.and_then(|a| a.finished_ms),
+                        duration_ms: a.and_then(|a| a.duration_ms()),
+                        output: a.and_then(|a| a.output),
+                        reason: a.and_then(|a| a.reason.clone()),
+                    }
+                })
+                .collect()
+        });
+        Some(RequestInfo {
+            id: id.clone(),
+            state: counts.request_state(q.doc.is_cancelled()),
+            owner: spec.owner.clone(),
+            process: spec.process.id.clone(),
+            process_name: spec.process.name.clone(),
+            language: spec.process.language,
+            repetitions: spec.repetitions,
+            parameters: spec.parameters.clone(),
+            created_ms: spec.created_ms,
+            counts,
+            version: q.version,
+            runs,
+        })
+    }
+
+    fn cancel(&mut self, prefix: &str) -> ApiResult<RequestInfo> {
+        let id = self.resolve(prefix)?;
+        let q = self.requests.get_mut(&id).expect("resolved");
+        if !q.doc.is_finished() {
+            q.doc
+                .cancel(&self.s.node, now_ms())
+                .map_err(ApiFailure::from)?;
+            q.dirty = true;
+            for (k, r) in self.running.iter_mut() {
+                if k.0 == id {
+                    r.stopping = Some(AttemptState::Cancelled);
+                    let _ = r.stop.send(true);
+                }
+            }
+            tracing::info!(request = %id, "request cancelled");
+        }
+        self.step();
+        Ok(self.info(&id, false).expect("resolved"))
+    }
+
+    fn result_plan(&self, prefix: &str) -> ApiResult<ResultPlan> {
+        let id = self.resolve(prefix)?;
+        let q = &self.requests[&id];
+        let info = self.info(&id, false).expect("resolved");
+        if !info.state.is_terminal() || self.running.keys().any(|k| k.0 == id) {
+            return Err(ApiFailure::conflict(format!(
+                "request {id} is still {} ({} of {} runs finished): wait for it (pesc status {id}) and ask again",
+                info.state.as_str(),
+                info.counts.finished(),
+                info.counts.total
+            )));
+        }
+        let ranks = (0..q.doc.spec().repetitions)
+            .map(|r| {
+                let a = q.doc.result_attempt(r);
+                (r, a.and_then(|a| a.output), a.and_then(|a| a.stdout))
+            })
+            .collect();
+        Ok(ResultPlan { id, ranks })
+    }
+
+    fn log_source(&self, prefix: &str, rank: u32) -> ApiResult<LogSource> {
+        let id = self.resolve(prefix)?;
+        let q = &self.requests[&id];
+        if rank >= q.doc.spec().repetitions {
+            return Err(ApiFailure::bad_request(format!(
+                "rank {rank} does not exist: request {id} has ranks 0 to {}",
+                q.doc.spec().repetitions - 1
+            )));
+        }
+        if let Some(k) = self
+            .running
+            .keys()
+            .filter(|k| k.0 == id && k.1 == rank)
+            .max_by_key(|k| k.2)
+        {
+            return Ok(LogSource::Live { key: k.clone() });
+        }
+        let latest = q
+            .doc
+            .attempts_of(rank)
+            .iter()
+            .filter(|a| a.state.is_terminal() && (a.stdout.is_some() || a.stderr.is_some()))
+            .max_by_key(|a| (a.state == AttemptState::Succeeded, a.epoch));
+        Ok(match latest {
+            Some(a) => LogSource::Stored {
+                stdout: a.stdout,
+                stderr: a.stderr,
+            },
+            None => LogSource::NotYet,
+        })
+    }
+}
+
+/// Turns what the runner saw into the attempt's final record.
+fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<AttemptState>) {
+    a.finished_ms = Some(now_ms());
+    a.stdout = o.stdout;
+    a.stderr = o.stderr;
+    if a.started_ms.is_none() {
+        a.started_ms = a.finished_ms;
+    }
+    if let Some(s) = stopping {
+        a.state = s;
+        a.reason = Some(match s {
+            AttemptState::Cancelled => "the request was cancelled".into(),
+            _ => "stopped".into(),
+        });
+        return;
+    }
+    match (o.exit, o.error) {
+        (_, Some(err)) => {
+            a.state = AttemptState::Error;
+            a.reason = Some(err);
+        }
+        (Some(Exit::Code(0)), None) => {
+            a.state = AttemptState::Succeeded;
+            a.exit_code = Some(0);
+            a.output = o.output;
+        }
+        (Some(Exit::Code(c)), None) => {
+            a.state = AttemptState::Failed;
+            a.exit_code = Some(c);
+            a.output = o.output;
+            a.reason = Some(format!("the program exited with code {c}"));
+        }
+        (Some(Exit::Signal(s)), None) => {
+            a.state = AttemptState::Failed;
+            a.exit_code = Some(128 + s);
+            a.output = o.output;
+            a.reason = Some(format!("the program was killed by signal {s}"));
+        }
+        (None, None) => {
+            a.state = AttemptState::Error;
+            a.reason = Some("the executor reported nothing".into());
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Zip archives: checking uploaded processes, unpacking them into app dirs,
+//! packing output dirs, and building a request's results archive.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use pesc_protocol::model::safe_relative_path;
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipArchive, ZipWriter};
+
+/// Most entries a process zip may hold.
+pub const MAX_ZIP_ENTRIES: usize = 100_000;
+
+/// What a process zip holds, once checked.
+pub struct ZipListing {
+    /// Normalised paths of the files (not directories).
+    pub files: Vec<String>,
+}
+
+/// Checks an uploaded zip: readable, not empty, every path relative and
+/// inside the folder, no links, unpacked size within `max_unpacked`.
+/// Errors are sentences for the user.
+pub fn check_zip(path: &Path, max_unpacked: u64) -> Result<ZipListing, String> {
+    let f = File::open(path).map_err(|e| format!("cannot read the upload: {e}"))?;
+    let mut z = ZipArchive::new(f)
+        .map_err(|e| format!("the uploaded zip cannot be read ({e}): send a valid .zip file"))?;
+    if z.len() > MAX_ZIP_ENTRIES {
+        return Err(format!(
+            "the zip has {} entries; at most {MAX_ZIP_ENTRIES} are allowed",
+            z.len()
+        ));
+    }
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for i in 0..z.len() {
+        let e = z
+            .by_index_raw(i)
+            .map_err(|e| format!("the uploaded zip is damaged ({e})"))?;
+        let name = e
+            .name()
+            .map_err(|e| format!("the zip has an entry with an unreadable name ({e})"))?
+            .to_string();
+        let clean = safe_relative_path(&name).map_err(|e| {
+            format!("the zip entry {e}; zip the folder's contents with relative paths")
+        })?;
+        if e.is_symlink() {
+            return Err(format!(
+                "the zip entry '{name}' is a symbolic link; links are not allowed"
+            ));
+        }
+        if e.is_dir() {
+            continue;
+        }
+        total = total.saturating_add(e.size());
+        if total > max_unpacked {
+            return Err(format!(
+                "the zip unpacks to more than {} MiB",
+                max_unpacked >> 20
+            ));
+        }
+        files.push(clean);
+    }
+    if files.is_empty() {
+        return Err("the zip holds no files: zip the folder with your program in it".into());
+    }
+    Ok(ZipListing { files })
+}
+
+/// Unpacks a (checked) zip into `dest`, keeping executable bits.
+pub fn extract_zip(zip_path: &Path, dest: &Path) -> Result<()> {
+    let f = File::open(zip_path).with_context(|| format!("opening {}", zip_path.display()))?;
+    let mut z = ZipArchive::new(f).context("reading the process zip")?;
+    for i in 0..z.len() {
+        let mut e = z.by_index(i)?;
+        let name = e.name()?.to_string();
+        let rel = safe_relative_path(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = dest.join(&rel);
+        if e.is_dir() {
+            std::fs::create_dir_all(&out)?;
+            continue;
+        }
+        if e.is_symlink() {
+            bail!("zip entry '{name}' is a link");
+        }
+        if let Some(p) = out.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        let mut w = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+        io::copy(&mut e, &mut w)?;
+        if let Some(mode) = e.unix_mode() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode & 0o755 | 0o600))?;
+        }
+    }
+    Ok(())
+}
+
+/// Packs every regular file under `dir` into a zip written to `w`
+/// (links and special files are skipped). Returns the number of files.
+pub fn pack_dir<W: Write + Seek>(dir: &Path, w: W) -> Result<usize> {
+    let mut z = ZipWriter::new(w);
+    let opts = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Deflated)
+        .large_file(true);
+    let mut n = 0;
+    let mut entries: Vec<_> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort_by(|a, b| a.path().cmp(b.path()));
+    for e in entries {
+        let rel = e
+            .path()
+            .strip_prefix(dir)?
+            .to_string_lossy()
+            .replace('\\', "/");
+        if e.file_type().is_dir() {
+            z.add_directory(rel, opts)?;
+        } else if e.file_type().is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = e.metadata()?.permissions().mode() & 0o777;
+            z.start_file(rel, opts.unix_permissions(mode))?;
+            let mut f = File::open(e.path())?;
+            io::copy(&mut f, &mut z)?;
+            n += 1;
+        }
+    }
+    z.finish()?;
+    Ok(n)
+}
+
+/// One rank's part of a results archive.
+pub struct RankResult {
+    pub rank: u32,
+    /// The rank's output archive (a zip blob), if it produced one.
+    pub output_zip: Option<std::path::PathBuf>,
+    /// The rank's stdout (a blob), if any.
+    pub stdout: Option<std::path::PathBuf>,
+}
+
+/// Builds the results zip: `output_rank_N/…` for every rank, `output.txt`
+/// (every rank's `output/output.txt` in rank order) and `stdout.txt` (every
+/// rank's stdout in rank order). Streams everything; nothing is held whole.
+pub fn build_results(ranks: &[RankResult], tmp_dir: &Path, out: &Path) -> Result<()> {
+    let mut z = ZipWriter::new(BufWriter::new(File::create(out)?));
+    let opts = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Deflated)
+        .large_file(true);
+    let mut output_txt = tempfile_in(tmp_dir, "output-txt")?;
+    let mut stdout_txt = tempfile_in(tmp_dir, "stdout-txt")?;
+    for r in ranks {
+        let dir = format!("output_rank_{}/", r.rank);
+        z.add_directory(&dir, opts)?;
+        if let Some(p) = &r.output_zip {
+            let mut src =
+                ZipArchive::new(File::open(p)?).context("reading a rank's output archive")?;
+            for i in 0..src.len() {
+                let name = src.by_index_raw(i)?.name()?.to_string();
+                if name.trim_end_matches('/') == "output.txt" {
+                    let mut e = src.by_index(i)?;
+                    append_with_newline(&mut e, &mut output_txt.1)?;
+                }
+                let e = src.by_index_raw(i)?;
+                z.raw_copy_file_rename(e, format!("{dir}{name}"))?;
+            }
+        }
+        if let Some(p) = &r.stdout {
+            append_with_newline(&mut File::open(p)?, &mut stdout_txt.1)?;
+        }
+    }
+    for (name, (path, file)) in [("output.txt", output_txt), ("stdout.txt", stdout_txt)] {
+        drop(file);
+        z.start_file(name, opts)?;
+        io::copy(&mut File::open(&path)?, &mut z)?;
+        let _ = std::fs::remove_file(&path);
+    }
+    z.finish()?.flush()?;
+    Ok(())
+}
+
+fn tempfile_in(dir: &Path, what: &str) -> Result<(std::path::PathBuf, BufWriter<File>)> {
+    let p = dir.join(format!("{what}-{}", hex::encode(rand::random::<[u8; 8]>())));
+    let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+    Ok((p, BufWriter::new(f)))
+}
+
+/// Copies `r` to `w`, adding a newline if the text did not end with one, so
+/// the lines of consecutive ranks never run together.
+fn append_with_newline(r: &mut impl Read, w: &mut impl Write) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last = b'\n';
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        last = buf[n - 1];
+        w.write_all(&buf[..n])?;
+    }
+    if last != b'\n' {
+        w.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zip_with(entries: &[(&str, &[u8])]) -> tempfile_path::TempZip {
+        tempfile_path::TempZip::new(entries)
+    }
+
+    mod tempfile_path {
+        use super::*;
+        pub struct TempZip(pub std::path::PathBuf);
+        impl TempZip {
+            pub fn new(entries: &[(&str, &[u8])]) -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "pesc-test-{}.zip",
+                    hex::encode(rand::random::<[u8; 8]>())
+                ));
+                let mut z = ZipWriter::new(File::create(&p).unwrap());
+                for (name, data) in entries {
+                    z.start_file(*name, SimpleFileOptions::default()).unwrap();
+                    z.write_all(data).unwrap();
+                }
+                z.finish().unwrap();
+                TempZip(p)
+            }
+        }
+        impl Drop for TempZip {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_zips() {
+        let slip = zip_with(&[("../evil.sh", b"x")]);
+        assert!(check_zip(&slip.0, 1 << 30).unwrap_err().contains("escapes"));
+        let abs = zip_with(&[("/etc/passwd", b"x")]);
+        assert!(check_zip(&abs.0, 1 << 30).unwrap_err().contains("absolute"));
+        let empty = zip_with(&[]);
+        assert!(
+            check_zip(&empty.0, 1 << 30)
+                .unwrap_err()
+                .contains("no files")
+        );
+        let big = zip_with(&[("a", &[0u8; 2048])]);
+        assert!(
+            check_zip(&big.0, 1024)
+                .unwrap_err()
+                .contains("unpacks to more")
+        );
+        let ok = zip_with(&[("src/main.py", b"print(1)")]);
+        assert_eq!(
+            check_zip(&ok.0, 1 << 30).unwrap().files,
+            vec!["src/main.py"]
+        );
+        let junk = std::env::temp_dir().join("pesc-junk.zip");
+        std::fs::write(&junk, b"not a zip at all").unwrap();
+        assert!(
+            check_zip(&junk, 1 << 30)
+                .unwrap_err()
+                .contains("cannot be read")
+        );
+        let _ = std::fs::remove_file(junk);
+    }
+}

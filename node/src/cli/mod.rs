@@ -1,0 +1,418 @@
+//! The CLI commands: clients of the local node's `/api/v1`.
+
+mod client;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use pesc_protocol::api::{NewRequest, RequestInfo};
+use pesc_protocol::model::{Process, RequestState, RunState};
+use reqwest::Method;
+
+pub use client::Client;
+
+/// `pesc submit` flags.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// A program file, or a directory (zipped and sent whole).
+    pub path: PathBuf,
+    /// How many times to run it (ranks 0..N-1).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub repetitions: u32,
+    /// Parameters passed to every run after `--parameters`.
+    #[arg(long, num_args = 1.., allow_negative_numbers = true)]
+    pub parameters: Vec<String>,
+    /// python, r, java, c or shell (default: from the file's extension).
+    #[arg(long)]
+    pub language: Option<String>,
+    /// The file to run inside a directory, or a whole command line (e.g. "true").
+    #[arg(long)]
+    pub entry: Option<String>,
+    /// Extra attempts when the program exits non-zero.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// Name shown for the process.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Wait for every run to finish, with a progress bar; exit 1 if any failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON (the request, with "id" and "state").
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
+    let meta =
+        std::fs::metadata(&a.path).with_context(|| format!("cannot read {}", a.path.display()))?;
+    let (upload, file_name, kind, files) = if meta.is_dir() {
+        let (tmp, files) = zip_dir(&a.path)?;
+        let base = a
+            .path
+            .canonicalize()?
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or("process".into());
+        (tmp, format!("{base}.zip"), "zip", files)
+    } else {
+        let name = a
+            .path
+            .file_name()
+            .context("the path names no file")?
+            .to_string_lossy()
+            .to_string();
+        (a.path.clone(), name.clone(), "file", vec![name])
+    };
+    // --entry names a file of the upload, or else is a command line.
+    let (entry, command) = match &a.entry {
+        Some(e) if files.iter().any(|f| f == e.trim_start_matches("./")) => {
+            (Some(e.trim_start_matches("./").to_string()), None)
+        }
+        Some(e) => (None, Some(e.clone())),
+        None => (None, None),
+    };
+    let mut query: Vec<(&str, String)> = vec![("file_name", file_name), ("kind", kind.to_string())];
+    for (k, v) in [
+        ("language", a.language.clone()),
+        ("entry", entry),
+        ("command", command),
+        ("name", a.name.clone()),
+    ] {
+        if let Some(v) = v {
+            query.push((k, v));
+        }
+    }
+    let file = tokio::fs::File::open(&upload)
+        .await
+        .with_context(|| format!("opening {}", upload.display()))?;
+    let body = reqwest::Body::wrap_stream(tokio_util_stream(file));
+    let sent = c
+        .json::<Process>(
+            c.request(Method::POST, "/processes")
+                .query(&query)
+                .body(body),
+        )
+        .await;
+    if meta.is_dir() {
+        let _ = std::fs::remove_file(&upload);
+    }
+    let process = sent?;
+    let req = NewRequest {
+        process: process.id,
+        repetitions: a.repetitions,
+        parameters: a.parameters,
+        rooms: vec![],
+        shared_files: vec![],
+        gpu: Default::default(),
+        parallel: false,
+        same_node: false,
+        retries: a.retries,
+    };
+    let info: RequestInfo = c
+        .json(c.request(Method::POST, "/requests").json(&req))
+        .await?;
+    if !a.wait {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        } else {
+            println!("{}", info.id);
+            eprintln!(
+                "submitted request {} ({} runs); follow it with `pesc status {}`",
+                info.id, info.repetitions, info.id
+            );
+        }
+        return Ok(0);
+    }
+    let done = wait(c, info.id.as_str(), !a.json).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        print_request(&done, true);
+    }
+    Ok(exit_code(&done))
+}
+
+fn exit_code(r: &RequestInfo) -> i32 {
+    if r.state == RequestState::Succeeded {
+        0
+    } else {
+        1
+    }
+}
+
+fn tokio_util_stream(
+    f: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+/// Zips a directory (skipping `.git`, `__pycache__` and links) into a temp file.
+fn zip_dir(dir: &Path) -> Result<(PathBuf, Vec<String>)> {
+    use zip::write::SimpleFileOptions;
+    let tmp = std::env::temp_dir().join(format!(
+        "pesc-upload-{}.zip",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
+    let mut z = zip::ZipWriter::new(std::io::BufWriter::new(std::fs::File::create(&tmp)?));
+    let opts = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(true);
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            let n = e.file_name().to_string_lossy();
+            !(e.file_type().is_dir() && (n == ".git" || n == "__pycache__"))
+        });
+    for e in walker {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e
+            .path()
+            .strip_prefix(dir)?
+            .to_string_lossy()
+            .replace('\\', "/");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = e.metadata()?.permissions().mode() & 0o777;
+        z.start_file(rel.as_str(), opts.unix_permissions(mode))?;
+        std::io::copy(&mut std::fs::File::open(e.path())?, &mut z)?;
+        files.push(rel);
+    }
+    z.finish()?.flush()?;
+    if files.is_empty() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("{} holds no files", dir.display());
+    }
+    Ok((tmp, files))
+}
+
+/// Long-polls the request until it is finished, drawing a progress bar.
+async fn wait(c: &Client, id: &str, bar: bool) -> Result<RequestInfo> {
+    let mut info: RequestInfo = c
+        .json(
+            c.request(Method::GET, &format!("/requests/{id}"))
+                .query(&[("runs", "false")]),
+        )
+        .await?;
+    let pb = indicatif::ProgressBar::new(info.counts.total as u64);
+    if bar {
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} runs done {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    while !info.state.is_terminal() {
+        pb.set_position(info.counts.finished() as u64);
+        pb.set_message(format!(
+            "({} running, {} failed)",
+            info.counts.running + info.counts.claimed,
+            info.counts.failed
+        ));
+        info = c
+            .json(c.request(Method::GET, &format!("/requests/{id}")).query(&[
+                ("runs", "false".to_string()),
+                ("since_version", info.version.to_string()),
+                ("timeout_ms", "30000".to_string()),
+            ]))
+            .await?;
+    }
+    pb.set_position(info.counts.finished() as u64);
+    pb.finish_and_clear();
+    c.json(c.request(Method::GET, &format!("/requests/{id}")))
+        .await
+}
+
+pub async fn status(c: &Client, id: Option<String>, json: bool) -> Result<i32> {
+    match id {
+        None => {
+            let list: Vec<RequestInfo> = c.json(c.request(Method::GET, "/requests")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no requests yet; submit one with `pesc submit PATH -n N`");
+            } else {
+                println!(
+                    "{:<16}  {:<9}  {:>11}  {:>6}  PROCESS",
+                    "ID", "STATE", "DONE/TOTAL", "FAILED"
+                );
+                for r in &list {
+                    println!(
+                        "{:<16}  {:<9}  {:>11}  {:>6}  {}",
+                        r.id,
+                        r.state.as_str(),
+                        format!("{}/{}", r.counts.finished(), r.counts.total),
+                        r.counts.failed,
+                        r.process_name
+                    );
+                }
+            }
+        }
+        Some(id) => {
+            let r: RequestInfo = c
+                .json(c.request(Method::GET, &format!("/requests/{id}")))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_request(&r, true);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_request(r: &RequestInfo, runs: bool) {
+    println!(
+        "request {}  {}  {} ({})  {}/{} done, {} failed",
+        r.id,
+        r.state.as_str(),
+        r.process_name,
+        r.language,
+        r.counts.finished(),
+        r.counts.total,
+        r.counts.failed
+    );
+    if let (true, Some(list)) = (runs, &r.runs) {
+        println!(
+            "{:>6}  {:<9}  {:>7}  {:>4}  {:>10}  NODE / REASON",
+            "RANK", "STATE", "ATTEMPT", "EXIT", "DURATION"
+        );
+        for run in list {
+            let node = run
+                .node
+                .as_ref()
+                .map(|n| short(n.as_str()))
+                .unwrap_or_default();
+            let reason = match run.state {
+                RunState::Failed | RunState::Cancelled => run.reason.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
+            println!(
+                "{:>6}  {:<9}  {:>7}  {:>4}  {:>10}  {} {}",
+                run.rank,
+                run.state.as_str(),
+                run.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                run.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                run.duration_ms
+                    .map(|d| format!("{:.2}s", d as f64 / 1000.0))
+                    .unwrap_or_default(),
+                node,
+                reason
+            );
+        }
+    }
+}
+
+fn short(node: &str) -> String {
+    node.chars()
+        .rev()
+        .take(8)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}
+
+pub async fn logs(
+    c: &Client,
+    id: &str,
+    rank: Option<u32>,
+    follow: bool,
+    stderr: bool,
+) -> Result<i32> {
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let ranks: Vec<u32> = match rank {
+        Some(r) => vec![r],
+        None if follow => vec![0],
+        None => {
+            let r: RequestInfo = c
+                .json(
+                    c.request(Method::GET, &format!("/requests/{id}"))
+                        .query(&[("runs", "false")]),
+                )
+                .await?;
+            (0..r.repetitions).collect()
+        }
+    };
+    let many = ranks.len() > 1;
+    let mut out = std::io::stdout();
+    for rank in ranks {
+        if many {
+            writeln!(out, "== rank {rank} ==")?;
+        }
+        let resp = c
+            .send(
+                c.request(Method::GET, &format!("/requests/{id}/runs/{rank}/logs"))
+                    .query(&[
+                        ("stream", stream.to_string()),
+                        ("follow", follow.to_string()),
+                    ]),
+            )
+            .await?;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            out.write_all(&chunk.context("reading the log")?)?;
+            out.flush()?;
+        }
+    }
+    Ok(0)
+}
+
+pub async fn results(c: &Client, id: &str, dir: &Path) -> Result<i32> {
+    let resp = c
+        .send(c.request(Method::GET, &format!("/requests/{id}/results")))
+        .await?;
+    let name = resp
+        .headers()
+        .get(reqwest::header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("filename=\"").nth(1))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .filter(|n| !n.contains('/') && !n.is_empty())
+        .unwrap_or_else(|| format!("pesc-results-{id}.zip"));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(&name);
+    let part = dir.join(format!("{name}.part"));
+    let mut f = tokio::fs::File::create(&part)
+        .await
+        .with_context(|| format!("creating {}", part.display()))?;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        use tokio::io::AsyncWriteExt;
+        f.write_all(&chunk.context("downloading the results")?)
+            .await?;
+    }
+    f.sync_all().await?;
+    std::fs::rename(&part, &path)?;
+    println!("{}", path.display());
+    Ok(0)
+}
+
+pub async fn cancel(c: &Client, id: &str) -> Result<i32> {
+    let r: RequestInfo = c
+        .json(c.request(Method::POST, &format!("/requests/{id}/cancel")))
+        .await?;
+    println!("request {} {}", r.id, r.state.as_str());
+    Ok(0)
+}

@@ -1,0 +1,106 @@
+//! The node's configuration: `node.toml` in the data dir, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Default port of the API and UI on 127.0.0.1 ("PESC" on a phone keypad).
+pub const DEFAULT_API_PORT: u16 = 7372;
+
+/// Which executor runs user code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorChoice {
+    /// Docker when a daemon answers, otherwise plain processes.
+    Auto,
+    /// Plain child processes (not isolated).
+    Process,
+    /// Docker containers.
+    Docker,
+}
+
+/// Settings kept in `DATA_DIR/node.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Human name of this node (default: the host name).
+    pub name: String,
+    /// Runs at once (default: the number of CPUs).
+    pub slots: u32,
+    pub executor: ExecutorChoice,
+    /// Address of the API and UI.
+    pub api: SocketAddr,
+    /// Owner name given to requests submitted with this node's local token.
+    pub user: String,
+    /// Largest process upload, in MiB.
+    pub max_upload_mb: u64,
+    /// A lease expires when no heartbeat was received for this long.
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: hostname(),
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            executor: ExecutorChoice::Auto,
+            api: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            user: std::env::var("USER")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "user".into()),
+            max_upload_mb: 1024,
+            lease_ttl_ms: pesc_protocol::lease::DEFAULT_LEASE_TTL_MS,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads `node.toml`, writing the defaults there on first start.
+    pub fn load_or_init(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("node.toml");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let cfg: NodeConfig = toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid node config", path.display()))?;
+            if cfg.slots == 0 {
+                anyhow::bail!("{}: slots must be at least 1", path.display());
+            }
+            return Ok(cfg);
+        }
+        let cfg = NodeConfig::default();
+        let text = format!(
+            "# PESC node settings (see docs/admin-guide.md). Command-line flags override them.\n{}",
+            toml::to_string(&cfg)?
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(cfg)
+    }
+}
+
+/// The data dir: `--data-dir`, else `$PESC_DATA_DIR` (clap fills both), else
+/// `$XDG_DATA_HOME/pesc`, else `~/.local/share/pesc`.
+pub fn resolve_data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = given {
+        return Ok(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("pesc"));
+    }
+    let home = std::env::var_os("HOME")
+        .context("neither --data-dir, PESC_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/pesc"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pesc-node".into())
+}

@@ -1,0 +1,178 @@
+//! `pesc node`: opens the data dir, starts the agent and serves the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+use crate::agent::{Agent, Settings};
+use crate::blobs::BlobStore;
+use crate::config::{ExecutorChoice, NodeConfig};
+use crate::executor::{Executor, ProcessExecutor, process::kill_orphans};
+use crate::identity;
+use crate::runner::RunnerCtx;
+use crate::service::Service;
+use crate::store::Store;
+
+/// Flags of `pesc node` (each overrides node.toml).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Address of the API and UI (default 127.0.0.1:7372; port 0 picks a free one).
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// Runs at once on this node (default: number of CPUs).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Which executor runs user code.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorChoice>,
+    /// Node name shown to users (default: host name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let mut cfg = NodeConfig::load_or_init(&data_dir)?;
+    if let Some(a) = args.api {
+        cfg.api = a;
+    }
+    if let Some(s) = args.slots {
+        if s == 0 {
+            bail!("--slots must be at least 1");
+        }
+        cfg.slots = s;
+    }
+    if let Some(e) = args.executor {
+        cfg.executor = e;
+    }
+    if let Some(n) = args.name {
+        cfg.name = n;
+    }
+    let key = identity::load_or_create_key(&data_dir)?;
+    let node = identity::node_id(&key);
+    let token = identity::load_or_create_token(&data_dir)?;
+    let executor = pick_executor(cfg.executor).await?;
+    let orphans = kill_orphans(node.as_str());
+    if orphans > 0 {
+        tracing::warn!("stopped {orphans} process(es) left running by this node's previous life");
+    }
+    let store = Store::open(&data_dir.join("node.redb"))?;
+    let blobs = Arc::new(BlobStore::open(data_dir.join("blobs"))?);
+    let tmp_dir = data_dir.join("tmp");
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir_all(&tmp_dir)?;
+    let runner = Arc::new(RunnerCtx {
+        work_dir: data_dir.join("work"),
+        blobs: blobs.clone(),
+        executor,
+    });
+    let settings = Settings {
+        node: node.clone(),
+        name: cfg.name.clone(),
+        slots: cfg.slots,
+        user: cfg.user.clone(),
+        lease_ttl_ms: cfg.lease_ttl_ms,
+        data_dir: data_dir.clone(),
+    };
+    let (agent, handle, commands) = Agent::new(settings, store, runner.clone())?;
+    let service = Arc::new(Service {
+        token,
+        agent: handle,
+        blobs,
+        runner: runner.clone(),
+        max_upload_bytes: cfg.max_upload_mb.saturating_mul(1 << 20),
+        owner: cfg.user.clone(),
+        tmp_dir,
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.api)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another node running? use --api)",
+                cfg.api
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "the API listens on {addr}, beyond this machine, without TLS: anyone who can reach it and has the token controls this node"
+        );
+    }
+    std::fs::write(data_dir.join("api.addr"), addr.to_string()).context("writing api.addr")?;
+    let label = if runner.executor.isolated() {
+        ""
+    } else {
+        " (runs are NOT isolated: plain processes)"
+    };
+    tracing::info!(
+        "node {} ({}) ready: API on http://{addr}/api/v1, {} slot(s), executor {}{label}, data in {}",
+        cfg.name,
+        node,
+        cfg.slots,
+        runner.executor.name(),
+        data_dir.display()
+    );
+    let agent_task = tokio::spawn(agent.run(commands));
+    let app = pesc_webui::router(service);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the API")?;
+    agent_task.abort();
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+async fn pick_executor(choice: ExecutorChoice) -> Result<Arc<dyn Executor>> {
+    let docker_answers = docker_answers().await;
+    match choice {
+        ExecutorChoice::Process => Ok(Arc::new(ProcessExecutor)),
+        ExecutorChoice::Docker => bail!(
+            "the Docker executor is not part of this version yet; use --executor process (or auto)"
+        ),
+        ExecutorChoice::Auto => {
+            if docker_answers {
+                tracing::warn!(
+                    "a Docker daemon answers, but this version runs plain processes; containers come with the Docker executor"
+                );
+            } else {
+                tracing::info!("no Docker daemon answers: using the process executor");
+            }
+            Ok(Arc::new(ProcessExecutor))
+        }
+    }
+}
+
+/// Whether a Docker daemon answers `GET /_ping` on its Unix socket.
+async fn docker_answers() -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let attempt = async {
+        let mut s = tokio::net::UnixStream::connect(&path).await.ok()?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"HTTP/1.0 200") || buf[..n].starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

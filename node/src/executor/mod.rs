@@ -1,0 +1,41 @@
+//! Executors run one prepared attempt: the process executor (plain child
+//! processes) now, Docker later, behind the same trait.
+
+pub mod process;
+
+use std::path::PathBuf;
+
+pub use process::ProcessExecutor;
+use tokio::sync::watch;
+
+/// A prepared attempt, ready to start.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Working directory: the process's files, `output/`, `checkpoint/`.
+    pub app_dir: PathBuf,
+    /// Program and arguments, the PESC header included.
+    pub argv: Vec<String>,
+    /// Extra environment (`PESC_*`, torchrun names).
+    pub env: Vec<(String, String)>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// How the program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Runs jobs. `stop` turning true asks for the job to be stopped at once
+/// (cancel, lost lease): the executor kills everything the job started.
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// Name shown to users (`process`, `docker`).
+    fn name(&self) -> &'static str;
+    /// Whether user code is isolated from the host.
+    fn isolated(&self) -> bool;
+    /// Runs the job to its end. An `Err` means it could not be started.
+    async fn run(&self, job: Job, stop: watch::Receiver<bool>) -> anyhow::Result<Exit>;
+}

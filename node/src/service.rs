@@ -1,0 +1,484 @@
+//! The node's side of the API: what the web layer calls.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, UploadProcess};
+use pesc_protocol::limits::MAX_NAME_BYTES;
+use pesc_protocol::model::{Language, Process, ProcessKind, safe_relative_path};
+use pesc_protocol::{BlobHash, RequestId};
+use pesc_webui::{ApiFailure, ByteStream, LogStream, NodeService, ResultsFile};
+
+use crate::agent::{AgentHandle, Command, LogSource};
+use crate::archive;
+use crate::blobs::BlobStore;
+use crate::runner::RunnerCtx;
+
+/// How often a followed log checks for new bytes.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+pub struct Service {
+    pub token: String,
+    pub agent: AgentHandle,
+    pub blobs: Arc<BlobStore>,
+    pub runner: Arc<RunnerCtx>,
+    pub max_upload_bytes: u64,
+    pub owner: String,
+    pub tmp_dir: PathBuf,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiFailure {
+    ApiFailure::internal(e.to_string())
+}
+
+impl Service {
+    /// Streams an upload into the blob store, enforcing the size limit as it
+    /// goes; nothing is kept if the body is too large or breaks off.
+    async fn receive(&self, mut body: ByteStream) -> Result<crate::blobs::BlobWriter, ApiFailure> {
+        let mut w = self.blobs.writer().map_err(internal)?;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    self.blobs.abort(w);
+                    return Err(ApiFailure::bad_request(format!(
+                        "the upload broke off: {e}"
+                    )));
+                }
+            };
+            if w.len() + chunk.len() as u64 > self.max_upload_bytes {
+                self.blobs.abort(w);
+                return Err(ApiFailure::too_large(format!(
+                    "the upload is larger than this node's limit of {} MiB (max_upload_mb in node.toml)",
+                    self.max_upload_bytes >> 20
+                )));
+            }
+            if let Err(e) = w.write_all(&chunk) {
+                self.blobs.abort(w);
+                return Err(internal(format!("writing the upload: {e}")));
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// Decides a process's language and entry from what the user gave and what
+/// the upload holds. Errors say what to fix.
+fn describe(meta: &UploadProcess, files: &[String]) -> Result<(Language, String, bool), String> {
+    if let Some(cmd) = meta
+        .command
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        if cmd.len() > MAX_NAME_BYTES {
+            return Err(format!("the command is longer than {MAX_NAME_BYTES} bytes"));
+        }
+        let lang = match &meta.language {
+            Some(l) => l.parse().map_err(|e: pesc_protocol::Error| e.to_string())?,
+            None => Language::Shell,
+        };
+        return Ok((lang, cmd.to_string(), true));
+    }
+    let entry = match &meta.entry {
+        Some(e) => {
+            let e = safe_relative_path(e).map_err(|e| format!("entry {e}"))?;
+            if !files.contains(&e) {
+                return Err(format!(
+                    "the entry '{e}' is not in the upload (files: {})",
+                    preview(files)
+                ));
+            }
+            e
+        }
+        None if files.len() == 1 => files[0].clone(),
+        None => {
+            let guess = ["main.py", "main.R", "main.r", "main.sh", "main.c", "run.sh"]
+                .iter()
+                .find(|m| files.iter().any(|f| f == *m))
+                .map(|m| m.to_string())
+                .or_else(|| {
+                    let jars: Vec<_> = files.iter().filter(|f| f.ends_with(".jar")).collect();
+                    (jars.len() == 1).then(|| jars[0].clone())
+                });
+            guess.ok_or_else(|| {
+                format!(
+                    "say which file to run with entry=PATH (files: {})",
+                    preview(files)
+                )
+            })?
+        }
+    };
+    let lang = match &meta.language {
+        Some(l) => l.parse().map_err(|e: pesc_protocol::Error| e.to_string())?,
+        None => Language::from_file_name(&entry).ok_or_else(|| {
+            format!("cannot tell the language of '{entry}': give language=python|r|java|c|shell")
+        })?,
+    };
+    Ok((lang, entry, false))
+}
+
+fn preview(files: &[String]) -> String {
+    let mut s = files.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+    if files.len() > 8 {
+        s.push_str(", …");
+    }
+    s
+}
+
+#[async_trait::async_trait]
+impl NodeService for Service {
+    fn api_token(&self) -> &str {
+        &self.token
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo, ApiFailure> {
+        self.agent.ask(Command::NodeInfo).await
+    }
+
+    async fn upload_process(
+        &self,
+        meta: UploadProcess,
+        body: ByteStream,
+    ) -> Result<Process, ApiFailure> {
+        let file_name = safe_relative_path(&meta.file_name)
+            .map_err(|e| ApiFailure::bad_request(format!("file_name {e}")))?;
+        if file_name.contains('/') || file_name.len() > MAX_NAME_BYTES {
+            return Err(ApiFailure::bad_request(
+                "file_name must be a plain file name, like main.py or project.zip",
+            ));
+        }
+        // Check what can be checked before taking the body.
+        if let Some(l) = &meta.language {
+            l.parse::<Language>()?;
+        }
+        let w = self.receive(body).await?;
+        if w.len() == 0 {
+            self.blobs.abort(w);
+            return Err(ApiFailure::bad_request(
+                "the upload is empty: send the file's bytes as the body",
+            ));
+        }
+        let files = match meta.kind {
+            ProcessKind::File => vec![file_name.clone()],
+            ProcessKind::Zip => {
+                let path = w.path().to_path_buf();
+                let max = self.max_upload_bytes.saturating_mul(10);
+                match tokio::task::spawn_blocking(move || archive::check_zip(&path, max))
+                    .await
+                    .map_err(internal)?
+                {
+                    Ok(l) => l.files,
+                    Err(msg) => {
+                        self.blobs.abort(w);
+                        return Err(ApiFailure::bad_request(msg));
+                    }
+                }
+            }
+        };
+        let (language, entry, entry_is_command) = match describe(&meta, &files) {
+            Ok(d) => d,
+            Err(msg) => {
+                self.blobs.abort(w);
+                return Err(ApiFailure::bad_request(msg));
+            }
+        };
+        let (code, size) = self.blobs.commit(w).map_err(internal)?;
+        let name = meta
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| file_name.clone());
+        if name.len() > MAX_NAME_BYTES {
+            return Err(ApiFailure::bad_request(format!(
+                "name must be at most {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        let p = Process {
+            id: Process::derive_id(
+                &code,
+                meta.kind,
+                &file_name,
+                language,
+                &entry,
+                entry_is_command,
+            ),
+            name,
+            kind: meta.kind,
+            file_name,
+            code,
+            size,
+            language,
+            entry,
+            entry_is_command,
+            owner: self.owner.clone(),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        self.agent.ask(|r| Command::RegisterProcess(p, r)).await?
+    }
+
+    async fn list_processes(&self) -> Result<Vec<Process>, ApiFailure> {
+        self.agent.ask(Command::Processes).await
+    }
+
+    async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure> {
+        self.agent.ask(|r| Command::Submit(req, r)).await?
+    }
+
+    async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure> {
+        self.agent.ask(Command::List).await
+    }
+
+    async fn get_request(
+        &self,
+        id: &str,
+        with_runs: bool,
+        since_version: Option<u64>,
+        timeout_ms: u64,
+    ) -> Result<RequestInfo, ApiFailure> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut versions = self.agent.versions.clone();
+        loop {
+            versions.borrow_and_update();
+            let info = self
+                .agent
+                .ask(|r| Command::Get {
+                    id: id.to_string(),
+                    runs: with_runs,
+                    reply: r,
+                })
+                .await??;
+            // Answer at once without a version, when something changed, or
+            // when the request is finished (nothing will change any more).
+            if since_version.is_none_or(|v| info.version > v) || info.state.is_terminal() {
+                return Ok(info);
+            }
+            match tokio::time::timeout_at(deadline, versions.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(info),
+            }
+        }
+    }
+
+    async fn cancel_request(&self, id: &str) -> Result<RequestInfo, ApiFailure> {
+        self.agent
+            .ask(|r| Command::Cancel {
+                id: id.to_string(),
+                reply: r,
+            })
+            .await?
+    }
+
+    async fn logs(
+        &self,
+        id: &str,
+        rank: u32,
+        stream: LogStream,
+        follow: bool,
+    ) -> Result<ByteStream, ApiFailure> {
+        let which = match stream {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        };
+        let src = self
+            .agent
+            .ask(|r| Command::Log {
+                id: id.to_string(),
+                rank,
+                reply: r,
+            })
+            .await??;
+        match src {
+            LogSource::Stored { stdout, stderr } => {
+                let h = if which == "stdout" { stdout } else { stderr };
+                Ok(blob_stream(&self.blobs, h).await?)
+            }
+            LogSource::NotYet if !follow => Ok(Box::pin(futures_util::stream::empty())),
+            src => {
+                let agent = self.agent.clone();
+                let runner = self.runner.clone();
+                let blobs = self.blobs.clone();
+                let id = id.to_string();
+                Ok(Box::pin(follow_log(
+                    agent, runner, blobs, id, rank, which, src,
+                )))
+            }
+        }
+    }
+
+    async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure> {
+        let plan = self
+            .agent
+            .ask(|r| Command::Results {
+                id: id.to_string(),
+                reply: r,
+            })
+            .await??;
+        let blobs = self.blobs.clone();
+        let tmp = self.tmp_dir.clone();
+        let rid: RequestId = plan.id.clone();
+        let out = tmp.join(format!(
+            "results-{rid}-{}.zip",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        let out2 = out.clone();
+        tokio::task::spawn_blocking(move || {
+            let ranks: Vec<archive::RankResult> = plan
+                .ranks
+                .iter()
+                .map(|(rank, output, stdout)| archive::RankResult {
+                    rank: *rank,
+                    output_zip: output.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
+                    stdout: stdout.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
+                })
+                .collect();
+            archive::build_results(&ranks, &tmp, &out2)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| internal(format!("building the results archive: {e:#}")))?;
+        let file = tokio::fs::File::open(&out).await.map_err(internal)?;
+        let len = file.metadata().await.map_err(internal)?.len();
+        // Unlinked now; the open handle keeps the bytes until the download ends.
+        let _ = std::fs::remove_file(&out);
+        Ok(ResultsFile {
+            file,
+            len,
+            name: format!("pesc-results-{rid}.zip"),
+        })
+    }
+}
+
+async fn blob_stream(blobs: &BlobStore, h: Option<BlobHash>) -> Result<ByteStream, ApiFailure> {
+    let Some(h) = h else {
+        return Ok(Box::pin(futures_util::stream::empty()));
+    };
+    let f = tokio::fs::File::open(blobs.path(&h))
+        .await
+        .map_err(|e| ApiFailure::not_found(format!("the log is not on this node: {e}")))?;
+    Ok(Box::pin(tokio_util::io::ReaderStream::new(f)))
+}
+
+/// Streams a running attempt's log as it grows, until the attempt ends.
+fn follow_log(
+    agent: AgentHandle,
+    runner: Arc<RunnerCtx>,
+    blobs: Arc<BlobStore>,
+    id: String,
+    rank: u32,
+    which: &'static str,
+    first: LogSource,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    use tokio::io::AsyncReadExt;
+    async_stream(move |tx| async move {
+        let mut src = first;
+        // Wait for the run to start here.
+        while matches!(src, LogSource::NotYet) {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            match agent
+                .ask(|r| Command::Log {
+                    id: id.clone(),
+                    rank,
+                    reply: r,
+                })
+                .await
+            {
+                Ok(Ok(s)) => src = s,
+                _ => return,
+            }
+        }
+        let key = match src {
+            LogSource::Live { key } => key,
+            LogSource::Stored { stdout, stderr } => {
+                let h = if which == "stdout" { stdout } else { stderr };
+                if let Some(h) = h
+                    && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
+                {
+                    let _ = tx.send(Ok(Bytes::from(data))).await;
+                }
+                return;
+            }
+            LogSource::NotYet => return,
+        };
+        let path = runner.log_path(&key, which);
+        let mut file = None;
+        for _ in 0..50 {
+            if let Ok(f) = tokio::fs::File::open(&path).await {
+                file = Some(f);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let Some(mut f) = file else { return };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match f.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            if n > 0 {
+                if tx
+                    .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            // At the end of what is written: is the attempt still running?
+            match agent
+                .ask(|r| Command::Log {
+                    id: id.clone(),
+                    rank,
+                    reply: r,
+                })
+                .await
+            {
+                Ok(Ok(LogSource::Live { key: k })) if k == key => {
+                    tokio::time::sleep(FOLLOW_POLL).await
+                }
+                _ => {
+                    // Ended: drain what is left (the open handle survives the move into the store).
+                    loop {
+                        match f.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if tx
+                                    .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A stream fed by a task through a channel.
+fn async_stream<F, Fut>(
+    f: F,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}

@@ -1,0 +1,155 @@
+//! Routes of `/api/v1`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use pesc_protocol::api::{NewRequest, UploadProcess};
+use serde::Deserialize;
+
+use crate::auth::require_token;
+use crate::error::ApiFailure;
+use crate::service::{LogStream, NodeService};
+
+type Svc = State<Arc<dyn NodeService>>;
+
+/// The whole HTTP surface of a node.
+pub fn router(svc: Arc<dyn NodeService>) -> Router {
+    let api = Router::new()
+        .route("/node", get(node_info))
+        .route("/processes", get(list_processes).post(upload_process))
+        .route("/requests", get(list_requests).post(create_request))
+        .route("/requests/{id}", get(get_request))
+        .route("/requests/{id}/cancel", post(cancel_request))
+        .route("/requests/{id}/runs/{rank}/logs", get(logs))
+        .route("/requests/{id}/results", get(results))
+        .route_layer(axum::middleware::from_fn_with_state(
+            svc.clone(),
+            require_token,
+        ))
+        .route("/health", get(|| async { "ok" }));
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(|| async {
+            ApiFailure::not_found("no such API path; the API lives under /api/v1")
+        })
+        .with_state(svc)
+}
+
+async fn node_info(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.node_info().await?))
+}
+
+async fn list_processes(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.list_processes().await?))
+}
+
+async fn upload_process(
+    State(svc): Svc,
+    meta: Result<Query<UploadProcess>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let Query(meta) = meta.map_err(|e| {
+        ApiFailure::bad_request(format!(
+            "bad upload parameters ({e}); give ?file_name=NAME and optionally kind=file|zip, language, entry, command, name"
+        ))
+    })?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let p = svc.upload_process(meta, Box::pin(stream)).await?;
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+async fn list_requests(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.list_requests().await?))
+}
+
+async fn create_request(
+    State(svc): Svc,
+    body: Result<Json<NewRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let Json(req) =
+        body.map_err(|e| ApiFailure::bad_request(format!("bad request body: {}", e.body_text())))?;
+    Ok((StatusCode::CREATED, Json(svc.create_request(req).await?)))
+}
+
+#[derive(Deserialize)]
+struct GetQuery {
+    #[serde(default = "yes")]
+    runs: bool,
+    since_version: Option<u64>,
+    #[serde(default = "default_wait")]
+    timeout_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_wait() -> u64 {
+    30_000
+}
+
+async fn get_request(
+    State(svc): Svc,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let timeout = q.timeout_ms.min(120_000);
+    Ok(Json(
+        svc.get_request(&id, q.runs, q.since_version, timeout)
+            .await?,
+    ))
+}
+
+async fn cancel_request(
+    State(svc): Svc,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.cancel_request(&id).await?))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default = "stdout")]
+    stream: LogStream,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn stdout() -> LogStream {
+    LogStream::Stdout
+}
+
+async fn logs(
+    State(svc): Svc,
+    Path((id, rank)): Path<(String, u32)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiFailure> {
+    let s = svc.logs(&id, rank, q.stream, q.follow).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(s),
+    )
+        .into_response())
+}
+
+async fn results(State(svc): Svc, Path(id): Path<String>) -> Result<Response, ApiFailure> {
+    let r = svc.results(&id).await?;
+    let stream = tokio_util::io::ReaderStream::new(r.file);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_string()),
+            (header::CONTENT_LENGTH, r.len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", r.name),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

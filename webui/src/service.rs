@@ -1,0 +1,63 @@
+//! The interface between the HTTP layer and the node.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, UploadProcess};
+use pesc_protocol::model::Process;
+
+use crate::error::ApiFailure;
+
+/// A stream of bytes (an upload body, or log output).
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Which log of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// A results archive ready to send; the file is unlinked once opened.
+pub struct ResultsFile {
+    pub file: tokio::fs::File,
+    pub len: u64,
+    pub name: String,
+}
+
+/// What the node offers the API. Ids may be given as unique prefixes.
+#[async_trait::async_trait]
+pub trait NodeService: Send + Sync + 'static {
+    /// The token every `/api/v1` call must carry.
+    fn api_token(&self) -> &str;
+    async fn node_info(&self) -> Result<NodeInfo, ApiFailure>;
+    async fn upload_process(
+        &self,
+        meta: UploadProcess,
+        body: ByteStream,
+    ) -> Result<Process, ApiFailure>;
+    async fn list_processes(&self) -> Result<Vec<Process>, ApiFailure>;
+    async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure>;
+    async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure>;
+    /// One request. With `since_version`, waits up to `timeout_ms` until its
+    /// version is newer or it is finished (a long poll).
+    async fn get_request(
+        &self,
+        id: &str,
+        with_runs: bool,
+        since_version: Option<u64>,
+        timeout_ms: u64,
+    ) -> Result<RequestInfo, ApiFailure>;
+    async fn cancel_request(&self, id: &str) -> Result<RequestInfo, ApiFailure>;
+    /// A run's log; with `follow`, the stream stays open until the run ends.
+    async fn logs(
+        &self,
+        id: &str,
+        rank: u32,
+        stream: LogStream,
+        follow: bool,
+    ) -> Result<ByteStream, ApiFailure>;
+    async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure>;
+}
