@@ -1,1 +1,187 @@
+//! Helpers for PESC's end-to-end tests and benchmarks: real `pesc`
+//! processes on 127.0.0.1, each in its own temporary data dir, stopped by PID.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `pesc` binary of the given profile (`PESC_BIN` overrides). Build it
+/// first: `cargo build -p pesc-node` (the README's test command does).
+pub fn pesc_bin(profile: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("PESC_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    let p = target.join(profile).join("pesc");
+    assert!(p.exists(), "{} is missing: run `cargo build -p pesc-node` first", p.display());
+    p
+}
+
+/// A running `pesc node`, killed (by PID) when dropped.
+pub struct Node {
+    pub data_dir: PathBuf,
+    pub bin: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Starts a node with `slots` slots and the process executor in a fresh dir.
+    pub fn start(slots: u32) -> Result<Node> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        Self::start_in(dir, slots, pesc_bin("debug"), Some(tmp), &[])
+    }
+
+    /// Starts a node on an existing data dir (e.g. after a crash).
+    pub fn start_in(
+        data_dir: PathBuf,
+        slots: u32,
+        bin: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+        extra: &[&str],
+    ) -> Result<Node> {
+        std::fs::create_dir_all(&data_dir)?;
+        let _ = std::fs::remove_file(data_dir.join("api.addr"));
+        let log = std::fs::File::create(data_dir.join("node.log"))?;
+        let child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["node", "--api", "127.0.0.1:0", "--executor", "process", "--slots", &slots.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting pesc node")?;
+        let mut node = Node { data_dir, bin, child: Some(child), _tmp: tmp };
+        let t0 = Instant::now();
+        while !node.data_dir.join("api.addr").exists() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("the node did not start: {}", node.log());
+            }
+            if let Some(c) = node.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                bail!("the node exited ({st}): {}", node.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(node)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `kill -9` the node and wait for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_in(args, None)
+    }
+
+    pub fn cli_in(&self, args: &[&str], cwd: Option<&Path>) -> Output {
+        let mut c = Command::new(&self.bin);
+        c.arg("--data-dir").arg(&self.data_dir).args(args);
+        if let Some(d) = cwd {
+            c.current_dir(d);
+        }
+        c.output().expect("running the pesc CLI")
+    }
+
+    /// Runs the CLI and parses its stdout as JSON; panics with stderr if it fails.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("pesc {args:?} gave no JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+        })
+    }
+
+    pub fn api_base(&self) -> String {
+        let addr = std::fs::read_to_string(self.data_dir.join("api.addr")).expect("api.addr");
+        format!("http://{}/api/v1", addr.trim())
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("api-token")).expect("api-token").trim().to_string()
+    }
+
+    /// A blocking HTTP client with the node's token.
+    pub fn http(&self) -> Api {
+        Api { base: self.api_base(), token: self.token(), http: reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().expect("client") }
+    }
+
+    /// Polls `pesc status ID --json` until `pred` holds (bounded).
+    pub fn wait_for(&self, id: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.cli_json(&["status", id, "--json"]);
+            if pred(&v) {
+                return v;
+            }
+            assert!(t0.elapsed() < timeout, "timed out waiting; last status: {v}\nnode log: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The node's HTTP API, for tests that speak it directly.
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Api {
+    pub fn get(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+    pub fn post(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+}
+
+/// Reads one file of a zip archive as text.
+pub fn zip_text(zip_path: &Path, name: &str) -> Result<String> {
+    use std::io::Read;
+    let mut z = zip::ZipArchive::new(std::fs::File::open(zip_path)?)?;
+    let mut s = String::new();
+    z.by_name(name)?.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// Every entry name of a zip archive.
+pub fn zip_names(zip_path: &Path) -> Result<Vec<String>> {
+    let z = zip::ZipArchive::new(std::fs::File::open(zip_path)?)?;
+    Ok(z.file_names().map(|n| n.map(|s| s.to_string())).collect::<Result<_, _>>()?)
+}
+
+/// Stdout of a CLI call as a trimmed string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
