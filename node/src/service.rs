@@ -52,6 +52,7 @@ impl Service {
             };
             if w.len() + chunk.len() as u64 > self.max_upload_bytes {
                 self.blobs.abort(w);
+                drain(&mut body).await;
                 return Err(ApiFailure::too_large(format!(
                     "the upload is larger than this node's limit of {} MiB (max_upload_mb in node.toml)",
                     self.max_upload_bytes >> 20
@@ -64,6 +65,22 @@ impl Service {
         }
         Ok(w)
     }
+}
+
+/// Reads and drops what is left of a refused upload (bounded in bytes and
+/// time), so the client gets to read the answer instead of a reset.
+async fn drain(body: &mut ByteStream) {
+    const MAX_DRAIN: u64 = 256 << 20;
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(c)) = body.next().await {
+            seen += c.len() as u64;
+            if seen > MAX_DRAIN {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Decides a process's language and entry from what the user gave and what

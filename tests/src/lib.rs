@@ -9,7 +9,10 @@ use anyhow::{Context, Result, bail};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The `pesc` binary of the given profile (`PESC_BIN` overrides). Build it
@@ -18,9 +21,15 @@ pub fn pesc_bin(profile: &str) -> PathBuf {
     if let Some(p) = std::env::var_os("PESC_BIN") {
         return PathBuf::from(p);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
     let p = target.join(profile).join("pesc");
-    assert!(p.exists(), "{} is missing: run `cargo build -p pesc-node` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p pesc-node` first",
+        p.display()
+    );
     p
 }
 
@@ -54,14 +63,27 @@ impl Node {
         let child = Command::new(&bin)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["node", "--api", "127.0.0.1:0", "--executor", "process", "--slots", &slots.to_string()])
+            .args([
+                "node",
+                "--api",
+                "127.0.0.1:0",
+                "--executor",
+                "process",
+                "--slots",
+                &slots.to_string(),
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting pesc node")?;
-        let mut node = Node { data_dir, bin, child: Some(child), _tmp: tmp };
+        let mut node = Node {
+            data_dir,
+            bin,
+            child: Some(child),
+            _tmp: tmp,
+        };
         let t0 = Instant::now();
         while !node.data_dir.join("api.addr").exists() {
             if t0.elapsed() > Duration::from_secs(20) {
@@ -112,7 +134,10 @@ impl Node {
         let out = self.cli(args);
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("pesc {args:?} gave no JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "pesc {args:?} gave no JSON ({e}): {text}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         })
     }
 
@@ -122,23 +147,43 @@ impl Node {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("api-token")).expect("api-token").trim().to_string()
+        std::fs::read_to_string(self.data_dir.join("api-token"))
+            .expect("api-token")
+            .trim()
+            .to_string()
     }
 
     /// A blocking HTTP client with the node's token.
     pub fn http(&self) -> Api {
-        Api { base: self.api_base(), token: self.token(), http: reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().expect("client") }
+        Api {
+            base: self.api_base(),
+            token: self.token(),
+            http: reqwest::blocking::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        }
     }
 
     /// Polls `pesc status ID --json` until `pred` holds (bounded).
-    pub fn wait_for(&self, id: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let t0 = Instant::now();
         loop {
             let v = self.cli_json(&["status", id, "--json"]);
             if pred(&v) {
                 return v;
             }
-            assert!(t0.elapsed() < timeout, "timed out waiting; last status: {v}\nnode log: {}", self.log());
+            assert!(
+                t0.elapsed() < timeout,
+                "timed out waiting; last status: {v}\nnode log: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -159,10 +204,14 @@ pub struct Api {
 
 impl Api {
     pub fn get(&self, path: &str) -> reqwest::blocking::RequestBuilder {
-        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
     pub fn post(&self, path: &str) -> reqwest::blocking::RequestBuilder {
-        self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 }
 
@@ -178,7 +227,9 @@ pub fn zip_text(zip_path: &Path, name: &str) -> Result<String> {
 /// Every entry name of a zip archive.
 pub fn zip_names(zip_path: &Path) -> Result<Vec<String>> {
     let z = zip::ZipArchive::new(std::fs::File::open(zip_path)?)?;
-    Ok(z.file_names().map(|n| n.map(|s| s.to_string())).collect::<Result<_, _>>()?)
+    Ok(z.file_names()
+        .map(|n| n.map(|s| s.to_string()))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Stdout of a CLI call as a trimmed string.

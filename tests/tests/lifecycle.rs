@@ -1,0 +1,275 @@
+//! Restart safety, cancellation, failures, live logs and the run header,
+//! through real `pesc` processes.
+
+use std::time::{Duration, Instant};
+
+use pesc_tests::{Node, stdout, zip_text};
+use serde_json::Value;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn submit(node: &Node, args: &[&str]) -> String {
+    let mut a = vec!["submit"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let v = node.cli_json(&a);
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn count(v: &Value, state: &str) -> usize {
+    v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == state)
+        .count()
+}
+
+#[test]
+fn kill_9_and_restart_continues_the_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write(
+        tmp.path(),
+        "slow.sh",
+        "sleep 1.5\necho \"rank $PESC_RANK attempt $PESC_ATTEMPT\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    let data = tmp.path().join("data");
+    let bin = pesc_tests::pesc_bin("debug");
+    let mut node = Node::start_in(data.clone(), 2, bin.clone(), None, &[]).unwrap();
+    let id = submit(&node, &[&prog, "-n", "6"]);
+    // Kill the node while some ranks are done and others are running.
+    let before = node.wait_for(&id, Duration::from_secs(30), |v| {
+        count(v, "succeeded") >= 2 && count(v, "running") >= 1
+    });
+    let done_before: Vec<u64> = before["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "succeeded")
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
+    let interrupted: Vec<u64> = before["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "running")
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
+    node.kill9();
+    drop(node);
+    let node = Node::start_in(data, 2, bin, None, &[]).unwrap();
+    assert!(node.log().contains("will run again"), "{}", node.log());
+    let after = node.wait_for(&id, Duration::from_secs(60), |v| v["state"] == "succeeded");
+    let runs = after["runs"].as_array().unwrap();
+    for r in &done_before {
+        // Finished results intact: the same first attempt is still the result.
+        assert_eq!(runs[*r as usize]["attempt"], 0, "rank {r} re-ran: {after}");
+    }
+    for r in &interrupted {
+        assert!(
+            runs[*r as usize]["attempt"].as_u64().unwrap() >= 1,
+            "rank {r} was not re-run: {after}"
+        );
+        assert!(runs[*r as usize]["attempts"].as_u64().unwrap() >= 2);
+    }
+    let out = tempfile::tempdir().unwrap();
+    let o = node.cli(&["results", &id, "-o", out.path().to_str().unwrap()]);
+    let text = zip_text(std::path::Path::new(&stdout(&o)), "output.txt").unwrap();
+    let ranks: Vec<&str> = text.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    assert_eq!(ranks, vec!["0", "1", "2", "3", "4", "5"], "{text}");
+}
+
+#[test]
+fn cancel_stops_every_run_and_its_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pids = tmp.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    // Each run starts a grandchild too: cancel must stop the whole group.
+    let prog = write(
+        tmp.path(),
+        "forever.sh",
+        &format!(
+            "sleep 300 &\necho $! > {0}/$PESC_RANK.child\necho $$ > {0}/$PESC_RANK.main\nwait\n",
+            pids.display()
+        ),
+    );
+    let node = Node::start(3).unwrap();
+    let id = submit(&node, &[&prog, "-n", "5"]);
+    node.wait_for(&id, Duration::from_secs(30), |v| count(v, "running") == 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let o = node.cli(&["cancel", &id[..6]]);
+    assert!(stdout(&o).contains("cancelled"), "{}", stdout(&o));
+    let t0 = Instant::now();
+    let v = node.wait_for(&id, Duration::from_secs(10), |v| {
+        v["state"] == "cancelled" && count(v, "cancelled") == 5
+    });
+    let mut seen = 0;
+    for e in std::fs::read_dir(&pids).unwrap() {
+        let pid = std::fs::read_to_string(e.unwrap().path())
+            .unwrap()
+            .trim()
+            .to_string();
+        // Bounded wait for the kernel to reap.
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "process {pid} survived the cancel"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 6, "3 runs × (main, child) had started");
+    assert_eq!(count(&v, "cancelled"), 5);
+    let r = node
+        .http()
+        .get(&format!("/requests/{id}/results"))
+        .send()
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "a cancelled request's partial results download"
+    );
+}
+
+#[test]
+fn failures_exit_codes_retries_and_wait_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write(
+        tmp.path(),
+        "fail.sh",
+        "echo oops >&2\nif [ \"$PESC_RANK\" = 1 ]; then exit 3; fi\n",
+    );
+    let node = Node::start(2).unwrap();
+    let o = node.cli(&["submit", &prog, "-n", "3", "--wait", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "--wait exits non-zero when a rank failed"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["runs"][1]["state"], "failed");
+    assert_eq!(v["runs"][1]["exit_code"], 3);
+    assert!(v["runs"][1]["reason"].as_str().unwrap().contains("code 3"));
+    assert_eq!(v["runs"][0]["state"], "succeeded");
+    let id = v["id"].as_str().unwrap();
+    let err = node.cli(&["logs", id, "--rank", "1", "--stderr"]);
+    assert_eq!(stdout(&err), "oops");
+    // With retries, a flaky program gets more attempts.
+    let flaky = write(
+        tmp.path(),
+        "flaky.sh",
+        "if [ \"$PESC_ATTEMPT\" = 0 ]; then exit 1; fi\necho ok > \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    let v = node.cli_json(&[
+        "submit",
+        &flaky,
+        "-n",
+        "2",
+        "--retries",
+        "1",
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["runs"][0]["attempt"], 1);
+    // A program that cannot start is an error with a reason, not a mystery.
+    let v = node.cli_json(&[
+        "submit",
+        &flaky,
+        "--entry",
+        "no-such-program-xyz",
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(v["state"], "failed");
+    assert!(
+        v["runs"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start 'no-such-program-xyz'"),
+        "{v}"
+    );
+}
+
+#[test]
+fn header_arguments_environment_and_followed_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("proj");
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    write(
+        &dir,
+        "main.sh",
+        "for a in \"$@\"; do echo \"arg:$a\"; done\nenv | grep -E '^(PESC_|RANK=|WORLD_SIZE=|LOCAL_RANK=|MASTER_)' | sort\n. ./lib/util.sh\n[ -d checkpoint ] && [ -d output ] && echo dirs-ok\nfor i in 1 2 3; do echo tick $i; sleep 0.3; done\n",
+    );
+    write(&dir.join("lib"), "util.sh", "echo util-loaded\n");
+    let node = Node::start(2).unwrap();
+    let id = submit(
+        &node,
+        &[
+            dir.to_str().unwrap(),
+            "-n",
+            "2",
+            "--parameters",
+            "p1",
+            "two words",
+        ],
+    );
+    // Follow rank 1 live: the command ends when the run does.
+    let o = node.cli(&["logs", &id, "--rank", "1", "--follow"]);
+    let text = stdout(&o);
+    let args: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("arg:"))
+        .collect();
+    assert_eq!(args[0], "--app_dir");
+    let app_dir = args[1];
+    assert_eq!(
+        &args[2..],
+        &[
+            "--checkpoint_dir",
+            &format!("{app_dir}/checkpoint"),
+            "--output_dir",
+            &format!("{app_dir}/output"),
+            "--rank",
+            "1",
+            "--world_size",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "29500",
+            "--parameters",
+            "p1",
+            "two words"
+        ]
+    );
+    for needle in [
+        "PESC_RANK=1",
+        "PESC_WORLD_SIZE=2",
+        "RANK=1",
+        "WORLD_SIZE=2",
+        "LOCAL_RANK=0",
+        "MASTER_ADDR=127.0.0.1",
+        "MASTER_PORT=29500",
+        "util-loaded",
+        "dirs-ok",
+        "tick 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == needle),
+            "missing '{needle}' in:\n{text}"
+        );
+    }
+    let v = node.wait_for(&id, Duration::from_secs(20), |v| v["state"] == "succeeded");
+    assert_eq!(v["runs"][1]["state"], "succeeded");
+}
