@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::Exit;
 use crate::runner::{AttemptJob, AttemptKey, RunnerCtx, RunnerEvent, RunnerOutcome, run_attempt};
-use crate::store::{DocWrite, Store};
+use crate::store::{AfterCommit, DocWrite, Store, StoreWriter};
 
 type Reply<T> = oneshot::Sender<T>;
 type ApiResult<T> = Result<T, ApiFailure>;
@@ -75,13 +75,14 @@ pub enum LogSource {
         stderr: Option<BlobHash>,
     },
     /// Running here: the files grow until the attempt ends.
-    Live { key: AttemptKey },
+    Live { key: AttemptKey, slot: usize },
     /// Not started yet (or running on another node).
     NotYet,
 }
 
 struct Running {
     attempt: Attempt,
+    slot: usize,
     owner: String,
     stop: watch::Sender<bool>,
     /// Why we asked it to stop, if we did.
@@ -107,7 +108,9 @@ pub struct Settings {
 
 pub struct Agent {
     s: Settings,
-    store: Store,
+    writer: StoreWriter,
+    /// Replies to send once the next batch is durable.
+    after_commit: Vec<AfterCommit>,
     runner: Arc<RunnerCtx>,
     grid: GridDoc,
     grid_dirty: bool,
@@ -115,6 +118,8 @@ pub struct Agent {
     grid_chunks: u64,
     requests: BTreeMap<RequestId, Req>,
     running: HashMap<AttemptKey, Running>,
+    /// Slot workspaces not in use.
+    free_slots: Vec<usize>,
     leases: LeaseTracker,
     started: Instant,
     version: u64,
@@ -230,10 +235,12 @@ impl Agent {
         let (tx, rx) = mpsc::channel(1024);
         let (version_tx, versions) = watch::channel(0);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let s_slots = s.slots as usize;
         let agent = Agent {
             leases: LeaseTracker::new(s.lease_ttl_ms),
             s,
-            store,
+            writer: StoreWriter::spawn(Arc::new(store))?,
+            after_commit: Vec::new(),
             runner,
             grid,
             grid_dirty,
@@ -241,6 +248,7 @@ impl Agent {
             grid_chunks,
             requests,
             running: HashMap::new(),
+            free_slots: (0..s_slots).rev().collect(),
             started: Instant::now(),
             version: 0,
             version_tx,
@@ -293,7 +301,7 @@ impl Agent {
     fn step(&mut self) {
         self.schedule();
         if let Err(e) = self.persist() {
-            tracing::error!("writing the node database failed: {e:#}");
+            tracing::error!("saving documents failed: {e:#}");
         }
     }
 
@@ -314,7 +322,7 @@ impl Agent {
     }
 
     fn schedule(&mut self) {
-        let free = (self.s.slots as usize).saturating_sub(self.running.len());
+        let free = self.free_slots.len();
         if free == 0 {
             return;
         }
@@ -356,9 +364,13 @@ impl Agent {
         let Some(req) = self.requests.get_mut(&c.request) else {
             return;
         };
+        let Some(slot) = self.free_slots.pop() else {
+            return;
+        };
         let attempt = Attempt::claim(c.rank, c.epoch, self.s.node.clone(), now_ms());
         if let Err(e) = req.doc.put_attempt(&attempt) {
             tracing::error!("cannot record a claim: {e}");
+            self.free_slots.push(slot);
             return;
         }
         req.dirty = true;
@@ -371,11 +383,13 @@ impl Agent {
             process: spec.process.clone(),
             world_size: spec.repetitions,
             parameters: spec.parameters.clone(),
+            slot,
         };
         self.running.insert(
             key,
             Running {
                 attempt,
+                slot,
                 owner: c.owner,
                 stop,
                 stopping: None,
@@ -404,6 +418,7 @@ impl Agent {
                 let Some(r) = self.running.remove(&key) else {
                     return;
                 };
+                self.free_slots.push(r.slot);
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping);
                 self.write_attempt(&key.0, &a);
@@ -491,7 +506,8 @@ impl Agent {
             }
             q.next_seq += 1;
         }
-        self.store.write(writes)?;
+        self.writer
+            .send(writes, std::mem::take(&mut self.after_commit));
         if changed {
             let _ = self.version_tx.send(self.version);
         }
@@ -512,9 +528,15 @@ impl Agent {
             Command::Processes(reply) => {
                 let _ = reply.send(self.grid.processes().unwrap_or_default());
             }
-            Command::Submit(n, reply) => {
-                let _ = reply.send(self.submit(n));
-            }
+            Command::Submit(n, reply) => match self.submit(n) {
+                // Answer once the request is on disk, so an accepted request survives a crash.
+                Ok(info) => self.after_commit.push(Box::new(move || {
+                    let _ = reply.send(Ok(info));
+                })),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::List(reply) => {
                 let list = self
                     .requests
@@ -612,8 +634,6 @@ impl Agent {
             },
         );
         tracing::info!(request = %spec.id, repetitions = spec.repetitions, "request submitted");
-        // Persist before answering, so an accepted request survives a crash.
-        self.step();
         Ok(self.info(&spec.id, false).expect("just inserted"))
     }
 
@@ -733,13 +753,16 @@ impl Agent {
                 q.doc.spec().repetitions - 1
             )));
         }
-        if let Some(k) = self
+        if let Some((k, r)) = self
             .running
-            .keys()
-            .filter(|k| k.0 == id && k.1 == rank)
-            .max_by_key(|k| k.2)
+            .iter()
+            .filter(|(k, _)| k.0 == id && k.1 == rank)
+            .max_by_key(|(k, _)| k.2)
         {
-            return Ok(LogSource::Live { key: k.clone() });
+            return Ok(LogSource::Live {
+                key: k.clone(),
+                slot: r.slot,
+            });
         }
         let latest = q
             .doc

@@ -14,6 +14,7 @@ use zip::{CompressionMethod, ZipArchive, ZipWriter};
 pub const MAX_ZIP_ENTRIES: usize = 100_000;
 
 /// What a process zip holds, once checked.
+#[derive(Debug)]
 pub struct ZipListing {
     /// Normalised paths of the files (not directories).
     pub files: Vec<String>,

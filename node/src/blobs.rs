@@ -12,6 +12,8 @@ use pesc_protocol::BlobHash;
 
 pub struct BlobStore {
     root: PathBuf,
+    empty: BlobHash,
+    empty_zip: BlobHash,
 }
 
 /// A file being written into the store, hashed as it is written.
@@ -50,7 +52,36 @@ impl BlobStore {
         // Leftovers of writes a crash interrupted are never referenced.
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        Ok(BlobStore { root })
+        let mut store = BlobStore {
+            root,
+            empty: BlobHash::of(b""),
+            empty_zip: BlobHash::of(b""),
+        };
+        store.empty = store.put_bytes(b"")?;
+        let mut zip = std::io::Cursor::new(Vec::new());
+        zip::ZipWriter::new(&mut zip).finish()?;
+        store.empty_zip = store.put_bytes(zip.get_ref())?;
+        Ok(store)
+    }
+
+    /// The empty blob (an empty log), always present.
+    pub fn empty(&self) -> BlobHash {
+        self.empty
+    }
+
+    /// An empty zip (an empty output dir), always present.
+    pub fn empty_zip(&self) -> BlobHash {
+        self.empty_zip
+    }
+
+    fn put_bytes(&self, data: &[u8]) -> Result<BlobHash> {
+        let h = BlobHash::of(data);
+        if !self.contains(&h) {
+            let mut w = self.writer()?;
+            w.write_all(data)?;
+            self.commit(w)?;
+        }
+        Ok(h)
     }
 
     pub fn path(&self, h: &BlobHash) -> PathBuf {

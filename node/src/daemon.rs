@@ -69,6 +69,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         blobs: blobs.clone(),
         executor,
     });
+    runner.recover();
     let settings = Settings {
         node: node.clone(),
         name: cfg.name.clone(),

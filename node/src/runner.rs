@@ -24,6 +24,8 @@ pub struct AttemptJob {
     pub process: Process,
     pub world_size: u32,
     pub parameters: Vec<String>,
+    /// Which of the node's slot workspaces to use.
+    pub slot: usize,
 }
 
 /// How an attempt ended, as the runner saw it.
@@ -50,6 +52,12 @@ pub enum RunnerEvent {
 }
 
 /// What every runner shares.
+///
+/// Each slot has a workspace that attempts reuse (`work/slots/N/`: `app/`,
+/// `stdout`, `stderr`, `owner`), cleaned between attempts. Reusing files and
+/// directories instead of creating and deleting them per run keeps the
+/// filesystem fast at hundreds of runs per second. A rank's checkpoint moves
+/// out to `work/REQUEST/ckpt-RANK` between attempts.
 pub struct RunnerCtx {
     pub work_dir: PathBuf,
     pub blobs: Arc<BlobStore>,
@@ -57,13 +65,59 @@ pub struct RunnerCtx {
 }
 
 impl RunnerCtx {
-    pub fn run_dir(&self, req: &RequestId, rank: u32) -> PathBuf {
-        self.work_dir.join(req.as_str()).join(rank.to_string())
+    pub fn slot_dir(&self, slot: usize) -> PathBuf {
+        self.work_dir.join("slots").join(slot.to_string())
     }
-    /// The live log file of an attempt (moved into the blob store at the end).
-    pub fn log_path(&self, key: &AttemptKey, stream: &str) -> PathBuf {
-        self.run_dir(&key.0, key.1)
-            .join(format!("a{}.{stream}", key.2))
+    /// The live log file of the attempt running in `slot`.
+    pub fn log_path(&self, slot: usize, stream: &str) -> PathBuf {
+        self.slot_dir(slot).join(stream)
+    }
+    fn saved_checkpoint(&self, req: &RequestId, rank: u32) -> PathBuf {
+        self.work_dir
+            .join(req.as_str())
+            .join(format!("ckpt-{rank}"))
+    }
+
+    /// After a crash: checkpoints left in slot workspaces go back to their rank.
+    pub fn recover(&self) {
+        let Ok(slots) = std::fs::read_dir(self.work_dir.join("slots")) else {
+            return;
+        };
+        for e in slots.flatten() {
+            let dir = e.path();
+            let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else {
+                continue;
+            };
+            let mut it = owner.split_whitespace();
+            let (Some(req), Some(rank)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let (Ok(req), Ok(rank)) = (req.parse::<RequestId>(), rank.parse::<u32>()) else {
+                continue;
+            };
+            if let Err(e) = self.save_checkpoint(&dir.join("app"), &req, rank) {
+                tracing::warn!("cannot keep the checkpoint of {req} rank {rank}: {e:#}");
+            }
+            let _ = std::fs::write(dir.join("owner"), "");
+        }
+    }
+
+    /// Moves a non-empty `app/checkpoint` to the rank's saved place.
+    fn save_checkpoint(&self, app: &Path, req: &RequestId, rank: u32) -> Result<()> {
+        let ck = app.join("checkpoint");
+        if !is_real_dir(&ck) || !has_entries(&ck) {
+            return Ok(());
+        }
+        let saved = self.saved_checkpoint(req, rank);
+        if let Some(parent) = saved.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if saved.exists() {
+            std::fs::remove_dir_all(&saved)?;
+        }
+        std::fs::rename(&ck, &saved)?;
+        std::fs::create_dir(&ck)?;
+        Ok(())
     }
 }
 
@@ -95,14 +149,14 @@ async fn attempt(
     events: &mpsc::UnboundedSender<RunnerEvent>,
 ) -> Result<RunnerOutcome> {
     let (req, rank, epoch) = job.key.clone();
-    let run_dir = ctx.run_dir(&req, rank);
-    let app_dir = run_dir.join(format!("a{epoch}"));
-    let stdout = ctx.log_path(&job.key, "stdout");
-    let stderr = ctx.log_path(&job.key, "stderr");
+    let slot_dir = ctx.slot_dir(job.slot);
+    let app_dir = slot_dir.join("app");
+    let stdout = ctx.log_path(job.slot, "stdout");
+    let stderr = ctx.log_path(job.slot, "stderr");
     let prep = {
         let ctx = ctx.clone();
-        let (app_dir, run_dir, process) = (app_dir.clone(), run_dir.clone(), job.process.clone());
-        tokio::task::spawn_blocking(move || prepare(&ctx.blobs, &run_dir, &app_dir, &process))
+        let (slot_dir, process, req) = (slot_dir.clone(), job.process.clone(), req.clone());
+        tokio::task::spawn_blocking(move || prepare(&ctx, &slot_dir, &process, &req, rank, epoch))
     };
     prep.await.context("preparing the app dir")??;
 
@@ -133,14 +187,16 @@ async fn attempt(
     });
     let run = ctx.executor.run(exec_job, stop).await;
 
-    let blobs = ctx.blobs.clone();
+    let ctx2 = ctx.clone();
     let stored = tokio::task::spawn_blocking(
         move || -> Result<(Option<BlobHash>, Option<BlobHash>, Option<BlobHash>)> {
-            let output = pack_output(&blobs, &app_dir.join("output"))?;
-            let out = adopt_if_exists(&blobs, &stdout)?;
-            let err = adopt_if_exists(&blobs, &stderr)?;
-            // The app dir goes; checkpoint/ (beside it) stays for the next attempt.
-            let _ = std::fs::remove_dir_all(&app_dir);
+            let output_dir = app_dir.join("output");
+            let output = pack_output(&ctx2.blobs, &output_dir)?;
+            let out = adopt_log(&ctx2.blobs, &stdout)?;
+            let err = adopt_log(&ctx2.blobs, &stderr)?;
+            // The checkpoint stays with the rank for its next attempt.
+            ctx2.save_checkpoint(&app_dir, &req, rank)?;
+            let _ = std::fs::write(slot_dir.join("owner"), "");
             Ok((output, out, err))
         },
     )
@@ -165,27 +221,81 @@ async fn attempt(
     }
 }
 
-/// Makes `run_dir/checkpoint/` (kept across attempts) and the attempt's app
-/// dir holding the process's files, `output/` and a `checkpoint` link.
-fn prepare(blobs: &BlobStore, run_dir: &Path, app_dir: &Path, p: &Process) -> Result<()> {
-    let checkpoint = run_dir.join("checkpoint");
-    std::fs::create_dir_all(&checkpoint)
-        .with_context(|| format!("creating {}", checkpoint.display()))?;
-    if app_dir.exists() {
-        std::fs::remove_dir_all(app_dir)?;
+/// Readies a slot's workspace for an attempt: `app/` holding only the
+/// process's files, an empty `output/`, and `checkpoint/` with the rank's
+/// saved checkpoint if it has one.
+fn prepare(
+    ctx: &RunnerCtx,
+    slot_dir: &Path,
+    p: &Process,
+    req: &RequestId,
+    rank: u32,
+    epoch: u32,
+) -> Result<()> {
+    let app = slot_dir.join("app");
+    std::fs::create_dir_all(&app).with_context(|| format!("creating {}", app.display()))?;
+    // The owner file says whose checkpoint sits here if the node dies.
+    std::fs::write(slot_dir.join("owner"), format!("{req} {rank} {epoch}"))?;
+    let keep_file = (p.kind == ProcessKind::File).then_some(p.file_name.as_str());
+    for e in std::fs::read_dir(&app)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let path = e.path();
+        let is_dir = is_real_dir(&path);
+        match name.as_ref() {
+            "output" | "checkpoint" if is_dir => empty_dir(&path)?,
+            n if Some(n) == keep_file && e.file_type()?.is_file() => {}
+            _ if is_dir => std::fs::remove_dir_all(&path)?,
+            _ => std::fs::remove_file(&path)?,
+        }
     }
-    std::fs::create_dir_all(app_dir.join("output"))?;
-    std::os::unix::fs::symlink("../checkpoint", app_dir.join("checkpoint"))?;
-    let code = blobs.path(&p.code);
+    for d in ["output", "checkpoint"] {
+        if !is_real_dir(&app.join(d)) {
+            std::fs::create_dir(app.join(d))?;
+        }
+    }
+    let saved = ctx.saved_checkpoint(req, rank);
+    if saved.is_dir() {
+        std::fs::remove_dir(app.join("checkpoint"))?;
+        std::fs::rename(&saved, app.join("checkpoint")).context("restoring the checkpoint")?;
+    }
+    let code = ctx.blobs.path(&p.code);
     match p.kind {
         ProcessKind::File => {
-            let dest = app_dir.join(&p.file_name);
+            // Written over the previous copy (same file, no new inode).
+            let dest = app.join(&p.file_name);
             std::fs::copy(&code, &dest)
                 .with_context(|| format!("copying the process code ({})", p.code))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
         }
-        ProcessKind::Zip => archive::extract_zip(&code, app_dir)?,
+        ProcessKind::Zip => archive::extract_zip(&code, &app)?,
+    }
+    Ok(())
+}
+
+fn is_real_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+}
+
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// Removes everything inside `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
     }
     Ok(())
 }
@@ -194,16 +304,21 @@ fn pack_output(blobs: &BlobStore, dir: &Path) -> Result<Option<BlobHash>> {
     if !dir.is_dir() {
         return Ok(None);
     }
+    if !has_entries(dir) {
+        return Ok(Some(blobs.empty_zip()));
+    }
     let tmp = blobs.temp_path("output");
     let f = std::fs::File::create(&tmp)?;
     archive::pack_dir(dir, std::io::BufWriter::new(f)).context("packing output/")?;
     Ok(Some(blobs.adopt_file(&tmp)?.0))
 }
 
-fn adopt_if_exists(blobs: &BlobStore, p: &Path) -> Result<Option<BlobHash>> {
-    if p.exists() {
-        Ok(Some(blobs.adopt_file(p)?.0))
-    } else {
-        Ok(None)
+/// Moves a log into the blob store; an empty log stays where it is (it is
+/// the empty blob, which the store always holds).
+fn adopt_log(blobs: &BlobStore, p: &Path) -> Result<Option<BlobHash>> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.len() == 0 => Ok(Some(blobs.empty())),
+        Ok(_) => Ok(Some(blobs.adopt_file(p)?.0)),
+        Err(_) => Ok(None),
     }
 }

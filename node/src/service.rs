@@ -411,8 +411,8 @@ fn follow_log(
                 _ => return,
             }
         }
-        let key = match src {
-            LogSource::Live { key } => key,
+        let (key, slot) = match src {
+            LogSource::Live { key, slot } => (key, slot),
             LogSource::Stored { stdout, stderr } => {
                 let h = if which == "stdout" { stdout } else { stderr };
                 if let Some(h) = h
@@ -424,7 +424,7 @@ fn follow_log(
             }
             LogSource::NotYet => return,
         };
-        let path = runner.log_path(&key, which);
+        let path = runner.log_path(slot, which);
         let mut file = None;
         for _ in 0..50 {
             if let Ok(f) = tokio::fs::File::open(&path).await {
@@ -462,7 +462,7 @@ fn follow_log(
                 })
                 .await
             {
-                Ok(Ok(LogSource::Live { key: k })) if k == key => {
+                Ok(Ok(LogSource::Live { key: k, .. })) if k == key => {
                     tokio::time::sleep(FOLLOW_POLL).await
                 }
                 _ => {

@@ -128,3 +128,45 @@ impl Store {
         Ok(())
     }
 }
+
+/// Something to do once a batch is durable (e.g. answer a submit).
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+/// Writes batches on a thread of its own, in order, so the agent never
+/// waits for the disk; callbacks run after their batch is durable.
+pub struct StoreWriter {
+    tx: std::sync::mpsc::Sender<(Vec<DocWrite>, Vec<AfterCommit>)>,
+}
+
+impl StoreWriter {
+    pub fn spawn(store: std::sync::Arc<Store>) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<DocWrite>, Vec<AfterCommit>)>();
+        std::thread::Builder::new()
+            .name("pesc-store".into())
+            .spawn(move || {
+                while let Ok((mut writes, mut after)) = rx.recv() {
+                    // Coalesce whatever else is already queued into one transaction.
+                    while let Ok((w, a)) = rx.try_recv() {
+                        writes.extend(w);
+                        after.extend(a);
+                    }
+                    if let Err(e) = store.write(writes) {
+                        tracing::error!("writing the node database failed: {e:#}");
+                    }
+                    for f in after {
+                        f();
+                    }
+                }
+            })?;
+        Ok(StoreWriter { tx })
+    }
+
+    pub fn send(&self, writes: Vec<DocWrite>, after: Vec<AfterCommit>) {
+        if writes.is_empty() && after.is_empty() {
+            return;
+        }
+        if self.tx.send((writes, after)).is_err() {
+            tracing::error!("the database writer is gone");
+        }
+    }
+}

@@ -273,3 +273,45 @@ fn header_arguments_environment_and_followed_logs() {
     let v = node.wait_for(&id, Duration::from_secs(20), |v| v["state"] == "succeeded");
     assert_eq!(v["runs"][1]["state"], "succeeded");
 }
+
+#[test]
+fn checkpoint_dir_is_kept_across_attempts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Counts to 10 in checkpoint/counter; the first attempt dies at 5.
+    let prog = write(
+        tmp.path(),
+        "count.sh",
+        r#"c=$(cat checkpoint/counter 2>/dev/null || echo 0)
+start=$c
+while [ "$c" -lt 10 ]; do
+  c=$((c+1)); echo $c > checkpoint/counter
+  if [ "$PESC_ATTEMPT" = 0 ] && [ "$c" = 5 ]; then exit 1; fi
+done
+echo "rank $PESC_RANK resumed at $start" > "$PESC_OUTPUT_DIR/output.txt"
+"#,
+    );
+    let node = Node::start(2).unwrap();
+    let v = node.cli_json(&[
+        "submit",
+        &prog,
+        "-n",
+        "3",
+        "--retries",
+        "1",
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let out = tempfile::tempdir().unwrap();
+    let o = node.cli(&[
+        "results",
+        v["id"].as_str().unwrap(),
+        "-o",
+        out.path().to_str().unwrap(),
+    ]);
+    let text = zip_text(std::path::Path::new(&stdout(&o)), "output.txt").unwrap();
+    assert_eq!(
+        text,
+        "rank 0 resumed at 5\nrank 1 resumed at 5\nrank 2 resumed at 5\n"
+    );
+}
