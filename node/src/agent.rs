@@ -87,6 +87,8 @@ struct Running {
     stop: watch::Sender<bool>,
     /// Why we asked it to stop, if we did.
     stopping: Option<AttemptState>,
+    /// `attempt` has changes not yet in the document.
+    unwritten: bool,
 }
 
 struct Req {
@@ -299,9 +301,26 @@ impl Agent {
 
     /// Schedules free slots, then persists what changed.
     fn step(&mut self) {
+        self.flush_running();
         self.schedule();
         if let Err(e) = self.persist() {
             tracing::error!("saving documents failed: {e:#}");
+        }
+    }
+
+    /// Writes the running attempts' pending changes into their documents.
+    fn flush_running(&mut self) {
+        let pending: Vec<(RequestId, Attempt)> = self
+            .running
+            .iter_mut()
+            .filter(|(_, r)| r.unwritten)
+            .map(|(k, r)| {
+                r.unwritten = false;
+                (k.0.clone(), r.attempt.clone())
+            })
+            .collect();
+        for (req, a) in pending {
+            self.write_attempt(&req, &a);
         }
     }
 
@@ -393,6 +412,7 @@ impl Agent {
                 owner: c.owner,
                 stop,
                 stopping: None,
+                unwritten: false,
             },
         );
         tokio::spawn(run_attempt(
@@ -411,8 +431,9 @@ impl Agent {
                 };
                 r.attempt.state = AttemptState::Running;
                 r.attempt.started_ms = Some(now_ms());
-                let a = r.attempt.clone();
-                self.write_attempt(&key.0, &a);
+                // Written at the end of the batch, unless the run finishes first:
+                // one document write instead of two for short runs.
+                r.unwritten = true;
             }
             RunnerEvent::Finished { key, outcome } => {
                 let Some(r) = self.running.remove(&key) else {
@@ -768,7 +789,7 @@ impl Agent {
             .doc
             .attempts_of(rank)
             .iter()
-            .filter(|a| a.state.is_terminal() && (a.stdout.is_some() || a.stderr.is_some()))
+            .filter(|a| a.state.is_terminal() && a.state != AttemptState::Yielded)
             .max_by_key(|a| (a.state == AttemptState::Succeeded, a.epoch));
         Ok(match latest {
             Some(a) => LogSource::Stored {

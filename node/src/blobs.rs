@@ -12,7 +12,6 @@ use pesc_protocol::BlobHash;
 
 pub struct BlobStore {
     root: PathBuf,
-    empty: BlobHash,
     empty_zip: BlobHash,
 }
 
@@ -54,19 +53,12 @@ impl BlobStore {
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut store = BlobStore {
             root,
-            empty: BlobHash::of(b""),
             empty_zip: BlobHash::of(b""),
         };
-        store.empty = store.put_bytes(b"")?;
         let mut zip = std::io::Cursor::new(Vec::new());
         zip::ZipWriter::new(&mut zip).finish()?;
         store.empty_zip = store.put_bytes(zip.get_ref())?;
         Ok(store)
-    }
-
-    /// The empty blob (an empty log), always present.
-    pub fn empty(&self) -> BlobHash {
-        self.empty
     }
 
     /// An empty zip (an empty output dir), always present.

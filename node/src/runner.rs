@@ -263,16 +263,36 @@ fn prepare(
     let code = ctx.blobs.path(&p.code);
     match p.kind {
         ProcessKind::File => {
-            // Written over the previous copy (same file, no new inode).
+            // The slot's previous run usually ran the same code: keep the
+            // copy when it is unchanged, else write over it (same inode).
             let dest = app.join(&p.file_name);
-            std::fs::copy(&code, &dest)
-                .with_context(|| format!("copying the process code ({})", p.code))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+            if !same_small_file(&code, &dest) {
+                std::fs::copy(&code, &dest)
+                    .with_context(|| format!("copying the process code ({})", p.code))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+            }
         }
         ProcessKind::Zip => archive::extract_zip(&code, &app)?,
     }
     Ok(())
+}
+
+/// Whether two files (of at most 1 MiB) hold the same bytes and `b` is
+/// executable as the copy would be.
+fn same_small_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::symlink_metadata(b)) else {
+        return false;
+    };
+    if !mb.is_file()
+        || ma.len() != mb.len()
+        || ma.len() > 1 << 20
+        || mb.permissions().mode() & 0o777 != 0o755
+    {
+        return false;
+    }
+    matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 fn is_real_dir(p: &Path) -> bool {
@@ -313,11 +333,11 @@ fn pack_output(blobs: &BlobStore, dir: &Path) -> Result<Option<BlobHash>> {
     Ok(Some(blobs.adopt_file(&tmp)?.0))
 }
 
-/// Moves a log into the blob store; an empty log stays where it is (it is
-/// the empty blob, which the store always holds).
+/// Moves a log into the blob store. An empty log is no blob (`None`) and
+/// stays where it is, to be reused by the slot's next run.
 fn adopt_log(blobs: &BlobStore, p: &Path) -> Result<Option<BlobHash>> {
     match std::fs::metadata(p) {
-        Ok(m) if m.len() == 0 => Ok(Some(blobs.empty())),
+        Ok(m) if m.len() == 0 => Ok(None),
         Ok(_) => Ok(Some(blobs.adopt_file(p)?.0)),
         Err(_) => Ok(None),
     }

@@ -18,6 +18,10 @@ use crate::archive;
 use crate::blobs::BlobStore;
 use crate::runner::RunnerCtx;
 
+/// Shortest time a long poll waits before answering with a change that does
+/// not finish the request.
+const LONG_POLL_MIN: Duration = Duration::from_millis(100);
+
 /// How often a followed log checks for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
@@ -260,7 +264,8 @@ impl NodeService for Service {
         since_version: Option<u64>,
         timeout_ms: u64,
     ) -> Result<RequestInfo, ApiFailure> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_millis(timeout_ms);
         let mut versions = self.agent.versions.clone();
         loop {
             versions.borrow_and_update();
@@ -272,14 +277,26 @@ impl NodeService for Service {
                     reply: r,
                 })
                 .await??;
-            // Answer at once without a version, when something changed, or
-            // when the request is finished (nothing will change any more).
-            if since_version.is_none_or(|v| info.version > v) || info.state.is_terminal() {
+            // Answer at once without a version, and as soon as the request is
+            // finished; other changes at most every LONG_POLL_MIN so a watcher
+            // of a fast request does not spin.
+            let changed = since_version.is_none_or(|v| info.version > v);
+            if since_version.is_none() || info.state.is_terminal() {
                 return Ok(info);
             }
-            match tokio::time::timeout_at(deadline, versions.changed()).await {
+            let wake_at = if changed {
+                (start + LONG_POLL_MIN).min(deadline)
+            } else {
+                deadline
+            };
+            if changed && tokio::time::Instant::now() >= wake_at {
+                return Ok(info);
+            }
+            match tokio::time::timeout_at(wake_at, versions.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return Ok(info),
+                Ok(Err(_)) => return Ok(info),
+                Err(_) if changed => continue,
+                Err(_) => return Ok(info),
             }
         }
     }

@@ -23,6 +23,32 @@ pub fn claim_priority(request: &RequestId, rank: u32, epoch: u32, node: &NodeId)
     *h.finalize().as_bytes()
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    First,
+    Last,
+}
+
+/// The first or last attempt in (epoch, claim priority) order. Hashes only
+/// to break ties of epoch, which are rare: this runs for every run view.
+fn by_priority<'a>(
+    request: &RequestId,
+    mut it: impl Iterator<Item = &'a Attempt>,
+    pick: Pick,
+) -> Option<&'a Attempt> {
+    let mut best = it.next()?;
+    for a in it {
+        let ord = a.epoch.cmp(&best.epoch).then_with(|| {
+            claim_priority(request, a.rank, a.epoch, &a.node)
+                .cmp(&claim_priority(request, best.rank, best.epoch, &best.node))
+        });
+        if (pick == Pick::First && ord.is_lt()) || (pick == Pick::Last && ord.is_gt()) {
+            best = a;
+        }
+    }
+    Some(best)
+}
+
 /// What a run looks like from its attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunView<'a> {
@@ -51,15 +77,16 @@ pub fn derive_run<'a>(
     policy: RunPolicy,
     live: impl Fn(&Attempt) -> bool,
 ) -> RunView<'a> {
-    let prio = |a: &Attempt| (a.epoch, claim_priority(request, a.rank, a.epoch, &a.node));
-    let latest = attempts.iter().max_by_key(|a| prio(a));
+    let latest = by_priority(request, attempts.iter(), Pick::Last);
 
     // The first success in (epoch, priority) order is the result; never two.
-    if let Some(win) = attempts
-        .iter()
-        .filter(|a| a.state == AttemptState::Succeeded)
-        .min_by_key(|a| prio(a))
-    {
+    if let Some(win) = by_priority(
+        request,
+        attempts
+            .iter()
+            .filter(|a| a.state == AttemptState::Succeeded),
+        Pick::First,
+    ) {
         return RunView {
             state: RunState::Succeeded,
             current: Some(win),
@@ -82,10 +109,11 @@ pub fn derive_run<'a>(
         .filter(|a| matches!(a.state, AttemptState::Error | AttemptState::Lost))
         .count() as u32;
     if user_failures > policy.retries || infra_failures >= MAX_INFRA_ATTEMPTS {
-        let last_failure = attempts
-            .iter()
-            .filter(|a| a.state.is_terminal())
-            .max_by_key(|a| prio(a));
+        let last_failure = by_priority(
+            request,
+            attempts.iter().filter(|a| a.state.is_terminal()),
+            Pick::Last,
+        );
         return RunView {
             state: RunState::Failed,
             current: last_failure,
@@ -99,10 +127,13 @@ pub fn derive_run<'a>(
             next_epoch: 0,
         };
     };
-    let holder = attempts
-        .iter()
-        .filter(|a| a.epoch == top_epoch && a.state != AttemptState::Yielded)
-        .min_by_key(|a| prio(a));
+    let holder = by_priority(
+        request,
+        attempts
+            .iter()
+            .filter(|a| a.epoch == top_epoch && a.state != AttemptState::Yielded),
+        Pick::First,
+    );
     match holder {
         Some(h) if !h.state.is_terminal() && live(h) => RunView {
             state: if h.state == AttemptState::Running {
@@ -340,7 +371,7 @@ mod tests {
             Some(Abandon::Reassigned)
         );
         assert_eq!(
-            should_abandon(&req(), &a, &[a.clone()], true),
+            should_abandon(&req(), &a, std::slice::from_ref(&a), true),
             Some(Abandon::Cancelled)
         );
     }

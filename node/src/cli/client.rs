@@ -60,11 +60,10 @@ impl Client {
     }
 
     pub async fn json<T: serde::de::DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T> {
-        Ok(self
-            .send(rb)
+        self.send(rb)
             .await?
             .json()
             .await
-            .context("reading the node's answer")?)
+            .context("reading the node's answer")
     }
 }

@@ -23,6 +23,8 @@ pub struct RequestDoc {
     spec: RequestSpec,
     cancelled: bool,
     attempts: BTreeMap<u32, Vec<Attempt>>,
+    /// Where each attempt's map is, so updates skip the lookup.
+    attempt_objs: std::collections::HashMap<String, ObjId>,
     /// Ranks whose run is not terminal (independent of lease liveness).
     unfinished: BTreeSet<u32>,
     /// Terminal runs by state (without cancellation, which applies at read time).
@@ -62,6 +64,7 @@ impl RequestDoc {
             spec,
             cancelled: false,
             attempts: BTreeMap::new(),
+            attempt_objs: Default::default(),
             unfinished: BTreeSet::new(),
             done: RunCounts::default(),
         };
@@ -74,6 +77,7 @@ impl RequestDoc {
         let cancel = map(&self.doc, &ROOT, "cancel")?;
         self.cancelled = self.doc.length(&cancel) > 0;
         self.attempts.clear();
+        self.attempt_objs.clear();
         let keys: Vec<(String, ObjId)> = self
             .doc
             .map_range(&self.attempts_obj, ..)
@@ -84,6 +88,7 @@ impl RequestDoc {
             .collect();
         for (key, obj) in keys {
             let a = read_attempt(&self.doc, &key, &obj)?;
+            self.attempt_objs.insert(key, obj);
             if a.rank >= self.spec.repetitions {
                 return Err(Error::document(format!(
                     "attempt for rank {} out of range",
@@ -172,11 +177,18 @@ impl RequestDoc {
         let key = a.key();
         let list = self.attempts.entry(a.rank).or_default();
         let old = list.iter().position(|x| x.key() == key);
-        let obj = match self.doc.get(&self.attempts_obj, key.as_str())? {
-            Some((Value::Object(ObjType::Map), id)) => id,
-            _ => self
-                .doc
-                .put_object(&self.attempts_obj, key.as_str(), ObjType::Map)?,
+        let obj = match self.attempt_objs.get(&key) {
+            Some(o) => o.clone(),
+            None => {
+                let o = match self.doc.get(&self.attempts_obj, key.as_str())? {
+                    Some((Value::Object(ObjType::Map), id)) => id,
+                    _ => self
+                        .doc
+                        .put_object(&self.attempts_obj, key.as_str(), ObjType::Map)?,
+                };
+                self.attempt_objs.insert(key.clone(), o.clone());
+                o
+            }
         };
         let prev = old.map(|i| list[i].clone());
         write_attempt(&mut self.doc, &obj, a, prev.as_ref())?;
