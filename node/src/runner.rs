@@ -153,12 +153,15 @@ async fn attempt(
     let app_dir = slot_dir.join("app");
     let stdout = ctx.log_path(job.slot, "stdout");
     let stderr = ctx.log_path(job.slot, "stderr");
+    let small = job.process.kind == ProcessKind::File && job.process.size <= SMALL_FS_WORK;
     let prep = {
         let ctx = ctx.clone();
         let (slot_dir, process, req) = (slot_dir.clone(), job.process.clone(), req.clone());
-        tokio::task::spawn_blocking(move || prepare(&ctx, &slot_dir, &process, &req, rank, epoch))
+        move || prepare(&ctx, &slot_dir, &process, &req, rank, epoch)
     };
-    prep.await.context("preparing the app dir")??;
+    fs_work(small, prep)
+        .await
+        .context("preparing the app dir")?;
 
     let hctx = RunContext {
         app_dir: app_dir.display().to_string(),
@@ -188,7 +191,14 @@ async fn attempt(
     let run = ctx.executor.run(exec_job, stop).await;
 
     let ctx2 = ctx.clone();
-    let stored = tokio::task::spawn_blocking(
+    let small = !has_entries(&app_dir.join("output"))
+        && [&stdout, &stderr].iter().all(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.len() <= SMALL_FS_WORK)
+                .unwrap_or(true)
+        });
+    let stored = fs_work(
+        small,
         move || -> Result<(Option<BlobHash>, Option<BlobHash>, Option<BlobHash>)> {
             let output_dir = app_dir.join("output");
             let output = pack_output(&ctx2.blobs, &output_dir)?;
@@ -196,12 +206,11 @@ async fn attempt(
             let err = adopt_log(&ctx2.blobs, &stderr)?;
             // The checkpoint stays with the rank for its next attempt.
             ctx2.save_checkpoint(&app_dir, &req, rank)?;
-            let _ = std::fs::write(slot_dir.join("owner"), "");
             Ok((output, out, err))
         },
     )
     .await
-    .context("storing the results")??;
+    .context("storing the results")?;
     let (output, stdout, stderr) = stored;
     match run {
         Ok(exit) => Ok(RunnerOutcome {
@@ -218,6 +227,21 @@ async fn attempt(
             stdout,
             stderr,
         }),
+    }
+}
+
+/// File work up to this many bytes runs on the runner's task; more goes to
+/// the blocking pool (a thread hop costs more than a small copy).
+const SMALL_FS_WORK: u64 = 256 * 1024;
+
+async fn fs_work<T: Send + 'static>(
+    small: bool,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if small {
+        f()
+    } else {
+        tokio::task::spawn_blocking(f).await?
     }
 }
 
