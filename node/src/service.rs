@@ -410,29 +410,32 @@ fn follow_log(
     which: &'static str,
     first: LogSource,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     async_stream(move |tx| async move {
+        let ask = || {
+            let agent = agent.clone();
+            let id = id.clone();
+            async move {
+                match agent.ask(|r| Command::Log { id, rank, reply: r }).await {
+                    Ok(Ok(s)) => Some(s),
+                    _ => None,
+                }
+            }
+        };
+        let pick = |stdout: Option<BlobHash>, stderr: Option<BlobHash>| {
+            if which == "stdout" { stdout } else { stderr }
+        };
         let mut src = first;
         // Wait for the run to start here.
         while matches!(src, LogSource::NotYet) {
             tokio::time::sleep(FOLLOW_POLL).await;
-            match agent
-                .ask(|r| Command::Log {
-                    id: id.clone(),
-                    rank,
-                    reply: r,
-                })
-                .await
-            {
-                Ok(Ok(s)) => src = s,
-                _ => return,
-            }
+            let Some(s) = ask().await else { return };
+            src = s;
         }
         let (key, slot) = match src {
             LogSource::Live { key, slot } => (key, slot),
             LogSource::Stored { stdout, stderr } => {
-                let h = if which == "stdout" { stdout } else { stderr };
-                if let Some(h) = h
+                if let Some(h) = pick(stdout, stderr)
                     && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
                 {
                     let _ = tx.send(Ok(Bytes::from(data))).await;
@@ -441,17 +444,11 @@ fn follow_log(
             }
             LogSource::NotYet => return,
         };
-        let path = runner.log_path(slot, which);
-        let mut file = None;
-        for _ in 0..50 {
-            if let Ok(f) = tokio::fs::File::open(&path).await {
-                file = Some(f);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let Some(mut f) = file else { return };
+        let Ok(mut f) = tokio::fs::File::open(runner.log_path(slot, which)).await else {
+            return;
+        };
         let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
         loop {
             let n = match f.read(&mut buf).await {
                 Ok(n) => n,
@@ -461,6 +458,7 @@ fn follow_log(
                 }
             };
             if n > 0 {
+                sent += n as u64;
                 if tx
                     .send(Ok(Bytes::copy_from_slice(&buf[..n])))
                     .await
@@ -471,34 +469,31 @@ fn follow_log(
                 continue;
             }
             // At the end of what is written: is the attempt still running?
-            match agent
-                .ask(|r| Command::Log {
-                    id: id.clone(),
-                    rank,
-                    reply: r,
-                })
-                .await
-            {
-                Ok(Ok(LogSource::Live { key: k, .. })) if k == key => {
+            match ask().await {
+                Some(LogSource::Live { key: k, .. }) if k == key => {
                     tokio::time::sleep(FOLLOW_POLL).await
                 }
-                _ => {
-                    // Ended: drain what is left (the open handle survives the move into the store).
-                    loop {
-                        match f.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if tx
-                                    .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                                    .await
-                                    .is_err()
-                                {
-                                    return;
-                                }
-                            }
+                // Ended: the rest comes from the stored log (the slot's file
+                // may already belong to the slot's next run).
+                Some(LogSource::Stored { stdout, stderr }) => {
+                    let Some(h) = pick(stdout, stderr) else {
+                        return;
+                    };
+                    let Ok(mut b) = tokio::fs::File::open(blobs.path(&h)).await else {
+                        return;
+                    };
+                    if b.seek(std::io::SeekFrom::Start(sent)).await.is_err() {
+                        return;
+                    }
+                    let mut stream = tokio_util::io::ReaderStream::new(b);
+                    while let Some(chunk) = stream.next().await {
+                        if tx.send(chunk).await.is_err() {
+                            return;
                         }
                     }
+                    return;
                 }
+                _ => return,
             }
         }
     })
