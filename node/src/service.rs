@@ -173,6 +173,16 @@ impl NodeService for Service {
                 "file_name must be a plain file name, like main.py or project.zip",
             ));
         }
+        let name = meta
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| file_name.clone());
+        if name.len() > MAX_NAME_BYTES {
+            return Err(ApiFailure::bad_request(format!(
+                "name must be at most {MAX_NAME_BYTES} bytes"
+            )));
+        }
         // Check what can be checked before taking the body.
         if let Some(l) = &meta.language {
             l.parse::<Language>()?;
@@ -209,16 +219,6 @@ impl NodeService for Service {
             }
         };
         let (code, size) = self.blobs.commit(w).map_err(internal)?;
-        let name = meta
-            .name
-            .clone()
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| file_name.clone());
-        if name.len() > MAX_NAME_BYTES {
-            return Err(ApiFailure::bad_request(format!(
-                "name must be at most {MAX_NAME_BYTES} bytes"
-            )));
-        }
         let p = Process {
             id: Process::derive_id(
                 &code,
