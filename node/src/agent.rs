@@ -23,13 +23,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::Exit;
 use crate::runner::{AttemptJob, AttemptKey, RunnerCtx, RunnerEvent, RunnerOutcome, run_attempt};
-use crate::store::{AfterCommit, DocWrite, Store, StoreWriter};
+use crate::store::{AfterCommit, SavedDoc, Store, StoreWriter};
 
 type Reply<T> = oneshot::Sender<T>;
 type ApiResult<T> = Result<T, ApiFailure>;
 
-/// Compact a document into a snapshot after this many incremental chunks.
-const COMPACT_AFTER_CHUNKS: u64 = 256;
 /// Housekeeping period when nothing else happens.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -95,8 +93,7 @@ struct Req {
     doc: RequestDoc,
     version: u64,
     dirty: bool,
-    chunks: u64,
-    next_seq: u64,
+    saved: SavedDoc,
 }
 
 pub struct Settings {
@@ -116,8 +113,7 @@ pub struct Agent {
     runner: Arc<RunnerCtx>,
     grid: GridDoc,
     grid_dirty: bool,
-    grid_seq: u64,
-    grid_chunks: u64,
+    grid_saved: SavedDoc,
     requests: BTreeMap<RequestId, Req>,
     running: HashMap<AttemptKey, Running>,
     /// Slot workspaces not in use.
@@ -175,14 +171,12 @@ impl Agent {
             }
         };
         let mut grid = None;
-        let mut grid_seq = 0;
-        let mut grid_chunks = 0;
+        let mut grid_saved = SavedDoc::default();
         let mut requests = BTreeMap::new();
         for d in store.load_docs()? {
             if d.key == "grid" {
                 grid = Some(GridDoc::load(&d.bytes, actor()).context("loading the grid document")?);
-                grid_seq = d.next_seq;
-                grid_chunks = d.chunks;
+                grid_saved = d.saved;
             } else if let Some(id) = d.key.strip_prefix("req/") {
                 match RequestDoc::load(&d.bytes, actor()) {
                     Ok(doc) => {
@@ -190,8 +184,7 @@ impl Agent {
                             doc,
                             version: 0,
                             dirty: false,
-                            chunks: d.chunks,
-                            next_seq: d.next_seq,
+                            saved: d.saved,
                         };
                         requests.insert(req.doc.id().clone(), req);
                     }
@@ -246,8 +239,7 @@ impl Agent {
             runner,
             grid,
             grid_dirty,
-            grid_seq,
-            grid_chunks,
+            grid_saved,
             requests,
             running: HashMap::new(),
             free_slots: (0..s_slots).rev().collect(),
@@ -478,25 +470,17 @@ impl Agent {
     fn persist(&mut self) -> Result<()> {
         let mut writes = Vec::new();
         let mut changed = false;
-        if self.grid_dirty || self.grid.commit() {
-            self.grid.commit();
+        let committed = self.grid.commit();
+        if self.grid_dirty || committed {
             self.grid_dirty = false;
-            if self.grid_chunks >= COMPACT_AFTER_CHUNKS || self.grid_seq == 0 {
-                writes.push(DocWrite::Snapshot {
-                    key: "grid".into(),
-                    bytes: self.grid.save(),
-                });
-                self.grid_chunks = 0;
-            } else {
-                let bytes = self.grid.save_incremental();
-                writes.push(DocWrite::Chunk {
-                    key: "grid".into(),
-                    seq: self.grid_seq,
-                    bytes,
-                });
-                self.grid_chunks += 1;
-            }
-            self.grid_seq += 1;
+            let grid = &mut self.grid;
+            writes.extend(self.grid_saved.next_write("grid".into(), |full| {
+                if full {
+                    grid.save()
+                } else {
+                    grid.save_incremental()
+                }
+            }));
         }
         for (id, q) in self.requests.iter_mut() {
             if !q.dirty {
@@ -507,25 +491,14 @@ impl Agent {
             changed = true;
             self.version += 1;
             q.version = self.version;
-            let key = format!("req/{id}");
-            if q.chunks >= COMPACT_AFTER_CHUNKS || q.next_seq == 0 {
-                writes.push(DocWrite::Snapshot {
-                    key,
-                    bytes: q.doc.save(),
-                });
-                q.chunks = 0;
-            } else {
-                let bytes = q.doc.save_incremental();
-                if !bytes.is_empty() {
-                    writes.push(DocWrite::Chunk {
-                        key,
-                        seq: q.next_seq,
-                        bytes,
-                    });
-                    q.chunks += 1;
+            let doc = &mut q.doc;
+            writes.extend(q.saved.next_write(format!("req/{id}"), |full| {
+                if full {
+                    doc.save()
+                } else {
+                    doc.save_incremental()
                 }
-            }
-            q.next_seq += 1;
+            }));
         }
         self.writer
             .send(writes, std::mem::take(&mut self.after_commit));
@@ -650,8 +623,7 @@ impl Agent {
                 doc,
                 version: 0,
                 dirty: true,
-                chunks: 0,
-                next_seq: 0,
+                saved: SavedDoc::default(),
             },
         );
         tracing::info!(request = %spec.id, repetitions = spec.repetitions, "request submitted");

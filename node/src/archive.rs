@@ -212,33 +212,27 @@ fn append_with_newline(r: &mut impl Read, w: &mut impl Write) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn zip_with(entries: &[(&str, &[u8])]) -> tempfile_path::TempZip {
-        tempfile_path::TempZip::new(entries)
+    /// A zip in the temp dir, removed when dropped.
+    struct TempZip(std::path::PathBuf);
+
+    impl Drop for TempZip {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 
-    mod tempfile_path {
-        use super::*;
-        pub struct TempZip(pub std::path::PathBuf);
-        impl TempZip {
-            pub fn new(entries: &[(&str, &[u8])]) -> Self {
-                let p = std::env::temp_dir().join(format!(
-                    "pesc-test-{}.zip",
-                    hex::encode(rand::random::<[u8; 8]>())
-                ));
-                let mut z = ZipWriter::new(File::create(&p).unwrap());
-                for (name, data) in entries {
-                    z.start_file(*name, SimpleFileOptions::default()).unwrap();
-                    z.write_all(data).unwrap();
-                }
-                z.finish().unwrap();
-                TempZip(p)
-            }
+    fn zip_with(entries: &[(&str, &[u8])]) -> TempZip {
+        let p = std::env::temp_dir().join(format!(
+            "pesc-test-{}.zip",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        let mut z = ZipWriter::new(File::create(&p).unwrap());
+        for (name, data) in entries {
+            z.start_file(*name, SimpleFileOptions::default()).unwrap();
+            z.write_all(data).unwrap();
         }
-        impl Drop for TempZip {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
+        z.finish().unwrap();
+        TempZip(p)
     }
 
     #[test]

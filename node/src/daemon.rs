@@ -128,14 +128,13 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
 }
 
 async fn pick_executor(choice: ExecutorChoice) -> Result<Arc<dyn Executor>> {
-    let docker_answers = docker_answers().await;
     match choice {
         ExecutorChoice::Process => Ok(Arc::new(ProcessExecutor)),
         ExecutorChoice::Docker => bail!(
             "the Docker executor is not part of this version yet; use --executor process (or auto)"
         ),
         ExecutorChoice::Auto => {
-            if docker_answers {
+            if docker_answers().await {
                 tracing::warn!(
                     "a Docker daemon answers, but this version runs plain processes; containers come with the Docker executor"
                 );

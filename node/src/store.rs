@@ -29,12 +29,53 @@ pub struct Store {
     db: Database,
 }
 
-/// A stored document: its bytes (snapshot then chunks) and chunk count.
+/// A stored document: its bytes (snapshot then chunks) and where it stands.
 pub struct StoredDoc {
     pub key: String,
     pub bytes: Vec<u8>,
-    pub chunks: u64,
-    pub next_seq: u64,
+    pub saved: SavedDoc,
+}
+
+/// Compact a document into a snapshot after this many incremental chunks.
+const COMPACT_AFTER_CHUNKS: u64 = 256;
+
+/// Where a document stands in the store: the chunks after its snapshot.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SavedDoc {
+    chunks: u64,
+    next_seq: u64,
+}
+
+impl SavedDoc {
+    /// The write that saves a document's new changes: a chunk, or a full
+    /// snapshot when the document has none yet or has gathered too many
+    /// chunks. `save(true)` gives a full save, `save(false)` an incremental one.
+    pub fn next_write(
+        &mut self,
+        key: String,
+        save: impl FnOnce(bool) -> Vec<u8>,
+    ) -> Option<DocWrite> {
+        let write = if self.next_seq == 0 || self.chunks >= COMPACT_AFTER_CHUNKS {
+            self.chunks = 0;
+            DocWrite::Snapshot {
+                key,
+                bytes: save(true),
+            }
+        } else {
+            let bytes = save(false);
+            if bytes.is_empty() {
+                return None;
+            }
+            self.chunks += 1;
+            DocWrite::Chunk {
+                key,
+                seq: self.next_seq,
+                bytes,
+            }
+        };
+        self.next_seq += 1;
+        Some(write)
+    }
 }
 
 impl Store {
@@ -68,34 +109,31 @@ impl Store {
         let snaps = tx.open_table(SNAPSHOTS)?;
         let chunks = tx.open_table(CHUNKS)?;
         let mut out: Vec<StoredDoc> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = Default::default();
         for item in snaps.iter()? {
             let (k, v) = item?;
+            index.insert(k.value().to_string(), out.len());
             out.push(StoredDoc {
                 key: k.value().to_string(),
                 bytes: v.value().to_vec(),
-                chunks: 0,
-                next_seq: 0,
+                saved: SavedDoc::default(),
             });
         }
         for item in chunks.iter()? {
             let (k, v) = item?;
             let (key, seq) = k.value();
-            let idx = match out.iter().position(|d| d.key == key) {
-                Some(i) => i,
-                None => {
-                    out.push(StoredDoc {
-                        key: key.to_string(),
-                        bytes: Vec::new(),
-                        chunks: 0,
-                        next_seq: 0,
-                    });
-                    out.len() - 1
-                }
-            };
+            let idx = *index.entry(key.to_string()).or_insert_with(|| {
+                out.push(StoredDoc {
+                    key: key.to_string(),
+                    bytes: Vec::new(),
+                    saved: SavedDoc::default(),
+                });
+                out.len() - 1
+            });
             let d = &mut out[idx];
             d.bytes.extend_from_slice(v.value());
-            d.chunks += 1;
-            d.next_seq = seq + 1;
+            d.saved.chunks += 1;
+            d.saved.next_seq = seq + 1;
         }
         Ok(out)
     }

@@ -87,7 +87,7 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
     let file = tokio::fs::File::open(&upload)
         .await
         .with_context(|| format!("opening {}", upload.display()))?;
-    let body = reqwest::Body::wrap_stream(tokio_util_stream(file));
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
     let sent = c
         .json::<Process>(
             c.request(Method::POST, "/processes")
@@ -140,23 +140,6 @@ fn exit_code(r: &RequestInfo) -> i32 {
     } else {
         1
     }
-}
-
-fn tokio_util_stream(
-    f: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures_util::stream::unfold(f, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    })
 }
 
 /// Zips a directory (skipping `.git`, `__pycache__` and links) into a temp file.
