@@ -111,6 +111,17 @@ impl BlobStore {
         Ok((h, w.len))
     }
 
+    /// Commits a writer only if its bytes hash to `expected` (data from a
+    /// peer); otherwise drops them.
+    pub fn commit_expected(&self, w: BlobWriter, expected: &BlobHash) -> Result<u64> {
+        let got = BlobHash::from(w.hasher.finalize());
+        if &got != expected {
+            self.abort(w);
+            anyhow::bail!("the data received hashes to {got}, not {expected}");
+        }
+        Ok(self.commit(w)?.1)
+    }
+
     /// Drops a writer's file.
     pub fn abort(&self, w: BlobWriter) {
         let _ = std::fs::remove_file(&w.path);

@@ -38,7 +38,16 @@ pub struct NodeConfig {
     pub max_upload_mb: u64,
     /// A lease expires when no heartbeat was received for this long.
     pub lease_ttl_ms: u64,
+    /// Where to listen for peers (multiaddrs).
+    pub listen: Vec<String>,
+    /// Peers to dial on other subnets (multiaddrs, with or without /p2p/ID).
+    pub peers: Vec<String>,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
 }
+
+/// Default port for peers.
+pub const DEFAULT_P2P_PORT: u16 = 7373;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -55,6 +64,12 @@ impl Default for NodeConfig {
                 .unwrap_or_else(|| "user".into()),
             max_upload_mb: 1024,
             lease_ttl_ms: pesc_protocol::lease::DEFAULT_LEASE_TTL_MS,
+            listen: vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}"),
+                format!("/ip6/::/tcp/{DEFAULT_P2P_PORT}"),
+            ],
+            peers: Vec::new(),
+            mdns: true,
         }
     }
 }

@@ -6,11 +6,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
+use libp2p::Multiaddr;
+use pesc_protocol::join::JoinToken;
+
 use crate::agent::{Agent, Settings};
 use crate::blobs::BlobStore;
 use crate::config::{ExecutorChoice, NodeConfig};
 use crate::executor::{Executor, ProcessExecutor, process::kill_orphans};
+use crate::grid_secret::{self, Joined};
 use crate::identity;
+use crate::net::{self, NetConfig, fetch::Fetcher};
 use crate::runner::RunnerCtx;
 use crate::service::Service;
 use crate::store::Store;
@@ -30,6 +35,21 @@ pub struct NodeArgs {
     /// Node name shown to users (default: host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Join the grid of this token (printed by `pesc grid token` on one of its nodes).
+    #[arg(long, value_name = "TOKEN")]
+    pub join: Option<String>,
+    /// Listen for peers on this multiaddr (repeatable; replaces node.toml's `listen`).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Dial this peer (repeatable; adds to node.toml's `peers`), e.g. /ip4/10.0.0.5/tcp/7373.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub peer: Vec<String>,
+    /// Find peers on the LAN with mDNS (default: node.toml's `mdns`, true).
+    #[arg(long, value_name = "BOOL")]
+    pub mdns: Option<bool>,
+    /// Lease TTL in milliseconds (default: node.toml's `lease_ttl_ms`).
+    #[arg(long, value_name = "MS")]
+    pub lease_ttl_ms: Option<u64>,
 }
 
 pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
@@ -51,6 +71,38 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     if let Some(n) = args.name {
         cfg.name = n;
     }
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen.clone();
+    }
+    cfg.peers.extend(args.peer.iter().cloned());
+    if let Some(m) = args.mdns {
+        cfg.mdns = m;
+    }
+    if let Some(t) = args.lease_ttl_ms {
+        if t < 1000 {
+            bail!("--lease-ttl-ms must be at least 1000");
+        }
+        cfg.lease_ttl_ms = t;
+    }
+    let join: Option<JoinToken> = args
+        .join
+        .as_deref()
+        .map(|t| t.parse().map_err(|e| anyhow::anyhow!("--join: {e}")))
+        .transpose()?;
+    let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
+        list.iter()
+            .map(|a| {
+                a.parse::<Multiaddr>().with_context(|| {
+                    format!("{what} '{a}' is not a multiaddr (e.g. /ip4/10.0.0.5/tcp/7373)")
+                })
+            })
+            .collect()
+    };
+    let listen = parse_addrs(&cfg.listen, "listen address")?;
+    let mut peers = parse_addrs(&cfg.peers, "peer")?;
+    if let Some(t) = &join {
+        peers.extend(parse_addrs(&t.addrs, "join token address")?);
+    }
     let key = identity::load_or_create_key(&data_dir)?;
     let node = identity::node_id(&key);
     let token = identity::load_or_create_token(&data_dir)?;
@@ -60,14 +112,30 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         tracing::warn!("stopped {orphans} process(es) left running by this node's previous life");
     }
     let store = Store::open(&data_dir.join("node.redb"))?;
+    let (secret, joined) = grid_secret::settle(&data_dir, &store, join.as_ref())?;
+    let grid_id = secret.grid_id_hex();
     let blobs = Arc::new(BlobStore::open(data_dir.join("blobs"))?);
     let tmp_dir = data_dir.join("tmp");
     let _ = std::fs::remove_dir_all(&tmp_dir);
     std::fs::create_dir_all(&tmp_dir)?;
+    let (net, net_events) = net::start(
+        NetConfig {
+            key: key.clone(),
+            psk: secret.psk,
+            grid_id: grid_id.clone(),
+            listen,
+            peers,
+            mdns: cfg.mdns,
+            addr_file: data_dir.join(grid_secret::ADDR_FILE),
+        },
+        blobs.clone(),
+    )?;
+    let fetcher = Arc::new(Fetcher::new(net.clone(), blobs.clone()));
     let runner = Arc::new(RunnerCtx {
         work_dir: data_dir.join("work"),
         blobs: blobs.clone(),
         executor,
+        fetcher: fetcher.clone(),
     });
     runner.recover();
     let settings = Settings {
@@ -77,8 +145,10 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         user: cfg.user.clone(),
         lease_ttl_ms: cfg.lease_ttl_ms,
         data_dir: data_dir.clone(),
+        grid_id: grid_id.clone(),
     };
-    let (agent, handle, commands) = Agent::new(settings, store, runner.clone())?;
+    let (agent, handle, commands) =
+        Agent::new(settings, store, runner.clone(), net, fetcher.clone())?;
     let service = Arc::new(Service {
         token,
         agent: handle,
@@ -87,6 +157,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         max_upload_bytes: cfg.max_upload_mb.saturating_mul(1 << 20),
         owner: cfg.user.clone(),
         tmp_dir,
+        fetcher,
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await
@@ -116,7 +187,18 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         runner.executor.name(),
         data_dir.display()
     );
-    let agent_task = tokio::spawn(agent.run(commands));
+    match joined {
+        Joined::Created => tracing::info!(
+            "created grid {grid_id}. To add a desktop, run there: pesc node --join {} (print it again with `pesc grid token`)",
+            JoinToken {
+                secret: secret.clone(),
+                addrs: Vec::new()
+            }
+        ),
+        Joined::Joined => tracing::info!("joined grid {grid_id}"),
+        Joined::Rejoined => tracing::info!("grid {grid_id}"),
+    }
+    let agent_task = tokio::spawn(agent.run(commands, net_events));
     let app = pesc_webui::router(service);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -7,7 +7,9 @@ mod cli;
 mod config;
 mod daemon;
 mod executor;
+mod grid_secret;
 mod identity;
+mod net;
 mod runner;
 mod service;
 mod store;
@@ -63,6 +65,20 @@ enum Cmd {
     },
     /// Stop every run of a request.
     Cancel { request: String },
+    /// List the grid's nodes: name, slots, free slots, load, last seen, address.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The grid this data dir belongs to.
+    #[command(subcommand)]
+    Grid(GridCmd),
+}
+
+#[derive(Subcommand)]
+enum GridCmd {
+    /// Print the join token: `pesc node --join TOKEN` on another desktop adds it.
+    Token,
 }
 
 fn main() {
@@ -89,13 +105,21 @@ fn main() {
     };
     let code = rt.block_on(async move {
         let data_dir = config::resolve_data_dir(cli.data_dir)?;
-        if let Cmd::Node(args) = cli.cmd {
-            daemon::run(data_dir, args).await?;
-            return Ok(0);
+        match cli.cmd {
+            Cmd::Node(args) => {
+                daemon::run(data_dir, args).await?;
+                return Ok(0);
+            }
+            Cmd::Grid(GridCmd::Token) => {
+                println!("{}", grid_secret::token(&data_dir)?);
+                return Ok(0);
+            }
+            _ => {}
         }
         let c = cli::Client::from_data_dir(&data_dir)?;
         match cli.cmd {
-            Cmd::Node(_) => unreachable!("handled above"),
+            Cmd::Node(_) | Cmd::Grid(_) => unreachable!("handled above"),
+            Cmd::Nodes { json } => cli::nodes(&c, json).await,
             Cmd::Submit(a) => cli::submit(&c, a).await,
             Cmd::Status { request, json } => cli::status(&c, request, json).await,
             Cmd::Logs {

@@ -62,6 +62,8 @@ pub struct RunnerCtx {
     pub work_dir: PathBuf,
     pub blobs: Arc<BlobStore>,
     pub executor: Arc<dyn Executor>,
+    /// Gets process code this node lacks from peers.
+    pub fetcher: Arc<crate::net::fetch::Fetcher>,
 }
 
 impl RunnerCtx {
@@ -153,6 +155,10 @@ async fn attempt(
     let app_dir = slot_dir.join("app");
     let stdout = ctx.log_path(job.slot, "stdout");
     let stderr = ctx.log_path(job.slot, "stderr");
+    ctx.fetcher
+        .ensure(&job.process.code, None)
+        .await
+        .context("getting the process code from the grid")?;
     let small = job.process.kind == ProcessKind::File && job.process.size <= SMALL_FS_WORK;
     let prep = {
         let ctx = ctx.clone();

@@ -16,6 +16,7 @@ use pesc_webui::{ApiFailure, ByteStream, LogStream, NodeService, ResultsFile};
 use crate::agent::{AgentHandle, Command, LogSource};
 use crate::archive;
 use crate::blobs::BlobStore;
+use crate::net::fetch::Fetcher;
 use crate::runner::RunnerCtx;
 
 /// Shortest time a long poll waits before answering with a change that does
@@ -33,6 +34,7 @@ pub struct Service {
     pub max_upload_bytes: u64,
     pub owner: String,
     pub tmp_dir: PathBuf,
+    pub fetcher: Arc<Fetcher>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiFailure {
@@ -155,6 +157,10 @@ fn preview(files: &[String]) -> String {
 impl NodeService for Service {
     fn api_token(&self) -> &str {
         &self.token
+    }
+
+    async fn nodes(&self) -> Result<Vec<pesc_protocol::api::GridNode>, ApiFailure> {
+        self.agent.ask(Command::Nodes).await
     }
 
     async fn node_info(&self) -> Result<NodeInfo, ApiFailure> {
@@ -330,8 +336,19 @@ impl NodeService for Service {
             })
             .await??;
         match src {
-            LogSource::Stored { stdout, stderr } => {
+            LogSource::Stored {
+                stdout,
+                stderr,
+                node,
+            } => {
                 let h = if which == "stdout" { stdout } else { stderr };
+                if let Some(h) = &h {
+                    self.fetcher.ensure(h, Some(&node)).await.map_err(|e| {
+                        ApiFailure::unavailable(format!(
+                            "the log of rank {rank} cannot be fetched: {e:#}"
+                        ))
+                    })?;
+                }
                 Ok(blob_stream(&self.blobs, h).await?)
             }
             LogSource::NotYet if !follow => Ok(Box::pin(futures_util::stream::empty())),
@@ -339,9 +356,10 @@ impl NodeService for Service {
                 let agent = self.agent.clone();
                 let runner = self.runner.clone();
                 let blobs = self.blobs.clone();
+                let fetcher = self.fetcher.clone();
                 let id = id.to_string();
                 Ok(Box::pin(follow_log(
-                    agent, runner, blobs, id, rank, which, src,
+                    agent, runner, blobs, fetcher, id, rank, which, src,
                 )))
             }
         }
@@ -355,6 +373,16 @@ impl NodeService for Service {
                 reply: r,
             })
             .await??;
+        // Outputs made on other nodes come here first.
+        for (rank, output, stdout, node) in &plan.ranks {
+            for h in [output, stdout].into_iter().flatten() {
+                self.fetcher.ensure(h, node.as_ref()).await.map_err(|e| {
+                    ApiFailure::unavailable(format!(
+                        "the results of rank {rank} cannot be fetched: {e:#}"
+                    ))
+                })?;
+            }
+        }
         let blobs = self.blobs.clone();
         let tmp = self.tmp_dir.clone();
         let rid: RequestId = plan.id.clone();
@@ -367,7 +395,7 @@ impl NodeService for Service {
             let ranks: Vec<archive::RankResult> = plan
                 .ranks
                 .iter()
-                .map(|(rank, output, stdout)| archive::RankResult {
+                .map(|(rank, output, stdout, _)| archive::RankResult {
                     rank: *rank,
                     output_zip: output.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
                     stdout: stdout.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
@@ -405,6 +433,7 @@ fn follow_log(
     agent: AgentHandle,
     runner: Arc<RunnerCtx>,
     blobs: Arc<BlobStore>,
+    fetcher: Arc<Fetcher>,
     id: String,
     rank: u32,
     which: &'static str,
@@ -434,8 +463,13 @@ fn follow_log(
         }
         let (key, slot) = match src {
             LogSource::Live { key, slot } => (key, slot),
-            LogSource::Stored { stdout, stderr } => {
+            LogSource::Stored {
+                stdout,
+                stderr,
+                node,
+            } => {
                 if let Some(h) = pick(stdout, stderr)
+                    && fetcher.ensure(&h, Some(&node)).await.is_ok()
                     && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
                 {
                     let _ = tx.send(Ok(Bytes::from(data))).await;
@@ -475,7 +509,7 @@ fn follow_log(
                 }
                 // Ended: the rest comes from the stored log (the slot's file
                 // may already belong to the slot's next run).
-                Some(LogSource::Stored { stdout, stderr }) => {
+                Some(LogSource::Stored { stdout, stderr, .. }) => {
                     let Some(h) = pick(stdout, stderr) else {
                         return;
                     };

@@ -103,6 +103,30 @@ impl Store {
         Ok(())
     }
 
+    /// Names of the stored documents.
+    pub fn doc_keys(&self) -> Result<Vec<String>> {
+        let tx = self.db.begin_read()?;
+        let mut keys = std::collections::BTreeSet::new();
+        for item in tx.open_table(SNAPSHOTS)?.iter()? {
+            keys.insert(item?.0.value().to_string());
+        }
+        for item in tx.open_table(CHUNKS)?.iter()? {
+            keys.insert(item?.0.value().0.to_string());
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Drops every document (the data dir joins another grid).
+    pub fn clear_docs(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.delete_table(SNAPSHOTS)?;
+        tx.delete_table(CHUNKS)?;
+        tx.open_table(SNAPSHOTS)?;
+        tx.open_table(CHUNKS)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every stored document, snapshot followed by its chunks in order.
     pub fn load_docs(&self) -> Result<Vec<StoredDoc>> {
         let tx = self.db.begin_read()?;

@@ -98,6 +98,32 @@ pub struct NodeInfo {
     pub slots_busy: u32,
     pub data_dir: String,
     pub requests: u32,
+    /// The grid this node belongs to (32 hex digits).
+    #[serde(default)]
+    pub grid: String,
+    /// Nodes connected now.
+    #[serde(default)]
+    pub peers: u32,
+}
+
+/// One node of the grid, as `GET /api/v1/nodes` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GridNode {
+    pub id: NodeId,
+    pub name: String,
+    /// The node answering the API.
+    pub this_node: bool,
+    /// An open connection to this node now.
+    pub connected: bool,
+    pub addrs: Vec<String>,
+    pub executor: String,
+    pub slots: u32,
+    /// From its last heartbeat (None if none was heard since this node started).
+    pub slots_free: Option<u32>,
+    /// One-minute load average per CPU, from its last heartbeat.
+    pub load: Option<f32>,
+    /// Milliseconds since its last heartbeat was received.
+    pub last_seen_ms_ago: Option<u64>,
 }
 
 /// Reply of a process upload.

@@ -12,11 +12,13 @@ pub mod doc;
 pub mod error;
 pub mod header;
 pub mod ids;
+pub mod join;
 pub mod lease;
 pub mod limits;
 pub mod model;
 pub mod run_view;
 pub mod schedule;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use ids::{BlobHash, NodeId, ProcessId, RequestId};

@@ -22,6 +22,7 @@ type Svc = State<Arc<dyn NodeService>>;
 pub fn router(svc: Arc<dyn NodeService>) -> Router {
     let api = Router::new()
         .route("/node", get(node_info))
+        .route("/nodes", get(nodes))
         .route("/processes", get(list_processes).post(upload_process))
         .route("/requests", get(list_requests).post(create_request))
         .route("/requests/{id}", get(get_request))
@@ -43,6 +44,10 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
 
 async fn node_info(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
     Ok(Json(svc.node_info().await?))
+}
+
+async fn nodes(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.nodes().await?))
 }
 
 async fn list_processes(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {

@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, UploadProcess};
+use pesc_protocol::api::{GridNode, NewRequest, NodeInfo, RequestInfo, UploadProcess};
 use pesc_protocol::model::Process;
 
 use crate::error::ApiFailure;
@@ -33,6 +33,8 @@ pub trait NodeService: Send + Sync + 'static {
     /// The token every `/api/v1` call must carry.
     fn api_token(&self) -> &str;
     async fn node_info(&self) -> Result<NodeInfo, ApiFailure>;
+    /// Every node of the grid with its live state.
+    async fn nodes(&self) -> Result<Vec<GridNode>, ApiFailure>;
     async fn upload_process(
         &self,
         meta: UploadProcess,

@@ -392,6 +392,42 @@ pub async fn results(c: &Client, id: &str, dir: &Path) -> Result<i32> {
     Ok(0)
 }
 
+/// `pesc nodes`: the grid's nodes.
+pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
+    let list: Vec<pesc_protocol::api::GridNode> = c.json(c.request(Method::GET, "/nodes")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<10} {:>5} {:>5} {:>9}  {}",
+        "NAME", "SLOTS", "FREE", "LOAD", "SEEN", "ADDRESS"
+    );
+    for n in list {
+        let name = if n.this_node {
+            format!("{} (this)", n.name)
+        } else {
+            n.name.clone()
+        };
+        let seen = match (n.this_node, n.last_seen_ms_ago) {
+            (true, _) => "now".to_string(),
+            (false, Some(ms)) => format!("{:.0}s ago", ms as f64 / 1000.0),
+            (false, None) => "never".to_string(),
+        };
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<10} {:>5} {:>5} {:>9}  {}",
+            name,
+            format!("{} {}", n.slots, n.executor),
+            opt(n.slots_free.map(|f| f.to_string())),
+            opt(n.load.map(|l| format!("{l:.2}"))),
+            seen,
+            n.addrs.first().cloned().unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(0)
+}
+
 pub async fn cancel(c: &Client, id: &str) -> Result<i32> {
     let r: RequestInfo = c
         .json(c.request(Method::POST, &format!("/requests/{id}/cancel")))

@@ -26,6 +26,10 @@ pub struct NodeRecord {
     pub name: String,
     pub slots: u32,
     pub executor: String,
+    /// Where the node listened when it last started (multiaddrs), so peers
+    /// that know the grid can find it again without mDNS.
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
 
 /// The grid document.
@@ -45,6 +49,10 @@ impl GridDoc {
             ActorId::from(blake3::hash(grid_id.as_bytes()).as_bytes()[..16].to_vec());
         let mut doc = AutoCommit::new().with_actor(genesis_actor);
         doc_put_header(&mut doc)?;
+        {
+            use automerge::transaction::Transactable;
+            doc.put(ROOT, "grid", grid_id)?;
+        }
         let mut g = GridDoc { doc };
         g.put_room(&Room::general())?;
         g.doc.commit_with(CommitOptions::default().with_time(0));
@@ -119,6 +127,16 @@ impl GridDoc {
             .into_iter()
             .map(|(_, n)| n)
             .collect())
+    }
+
+    /// The grid id written at genesis (None for documents older than it).
+    pub fn grid_id(&self) -> Result<Option<String>> {
+        get_str(&self.doc, &ROOT, "grid")
+    }
+
+    /// The record of one node.
+    pub fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>> {
+        get_json(&self.doc, &self.obj("nodes")?, id.as_str())
     }
 
     pub fn commit(&mut self) -> bool {

@@ -14,6 +14,7 @@
 mod fields;
 pub mod grid;
 pub mod request;
+pub mod sync;
 
 pub use grid::{GridDoc, NodeRecord, RequestIndex};
 pub use request::RequestDoc;

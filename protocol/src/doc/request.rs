@@ -42,16 +42,17 @@ impl RequestDoc {
         doc.put_object(ROOT, "cancel", ObjType::Map)?;
         doc.put_object(ROOT, "attempts", ObjType::Map)?;
         doc.commit();
-        Self::from_doc(doc)
+        Self::from_automerge(doc)
     }
 
     /// Loads a saved document (full save plus any incremental chunks appended).
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
         let doc = AutoCommit::load(bytes)?.with_actor(actor);
-        Self::from_doc(doc)
+        Self::from_automerge(doc)
     }
 
-    fn from_doc(doc: AutoCommit) -> Result<Self> {
+    /// Wraps a document received from a peer (fails until it holds a spec).
+    pub fn from_automerge(doc: AutoCommit) -> Result<Self> {
         if get_str(&doc, &ROOT, "kind")?.as_deref() != Some("request") {
             return Err(Error::document("not a request document"));
         }

@@ -1,9 +1,12 @@
 //! The agent: one task that owns the node's documents and drives the
 //! protocol's state machines with real time and I/O.
 //!
-//! Everything that changes state goes through its channels (API commands and
-//! runner events); after each batch it schedules free slots, then writes the
-//! changed documents to redb in one transaction.
+//! Everything that changes state goes through its channels (API commands,
+//! runner events, network events); after each batch it schedules free slots,
+//! writes the changed documents to redb in one transaction, and sends peers
+//! the sync messages the changes call for (see `replication`).
+
+mod replication;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -15,13 +18,16 @@ use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo};
 use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id};
 use pesc_protocol::lease::{LeaseKey, LeaseTracker};
 use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState};
-use pesc_protocol::run_view::RunCounts;
+use pesc_protocol::run_view::{Abandon, RunCounts, should_abandon};
 use pesc_protocol::schedule::{Candidate, pick};
+use pesc_protocol::wire::DocKey;
 use pesc_protocol::{BlobHash, NodeId, RequestId};
 use pesc_webui::ApiFailure;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::Exit;
+use crate::net::fetch::Fetcher;
+use crate::net::{NetEvent, NetHandle};
 use crate::runner::{AttemptJob, AttemptKey, RunnerCtx, RunnerEvent, RunnerOutcome, run_attempt};
 use crate::store::{AfterCommit, SavedDoc, Store, StoreWriter};
 
@@ -56,13 +62,14 @@ pub enum Command {
         rank: u32,
         reply: Reply<ApiResult<LogSource>>,
     },
+    Nodes(Reply<Vec<pesc_protocol::api::GridNode>>),
 }
 
 /// What the results archive of a finished request is made of.
 pub struct ResultPlan {
     pub id: RequestId,
-    /// Per rank: output archive and stdout blobs.
-    pub ranks: Vec<(u32, Option<BlobHash>, Option<BlobHash>)>,
+    /// Per rank: output archive and stdout blobs, and the node that made them.
+    pub ranks: Vec<(u32, Option<BlobHash>, Option<BlobHash>, Option<NodeId>)>,
 }
 
 /// Where a run's log is now.
@@ -71,6 +78,8 @@ pub enum LogSource {
     Stored {
         stdout: Option<BlobHash>,
         stderr: Option<BlobHash>,
+        /// The node that ran the attempt (has the blobs).
+        node: NodeId,
     },
     /// Running here: the files grow until the attempt ends.
     Live { key: AttemptKey, slot: usize },
@@ -83,8 +92,8 @@ struct Running {
     slot: usize,
     owner: String,
     stop: watch::Sender<bool>,
-    /// Why we asked it to stop, if we did.
-    stopping: Option<AttemptState>,
+    /// Why we asked it to stop, if we did: the state to record and why.
+    stopping: Option<(AttemptState, String)>,
     /// `attempt` has changes not yet in the document.
     unwritten: bool,
 }
@@ -103,6 +112,7 @@ pub struct Settings {
     pub user: String,
     pub lease_ttl_ms: u64,
     pub data_dir: PathBuf,
+    pub grid_id: String,
 }
 
 pub struct Agent {
@@ -124,6 +134,9 @@ pub struct Agent {
     version_tx: watch::Sender<u64>,
     events_tx: mpsc::UnboundedSender<RunnerEvent>,
     events_rx: mpsc::UnboundedReceiver<RunnerEvent>,
+    net: NetHandle,
+    fetcher: Arc<Fetcher>,
+    repl: replication::Replication,
 }
 
 /// A handle the API uses to reach the agent.
@@ -160,16 +173,10 @@ impl Agent {
         s: Settings,
         store: Store,
         runner: Arc<RunnerCtx>,
+        net: NetHandle,
+        fetcher: Arc<Fetcher>,
     ) -> Result<(Agent, AgentHandle, mpsc::Receiver<Command>)> {
         let actor = || actor_id(&s.node, rand::random());
-        let grid_id = match store.get_meta("grid_id")? {
-            Some(v) => String::from_utf8(v).context("grid id")?,
-            None => {
-                let id = hex::encode(rand::random::<[u8; 16]>());
-                store.put_meta("grid_id", id.as_bytes())?;
-                id
-            }
-        };
         let mut grid = None;
         let mut grid_saved = SavedDoc::default();
         let mut requests = BTreeMap::new();
@@ -194,16 +201,24 @@ impl Agent {
                 }
             }
         }
+        // A grid document of another grid (the data dir joined a new one).
+        if let Some(g) = &grid
+            && g.grid_id()?.is_some_and(|id| id != s.grid_id)
+        {
+            tracing::warn!("the stored grid document belongs to another grid: starting afresh");
+            grid = None;
+        }
         let fresh_grid = grid.is_none();
         let mut grid = match grid {
             Some(g) => g,
-            None => GridDoc::genesis(&grid_id, actor())?,
+            None => GridDoc::genesis(&s.grid_id, actor())?,
         };
         grid.put_node(&NodeRecord {
             id: s.node.clone(),
             name: s.name.clone(),
             slots: s.slots,
             executor: runner.executor.name().to_string(),
+            addrs: Vec::new(),
         })?;
         let grid_dirty = grid.commit() || fresh_grid;
         // Attempts this node had in flight when it died: their processes are gone.
@@ -231,8 +246,13 @@ impl Agent {
         let (version_tx, versions) = watch::channel(0);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let s_slots = s.slots as usize;
+        let mut leases = LeaseTracker::new(s.lease_ttl_ms);
+        // Claims of other nodes read from disk get a full TTL to prove alive.
+        for req in requests.values() {
+            observe_claims(&mut leases, &s.node, &req.doc, 0);
+        }
         let agent = Agent {
-            leases: LeaseTracker::new(s.lease_ttl_ms),
+            leases,
             s,
             writer: StoreWriter::spawn(Arc::new(store))?,
             after_commit: Vec::new(),
@@ -248,14 +268,24 @@ impl Agent {
             version_tx,
             events_tx,
             events_rx,
+            net,
+            fetcher,
+            repl: replication::Replication::default(),
         };
         Ok((agent, AgentHandle { tx, versions }, rx))
     }
 
     /// Runs until every command sender is gone.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut net_events: mpsc::UnboundedReceiver<NetEvent>,
+    ) {
         self.step();
         let mut tick = tokio::time::interval(TICK);
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(
+            pesc_protocol::lease::DEFAULT_HEARTBEAT_MS,
+        ));
         loop {
             tokio::select! {
                 c = commands.recv() => match c {
@@ -263,6 +293,8 @@ impl Agent {
                     None => break,
                 },
                 Some(ev) = self.events_rx.recv() => self.event(ev),
+                Some(ev) = net_events.recv() => self.net_event(ev),
+                _ = heartbeat.tick() => self.heartbeat(),
                 _ = tick.tick() => {}
             }
             // Take everything already waiting before scheduling and writing once.
@@ -274,6 +306,10 @@ impl Agent {
                 }
                 if let Ok(c) = commands.try_recv() {
                     self.command(c);
+                    any = true;
+                }
+                if let Ok(ev) = net_events.try_recv() {
+                    self.net_event(ev);
                     any = true;
                 }
                 if !any {
@@ -298,6 +334,7 @@ impl Agent {
         if let Err(e) = self.persist() {
             tracing::error!("saving documents failed: {e:#}");
         }
+        self.sync_out();
     }
 
     /// Writes the running attempts' pending changes into their documents.
@@ -385,6 +422,9 @@ impl Agent {
             return;
         }
         req.dirty = true;
+        self.repl
+            .announce
+            .insert(DocKey::Request(c.request.clone()));
         let spec = req.doc.spec();
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
         let (stop, stop_rx) = watch::channel(false);
@@ -434,6 +474,7 @@ impl Agent {
                 self.free_slots.push(r.slot);
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping);
+                self.repl.announce.insert(DocKey::Request(key.0.clone()));
                 self.write_attempt(&key.0, &a);
                 if self
                     .requests
@@ -473,6 +514,7 @@ impl Agent {
         let committed = self.grid.commit();
         if self.grid_dirty || committed {
             self.grid_dirty = false;
+            self.repl.changed.insert(DocKey::Grid);
             let grid = &mut self.grid;
             writes.extend(self.grid_saved.next_write("grid".into(), |full| {
                 if full {
@@ -488,6 +530,7 @@ impl Agent {
             }
             q.dirty = false;
             q.doc.commit();
+            self.repl.changed.insert(DocKey::Request(id.clone()));
             changed = true;
             self.version += 1;
             q.version = self.version;
@@ -517,16 +560,16 @@ impl Agent {
                     .map(|_| p)
                     .map_err(ApiFailure::from);
                 self.grid_dirty = true;
+                self.repl.announce.insert(DocKey::Grid);
                 let _ = reply.send(r);
             }
             Command::Processes(reply) => {
                 let _ = reply.send(self.grid.processes().unwrap_or_default());
             }
             Command::Submit(n, reply) => match self.submit(n) {
-                // Answer once the request is on disk, so an accepted request survives a crash.
-                Ok(info) => self.after_commit.push(Box::new(move || {
-                    let _ = reply.send(Ok(info));
-                })),
+                // Answer once the request is on disk here and on one peer, so an
+                // accepted request survives a crash of this node.
+                Ok(info) => self.replicate_then_reply(info, reply),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -559,6 +602,8 @@ impl Agent {
                     slots_busy: self.running.len() as u32,
                     data_dir: self.s.data_dir.display().to_string(),
                     requests: self.requests.len() as u32,
+                    grid: self.s.grid_id.clone(),
+                    peers: self.repl.connected.len() as u32,
                 });
             }
             Command::Results { id, reply } => {
@@ -566,6 +611,9 @@ impl Agent {
             }
             Command::Log { id, rank, reply } => {
                 let _ = reply.send(self.log_source(&id, rank));
+            }
+            Command::Nodes(reply) => {
+                let _ = reply.send(self.grid_nodes());
             }
         }
     }
@@ -617,6 +665,8 @@ impl Agent {
             })
             .map_err(ApiFailure::from)?;
         self.grid_dirty = true;
+        self.repl.announce.insert(DocKey::Grid);
+        self.repl.announce.insert(DocKey::Request(spec.id.clone()));
         self.requests.insert(
             spec.id.clone(),
             Req {
@@ -704,12 +754,8 @@ impl Agent {
                 .cancel(&self.s.node, now_ms())
                 .map_err(ApiFailure::from)?;
             q.dirty = true;
-            for (k, r) in self.running.iter_mut() {
-                if k.0 == id {
-                    r.stopping = Some(AttemptState::Cancelled);
-                    let _ = r.stop.send(true);
-                }
-            }
+            self.repl.announce.insert(DocKey::Request(id.clone()));
+            self.abandon_lost(&id);
             tracing::info!(request = %id, "request cancelled");
         }
         self.step();
@@ -731,7 +777,12 @@ impl Agent {
         let ranks = (0..q.doc.spec().repetitions)
             .map(|r| {
                 let a = q.doc.result_attempt(r);
-                (r, a.and_then(|a| a.output), a.and_then(|a| a.stdout))
+                (
+                    r,
+                    a.and_then(|a| a.output),
+                    a.and_then(|a| a.stdout),
+                    a.map(|a| a.node.clone()),
+                )
             })
             .collect();
         Ok(ResultPlan { id, ranks })
@@ -767,6 +818,7 @@ impl Agent {
             Some(a) => LogSource::Stored {
                 stdout: a.stdout,
                 stderr: a.stderr,
+                node: a.node.clone(),
             },
             None => LogSource::NotYet,
         })
@@ -774,19 +826,16 @@ impl Agent {
 }
 
 /// Turns what the runner saw into the attempt's final record.
-fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<AttemptState>) {
+fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptState, String)>) {
     a.finished_ms = Some(now_ms());
     a.stdout = o.stdout;
     a.stderr = o.stderr;
     if a.started_ms.is_none() {
         a.started_ms = a.finished_ms;
     }
-    if let Some(s) = stopping {
+    if let Some((s, why)) = stopping {
         a.state = s;
-        a.reason = Some(match s {
-            AttemptState::Cancelled => "the request was cancelled".into(),
-            _ => "stopped".into(),
-        });
+        a.reason = Some(why);
         return;
     }
     match (o.exit, o.error) {
@@ -815,5 +864,43 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<AttemptSta
             a.state = AttemptState::Error;
             a.reason = Some("the executor reported nothing".into());
         }
+    }
+}
+
+/// Starts the lease clock of every live-looking claim of another node.
+fn observe_claims(leases: &mut LeaseTracker, me: &NodeId, doc: &RequestDoc, now: u64) {
+    for rank in doc.unfinished_ranks() {
+        for a in doc.attempts_of(rank) {
+            if &a.node != me && !a.state.is_terminal() {
+                leases.observe(
+                    LeaseKey {
+                        request: doc.id().clone(),
+                        rank: a.rank,
+                        epoch: a.epoch,
+                        node: a.node.clone(),
+                    },
+                    now,
+                );
+            }
+        }
+    }
+}
+
+/// What to record when this node stops its own attempt, and why.
+fn abandon_state(why: Abandon) -> (AttemptState, String) {
+    match why {
+        Abandon::Cancelled => (AttemptState::Cancelled, "the request was cancelled".into()),
+        Abandon::LostRace => (
+            AttemptState::Yielded,
+            "another node claimed this run at the same moment and has priority".into(),
+        ),
+        Abandon::AlreadyDone => (
+            AttemptState::Yielded,
+            "another node already produced this run's result".into(),
+        ),
+        Abandon::Reassigned => (
+            AttemptState::Yielded,
+            "the run was given to another node (this node's lease was presumed lost)".into(),
+        ),
     }
 }

@@ -1,0 +1,559 @@
+//! Keeping the documents in step with peers, and leases alive across nodes.
+//!
+//! - Every document syncs with every connected peer through Automerge's sync
+//!   protocol, one state per (peer, document): on connect, whenever the
+//!   document changes here, and in answer to each message received. A lost
+//!   message resets that state and the exchange starts again, so nothing
+//!   depends on any single message arriving.
+//! - Gossip carries heartbeats (every lease this node holds, every 2 s) and
+//!   "document changed" hints; a peer that lacks the announced heads syncs.
+//! - A request arriving from a peer may start as a bare document (no spec
+//!   yet): it stays aside until the spec arrives.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use automerge::AutoCommit;
+use pesc_protocol::api::{GridNode, RequestInfo};
+use pesc_protocol::doc::sync::{self, SyncState};
+use pesc_protocol::doc::{RequestDoc, actor_id};
+use pesc_protocol::lease::LeaseKey;
+use pesc_protocol::wire::{DocKey, Gossip, HeldLease, NodeStatus, SyncRequest, SyncResponse};
+use pesc_protocol::{NodeId, RequestId};
+use tokio::sync::oneshot;
+
+use super::{Agent, ApiResult, Reply, Req, abandon_state, observe_claims, should_abandon};
+use crate::net::{NetCmd, NetEvent, peer_of};
+use crate::store::SavedDoc;
+
+/// How long a submit waits for a peer to hold a copy before answering anyway.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+pub struct Replication {
+    pub connected: BTreeSet<NodeId>,
+    states: HashMap<(NodeId, DocKey), SyncState>,
+    /// Requests known only in part (their spec has not arrived).
+    partial: HashMap<RequestId, AutoCommit>,
+    /// Documents that changed here since the last sync round.
+    pub changed: BTreeSet<DocKey>,
+    /// Documents this node edited itself: announced on gossip.
+    pub announce: BTreeSet<DocKey>,
+    /// (peer, document) pairs to generate a sync message for.
+    due: BTreeSet<(NodeId, DocKey)>,
+    /// Last heartbeat of each node: its status and when it arrived (mono ms).
+    live: HashMap<NodeId, (NodeStatus, u64)>,
+    /// Where this node listens.
+    pub listen: Vec<String>,
+}
+
+impl Agent {
+    pub(super) fn net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Connected(peer) => {
+                // Messages in flight on the old connection may be lost.
+                for ((p, _), st) in self.repl.states.iter_mut() {
+                    if *p == peer {
+                        *st = sync::reset(st);
+                    }
+                }
+                for d in self.all_doc_keys() {
+                    self.repl.due.insert((peer.clone(), d));
+                }
+                self.repl.connected.insert(peer);
+            }
+            NetEvent::Disconnected(peer) => {
+                self.repl.connected.remove(&peer);
+            }
+            NetEvent::Listening(addrs) => {
+                self.repl.listen = addrs.clone();
+                self.update_own_record(addrs);
+            }
+            NetEvent::Sync { from, req, channel } => {
+                let resp = match req {
+                    SyncRequest::Sync { doc, msg } => self.receive_sync(&from, doc, &msg),
+                    SyncRequest::Push { doc, data, blobs } => {
+                        return self.receive_push(from, doc, data, blobs, channel);
+                    }
+                };
+                self.net.send(NetCmd::RespondSync { channel, resp });
+            }
+            NetEvent::SyncFailed { peer, doc } => {
+                if let Some(st) = self.repl.states.get_mut(&(peer.clone(), doc.clone())) {
+                    *st = sync::reset(st);
+                }
+                if self.repl.connected.contains(&peer) {
+                    self.repl.due.insert((peer, doc));
+                }
+            }
+            NetEvent::Gossip { from, msg } => self.gossip(from, msg),
+        }
+    }
+
+    fn all_doc_keys(&self) -> Vec<DocKey> {
+        std::iter::once(DocKey::Grid)
+            .chain(self.requests.keys().cloned().map(DocKey::Request))
+            .chain(self.repl.partial.keys().cloned().map(DocKey::Request))
+            .collect()
+    }
+
+    fn update_own_record(&mut self, addrs: Vec<String>) {
+        match self.grid.node(&self.s.node) {
+            Ok(Some(mut rec)) if rec.addrs != addrs => {
+                rec.addrs = addrs;
+                if self.grid.put_node(&rec).is_ok() {
+                    self.grid_dirty = true;
+                    self.repl.announce.insert(DocKey::Grid);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn receive_sync(&mut self, from: &NodeId, doc: DocKey, msg: &[u8]) -> SyncResponse {
+        let key = (from.clone(), doc.clone());
+        let mut state = self.repl.states.remove(&key).unwrap_or_default();
+        let result = match &doc {
+            DocKey::Grid => sync::receive(self.grid.doc_mut(), &mut state, msg).map(|changed| {
+                if changed {
+                    self.grid_merged();
+                }
+            }),
+            DocKey::Request(id) => match self.requests.get_mut(id) {
+                Some(q) => sync::receive(q.doc.doc_mut(), &mut state, msg).map(|changed| {
+                    if changed {
+                        self.request_merged(id);
+                    }
+                }),
+                None => {
+                    let part = self.repl.partial.entry(id.clone()).or_default();
+                    sync::receive(part, &mut state, msg).map(|changed| {
+                        if changed {
+                            self.try_complete(id);
+                        }
+                    })
+                }
+            },
+        };
+        self.repl.states.insert(key.clone(), state);
+        match result {
+            Ok(()) => {
+                // Answer: the peer may need our changes, or an acknowledgement.
+                self.repl.due.insert(key);
+                SyncResponse::Ack
+            }
+            Err(e) => {
+                tracing::warn!("refused a sync message for {doc} from {from}: {e}");
+                SyncResponse::Refused(e.to_string())
+            }
+        }
+    }
+
+    /// A bare request document got changes: does it hold a spec now?
+    fn try_complete(&mut self, id: &RequestId) {
+        let Some(part) = self.repl.partial.get(id) else {
+            return;
+        };
+        use automerge::ReadDoc;
+        if part.get(automerge::ROOT, "spec").ok().flatten().is_none() {
+            return;
+        }
+        let mut doc = self.repl.partial.remove(id).expect("present");
+        doc.set_actor(actor_id(&self.s.node, rand::random()));
+        match RequestDoc::from_automerge(doc) {
+            Ok(doc) if doc.id() == id => {
+                self.requests.insert(
+                    id.clone(),
+                    Req {
+                        doc,
+                        version: 0,
+                        dirty: true,
+                        saved: SavedDoc::default(),
+                    },
+                );
+                tracing::info!(request = %id, "request received from the grid");
+                self.request_merged(id);
+            }
+            Ok(_) => tracing::warn!("a peer sent request {id} holding another request's spec"),
+            Err(e) => tracing::warn!("request {id} from a peer cannot be read: {e}"),
+        }
+    }
+
+    /// The grid document got changes from a peer.
+    fn grid_merged(&mut self) {
+        self.grid_dirty = true;
+        // Nodes' last known addresses: dial them even without mDNS.
+        for n in self.grid.nodes().unwrap_or_default() {
+            if n.id == self.s.node || n.addrs.is_empty() {
+                continue;
+            }
+            if let Some(peer) = peer_of(&n.id) {
+                let addrs = n.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                self.net.send(NetCmd::AddPeer { peer, addrs });
+            }
+        }
+        // Requests the index names that this node has not seen: ask for them.
+        for r in self.grid.requests().unwrap_or_default() {
+            if !self.requests.contains_key(&r.id) && !self.repl.partial.contains_key(&r.id) {
+                self.repl.partial.insert(r.id.clone(), AutoCommit::new());
+                for p in &self.repl.connected {
+                    self.repl
+                        .due
+                        .insert((p.clone(), DocKey::Request(r.id.clone())));
+                }
+            }
+        }
+    }
+
+    /// A request document got changes from a peer: refresh the view, start
+    /// lease clocks of new claims, stop own attempts that lost.
+    pub(super) fn request_merged(&mut self, id: &RequestId) {
+        let now = self.mono();
+        let Some(q) = self.requests.get_mut(id) else {
+            return;
+        };
+        if let Err(e) = q.doc.rematerialize() {
+            tracing::error!("request {id} after a merge: {e}");
+        }
+        q.dirty = true;
+        observe_claims(&mut self.leases, &self.s.node, &q.doc, now);
+        self.abandon_lost(id);
+        if self.requests.get(id).is_some_and(|q| q.doc.is_finished()) {
+            self.request_finished(id);
+        }
+    }
+
+    /// Stops this node's attempts of the request that must not go on:
+    /// cancelled, beaten in a claim race, done elsewhere, or reassigned.
+    pub(super) fn abandon_lost(&mut self, id: &RequestId) {
+        let Some(q) = self.requests.get(id) else {
+            return;
+        };
+        for (k, r) in self.running.iter_mut() {
+            if &k.0 != id || r.stopping.is_some() {
+                continue;
+            }
+            let attempts = q.doc.attempts_of(k.1);
+            if let Some(why) = should_abandon(id, &r.attempt, attempts, q.doc.is_cancelled()) {
+                tracing::info!(request = %id, rank = k.1, epoch = k.2, "stopping: {why:?}");
+                r.stopping = Some(abandon_state(why));
+                let _ = r.stop.send(true);
+            }
+        }
+    }
+
+    /// A peer pushed a whole document and the blobs it needs: merge it,
+    /// fetch the blobs, and answer once both are on disk.
+    fn receive_push(
+        &mut self,
+        from: NodeId,
+        doc: DocKey,
+        data: Vec<u8>,
+        blobs: Vec<pesc_protocol::BlobHash>,
+        channel: libp2p::request_response::ResponseChannel<SyncResponse>,
+    ) {
+        let merged = match AutoCommit::load(&data) {
+            Err(e) => Err(format!("the pushed document cannot be read: {e}")),
+            Ok(mut incoming) => match &doc {
+                DocKey::Grid => self
+                    .grid
+                    .doc_mut()
+                    .merge(&mut incoming)
+                    .map(|_| self.grid_merged())
+                    .map_err(|e| e.to_string()),
+                DocKey::Request(id) => {
+                    let r = match self.requests.get_mut(id) {
+                        Some(q) => q.doc.doc_mut().merge(&mut incoming).map(|_| ()),
+                        None => {
+                            let part = self.repl.partial.entry(id.clone()).or_default();
+                            part.merge(&mut incoming).map(|_| ())
+                        }
+                    };
+                    match r {
+                        Ok(()) => {
+                            if self.requests.contains_key(id) {
+                                self.request_merged(id);
+                            } else {
+                                self.try_complete(id);
+                            }
+                            if self.requests.contains_key(id) {
+                                Ok(())
+                            } else {
+                                Err("the pushed request has no valid spec".to_string())
+                            }
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        };
+        if let Err(why) = merged {
+            tracing::warn!("refused a pushed {doc} from {from}: {why}");
+            self.net.send(NetCmd::RespondSync {
+                channel,
+                resp: SyncResponse::Refused(why),
+            });
+            return;
+        }
+        let (durable_tx, durable_rx) = oneshot::channel::<()>();
+        self.after_commit.push(Box::new(move || {
+            let _ = durable_tx.send(());
+        }));
+        let fetcher = self.fetcher.clone();
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let mut resp = SyncResponse::Held;
+            for h in &blobs {
+                if let Err(e) = fetcher.ensure(h, Some(&from)).await {
+                    resp = SyncResponse::Refused(format!("{e:#}"));
+                    break;
+                }
+            }
+            if durable_rx.await.is_err() {
+                resp = SyncResponse::Refused("the node is shutting down".into());
+            }
+            net.send(NetCmd::RespondSync { channel, resp });
+        });
+    }
+
+    /// Answers a submit once the request is durable here and held by one
+    /// connected peer (or at once on a lone node, or after a timeout).
+    pub(super) fn replicate_then_reply(
+        &mut self,
+        info: RequestInfo,
+        reply: Reply<ApiResult<RequestInfo>>,
+    ) {
+        let peers: Vec<_> = self.repl.connected.iter().filter_map(peer_of).collect();
+        let push = self
+            .requests
+            .get_mut(&info.id)
+            .map(|q| (q.doc.save(), q.doc.spec().process.code));
+        let net = self.net.clone();
+        let id = info.id.clone();
+        let (durable_tx, durable_rx) = oneshot::channel::<()>();
+        self.after_commit.push(Box::new(move || {
+            let _ = durable_tx.send(());
+        }));
+        tokio::spawn(async move {
+            let _ = durable_rx.await;
+            if let (Some((data, code)), false) = (push, peers.is_empty()) {
+                let mut asks = futures_util::stream::FuturesUnordered::new();
+                for p in peers {
+                    let net = net.clone();
+                    let req = SyncRequest::Push {
+                        doc: DocKey::Request(id.clone()),
+                        data: data.clone(),
+                        blobs: vec![code],
+                    };
+                    asks.push(async move { (p, net.ask_sync(p, req).await) });
+                }
+                let first_holder = async {
+                    use futures_util::StreamExt;
+                    while let Some((p, r)) = asks.next().await {
+                        match r {
+                            Ok(SyncResponse::Held) => return Some(p),
+                            other => tracing::debug!("push of {id} to {p}: {other:?}"),
+                        }
+                    }
+                    None
+                };
+                match tokio::time::timeout(PUSH_TIMEOUT, first_holder).await {
+                    Ok(Some(p)) => tracing::debug!(request = %id, "held by {p} too"),
+                    _ => tracing::warn!(
+                        request = %id,
+                        "no other node confirmed a copy of the request: it depends on this node until they sync"
+                    ),
+                }
+            }
+            let _ = reply.send(Ok(info));
+        });
+    }
+
+    /// Sends every sync message that is due.
+    pub(super) fn sync_out(&mut self) {
+        for d in std::mem::take(&mut self.repl.changed) {
+            for p in &self.repl.connected {
+                self.repl.due.insert((p.clone(), d.clone()));
+            }
+        }
+        for d in std::mem::take(&mut self.repl.announce) {
+            let heads = match &d {
+                DocKey::Grid => sync::heads_hex(self.grid.doc_mut()),
+                DocKey::Request(id) => match self.requests.get_mut(id) {
+                    Some(q) => sync::heads_hex(q.doc.doc_mut()),
+                    None => continue,
+                },
+            };
+            self.net.send(NetCmd::Publish(Gossip::Changed {
+                node: self.s.node.clone(),
+                doc: d,
+                heads,
+            }));
+        }
+        for (peer, doc) in std::mem::take(&mut self.repl.due) {
+            if !self.repl.connected.contains(&peer) {
+                continue;
+            }
+            let Some(p) = peer_of(&peer) else {
+                continue;
+            };
+            let state = self
+                .repl
+                .states
+                .entry((peer.clone(), doc.clone()))
+                .or_default();
+            let msg = match &doc {
+                DocKey::Grid => sync::generate(self.grid.doc_mut(), state),
+                DocKey::Request(id) => match self.requests.get_mut(id) {
+                    Some(q) => sync::generate(q.doc.doc_mut(), state),
+                    None => match self.repl.partial.get_mut(id) {
+                        Some(d) => sync::generate(d, state),
+                        None => None,
+                    },
+                },
+            };
+            if let Some(msg) = msg {
+                self.net.send(NetCmd::Sync {
+                    peer: p,
+                    req: SyncRequest::Sync { doc, msg },
+                    reply: None,
+                });
+            }
+        }
+    }
+
+    /// Every lease this node holds, and its load, to every peer.
+    pub(super) fn heartbeat(&mut self) {
+        let leases = self
+            .running
+            .keys()
+            .map(|(request, rank, epoch)| HeldLease {
+                request: request.clone(),
+                rank: *rank,
+                epoch: *epoch,
+            })
+            .collect();
+        self.net.send(NetCmd::Publish(Gossip::Heartbeat {
+            node: self.s.node.clone(),
+            status: self.own_status(),
+            leases,
+        }));
+    }
+
+    fn own_status(&self) -> NodeStatus {
+        NodeStatus {
+            name: self.s.name.clone(),
+            slots: self.s.slots,
+            slots_free: self.free_slots.len() as u32,
+            load: load_per_cpu(),
+            addrs: self.repl.listen.clone(),
+        }
+    }
+
+    fn gossip(&mut self, from: NodeId, msg: Gossip) {
+        let now = self.mono();
+        match msg {
+            Gossip::Heartbeat {
+                node,
+                status,
+                leases,
+            } => {
+                // Signed gossip: the sender cannot speak for another node.
+                if node != from {
+                    return;
+                }
+                for l in leases {
+                    self.leases.heartbeat(
+                        LeaseKey {
+                            request: l.request,
+                            rank: l.rank,
+                            epoch: l.epoch,
+                            node: node.clone(),
+                        },
+                        now,
+                    );
+                }
+                self.repl.live.insert(node, (status, now));
+            }
+            Gossip::Changed { node, doc, heads } => {
+                if node != from {
+                    return;
+                }
+                let lacks = match &doc {
+                    DocKey::Grid => sync::lacks_any(self.grid.doc_mut(), &heads),
+                    DocKey::Request(id) => match self.requests.get_mut(id) {
+                        Some(q) => sync::lacks_any(q.doc.doc_mut(), &heads),
+                        None => {
+                            self.repl.partial.entry(id.clone()).or_default();
+                            true
+                        }
+                    },
+                };
+                if !lacks {
+                    return;
+                }
+                if self.repl.connected.contains(&node) {
+                    self.repl.due.insert((node, doc));
+                } else {
+                    for p in &self.repl.connected {
+                        self.repl.due.insert((p.clone(), doc.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The grid's nodes: records from the grid document, live state from heartbeats.
+    pub(super) fn grid_nodes(&self) -> Vec<GridNode> {
+        let now = self.mono();
+        let mut out: Vec<GridNode> = self
+            .grid
+            .nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| {
+                let me = n.id == self.s.node;
+                let live = self.repl.live.get(&n.id);
+                let status = if me {
+                    Some(self.own_status())
+                } else {
+                    live.map(|(s, _)| s.clone())
+                };
+                GridNode {
+                    this_node: me,
+                    connected: me || self.repl.connected.contains(&n.id),
+                    addrs: status
+                        .as_ref()
+                        .map(|s| s.addrs.clone())
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or(n.addrs),
+                    name: status.as_ref().map(|s| s.name.clone()).unwrap_or(n.name),
+                    executor: n.executor,
+                    slots: status.as_ref().map(|s| s.slots).unwrap_or(n.slots),
+                    slots_free: status.as_ref().map(|s| s.slots_free),
+                    load: status.as_ref().map(|s| s.load),
+                    last_seen_ms_ago: if me {
+                        Some(0)
+                    } else {
+                        live.map(|(_, t)| now.saturating_sub(*t))
+                    },
+                    id: n.id,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (!a.this_node, &a.name, &a.id).cmp(&(!b.this_node, &b.name, &b.id)));
+        out
+    }
+}
+
+/// One-minute load average per CPU (0 where /proc is missing).
+fn load_per_cpu() -> f32 {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f32;
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
+        .map(|l| l / cpus)
+        .unwrap_or(0.0)
+}

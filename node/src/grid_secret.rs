@@ -1,0 +1,138 @@
+//! Which grid this data dir belongs to: the grid id and pre-shared key in
+//! `grid.key` (owner-only), created on first start or taken from a join token.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use pesc_protocol::join::{GridSecret, JoinToken};
+
+use crate::identity::write_private;
+use crate::store::Store;
+
+const KEY_FILE: &str = "grid.key";
+/// Written by a running node: the addresses it listens on, one per line.
+pub const ADDR_FILE: &str = "p2p.addr";
+
+/// Reads `grid.key`, if there is one.
+pub fn load(data_dir: &Path) -> Result<Option<GridSecret>> {
+    let path = data_dir.join(KEY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let t: JoinToken = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} is damaged", path.display()))?;
+    Ok(Some(t.secret))
+}
+
+fn save(data_dir: &Path, secret: &GridSecret) -> Result<()> {
+    let t = JoinToken {
+        secret: secret.clone(),
+        addrs: Vec::new(),
+    };
+    write_private(&data_dir.join(KEY_FILE), format!("{t}\n").as_bytes())
+}
+
+/// How the node came to its grid.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// It made a new grid now.
+    Created,
+    /// It joined a grid from a token now.
+    Joined,
+    /// It is in the grid it was in before.
+    Rejoined,
+}
+
+/// Settles the grid of this data dir before the node starts.
+pub fn settle(
+    data_dir: &Path,
+    store: &Store,
+    join: Option<&JoinToken>,
+) -> Result<(GridSecret, Joined)> {
+    let existing = load(data_dir)?;
+    let meta = store
+        .get_meta("grid_id")?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    if let (Some(s), Some(m)) = (&existing, &meta)
+        && &s.grid_id_hex() != m
+    {
+        bail!(
+            "{} names grid {} but the store holds grid {m}: the data dir is inconsistent",
+            data_dir.join(KEY_FILE).display(),
+            s.grid_id_hex()
+        );
+    }
+    match (join, existing) {
+        (Some(t), Some(s)) if t.secret == s => Ok((s, Joined::Rejoined)),
+        (Some(t), Some(s)) if t.secret.grid_id == s.grid_id => {
+            bail!(
+                "the join token is for this grid but carries another key: ask for a fresh token (pesc grid token)"
+            )
+        }
+        (Some(t), old) => {
+            // Leaving a grid loses its documents here: only while they hold no request.
+            let has_requests = store.doc_keys()?.iter().any(|k| k.starts_with("req/"));
+            if has_requests {
+                bail!(
+                    "this data dir already belongs to grid {} and holds its requests; start the node with another --data-dir to join grid {}",
+                    old.map(|s| s.grid_id_hex()).or(meta).unwrap_or_default(),
+                    t.secret.grid_id_hex()
+                );
+            }
+            store.clear_docs()?;
+            save(data_dir, &t.secret)?;
+            store.put_meta("grid_id", t.secret.grid_id_hex().as_bytes())?;
+            Ok((t.secret.clone(), Joined::Joined))
+        }
+        (None, Some(s)) => {
+            if meta.is_none() {
+                store.put_meta("grid_id", s.grid_id_hex().as_bytes())?;
+            }
+            Ok((s, Joined::Rejoined))
+        }
+        (None, None) => {
+            // A data dir from before grid keys keeps its grid id.
+            let grid_id = meta
+                .as_deref()
+                .and_then(pesc_protocol::join::parse_grid_id)
+                .unwrap_or_else(rand::random);
+            let s = GridSecret {
+                grid_id,
+                psk: rand::random(),
+            };
+            save(data_dir, &s)?;
+            store.put_meta("grid_id", s.grid_id_hex().as_bytes())?;
+            Ok((s, Joined::Created))
+        }
+    }
+}
+
+/// The join token of this data dir's grid, with the addresses the node
+/// listens on now (or listened on last).
+pub fn token(data_dir: &Path) -> Result<JoinToken> {
+    let Some(secret) = load(data_dir)? else {
+        bail!(
+            "{} belongs to no grid yet: start `pesc node` once to create one",
+            data_dir.display()
+        );
+    };
+    let addrs = std::fs::read_to_string(data_dir.join(ADDR_FILE))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    // Another machine cannot use this machine's loopback addresses.
+    let is_loopback = |a: &String| a.starts_with("/ip4/127.") || a.starts_with("/ip6/::1/");
+    let addrs = if addrs.iter().all(is_loopback) {
+        addrs
+    } else {
+        addrs.into_iter().filter(|a| !is_loopback(a)).collect()
+    };
+    Ok(JoinToken { secret, addrs })
+}

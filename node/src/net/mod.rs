@@ -1,0 +1,533 @@
+//! The node's network task: one libp2p swarm, driven by tokio.
+//!
+//! It owns the swarm and nothing else: documents stay with the agent, which
+//! talks to this task through [`NetHandle`] (commands) and [`NetEvent`]s.
+//! Here: listening, dialling (mDNS, static peers, addresses learned from
+//! identify and the grid document, redialled on a timer with backoff),
+//! gossip, and answering blob range requests from the blob store.
+
+mod behaviour;
+mod peers;
+mod transport;
+
+pub mod fetch;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity::Keypair, mdns};
+use pesc_protocol::NodeId;
+use pesc_protocol::wire::{
+    BLOB_CHUNK, BlobRequest, BlobResponse, DocKey, Gossip, SyncRequest, SyncResponse,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::blobs::BlobStore;
+use behaviour::{Behaviour, BehaviourEvent};
+use peers::PeerBook;
+
+/// How the network is set up.
+pub struct NetConfig {
+    pub key: Keypair,
+    pub psk: [u8; 32],
+    pub grid_id: String,
+    pub listen: Vec<Multiaddr>,
+    /// Static peers (with or without `/p2p/ID`).
+    pub peers: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Where to write the addresses the node listens on (`p2p.addr`).
+    pub addr_file: PathBuf,
+}
+
+/// Commands to the network task.
+pub enum NetCmd {
+    /// Sends a sync request; failures come back as [`NetEvent::SyncFailed`]
+    /// unless `reply` is given.
+    Sync {
+        peer: PeerId,
+        req: SyncRequest,
+        reply: Option<oneshot::Sender<Result<SyncResponse, String>>>,
+    },
+    RespondSync {
+        channel: ResponseChannel<SyncResponse>,
+        resp: SyncResponse,
+    },
+    Blob {
+        peer: PeerId,
+        req: BlobRequest,
+        reply: oneshot::Sender<Result<BlobResponse, String>>,
+    },
+    RespondBlob {
+        channel: ResponseChannel<BlobResponse>,
+        resp: BlobResponse,
+    },
+    Publish(Gossip),
+    /// Addresses of a grid node (from the grid document).
+    AddPeer {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+}
+
+/// What the network task tells the agent.
+pub enum NetEvent {
+    Connected(NodeId),
+    Disconnected(NodeId),
+    /// The node's listen addresses changed.
+    Listening(Vec<String>),
+    Sync {
+        from: NodeId,
+        req: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    },
+    /// A sync message sent without a reply channel was not delivered.
+    SyncFailed {
+        peer: NodeId,
+        doc: DocKey,
+    },
+    Gossip {
+        from: NodeId,
+        msg: Gossip,
+    },
+}
+
+/// How the rest of the node reaches the network task.
+#[derive(Clone)]
+pub struct NetHandle {
+    tx: mpsc::UnboundedSender<NetCmd>,
+    connected: watch::Receiver<BTreeSet<PeerId>>,
+}
+
+impl NetHandle {
+    pub fn send(&self, cmd: NetCmd) {
+        let _ = self.tx.send(cmd);
+    }
+
+    /// Peers with an open connection now.
+    pub fn connected(&self) -> BTreeSet<PeerId> {
+        self.connected.borrow().clone()
+    }
+
+    /// Sends a sync request and waits for the answer.
+    pub async fn ask_sync(&self, peer: PeerId, req: SyncRequest) -> Result<SyncResponse, String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(NetCmd::Sync {
+            peer,
+            req,
+            reply: Some(tx),
+        });
+        rx.await
+            .map_err(|_| "the network task stopped".to_string())?
+    }
+
+    /// Asks a peer for a byte range of a blob.
+    pub async fn ask_blob(&self, peer: PeerId, req: BlobRequest) -> Result<BlobResponse, String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(NetCmd::Blob {
+            peer,
+            req,
+            reply: tx,
+        });
+        rx.await
+            .map_err(|_| "the network task stopped".to_string())?
+    }
+}
+
+/// Parses a node id into a libp2p peer id.
+pub fn peer_of(node: &NodeId) -> Option<PeerId> {
+    node.as_str().parse().ok()
+}
+
+fn node_of(peer: &PeerId) -> NodeId {
+    NodeId::new(peer.to_string())
+}
+
+/// Starts the swarm and its task.
+pub fn start(
+    cfg: NetConfig,
+    blobs: Arc<BlobStore>,
+) -> Result<(NetHandle, mpsc::UnboundedReceiver<NetEvent>)> {
+    let me = cfg.key.public().to_peer_id();
+    let transport = transport::build(&cfg.key, cfg.psk)?;
+    let behaviour = Behaviour::new(&cfg.key, cfg.mdns)?;
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        me,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(3600)),
+    );
+    let topic = gossipsub::IdentTopic::new(format!("pesc/{}", cfg.grid_id));
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .context("subscribing to the grid's gossip topic")?;
+    let mut listening = 0;
+    for addr in &cfg.listen {
+        match swarm.listen_on(addr.clone()) {
+            Ok(_) => listening += 1,
+            Err(e) => {
+                // The default port may be taken (a second node on this machine):
+                // any free port still works for peers that learn it.
+                let fallback = with_port_zero(addr);
+                tracing::warn!("cannot listen on {addr}: {e}; trying {fallback}");
+                swarm
+                    .listen_on(fallback.clone())
+                    .with_context(|| format!("cannot listen on {addr} nor on {fallback}"))?;
+                listening += 1;
+            }
+        }
+    }
+    if listening == 0 {
+        anyhow::bail!("the node must listen on at least one address (--listen)");
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (connected_tx, connected) = watch::channel(BTreeSet::new());
+    let mut book = PeerBook::new(me);
+    for a in &cfg.peers {
+        book.add_static(a.clone());
+    }
+    let task = NetTask {
+        swarm,
+        topic,
+        me,
+        book,
+        events: events_tx,
+        cmd_tx: tx.clone(),
+        blobs,
+        pending_sync: HashMap::new(),
+        pending_blob: HashMap::new(),
+        connections: HashMap::new(),
+        connected_tx,
+        listen: BTreeSet::new(),
+        addr_file: cfg.addr_file,
+    };
+    tokio::spawn(task.run(rx));
+    Ok((NetHandle { tx, connected }, events_rx))
+}
+
+fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
+    use libp2p::multiaddr::Protocol;
+    addr.iter()
+        .map(|p| match p {
+            Protocol::Tcp(_) => Protocol::Tcp(0),
+            p => p,
+        })
+        .collect()
+}
+
+type SyncReply = Option<oneshot::Sender<Result<SyncResponse, String>>>;
+
+struct NetTask {
+    swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    me: PeerId,
+    book: PeerBook,
+    events: mpsc::UnboundedSender<NetEvent>,
+    cmd_tx: mpsc::UnboundedSender<NetCmd>,
+    blobs: Arc<BlobStore>,
+    pending_sync: HashMap<OutboundRequestId, (PeerId, DocKey, SyncReply)>,
+    pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, String>>>,
+    connections: HashMap<PeerId, u32>,
+    connected_tx: watch::Sender<BTreeSet<PeerId>>,
+    listen: BTreeSet<Multiaddr>,
+    addr_file: PathBuf,
+}
+
+impl NetTask {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<NetCmd>) {
+        let mut redial = tokio::time::interval(Duration::from_millis(500));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                _ = redial.tick() => {
+                    for opts in self.book.due(&self.connections) {
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!("dial: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, c: NetCmd) {
+        let b = self.swarm.behaviour_mut();
+        match c {
+            NetCmd::Sync { peer, req, reply } => {
+                let doc = match &req {
+                    SyncRequest::Sync { doc, .. } | SyncRequest::Push { doc, .. } => doc.clone(),
+                };
+                let id = b.sync.send_request(&peer, req);
+                self.pending_sync.insert(id, (peer, doc, reply));
+            }
+            NetCmd::RespondSync { channel, resp } => {
+                let _ = b.sync.send_response(channel, resp);
+            }
+            NetCmd::Blob { peer, req, reply } => {
+                let id = b.blobs.send_request(&peer, req);
+                self.pending_blob.insert(id, reply);
+            }
+            NetCmd::RespondBlob { channel, resp } => {
+                let _ = b.blobs.send_response(channel, resp);
+            }
+            NetCmd::Publish(msg) => match serde_json::to_vec(&msg) {
+                Ok(bytes) => {
+                    if let Err(e) = b.gossipsub.publish(self.topic.clone(), bytes) {
+                        // No subscribed peer yet is normal for a lone node.
+                        tracing::trace!("gossip not sent: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("cannot encode gossip: {e}"),
+            },
+            NetCmd::AddPeer { peer, addrs } => {
+                if peer != self.me {
+                    self.book.add_known(peer, addrs, false);
+                }
+            }
+        }
+    }
+
+    fn emit(&self, ev: NetEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    fn publish_connected(&self) {
+        let set: BTreeSet<PeerId> = self.connections.keys().copied().collect();
+        self.connected_tx.send_replace(set);
+    }
+
+    fn listen_changed(&self) {
+        let addrs: Vec<String> = self
+            .listen
+            .iter()
+            .map(|a| format!("{a}/p2p/{}", self.me))
+            .collect();
+        if let Err(e) = std::fs::write(&self.addr_file, addrs.join("\n") + "\n") {
+            tracing::warn!("cannot write {}: {e}", self.addr_file.display());
+        }
+        self.emit(NetEvent::Listening(addrs));
+    }
+
+    fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if peers::usable(&address) {
+                    tracing::info!("listening for peers on {address}/p2p/{}", self.me);
+                    self.listen.insert(address);
+                    self.listen_changed();
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if self.listen.remove(&address) {
+                    self.listen_changed();
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                self.book.connected(peer_id, &endpoint);
+                let n = self.connections.entry(peer_id).or_default();
+                *n += 1;
+                if *n == 1 {
+                    tracing::info!(
+                        "connected to {peer_id} at {}",
+                        endpoint.get_remote_address()
+                    );
+                    self.publish_connected();
+                    self.emit(NetEvent::Connected(node_of(&peer_id)));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if num_established == 0 && self.connections.remove(&peer_id).is_some() {
+                    tracing::info!(
+                        "disconnected from {peer_id}{}",
+                        cause.map(|c| format!(": {c}")).unwrap_or_default()
+                    );
+                    self.book.disconnected(peer_id);
+                    self.publish_connected();
+                    self.emit(NetEvent::Disconnected(node_of(&peer_id)));
+                } else if let Some(n) = self.connections.get_mut(&peer_id) {
+                    *n = num_established;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!("cannot reach {peer_id:?}: {error}");
+                self.book.dial_failed(peer_id);
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                // Wrong grid key, or garbage: the handshake fails here.
+                tracing::debug!("refused a connection from {send_back_addr}: {error}");
+            }
+            SwarmEvent::Behaviour(b) => self.behaviour_event(b),
+            _ => {}
+        }
+    }
+
+    fn behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    if peer != self.me && peers::usable(&addr) {
+                        tracing::debug!("mDNS found {peer} at {addr}");
+                        self.book.add_known(peer, vec![addr], true);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(list)) => {
+                for (peer, addr) in list {
+                    self.book.expire_mdns(peer, &addr);
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let addrs = info
+                    .listen_addrs
+                    .into_iter()
+                    .filter(peers::usable)
+                    .collect();
+                self.book.add_known(peer_id, addrs, false);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let Some(source) = message.source else {
+                    return;
+                };
+                match serde_json::from_slice::<Gossip>(&message.data) {
+                    Ok(msg) => self.emit(NetEvent::Gossip {
+                        from: node_of(&source),
+                        msg,
+                    }),
+                    Err(e) => tracing::debug!("garbled gossip from {source}: {e}"),
+                }
+            }
+            BehaviourEvent::Sync(ev) => self.sync_event(ev),
+            BehaviourEvent::Blobs(ev) => self.blob_event(ev),
+            _ => {}
+        }
+    }
+
+    fn sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message { peer, message, .. } => match message {
+                Message::Request {
+                    request, channel, ..
+                } => self.emit(NetEvent::Sync {
+                    from: node_of(&peer),
+                    req: request,
+                    channel,
+                }),
+                Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some((_, _, Some(reply))) = self.pending_sync.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, doc, reply)) = self.pending_sync.remove(&request_id) {
+                    match reply {
+                        Some(r) => {
+                            let _ = r.send(Err(error.to_string()));
+                        }
+                        None => {
+                            tracing::debug!("sync of {doc} with {peer} failed: {error}");
+                            self.emit(NetEvent::SyncFailed {
+                                peer: node_of(&peer),
+                                doc,
+                            });
+                        }
+                    }
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("sync request from {peer} failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn blob_event(&mut self, ev: request_response::Event<BlobRequest, BlobResponse>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message { message, .. } => match message {
+                Message::Request {
+                    request, channel, ..
+                } => {
+                    let blobs = self.blobs.clone();
+                    let tx = self.cmd_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let resp = read_range(&blobs, &request);
+                        let _ = tx.send(NetCmd::RespondBlob { channel, resp });
+                    });
+                }
+                Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending_blob.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.pending_blob.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads the asked range of a local blob.
+fn read_range(blobs: &BlobStore, req: &BlobRequest) -> BlobResponse {
+    use std::io::{Read, Seek, SeekFrom};
+    if req.len > BLOB_CHUNK {
+        return BlobResponse::Refused(format!("ranges are at most {BLOB_CHUNK} bytes"));
+    }
+    let Ok(mut f) = std::fs::File::open(blobs.path(&req.hash)) else {
+        return BlobResponse::NotFound;
+    };
+    let mut read = || -> std::io::Result<BlobResponse> {
+        let total = f.metadata()?.len();
+        if req.offset > total {
+            return Ok(BlobResponse::Refused(format!(
+                "offset {} is beyond the blob's {total} bytes",
+                req.offset
+            )));
+        }
+        f.seek(SeekFrom::Start(req.offset))?;
+        let mut data = Vec::with_capacity(req.len.min(BLOB_CHUNK) as usize);
+        (&mut f).take(req.len as u64).read_to_end(&mut data)?;
+        Ok(BlobResponse::Range { total, data })
+    };
+    read().unwrap_or_else(|e| BlobResponse::Refused(format!("cannot read the blob: {e}")))
+}

@@ -1,0 +1,154 @@
+//! Messages nodes exchange. Sans-I/O: plain serde types; the node picks the
+//! encodings (CBOR for request-response, JSON for gossip).
+//!
+//! Three channels:
+//! - **sync** (request-response): Automerge sync messages, one document per
+//!   message, and the "push" a node makes before it acknowledges a submit;
+//! - **blob** (request-response): a byte range of a blob, by BLAKE3 hash;
+//! - **gossip** (gossipsub, one topic per grid): heartbeats for every lease a
+//!   node holds, its live load, and "this document changed" hints. Gossip is
+//!   only a hint: everything durable travels through document sync.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BlobHash, NodeId, RequestId};
+
+/// Name of a replicated document: `grid` or `req/<request id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DocKey {
+    Grid,
+    Request(RequestId),
+}
+
+impl DocKey {
+    /// The key the store files the document under.
+    pub fn store_key(&self) -> String {
+        match self {
+            DocKey::Grid => "grid".into(),
+            DocKey::Request(id) => format!("req/{id}"),
+        }
+    }
+
+    pub fn from_store_key(s: &str) -> Option<DocKey> {
+        if s == "grid" {
+            return Some(DocKey::Grid);
+        }
+        s.strip_prefix("req/")
+            .and_then(|id| id.parse().ok())
+            .map(DocKey::Request)
+    }
+}
+
+impl std::fmt::Display for DocKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.store_key())
+    }
+}
+
+/// A request on the sync channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// One Automerge sync message for one document.
+    Sync {
+        doc: DocKey,
+        #[serde(with = "serde_bytes")]
+        msg: Vec<u8>,
+    },
+    /// "Keep a copy of this": the whole document and the blobs it needs. The
+    /// receiver merges the document, fetches the blobs from the sender, and
+    /// answers [`SyncResponse::Held`] only once both are on its disk.
+    Push {
+        doc: DocKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        blobs: Vec<BlobHash>,
+    },
+}
+
+/// The answer on the sync channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// The sync message was applied (or ignored as stale).
+    Ack,
+    /// The pushed document and blobs are durable on the receiver.
+    Held,
+    /// The message was refused, with a sentence saying why.
+    Refused(String),
+}
+
+/// Largest byte range one blob request may ask for.
+pub const BLOB_CHUNK: u32 = 1 << 20;
+
+/// A byte range of a blob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobRequest {
+    pub hash: BlobHash,
+    pub offset: u64,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BlobResponse {
+    Range {
+        /// Size of the whole blob.
+        total: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    NotFound,
+    Refused(String),
+}
+
+/// One lease a node holds: it runs `rank` of `request` in `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLease {
+    pub request: RequestId,
+    pub rank: u32,
+    pub epoch: u32,
+}
+
+/// A node's live state, as announced in its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub slots: u32,
+    pub slots_free: u32,
+    /// One-minute load average divided by the number of CPUs.
+    pub load: f32,
+    /// Addresses the node listens on, as multiaddrs.
+    pub addrs: Vec<String>,
+}
+
+/// Messages on the grid's gossip topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Gossip {
+    /// Sent every heartbeat period: every lease the node holds now.
+    Heartbeat {
+        node: NodeId,
+        status: NodeStatus,
+        leases: Vec<HeldLease>,
+    },
+    /// A document changed on `node` (a claim, a result, a cancel…): peers
+    /// that lack these heads sync it now instead of at their next exchange.
+    Changed {
+        node: NodeId,
+        doc: DocKey,
+        heads: Vec<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_keys_round_trip_and_reject_garbage() {
+        let id = RequestId::from_bytes([1, 2, 3, 4, 5, 6, 7, 8]);
+        for k in [DocKey::Grid, DocKey::Request(id)] {
+            assert_eq!(DocKey::from_store_key(&k.store_key()), Some(k));
+        }
+        for bad in ["", "req/", "req/xyz", "grid2", "req/0102030405060708/.."] {
+            assert_eq!(DocKey::from_store_key(bad), None, "{bad}");
+        }
+    }
+}
