@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod grid;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,8 +39,22 @@ pub fn pesc_bin(profile: &str) -> PathBuf {
 pub struct Node {
     pub data_dir: PathBuf,
     pub bin: PathBuf,
+    /// The network namespace the node (and its CLI) runs in.
+    pub netns: Option<String>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// A command, run inside a network namespace when one is given.
+fn command_in(netns: Option<&str>, bin: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
 }
 
 impl Node {
@@ -57,10 +73,34 @@ impl Node {
         tmp: Option<tempfile::TempDir>,
         extra: &[&str],
     ) -> Result<Node> {
+        Self::start_opts(data_dir, slots, bin, tmp, extra, None)
+    }
+
+    /// Starts a node, optionally in a network namespace. Unless `extra`
+    /// says otherwise it listens for peers on 127.0.0.1 only and mDNS is
+    /// off, so tests never send to the machine's real network.
+    pub fn start_opts(
+        data_dir: PathBuf,
+        slots: u32,
+        bin: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> Result<Node> {
         std::fs::create_dir_all(&data_dir)?;
         let _ = std::fs::remove_file(data_dir.join("api.addr"));
-        let log = std::fs::File::create(data_dir.join("node.log"))?;
-        let child = Command::new(&bin)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("node.log"))?;
+        let mut defaults: Vec<&str> = Vec::new();
+        if !extra.contains(&"--listen") {
+            defaults.extend(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        }
+        if !extra.contains(&"--mdns") {
+            defaults.extend(["--mdns", "false"]);
+        }
+        let child = command_in(netns, &bin)
             .arg("--data-dir")
             .arg(&data_dir)
             .args([
@@ -72,6 +112,7 @@ impl Node {
                 "--slots",
                 &slots.to_string(),
             ])
+            .args(defaults)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -81,6 +122,7 @@ impl Node {
         let mut node = Node {
             data_dir,
             bin,
+            netns: netns.map(str::to_string),
             child: Some(child),
             _tmp: tmp,
         };
@@ -110,6 +152,7 @@ impl Node {
     /// `kill -9` the node and wait for it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // In a namespace the child is `ip netns exec`, which execs pesc: same PID.
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -121,7 +164,7 @@ impl Node {
     }
 
     pub fn cli_in(&self, args: &[&str], cwd: Option<&Path>) -> Output {
-        let mut c = Command::new(&self.bin);
+        let mut c = command_in(self.netns.as_deref(), &self.bin);
         c.arg("--data-dir").arg(&self.data_dir).args(args);
         if let Some(d) = cwd {
             c.current_dir(d);
@@ -139,6 +182,65 @@ impl Node {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+    }
+
+    /// The node's grid join token (`pesc grid token`).
+    pub fn join_token(&self) -> String {
+        let out = self.cli(&["grid", "token"]);
+        assert!(out.status.success(), "pesc grid token: {out:?}");
+        stdout(&out)
+    }
+
+    /// Where the node listens for peers (waits until it does).
+    pub fn p2p_addrs(&self) -> Vec<String> {
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(self.data_dir.join("p2p.addr")).unwrap_or_default();
+            let v: Vec<String> = text
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect();
+            if !v.is_empty() {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the node never listened: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// This node's id (peer id).
+    pub fn node_id(&self) -> String {
+        self.cli_json(&["nodes", "--json"])
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["this_node"] == true))
+            .map(|n| n["id"].as_str().unwrap_or_default().to_string())
+            .expect("this node in pesc nodes")
+    }
+
+    /// Waits until `pesc nodes` here shows `n` nodes connected (self included).
+    pub fn wait_connected(&self, n: usize, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let v = self.cli_json(&["nodes", "--json"]);
+            let up = v
+                .as_array()
+                .map(|a| a.iter().filter(|x| x["connected"] == true).count())
+                .unwrap_or(0);
+            if up >= n {
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "only {up} of {n} nodes connected: {v}\nlog: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn api_base(&self) -> String {

@@ -281,6 +281,7 @@ impl Agent {
         mut commands: mpsc::Receiver<Command>,
         mut net_events: mpsc::UnboundedReceiver<NetEvent>,
     ) {
+        self.dial_grid_nodes();
         self.step();
         let mut tick = tokio::time::interval(TICK);
         let mut heartbeat = tokio::time::interval(Duration::from_millis(
@@ -386,7 +387,13 @@ impl Agent {
             }
             let spec = req.doc.spec();
             let mut found = 0;
-            for rank in req.doc.unfinished_ranks() {
+            // Alone, in rank order; with peers, each node from its own place.
+            let start = if self.repl.connected.is_empty() {
+                0
+            } else {
+                scan_start(&self.s.node, id, spec.repetitions)
+            };
+            for rank in req.doc.unfinished_ranks_from(start) {
                 if found == free {
                     break;
                 }
@@ -865,6 +872,14 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
             a.reason = Some("the executor reported nothing".into());
         }
     }
+}
+
+/// Where this node starts looking for runs of a request: a hash of both,
+/// so nodes spread over the ranks instead of all claiming the lowest.
+fn scan_start(node: &NodeId, req: &RequestId, repetitions: u32) -> u32 {
+    let h = blake3::hash(format!("{node}/{req}").as_bytes());
+    let x = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"));
+    x % repetitions.max(1)
 }
 
 /// Starts the lease clock of every live-looking claim of another node.

@@ -182,16 +182,7 @@ impl Agent {
     /// The grid document got changes from a peer.
     fn grid_merged(&mut self) {
         self.grid_dirty = true;
-        // Nodes' last known addresses: dial them even without mDNS.
-        for n in self.grid.nodes().unwrap_or_default() {
-            if n.id == self.s.node || n.addrs.is_empty() {
-                continue;
-            }
-            if let Some(peer) = peer_of(&n.id) {
-                let addrs = n.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-                self.net.send(NetCmd::AddPeer { peer, addrs });
-            }
-        }
+        self.dial_grid_nodes();
         // Requests the index names that this node has not seen: ask for them.
         for r in self.grid.requests().unwrap_or_default() {
             if !self.requests.contains_key(&r.id) && !self.repl.partial.contains_key(&r.id) {
@@ -201,6 +192,20 @@ impl Agent {
                         .due
                         .insert((p.clone(), DocKey::Request(r.id.clone())));
                 }
+            }
+        }
+    }
+
+    /// Nodes' last known addresses from the grid document: dialled even
+    /// without mDNS, so a restarted node finds the grid by itself.
+    pub(super) fn dial_grid_nodes(&mut self) {
+        for n in self.grid.nodes().unwrap_or_default() {
+            if n.id == self.s.node || n.addrs.is_empty() {
+                continue;
+            }
+            if let Some(peer) = peer_of(&n.id) {
+                let addrs = n.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                self.net.send(NetCmd::AddPeer { peer, addrs });
             }
         }
     }

@@ -142,6 +142,15 @@ impl RequestDoc {
         self.unfinished.iter().copied()
     }
 
+    /// Unfinished ranks from `start` upwards, then wrapping around: nodes
+    /// that start at different ranks rarely race for the same run.
+    pub fn unfinished_ranks_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
+        self.unfinished
+            .range(start..)
+            .chain(self.unfinished.range(..start))
+            .copied()
+    }
+
     fn policy(&self) -> RunPolicy {
         RunPolicy {
             retries: self.spec.retries,
