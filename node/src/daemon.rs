@@ -195,8 +195,8 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
                 addrs: Vec::new()
             }
         ),
-        Joined::Joined => tracing::info!("joined grid {grid_id}"),
-        Joined::Rejoined => tracing::info!("grid {grid_id}"),
+        Joined::FromToken => tracing::info!("joined grid {grid_id}"),
+        Joined::Again => tracing::info!("grid {grid_id}"),
     }
     let agent_task = tokio::spawn(agent.run(commands, net_events));
     let app = pesc_webui::router(service);

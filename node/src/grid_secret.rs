@@ -42,9 +42,9 @@ pub enum Joined {
     /// It made a new grid now.
     Created,
     /// It joined a grid from a token now.
-    Joined,
+    FromToken,
     /// It is in the grid it was in before.
-    Rejoined,
+    Again,
 }
 
 /// Settles the grid of this data dir before the node starts.
@@ -67,7 +67,7 @@ pub fn settle(
         );
     }
     match (join, existing) {
-        (Some(t), Some(s)) if t.secret == s => Ok((s, Joined::Rejoined)),
+        (Some(t), Some(s)) if t.secret == s => Ok((s, Joined::Again)),
         (Some(t), Some(s)) if t.secret.grid_id == s.grid_id => {
             bail!(
                 "the join token is for this grid but carries another key: ask for a fresh token (pesc grid token)"
@@ -86,13 +86,13 @@ pub fn settle(
             store.clear_docs()?;
             save(data_dir, &t.secret)?;
             store.put_meta("grid_id", t.secret.grid_id_hex().as_bytes())?;
-            Ok((t.secret.clone(), Joined::Joined))
+            Ok((t.secret.clone(), Joined::FromToken))
         }
         (None, Some(s)) => {
             if meta.is_none() {
                 store.put_meta("grid_id", s.grid_id_hex().as_bytes())?;
             }
-            Ok((s, Joined::Rejoined))
+            Ok((s, Joined::Again))
         }
         (None, None) => {
             // A data dir from before grid keys keeps its grid id.

@@ -356,10 +356,9 @@ impl NodeService for Service {
                 let agent = self.agent.clone();
                 let runner = self.runner.clone();
                 let blobs = self.blobs.clone();
-                let fetcher = self.fetcher.clone();
                 let id = id.to_string();
                 Ok(Box::pin(follow_log(
-                    agent, runner, blobs, fetcher, id, rank, which, src,
+                    agent, runner, blobs, id, rank, which, src,
                 )))
             }
         }
@@ -433,7 +432,6 @@ fn follow_log(
     agent: AgentHandle,
     runner: Arc<RunnerCtx>,
     blobs: Arc<BlobStore>,
-    fetcher: Arc<Fetcher>,
     id: String,
     rank: u32,
     which: &'static str,
@@ -469,7 +467,7 @@ fn follow_log(
                 node,
             } => {
                 if let Some(h) = pick(stdout, stderr)
-                    && fetcher.ensure(&h, Some(&node)).await.is_ok()
+                    && runner.fetcher.ensure(&h, Some(&node)).await.is_ok()
                     && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
                 {
                     let _ = tx.send(Ok(Bytes::from(data))).await;

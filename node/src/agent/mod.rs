@@ -68,9 +68,11 @@ pub enum Command {
 /// What the results archive of a finished request is made of.
 pub struct ResultPlan {
     pub id: RequestId,
-    /// Per rank: output archive and stdout blobs, and the node that made them.
-    pub ranks: Vec<(u32, Option<BlobHash>, Option<BlobHash>, Option<NodeId>)>,
+    pub ranks: Vec<RankPlan>,
 }
+
+/// Per rank: output archive and stdout blobs, and the node that made them.
+pub type RankPlan = (u32, Option<BlobHash>, Option<BlobHash>, Option<NodeId>);
 
 /// Where a run's log is now.
 pub enum LogSource {

@@ -400,8 +400,8 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<20} {:<10} {:>5} {:>5} {:>9}  {}",
-        "NAME", "SLOTS", "FREE", "LOAD", "SEEN", "ADDRESS"
+        "{:<20} {:<10} {:>5} {:>5} {:>9}  ADDRESS",
+        "NAME", "SLOTS", "FREE", "LOAD", "SEEN"
     );
     for n in list {
         let name = if n.this_node {

@@ -324,17 +324,13 @@ impl NetTask {
 
     fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if peers::usable(&address) {
-                    tracing::info!("listening for peers on {address}/p2p/{}", self.me);
-                    self.listen.insert(address);
-                    self.listen_changed();
-                }
+            SwarmEvent::NewListenAddr { address, .. } if peers::usable(&address) => {
+                tracing::info!("listening for peers on {address}/p2p/{}", self.me);
+                self.listen.insert(address);
+                self.listen_changed();
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                if self.listen.remove(&address) {
-                    self.listen_changed();
-                }
+            SwarmEvent::ExpiredListenAddr { address, .. } if self.listen.remove(&address) => {
+                self.listen_changed();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..

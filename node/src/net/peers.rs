@@ -13,7 +13,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(30);
+const MAX_RETRY: Duration = Duration::from_secs(5);
 /// A peer only heard of (not static) is forgotten after this many failed dials in a row.
 const FORGET_AFTER: u32 = 60;
 
@@ -56,7 +56,7 @@ impl Retry {
         }
     }
     /// A dial goes out now: until a connection resets it, the next one
-    /// waits twice as long as the last (1 s up to 30 s).
+    /// waits twice as long as the last (1 s up to 5 s).
     fn dialled(&mut self) {
         let wait = FIRST_RETRY
             .saturating_mul(1 << self.failures.min(5))
@@ -167,10 +167,11 @@ impl PeerBook {
     pub fn dial_failed(&mut self, peer: Option<PeerId>) {
         if let Some(p) = peer
             && let Some(k) = self.known.get_mut(&p)
+            && !k.pinned
+            && k.mdns.is_empty()
+            && k.retry.failures >= FORGET_AFTER
         {
-            if !k.pinned && k.mdns.is_empty() && k.retry.failures >= FORGET_AFTER {
-                self.known.remove(&p);
-            }
+            self.known.remove(&p);
         }
     }
 
