@@ -104,6 +104,21 @@ pub struct NodeInfo {
     /// Nodes connected now.
     #[serde(default)]
     pub peers: u32,
+    /// Bytes this node exchanged with peers since it started.
+    #[serde(default)]
+    pub traffic: Traffic,
+}
+
+/// Payload bytes sent and received per channel (without the transport's
+/// framing and encryption overhead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub sync_sent: u64,
+    pub sync_received: u64,
+    pub gossip_sent: u64,
+    pub gossip_received: u64,
+    pub blob_sent: u64,
+    pub blob_received: u64,
 }
 
 /// One node of the grid, as `GET /api/v1/nodes` shows it.

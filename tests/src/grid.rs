@@ -22,8 +22,12 @@ impl Grid {
     /// with a bare token and `--peer ADDR`, the others with the full token.
     /// Returns once every node sees all of them.
     pub fn loopback(n: usize, slots: u32, extra: &[&str]) -> Result<Grid> {
+        Self::loopback_with(pesc_bin("debug"), n, slots, extra)
+    }
+
+    /// [`Grid::loopback`] with a given `pesc` binary (benchmarks use release).
+    pub fn loopback_with(bin: PathBuf, n: usize, slots: u32, extra: &[&str]) -> Result<Grid> {
         let root = tempfile::tempdir()?;
-        let bin = pesc_bin("debug");
         let mut nodes = Vec::new();
         let name = |i: usize| format!("n{i}");
         let mut first_extra = vec!["--name", "n0"];

@@ -613,6 +613,7 @@ impl Agent {
                     requests: self.requests.len() as u32,
                     grid: self.s.grid_id.clone(),
                     peers: self.repl.connected.len() as u32,
+                    traffic: self.net.stats.snapshot(),
                 });
             }
             Command::Results { id, reply } => {

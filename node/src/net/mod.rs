@@ -15,6 +15,7 @@ pub mod fetch;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -23,6 +24,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity::Keypair, mdns};
 use pesc_protocol::NodeId;
+use pesc_protocol::api::Traffic;
 use pesc_protocol::wire::{
     BLOB_CHUNK, BlobRequest, BlobResponse, DocKey, Gossip, SyncRequest, SyncResponse,
 };
@@ -97,11 +99,55 @@ pub enum NetEvent {
     },
 }
 
+/// Payload bytes per channel, counted where they are sent and received.
+#[derive(Default)]
+pub struct NetStats {
+    sync_sent: AtomicU64,
+    sync_received: AtomicU64,
+    gossip_sent: AtomicU64,
+    gossip_received: AtomicU64,
+    blob_sent: AtomicU64,
+    blob_received: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+impl NetStats {
+    pub fn snapshot(&self) -> Traffic {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Traffic {
+            sync_sent: g(&self.sync_sent),
+            sync_received: g(&self.sync_received),
+            gossip_sent: g(&self.gossip_sent),
+            gossip_received: g(&self.gossip_received),
+            blob_sent: g(&self.blob_sent),
+            blob_received: g(&self.blob_received),
+        }
+    }
+}
+
+fn sync_bytes(r: &SyncRequest) -> usize {
+    match r {
+        SyncRequest::Sync { msg, .. } => msg.len(),
+        SyncRequest::Push { data, .. } => data.len(),
+    }
+}
+
+fn blob_bytes(r: &BlobResponse) -> usize {
+    match r {
+        BlobResponse::Range { data, .. } => data.len(),
+        _ => 0,
+    }
+}
+
 /// How the rest of the node reaches the network task.
 #[derive(Clone)]
 pub struct NetHandle {
     tx: mpsc::UnboundedSender<NetCmd>,
     connected: watch::Receiver<BTreeSet<PeerId>>,
+    pub stats: Arc<NetStats>,
 }
 
 impl NetHandle {
@@ -191,6 +237,7 @@ pub fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(BTreeSet::new());
+    let stats = Arc::new(NetStats::default());
     let mut book = PeerBook::new(me);
     for a in &cfg.peers {
         book.add_static(a.clone());
@@ -209,9 +256,17 @@ pub fn start(
         connected_tx,
         listen: BTreeSet::new(),
         addr_file: cfg.addr_file,
+        stats: stats.clone(),
     };
     tokio::spawn(task.run(rx));
-    Ok((NetHandle { tx, connected }, events_rx))
+    Ok((
+        NetHandle {
+            tx,
+            connected,
+            stats,
+        },
+        events_rx,
+    ))
 }
 
 fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
@@ -240,6 +295,7 @@ struct NetTask {
     connected_tx: watch::Sender<BTreeSet<PeerId>>,
     listen: BTreeSet<Multiaddr>,
     addr_file: PathBuf,
+    stats: Arc<NetStats>,
 }
 
 impl NetTask {
@@ -271,6 +327,7 @@ impl NetTask {
                 let doc = match &req {
                     SyncRequest::Sync { doc, .. } | SyncRequest::Push { doc, .. } => doc.clone(),
                 };
+                add(&self.stats.sync_sent, sync_bytes(&req));
                 let id = b.sync.send_request(&peer, req);
                 self.pending_sync.insert(id, (peer, doc, reply));
             }
@@ -282,10 +339,12 @@ impl NetTask {
                 self.pending_blob.insert(id, reply);
             }
             NetCmd::RespondBlob { channel, resp } => {
+                add(&self.stats.blob_sent, blob_bytes(&resp));
                 let _ = b.blobs.send_response(channel, resp);
             }
             NetCmd::Publish(msg) => match serde_json::to_vec(&msg) {
                 Ok(bytes) => {
+                    add(&self.stats.gossip_sent, bytes.len());
                     if let Err(e) = b.gossipsub.publish(self.topic.clone(), bytes) {
                         // No subscribed peer yet is normal for a lone node.
                         tracing::trace!("gossip not sent: {e}");
@@ -406,6 +465,7 @@ impl NetTask {
                 self.book.add_known(peer_id, addrs, false);
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                add(&self.stats.gossip_received, message.data.len());
                 let Some(source) = message.source else {
                     return;
                 };
@@ -429,11 +489,14 @@ impl NetTask {
             Event::Message { peer, message, .. } => match message {
                 Message::Request {
                     request, channel, ..
-                } => self.emit(NetEvent::Sync {
-                    from: node_of(&peer),
-                    req: request,
-                    channel,
-                }),
+                } => {
+                    add(&self.stats.sync_received, sync_bytes(&request));
+                    self.emit(NetEvent::Sync {
+                        from: node_of(&peer),
+                        req: request,
+                        channel,
+                    })
+                }
                 Message::Response {
                     request_id,
                     response,
@@ -486,6 +549,7 @@ impl NetTask {
                     request_id,
                     response,
                 } => {
+                    add(&self.stats.blob_received, blob_bytes(&response));
                     if let Some(reply) = self.pending_blob.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
