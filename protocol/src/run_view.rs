@@ -109,9 +109,13 @@ pub fn derive_run<'a>(
         .filter(|a| matches!(a.state, AttemptState::Error | AttemptState::Lost))
         .count() as u32;
     if user_failures > policy.retries || infra_failures >= MAX_INFRA_ATTEMPTS {
+        // The failure to show: a yielded copy (stopped because another node
+        // held the run) explains nothing.
         let last_failure = by_priority(
             request,
-            attempts.iter().filter(|a| a.state.is_terminal()),
+            attempts
+                .iter()
+                .filter(|a| a.state.is_terminal() && a.state != AttemptState::Yielded),
             Pick::Last,
         );
         return RunView {

@@ -26,6 +26,9 @@ use super::{Agent, ApiResult, Reply, Req, abandon_state, observe_claims, should_
 use crate::net::{NetCmd, NetEvent, peer_of};
 use crate::store::SavedDoc;
 
+/// How many peers a submit asks to hold a copy.
+const PUSH_FANOUT: usize = 3;
+
 /// How long a submit waits for a peer to hold a copy before answering anyway.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -328,7 +331,10 @@ impl Agent {
         info: RequestInfo,
         reply: Reply<ApiResult<RequestInfo>>,
     ) {
-        let peers: Vec<_> = self.repl.connected.iter().filter_map(peer_of).collect();
+        // A few peers, picked at random, are asked at once; the first to hold it is enough.
+        let mut peers: Vec<_> = self.repl.connected.iter().filter_map(peer_of).collect();
+        rand::seq::SliceRandom::shuffle(peers.as_mut_slice(), &mut rand::rng());
+        peers.truncate(PUSH_FANOUT);
         let push = self
             .requests
             .get_mut(&info.id)

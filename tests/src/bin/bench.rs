@@ -338,7 +338,7 @@ fn grid(repeat: usize, write: bool) -> Result<()> {
     let mut failover = None;
     let mut g = g;
     for _ in 0..5 {
-        let v = submit_json(&g.nodes[0], &prog, "sleep 120", 4, false)?;
+        let v = submit_json(&g.nodes[0], &prog, "sh -c 'sleep 120'", 4, false)?;
         let id = v["id"].as_str().context("id")?.to_string();
         let before = g.nodes[0].wait_for(&id, Duration::from_secs(30), |v| {
             v["runs"]
