@@ -357,6 +357,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_run_shows_its_failure_not_a_yielded_copy() {
+        let failed = att(0, 0, "a", AttemptState::Failed);
+        let yielded = att(0, 0, "b", AttemptState::Yielded);
+        for list in [
+            vec![failed.clone(), yielded.clone()],
+            vec![yielded.clone(), failed.clone()],
+        ] {
+            let v = derive_run(&req(), &list, OPEN, |_| true);
+            assert_eq!(v.state, RunState::Failed);
+            assert_eq!(v.current.map(|a| a.state), Some(AttemptState::Failed));
+        }
+    }
+
+    #[test]
     fn cancel_and_reassignment() {
         let a = att(0, 0, "a", AttemptState::Running);
         let v = derive_run(
