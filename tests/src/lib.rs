@@ -334,6 +334,43 @@ pub fn zip_names(zip_path: &Path) -> Result<Vec<String>> {
         .collect::<Result<_, _>>()?)
 }
 
+/// Writes a file into `dir` and returns its path as a string (for CLI args).
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("writing a test file");
+    p.to_str().expect("utf-8 temp path").to_string()
+}
+
+/// The per-rank `runs` of a `status ID --json` answer.
+pub fn runs(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v["runs"].as_array().expect("status has runs")
+}
+
+impl Node {
+    /// `pesc submit ARGS --json`, returning the request id.
+    pub fn submit(&self, args: &[&str]) -> String {
+        let mut a = vec!["submit"];
+        a.extend_from_slice(args);
+        a.push("--json");
+        self.cli_json(&a)["id"]
+            .as_str()
+            .expect("submit gave an id")
+            .to_string()
+    }
+
+    /// `pesc results ID -o DIR`; returns the archive's path.
+    pub fn results_zip(&self, id: &str, dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).expect("results dir");
+        let out = self.cli(&["results", id, "-o", dir.to_str().expect("utf-8 path")]);
+        assert!(
+            out.status.success(),
+            "results: {out:?}\nlog: {}",
+            self.log()
+        );
+        dir.join(format!("pesc-results-{id}.zip"))
+    }
+}
+
 /// Stdout of a CLI call as a trimmed string.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()

@@ -7,43 +7,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pesc_tests::grid::{Grid, read};
-use pesc_tests::{Node, zip_names, zip_text};
+use pesc_tests::{Node, runs, write_file, zip_names, zip_text};
 use serde_json::Value;
 
 /// Short leases so failover tests take seconds, not minutes.
 const TTL: &[&str] = &["--lease-ttl-ms", "3000"];
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
-fn submit(node: &Node, args: &[&str]) -> String {
-    let mut a = vec!["submit"];
-    a.extend_from_slice(args);
-    a.push("--json");
-    node.cli_json(&a)["id"].as_str().unwrap().to_string()
-}
-
-fn runs(v: &Value) -> &Vec<Value> {
-    v["runs"].as_array().expect("runs")
-}
-
 fn all_succeeded(v: &Value) -> bool {
     v["state"] == "succeeded"
-}
-
-/// Downloads the results zip of `id` from `node` into `dir`.
-fn results(node: &Node, id: &str, dir: &Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = node.cli(&["results", id, "-o", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "results: {out:?}\nlog: {}",
-        node.log()
-    );
-    dir.join(format!("pesc-results-{id}.zip"))
 }
 
 /// One output dir per rank, and `output.txt` with one line per rank in order.
@@ -71,8 +42,8 @@ const JOB: &str =
 fn three_nodes_share_a_request_and_agree_on_its_results() {
     let g = Grid::loopback(3, 2, &[]).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(tmp.path(), "job.sh", JOB);
-    let id = submit(&g.nodes[0], &[&prog, "-n", "30"]);
+    let prog = write_file(tmp.path(), "job.sh", JOB);
+    let id = g.nodes[0].submit(&[&prog, "-n", "30"]);
     let v = g.nodes[1].wait_for(&id, Duration::from_secs(60), all_succeeded);
     let ids: Vec<String> = g.nodes.iter().map(|n| n.node_id()).collect();
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
@@ -88,8 +59,8 @@ fn three_nodes_share_a_request_and_agree_on_its_results() {
         );
     }
     // Outputs made on all three nodes, downloaded from B and from C: the same archive.
-    let zb = results(&g.nodes[1], &id, &tmp.path().join("b"));
-    let zc = results(&g.nodes[2], &id, &tmp.path().join("c"));
+    let zb = g.nodes[1].results_zip(&id, &tmp.path().join("b"));
+    let zc = g.nodes[2].results_zip(&id, &tmp.path().join("c"));
     assert_eq!(read(&zb), read(&zc), "B and C give different archives");
     assert_one_result_per_rank(&zb, 30);
     // Every node lists the grid's three nodes with their names.
@@ -109,8 +80,8 @@ fn three_nodes_share_a_request_and_agree_on_its_results() {
 fn submit_and_leave_the_others_finish_every_rank() {
     let mut g = Grid::loopback(3, 2, TTL).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(tmp.path(), "job.sh", JOB);
-    let id = submit(&g.nodes[0], &[&prog, "-n", "12"]);
+    let prog = write_file(tmp.path(), "job.sh", JOB);
+    let id = g.nodes[0].submit(&[&prog, "-n", "12"]);
     // The submit answered: the request and its code are on another node too.
     g.nodes[0].kill9();
     let v = g.nodes[1].wait_for(&id, Duration::from_secs(60), all_succeeded);
@@ -126,7 +97,7 @@ fn submit_and_leave_the_others_finish_every_rank() {
         runs(&v).iter().all(|r| r["node"] != a_id),
         "a dead node holds a result: {v}"
     );
-    let z = results(&g.nodes[2], &id, &tmp.path().join("c"));
+    let z = g.nodes[2].results_zip(&id, &tmp.path().join("c"));
     assert_one_result_per_rank(&z, 12);
 }
 
@@ -134,13 +105,13 @@ fn submit_and_leave_the_others_finish_every_rank() {
 fn runs_of_a_killed_node_are_restarted_elsewhere() {
     let mut g = Grid::loopback(3, 2, TTL).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "slow.sh",
         "sleep 2\necho \"rank $PESC_RANK\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
     );
     let victim = g.nodes[2].node_id();
-    let id = submit(&g.nodes[0], &[&prog, "-n", "12"]);
+    let id = g.nodes[0].submit(&[&prog, "-n", "12"]);
     let before = g.nodes[0].wait_for(&id, Duration::from_secs(30), |v| {
         runs(v)
             .iter()
@@ -167,7 +138,7 @@ fn runs_of_a_killed_node_are_restarted_elsewhere() {
         }
     }
     if !finished_there {
-        let z = results(&g.nodes[1], &id, &tmp.path().join("b"));
+        let z = g.nodes[1].results_zip(&id, &tmp.path().join("b"));
         assert_one_result_per_rank(&z, 12);
     }
 }
@@ -178,7 +149,7 @@ fn cancel_on_one_node_stops_every_run_on_every_node() {
     let tmp = tempfile::tempdir().unwrap();
     let pids = tmp.path().join("pids");
     std::fs::create_dir(&pids).unwrap();
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "sleepy.sh",
         &format!(
@@ -186,7 +157,7 @@ fn cancel_on_one_node_stops_every_run_on_every_node() {
             pids.display()
         ),
     );
-    let id = submit(&g.nodes[0], &[&prog, "-n", "6"]);
+    let id = g.nodes[0].submit(&[&prog, "-n", "6"]);
     let ids: Vec<String> = g.nodes.iter().map(|n| n.node_id()).collect();
     g.nodes[0].wait_for(&id, Duration::from_secs(30), |v| {
         let running: BTreeSet<&str> = runs(v)
@@ -253,14 +224,14 @@ fn is_zombie(pid: i32) -> bool {
 fn a_restarted_node_rejoins_with_its_store_intact() {
     let mut g = Grid::loopback(3, 2, TTL).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "slow.sh",
         "sleep 1\necho \"rank $PESC_RANK\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
     );
-    let first = submit(&g.nodes[0], &[&prog, "-n", "2"]);
+    let first = g.nodes[0].submit(&[&prog, "-n", "2"]);
     g.nodes[1].wait_for(&first, Duration::from_secs(30), all_succeeded);
-    let id = submit(&g.nodes[0], &[&prog, "-n", "12"]);
+    let id = g.nodes[0].submit(&[&prog, "-n", "12"]);
     let b = g.nodes[1].node_id();
     g.nodes[1].wait_for(&id, Duration::from_secs(30), |v| {
         runs(v)
@@ -278,7 +249,7 @@ fn a_restarted_node_rejoins_with_its_store_intact() {
     assert_eq!(old["state"], "succeeded", "{old}");
     let v = g.nodes[1].wait_for(&id, Duration::from_secs(90), all_succeeded);
     assert_eq!(runs(&v).len(), 12);
-    let z = results(&g.nodes[1], &id, &tmp.path().join("b"));
+    let z = g.nodes[1].results_zip(&id, &tmp.path().join("b"));
     assert_one_result_per_rank(&z, 12);
 }
 
@@ -308,8 +279,8 @@ fn a_node_without_the_grid_key_cannot_connect() {
         &["--peer", &addr, "--name", "stranger"],
     )
     .unwrap();
-    let prog = write(tmp.path(), "job.sh", JOB);
-    let theirs = submit(&forger, &[&prog, "-n", "1"]);
+    let prog = write_file(tmp.path(), "job.sh", JOB);
+    let theirs = forger.submit(&[&prog, "-n", "1"]);
     std::thread::sleep(Duration::from_secs(4));
     for outsider in [&forger, &stranger] {
         let v = outsider.cli_json(&["nodes", "--json"]);

@@ -4,11 +4,10 @@
 //! PESC_SKIP_NETNS=1 to skip on a machine without them.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pesc_tests::grid::{Grid, namespaces_available, read};
-use pesc_tests::{Node, zip_names};
+use pesc_tests::{runs, write_file, zip_names};
 use serde_json::Value;
 
 fn can_run() -> bool {
@@ -21,23 +20,6 @@ fn can_run() -> bool {
         "cannot create network namespaces (run as root with iproute2, or set PESC_SKIP_NETNS=1)"
     );
     true
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
-fn submit(node: &Node, args: &[&str]) -> String {
-    let mut a = vec!["submit"];
-    a.extend_from_slice(args);
-    a.push("--json");
-    node.cli_json(&a)["id"].as_str().unwrap().to_string()
-}
-
-fn runs(v: &Value) -> &Vec<Value> {
-    v["runs"].as_array().expect("runs")
 }
 
 /// Rank by rank: (state, node, attempt) — what every replica must agree on.
@@ -54,17 +36,6 @@ fn view(v: &Value) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn results(node: &Node, id: &str, dir: &Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = node.cli(&["results", id, "-o", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "results: {out:?}\nlog: {}",
-        node.log()
-    );
-    dir.join(format!("pesc-results-{id}.zip"))
-}
-
 #[test]
 fn three_nodes_find_each_other_by_mdns_and_share_a_request() {
     if !can_run() {
@@ -72,12 +43,12 @@ fn three_nodes_find_each_other_by_mdns_and_share_a_request() {
     }
     let g = Grid::namespaces(3, 2, &[]).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "job.sh",
         "sleep 0.3\necho \"rank $PESC_RANK\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
     );
-    let id = submit(&g.nodes[1], &[&prog, "-n", "18"]);
+    let id = g.nodes[1].submit(&[&prog, "-n", "18"]);
     let v = g.nodes[2].wait_for(&id, Duration::from_secs(60), |v| v["state"] == "succeeded");
     let used: BTreeSet<&str> = runs(&v)
         .iter()
@@ -100,13 +71,13 @@ fn a_partitioned_node_converges_after_the_link_heals() {
     let g = Grid::namespaces(3, 2, &["--lease-ttl-ms", "3000"]).unwrap();
     let lan = g.lan.as_ref().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "slow.sh",
         "sleep 2\necho \"rank $PESC_RANK\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
     );
     let cut = g.nodes[2].node_id();
-    let id = submit(&g.nodes[0], &[&prog, "-n", "12"]);
+    let id = g.nodes[0].submit(&[&prog, "-n", "12"]);
     g.nodes[0].wait_for(&id, Duration::from_secs(30), |v| {
         runs(v)
             .iter()
@@ -142,7 +113,7 @@ fn a_partitioned_node_converges_after_the_link_heals() {
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| results(n, &id, &tmp.path().join(format!("r{i}"))))
+        .map(|(i, n)| n.results_zip(&id, &tmp.path().join(format!("r{i}"))))
         .collect();
     for z in &zips[1..] {
         assert_eq!(read(z), read(&zips[0]), "results differ between nodes");

@@ -3,36 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use pesc_tests::{Node, stdout, zip_text};
+use pesc_tests::{Node, runs, stdout, write_file, zip_text};
 use serde_json::Value;
 
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
-fn submit(node: &Node, args: &[&str]) -> String {
-    let mut a = vec!["submit"];
-    a.extend_from_slice(args);
-    a.push("--json");
-    let v = node.cli_json(&a);
-    v["id"].as_str().unwrap().to_string()
-}
-
 fn count(v: &Value, state: &str) -> usize {
-    v["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["state"] == state)
-        .count()
+    runs(v).iter().filter(|r| r["state"] == state).count()
 }
 
 #[test]
 fn kill_9_and_restart_continues_the_request() {
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "slow.sh",
         "sleep 1.5\necho \"rank $PESC_RANK attempt $PESC_ATTEMPT\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
@@ -40,7 +21,7 @@ fn kill_9_and_restart_continues_the_request() {
     let data = tmp.path().join("data");
     let bin = pesc_tests::pesc_bin("debug");
     let mut node = Node::start_in(data.clone(), 2, bin.clone(), None, &[]).unwrap();
-    let id = submit(&node, &[&prog, "-n", "6"]);
+    let id = node.submit(&[&prog, "-n", "6"]);
     // Kill the node while some ranks are done and others are running.
     let before = node.wait_for(&id, Duration::from_secs(30), |v| {
         count(v, "succeeded") >= 2 && count(v, "running") >= 1
@@ -89,7 +70,7 @@ fn cancel_stops_every_run_and_its_children() {
     let pids = tmp.path().join("pids");
     std::fs::create_dir_all(&pids).unwrap();
     // Each run starts a grandchild too: cancel must stop the whole group.
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "forever.sh",
         &format!(
@@ -98,7 +79,7 @@ fn cancel_stops_every_run_and_its_children() {
         ),
     );
     let node = Node::start(3).unwrap();
-    let id = submit(&node, &[&prog, "-n", "5"]);
+    let id = node.submit(&[&prog, "-n", "5"]);
     node.wait_for(&id, Duration::from_secs(30), |v| count(v, "running") == 3);
     std::thread::sleep(Duration::from_millis(300));
     let o = node.cli(&["cancel", &id[..6]]);
@@ -143,7 +124,7 @@ fn cancel_stops_every_run_and_its_children() {
 #[test]
 fn failures_exit_codes_retries_and_wait_status() {
     let tmp = tempfile::tempdir().unwrap();
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "fail.sh",
         "echo oops >&2\nif [ \"$PESC_RANK\" = 1 ]; then exit 3; fi\n",
@@ -165,7 +146,7 @@ fn failures_exit_codes_retries_and_wait_status() {
     let err = node.cli(&["logs", id, "--rank", "1", "--stderr"]);
     assert_eq!(stdout(&err), "oops");
     // With retries, a flaky program gets more attempts.
-    let flaky = write(
+    let flaky = write_file(
         tmp.path(),
         "flaky.sh",
         "if [ \"$PESC_ATTEMPT\" = 0 ]; then exit 1; fi\necho ok > \"$PESC_OUTPUT_DIR/output.txt\"\n",
@@ -206,24 +187,21 @@ fn header_arguments_environment_and_followed_logs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("proj");
     std::fs::create_dir_all(dir.join("lib")).unwrap();
-    write(
+    write_file(
         &dir,
         "main.sh",
         "for a in \"$@\"; do echo \"arg:$a\"; done\nenv | grep -E '^(PESC_|RANK=|WORLD_SIZE=|LOCAL_RANK=|MASTER_)' | sort\n. ./lib/util.sh\n[ -d checkpoint ] && [ -d output ] && echo dirs-ok\nfor i in 1 2 3; do echo tick $i; sleep 0.3; done\n",
     );
-    write(&dir.join("lib"), "util.sh", "echo util-loaded\n");
+    write_file(&dir.join("lib"), "util.sh", "echo util-loaded\n");
     let node = Node::start(2).unwrap();
-    let id = submit(
-        &node,
-        &[
-            dir.to_str().unwrap(),
-            "-n",
-            "2",
-            "--parameters",
-            "p1",
-            "two words",
-        ],
-    );
+    let id = node.submit(&[
+        dir.to_str().unwrap(),
+        "-n",
+        "2",
+        "--parameters",
+        "p1",
+        "two words",
+    ]);
     // Follow rank 1 live: the command ends when the run does.
     let o = node.cli(&["logs", &id, "--rank", "1", "--follow"]);
     let text = stdout(&o);
@@ -278,7 +256,7 @@ fn header_arguments_environment_and_followed_logs() {
 fn checkpoint_dir_is_kept_across_attempts() {
     let tmp = tempfile::tempdir().unwrap();
     // Counts to 10 in checkpoint/counter; the first attempt dies at 5.
-    let prog = write(
+    let prog = write_file(
         tmp.path(),
         "count.sh",
         r#"c=$(cat checkpoint/counter 2>/dev/null || echo 0)
