@@ -382,6 +382,13 @@ impl Agent {
 
     /// Sends every sync message that is due.
     pub(super) fn sync_out(&mut self) {
+        if self.repl.connected.is_empty() {
+            // Alone: nobody to tell; peers sync everything when they connect.
+            self.repl.changed.clear();
+            self.repl.announce.clear();
+            self.repl.due.clear();
+            return;
+        }
         for d in std::mem::take(&mut self.repl.changed) {
             for p in &self.repl.connected {
                 self.repl.due.insert((p.clone(), d.clone()));
