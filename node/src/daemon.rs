@@ -135,7 +135,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         work_dir: data_dir.join("work"),
         blobs: blobs.clone(),
         executor,
-        fetcher: fetcher.clone(),
+        fetcher,
     });
     runner.recover();
     let settings = Settings {
@@ -147,8 +147,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         data_dir: data_dir.clone(),
         grid_id: grid_id.clone(),
     };
-    let (agent, handle, commands) =
-        Agent::new(settings, store, runner.clone(), net, fetcher.clone())?;
+    let (agent, handle, commands) = Agent::new(settings, store, runner.clone(), net)?;
     let service = Arc::new(Service {
         token,
         agent: handle,
@@ -157,7 +156,6 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         max_upload_bytes: cfg.max_upload_mb.saturating_mul(1 << 20),
         owner: cfg.user.clone(),
         tmp_dir,
-        fetcher,
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await

@@ -16,7 +16,6 @@ use pesc_webui::{ApiFailure, ByteStream, LogStream, NodeService, ResultsFile};
 use crate::agent::{AgentHandle, Command, LogSource};
 use crate::archive;
 use crate::blobs::BlobStore;
-use crate::net::fetch::Fetcher;
 use crate::runner::RunnerCtx;
 
 /// Shortest time a long poll waits before answering with a change that does
@@ -34,7 +33,6 @@ pub struct Service {
     pub max_upload_bytes: u64,
     pub owner: String,
     pub tmp_dir: PathBuf,
-    pub fetcher: Arc<Fetcher>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiFailure {
@@ -343,11 +341,15 @@ impl NodeService for Service {
             } => {
                 let h = if which == "stdout" { stdout } else { stderr };
                 if let Some(h) = &h {
-                    self.fetcher.ensure(h, Some(&node)).await.map_err(|e| {
-                        ApiFailure::unavailable(format!(
-                            "the log of rank {rank} cannot be fetched: {e:#}"
-                        ))
-                    })?;
+                    self.runner
+                        .fetcher
+                        .ensure(h, Some(&node))
+                        .await
+                        .map_err(|e| {
+                            ApiFailure::unavailable(format!(
+                                "the log of rank {rank} cannot be fetched: {e:#}"
+                            ))
+                        })?;
                 }
                 Ok(blob_stream(&self.blobs, h).await?)
             }
@@ -375,11 +377,15 @@ impl NodeService for Service {
         // Outputs made on other nodes come here first.
         for (rank, output, stdout, node) in &plan.ranks {
             for h in [output, stdout].into_iter().flatten() {
-                self.fetcher.ensure(h, node.as_ref()).await.map_err(|e| {
-                    ApiFailure::unavailable(format!(
-                        "the results of rank {rank} cannot be fetched: {e:#}"
-                    ))
-                })?;
+                self.runner
+                    .fetcher
+                    .ensure(h, node.as_ref())
+                    .await
+                    .map_err(|e| {
+                        ApiFailure::unavailable(format!(
+                            "the results of rank {rank} cannot be fetched: {e:#}"
+                        ))
+                    })?;
             }
         }
         let blobs = self.blobs.clone();

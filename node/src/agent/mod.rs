@@ -26,7 +26,6 @@ use pesc_webui::ApiFailure;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::Exit;
-use crate::net::fetch::Fetcher;
 use crate::net::{NetEvent, NetHandle};
 use crate::runner::{AttemptJob, AttemptKey, RunnerCtx, RunnerEvent, RunnerOutcome, run_attempt};
 use crate::store::{AfterCommit, SavedDoc, Store, StoreWriter};
@@ -137,7 +136,6 @@ pub struct Agent {
     events_tx: mpsc::UnboundedSender<RunnerEvent>,
     events_rx: mpsc::UnboundedReceiver<RunnerEvent>,
     net: NetHandle,
-    fetcher: Arc<Fetcher>,
     repl: replication::Replication,
 }
 
@@ -176,7 +174,6 @@ impl Agent {
         store: Store,
         runner: Arc<RunnerCtx>,
         net: NetHandle,
-        fetcher: Arc<Fetcher>,
     ) -> Result<(Agent, AgentHandle, mpsc::Receiver<Command>)> {
         let actor = || actor_id(&s.node, rand::random());
         let mut grid = None;
@@ -271,7 +268,6 @@ impl Agent {
             events_tx,
             events_rx,
             net,
-            fetcher,
             repl: replication::Replication::default(),
         };
         Ok((agent, AgentHandle { tx, versions }, rx))
@@ -494,6 +490,15 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Resolves once everything changed so far is on disk (after this batch's commit).
+    fn durable(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.after_commit.push(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        rx
     }
 
     fn write_attempt(&mut self, req: &RequestId, a: &Attempt) {

@@ -20,7 +20,6 @@ use pesc_protocol::doc::{RequestDoc, actor_id};
 use pesc_protocol::lease::LeaseKey;
 use pesc_protocol::wire::{DocKey, Gossip, HeldLease, NodeStatus, SyncRequest, SyncResponse};
 use pesc_protocol::{NodeId, RequestId};
-use tokio::sync::oneshot;
 
 use super::{Agent, ApiResult, Reply, Req, abandon_state, observe_claims, should_abandon};
 use crate::net::{NetCmd, NetEvent, peer_of};
@@ -303,21 +302,18 @@ impl Agent {
             });
             return;
         }
-        let (durable_tx, durable_rx) = oneshot::channel::<()>();
-        self.after_commit.push(Box::new(move || {
-            let _ = durable_tx.send(());
-        }));
-        let fetcher = self.fetcher.clone();
+        let durable = self.durable();
+        let runner = self.runner.clone();
         let net = self.net.clone();
         tokio::spawn(async move {
             let mut resp = SyncResponse::Held;
             for h in &blobs {
-                if let Err(e) = fetcher.ensure(h, Some(&from)).await {
+                if let Err(e) = runner.fetcher.ensure(h, Some(&from)).await {
                     resp = SyncResponse::Refused(format!("{e:#}"));
                     break;
                 }
             }
-            if durable_rx.await.is_err() {
+            if durable.await.is_err() {
                 resp = SyncResponse::Refused("the node is shutting down".into());
             }
             net.send(NetCmd::RespondSync { channel, resp });
@@ -341,12 +337,9 @@ impl Agent {
             .map(|q| (q.doc.save(), q.doc.spec().process.code));
         let net = self.net.clone();
         let id = info.id.clone();
-        let (durable_tx, durable_rx) = oneshot::channel::<()>();
-        self.after_commit.push(Box::new(move || {
-            let _ = durable_tx.send(());
-        }));
+        let durable = self.durable();
         tokio::spawn(async move {
-            let _ = durable_rx.await;
+            let _ = durable.await;
             if let (Some((data, code)), false) = (push, peers.is_empty()) {
                 let mut asks = futures_util::stream::FuturesUnordered::new();
                 for p in peers {
