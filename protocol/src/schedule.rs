@@ -8,7 +8,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use crate::ids::RequestId;
+use crate::ids::{NodeId, RequestId};
+use crate::model::{GENERAL_ROOM, RequestSpec};
 
 /// A run this node could claim now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,73 @@ pub fn pick(
     out
 }
 
+/// Where `node` starts looking for runs of a request: a hash of both, so
+/// nodes spread over the ranks instead of all claiming the lowest (claim
+/// races stay rare however many nodes scan at once).
+pub fn scan_start(node: &NodeId, req: &RequestId, repetitions: u32) -> u32 {
+    let h = blake3::hash(format!("{node}/{req}").as_bytes());
+    let x = u32::from_le_bytes([
+        h.as_bytes()[0],
+        h.as_bytes()[1],
+        h.as_bytes()[2],
+        h.as_bytes()[3],
+    ]);
+    x % repetitions.max(1)
+}
+
+/// A rank's place in a scan that starts at `start` and wraps around.
+pub fn scan_position(rank: u32, start: u32, repetitions: u32) -> u32 {
+    if rank >= start {
+        rank - start
+    } else {
+        rank + (repetitions - start)
+    }
+}
+
+/// Walks unfinished ranks in scan order and keeps the first `want` that
+/// `queued` says may be claimed (it returns the epoch the claim must use).
+pub fn first_queued(
+    ranks: impl IntoIterator<Item = u32>,
+    want: usize,
+    mut queued: impl FnMut(u32) -> Option<u32>,
+) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    if want == 0 {
+        return out;
+    }
+    for rank in ranks {
+        if let Some(epoch) = queued(rank) {
+            out.push((rank, epoch));
+            if out.len() == want {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// What a node offers, as far as placement cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCaps {
+    /// Rooms the node belongs to (every node is in General).
+    pub rooms: Vec<String>,
+    /// GPUs the node has.
+    pub gpus: u32,
+}
+
+/// Whether a node may run a request's ranks: it is in one of the request's
+/// rooms (none given means General) and has the GPUs each run needs.
+pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
+    let in_room = if spec.rooms.is_empty() {
+        true
+    } else {
+        spec.rooms
+            .iter()
+            .any(|r| r == GENERAL_ROOM || caps.rooms.iter().any(|c| c == r))
+    };
+    in_room && caps.gpus >= spec.gpu.count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +181,20 @@ mod tests {
                 ("02".into(), 0)
             ]
         );
+    }
+
+    #[test]
+    fn scans_wrap_and_spread() {
+        let r = RequestId::from_bytes([3; 8]);
+        let starts: std::collections::BTreeSet<u32> = (0..50)
+            .map(|i| scan_start(&NodeId::new(format!("n{i}")), &r, 1000))
+            .collect();
+        assert!(starts.len() > 40, "50 nodes start at different places");
+        assert_eq!(scan_position(7, 7, 10), 0);
+        assert_eq!(scan_position(2, 7, 10), 5);
+        let got = first_queued([7, 8, 9, 0, 1], 2, |r| (r % 2 == 1).then_some(r));
+        assert_eq!(got, vec![(7, 7), (9, 9)]);
+        assert!(first_queued([1, 2], 0, Some).is_empty());
     }
 
     #[test]

@@ -187,3 +187,22 @@ proptest! {
         prop_assert_eq!(a.counts(|_| true), b.counts(|_| true));
     }
 }
+
+#[test]
+fn tried_ranks_are_scanned_first() {
+    use pesc_protocol::NodeId;
+    use pesc_protocol::model::{Attempt, AttemptState};
+    let mut a = RequestDoc::create(spec(9, "ana", 10, 0, 0), actor("a", 0)).unwrap();
+    // Rank 2 ran on a node that restarted (lost: to run again), rank 8 is
+    // running, rank 5 succeeded.
+    let mut lost = Attempt::claim(2, 0, NodeId::new("b"), 1);
+    lost.state = AttemptState::Lost;
+    a.put_attempt(&lost).unwrap();
+    a.put_attempt(&Attempt::claim(8, 0, NodeId::new("c"), 1))
+        .unwrap();
+    let mut done = Attempt::claim(5, 0, NodeId::new("c"), 1);
+    done.state = AttemptState::Succeeded;
+    a.put_attempt(&done).unwrap();
+    let order: Vec<u32> = a.scan_from(6).collect();
+    assert_eq!(order, vec![8, 2, 6, 7, 9, 0, 1, 3, 4]);
+}

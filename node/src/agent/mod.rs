@@ -19,7 +19,7 @@ use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id
 use pesc_protocol::lease::{LeaseKey, LeaseTracker};
 use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState};
 use pesc_protocol::run_view::{Abandon, RunCounts, should_abandon};
-use pesc_protocol::schedule::{Candidate, pick};
+use pesc_protocol::schedule::{Candidate, first_queued, pick, scan_start};
 use pesc_protocol::wire::DocKey;
 use pesc_protocol::{BlobHash, NodeId, RequestId};
 use pesc_webui::ApiFailure;
@@ -384,29 +384,23 @@ impl Agent {
                 continue;
             }
             let spec = req.doc.spec();
-            let mut found = 0;
             // Alone, in rank order; with peers, each node from its own place.
             let start = if self.repl.connected.is_empty() {
                 0
             } else {
                 scan_start(&self.s.node, id, spec.repetitions)
             };
-            for rank in req.doc.unfinished_ranks_from(start) {
-                if found == free {
-                    break;
-                }
+            let found = first_queued(req.doc.scan_from(start), free, |rank| {
                 let v = req.doc.run(rank, |a| self.is_live(id, a, now));
-                if v.state == RunState::Queued {
-                    found += 1;
-                    cands.push(Candidate {
-                        request: id.clone(),
-                        owner: spec.owner.clone(),
-                        created_ms: spec.created_ms,
-                        rank,
-                        epoch: v.next_epoch,
-                    });
-                }
-            }
+                (v.state == RunState::Queued).then_some(v.next_epoch)
+            });
+            cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
+                request: id.clone(),
+                owner: spec.owner.clone(),
+                created_ms: spec.created_ms,
+                rank,
+                epoch,
+            }));
         }
         for c in pick(cands, &in_progress, free) {
             self.claim(c);
@@ -880,14 +874,6 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
             a.reason = Some("the executor reported nothing".into());
         }
     }
-}
-
-/// Where this node starts looking for runs of a request: a hash of both,
-/// so nodes spread over the ranks instead of all claiming the lowest.
-fn scan_start(node: &NodeId, req: &RequestId, repetitions: u32) -> u32 {
-    let h = blake3::hash(format!("{node}/{req}").as_bytes());
-    let x = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"));
-    x % repetitions.max(1)
 }
 
 /// Starts the lease clock of every live-looking claim of another node.

@@ -27,6 +27,8 @@ pub struct RequestDoc {
     attempt_objs: std::collections::HashMap<String, ObjId>,
     /// Ranks whose run is not terminal (independent of lease liveness).
     unfinished: BTreeSet<u32>,
+    /// Unfinished ranks that have had an attempt (running, or to retry).
+    tried: BTreeSet<u32>,
     /// Terminal runs by state (without cancellation, which applies at read time).
     done: RunCounts,
 }
@@ -67,6 +69,7 @@ impl RequestDoc {
             attempts: BTreeMap::new(),
             attempt_objs: Default::default(),
             unfinished: BTreeSet::new(),
+            tried: BTreeSet::new(),
             done: RunCounts::default(),
         };
         me.rematerialize()?;
@@ -99,6 +102,7 @@ impl RequestDoc {
             self.attempts.entry(a.rank).or_default().push(a);
         }
         self.unfinished = (0..self.spec.repetitions).collect();
+        self.tried.clear();
         self.done = RunCounts::default();
         let ranks: Vec<u32> = self.attempts.keys().copied().collect();
         for rank in ranks {
@@ -117,7 +121,10 @@ impl RequestDoc {
         let was_unfinished = self.unfinished.contains(&rank);
         if state.is_terminal() && was_unfinished {
             self.unfinished.remove(&rank);
+            self.tried.remove(&rank);
             self.done.add(state);
+        } else if !state.is_terminal() && !list.is_empty() {
+            self.tried.insert(rank);
         }
     }
 
@@ -149,6 +156,21 @@ impl RequestDoc {
             .range(start..)
             .chain(self.unfinished.range(..start))
             .copied()
+    }
+
+    /// The order a node scans a request in, from its own starting point:
+    /// ranks that were tried already first (a run whose holder died, or one
+    /// to retry, must not wait behind a million fresh ones), then the rest.
+    pub fn scan_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
+        let tried = self
+            .tried
+            .range(start..)
+            .chain(self.tried.range(..start))
+            .copied();
+        tried.chain(
+            self.unfinished_ranks_from(start)
+                .filter(|r| !self.tried.contains(r)),
+        )
     }
 
     fn policy(&self) -> RunPolicy {

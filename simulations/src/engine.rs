@@ -1,0 +1,675 @@
+//! The discrete-event core: virtual nodes that claim, run, finish and abandon
+//! runs with the protocol's own functions (`scan_start`, `first_queued`,
+//! `pick`, `derive_run`, `should_abandon`, `LeaseTracker`), a virtual clock,
+//! and a network that decides when each node sees each write.
+//!
+//! Scale comes from one idea: every attempt is stored once, with the time it
+//! was written, and each node's replica is *derived* from it: node B sees a
+//! write of node A once `visible_at(write, A, B)` has passed (latency, jitter,
+//! loss, partitions, B being off). Nothing is copied per node, so 10 000 nodes
+//! and 1 000 000 runs fit in memory, and the answers are exactly what a replica
+//! that received those messages at those times would hold.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use pesc_protocol::lease::LeaseTracker;
+use pesc_protocol::model::{AttemptState, RequestSpec};
+use pesc_protocol::schedule::NodeCaps;
+use pesc_protocol::{NodeId, RequestId};
+
+use crate::metrics::Metrics;
+use crate::rng::Rng;
+use crate::scenario::Scenario;
+use crate::sizes::Sizes;
+
+pub const NEVER: u64 = u64::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Ev {
+    Submit(u32),
+    /// The node looks for runs to claim.
+    Wake(u32),
+    /// An attempt's program exits.
+    End(u32),
+    /// A node re-derives one of its running attempts after a merge.
+    Check(u32),
+    Down(u32),
+    Up(u32),
+    Sample,
+}
+
+/// One attempt, stored once for the whole grid.
+#[derive(Debug, Clone)]
+pub struct Att {
+    pub req: u32,
+    pub rank: u32,
+    pub epoch: u32,
+    pub node: u32,
+    pub claim_t: u64,
+    pub start_t: u64,
+    /// When the terminal state was written (`NEVER`: not yet).
+    pub end_t: u64,
+    pub state: AttemptState,
+    /// Set when the holder went off while running it (for failover times).
+    pub down_t: u64,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub caps: NodeCaps,
+    pub slots: u32,
+    pub speed: f64,
+    pub up: bool,
+    /// Attempts running here.
+    pub running: Vec<u32>,
+    /// Attempts cut by a crash, to be recorded lost when the node is back.
+    pub cut: Vec<u32>,
+    pub leases: LeaseTracker,
+    pub hb_phase: u64,
+    /// No claims before this (catching up after a restart).
+    pub ready_t: u64,
+    pub wake_at: u64,
+    pub runs_done: u32,
+}
+
+pub struct Req {
+    pub spec: RequestSpec,
+    pub node: u32,
+    pub submit_t: u64,
+    /// Work per rank, milliseconds on the reference machine.
+    pub work: Vec<u32>,
+    pub ranks: Vec<Vec<u32>>,
+    pub unfinished: BTreeSet<u32>,
+    /// Unfinished ranks with no unfinished attempt.
+    pub open: BTreeSet<u32>,
+    /// Open ranks that had an attempt already (scanned first, as the node does).
+    pub retry: BTreeSet<u32>,
+    /// Unfinished ranks whose only unfinished attempts are on nodes that are off.
+    pub orphans: BTreeSet<u32>,
+    /// Ranks with a write not yet seen by every node that is on: rank → until.
+    pub fresh: BTreeMap<u32, u64>,
+    pub first_claim: Vec<u64>,
+    pub result: Vec<u32>,
+    pub done_t: u64,
+}
+
+pub struct Sim {
+    pub sc: Scenario,
+    pub now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    pub nodes: Vec<Node>,
+    pub reqs: Vec<Req>,
+    pub atts: Vec<Att>,
+    pub sizes: Sizes,
+    pub m: Metrics,
+    /// Nodes on, with free slots, that found nothing last time they looked.
+    idle: BTreeSet<u32>,
+    /// Fresh entries to drop once seen everywhere: (until, req, rank).
+    fresh_expiry: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    pending_submits: usize,
+}
+
+impl Sim {
+    pub fn new(sc: Scenario) -> Sim {
+        let mut rng = Rng::new(sc.seed);
+        let mut phase_rng = rng.fork(1);
+        let nodes: Vec<Node> = sc
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Node {
+                id: crate::sizes::real_length_node_id(i as u32),
+                caps: NodeCaps {
+                    rooms: n.rooms.clone(),
+                    gpus: n.gpus,
+                },
+                slots: n.slots,
+                speed: n.speed,
+                up: n.avail.is_up(0),
+                running: Vec::new(),
+                cut: Vec::new(),
+                leases: LeaseTracker::new(sc.timing.lease_ttl_ms),
+                hb_phase: phase_rng.below(sc.timing.heartbeat_ms),
+                ready_t: 0,
+                wake_at: NEVER,
+                runs_done: 0,
+            })
+            .collect();
+        let sizes = Sizes::measure();
+        let m = Metrics::new(&sc, sizes);
+        let mut sim = Sim {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            reqs: Vec::new(),
+            atts: Vec::new(),
+            sizes,
+            m,
+            idle: BTreeSet::new(),
+            fresh_expiry: BinaryHeap::new(),
+            pending_submits: sc.requests.len(),
+            sc,
+        };
+        let mut work_rng = rng.fork(2);
+        for (i, plan) in sim.sc.requests.clone().into_iter().enumerate() {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&work_rng.next_u64().to_le_bytes());
+            let mut spec = crate::sizes::spec(
+                RequestId::from_bytes(id),
+                &plan.owner,
+                plan.runs,
+                plan.at_ms,
+            );
+            spec.gpu.count = plan.gpus;
+            spec.rooms = plan.rooms.clone();
+            let mut wr = work_rng.fork(i as u64);
+            let work = (0..plan.runs)
+                .map(|_| (plan.durations.draw(&mut wr) * 1000.0).clamp(1.0, u32::MAX as f64) as u32)
+                .collect();
+            sim.reqs.push(Req {
+                spec,
+                node: plan.node,
+                submit_t: plan.at_ms,
+                work,
+                ranks: vec![Vec::new(); plan.runs as usize],
+                unfinished: (0..plan.runs).collect(),
+                open: (0..plan.runs).collect(),
+                retry: BTreeSet::new(),
+                orphans: BTreeSet::new(),
+                fresh: BTreeMap::new(),
+                first_claim: vec![NEVER; plan.runs as usize],
+                result: vec![u32::MAX; plan.runs as usize],
+                done_t: NEVER,
+            });
+            sim.push(plan.at_ms, Ev::Submit(i as u32));
+        }
+        for (i, n) in sim.sc.nodes.iter().enumerate() {
+            for &(d, u) in &n.avail.off {
+                sim.queue.push(Reverse((d, 0, Ev::Down(i as u32))));
+                if u != NEVER {
+                    sim.queue.push(Reverse((u, 0, Ev::Up(i as u32))));
+                }
+            }
+        }
+        sim.push(0, Ev::Sample);
+        sim
+    }
+
+    pub fn push(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((t.max(self.now), self.seq, ev)));
+    }
+
+    /// Runs to the end: every request finished, or the time limit.
+    pub fn run(mut self) -> crate::report::Report {
+        while let Some(Reverse((t, _, ev))) = self.queue.pop() {
+            if t > self.sc.time_limit_ms {
+                self.now = self.sc.time_limit_ms;
+                break;
+            }
+            self.now = t;
+            self.expire_fresh();
+            match ev {
+                Ev::Submit(q) => self.submit(q),
+                Ev::Wake(b) => self.wake(b),
+                Ev::End(a) => self.end(a),
+                Ev::Check(a) => self.check(a),
+                Ev::Down(b) => self.down(b),
+                Ev::Up(b) => self.up(b),
+                Ev::Sample => {
+                    self.sample();
+                    if !self.all_done() {
+                        self.push(self.now + self.sc.sample_ms, Ev::Sample);
+                    }
+                }
+            }
+            if self.sc.check_every_step {
+                self.check_invariants();
+            }
+            if self.all_done() {
+                break;
+            }
+        }
+        self.sample();
+        crate::report::build(self)
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.pending_submits == 0 && self.reqs.iter().all(|r| r.done_t != NEVER)
+    }
+
+    fn expire_fresh(&mut self) {
+        while let Some(&Reverse((until, q, r))) = self.fresh_expiry.peek() {
+            if until > self.now {
+                break;
+            }
+            self.fresh_expiry.pop();
+            let f = &mut self.reqs[q as usize].fresh;
+            if f.get(&r) == Some(&until) {
+                f.remove(&r);
+            }
+        }
+    }
+
+    /// Records a write of `a` (claim or end) at `now`: sync traffic, and the
+    /// rank stays "fresh" until every node on has seen it.
+    fn wrote(&mut self, a: u32, bytes: u64) {
+        let (q, r, node) = {
+            let x = &self.atts[a as usize];
+            (x.req, x.rank, x.node)
+        };
+        self.m
+            .traffic
+            .write(&self.sc.net, self.now, node, &self.nodes, bytes, self.sizes);
+        let until = self.settled_by(self.now, node);
+        let f = &mut self.reqs[q as usize].fresh;
+        let e = f.entry(r).or_insert(until);
+        *e = (*e).max(until);
+        self.fresh_expiry.push(Reverse((until, q, r)));
+    }
+
+    /// When a write at `t` by `from` has reached every node that is on (and
+    /// every node off has it once it has caught up).
+    fn settled_by(&self, t: u64, from: u32) -> u64 {
+        let bound = self.sc.net.max_delay_ms(self.nodes.len()).ceil() as u64 + 1;
+        let heal = self
+            .sc
+            .net
+            .partitions
+            .iter()
+            .filter(|p| p.start_ms <= t && t < p.end_ms)
+            .map(|p| p.end_ms)
+            .max()
+            .unwrap_or(t);
+        let _ = from;
+        heal + bound
+    }
+
+    fn submit(&mut self, q: u32) {
+        self.pending_submits -= 1;
+        let (node, t) = (self.reqs[q as usize].node, self.now);
+        self.m.traffic.write(
+            &self.sc.net,
+            t,
+            node,
+            &self.nodes,
+            self.sizes.sync_claim * 4,
+            self.sizes,
+        );
+        for b in 0..self.nodes.len() as u32 {
+            let seen = self.visible_at(t, node, b, u64::from(q) << 40);
+            if seen != NEVER {
+                self.push(seen, Ev::Wake(b));
+            }
+        }
+    }
+
+    /// Wakes every idle node once `t_w`'s write from `from` reached it.
+    fn wake_idle(&mut self, t_w: u64, from: u32, salt: u64) {
+        let idle: Vec<u32> = self.idle.iter().copied().collect();
+        for b in idle {
+            let at = self.visible_at(t_w, from, b, salt);
+            if at != NEVER {
+                self.push(at, Ev::Wake(b));
+            }
+        }
+    }
+
+    fn wake(&mut self, b: u32) {
+        let n = &self.nodes[b as usize];
+        if !n.up {
+            return;
+        }
+        if self.now < n.ready_t {
+            let t = n.ready_t;
+            self.push(t, Ev::Wake(b));
+            return;
+        }
+        let free = n.slots as usize - n.running.len();
+        if free == 0 {
+            self.idle.remove(&b);
+            return;
+        }
+        let picked = self.choose(b, free);
+        for c in picked {
+            self.claim(b, c);
+        }
+        let n = &self.nodes[b as usize];
+        let has_work = self
+            .reqs
+            .iter()
+            .any(|r| r.done_t == NEVER && r.submit_t <= self.now);
+        if n.running.len() < n.slots as usize && has_work {
+            self.idle.insert(b);
+        } else {
+            self.idle.remove(&b);
+        }
+    }
+
+    fn claim(&mut self, b: u32, c: crate::view::Claim) {
+        let ai = self.atts.len() as u32;
+        let speed = self.nodes[b as usize].speed;
+        let work = self.reqs[c.req as usize].work[c.rank as usize];
+        let start_t = self.now + self.sc.timing.start_overhead_ms;
+        let end_t = start_t + (work as f64 / speed).ceil() as u64;
+        self.atts.push(Att {
+            req: c.req,
+            rank: c.rank,
+            epoch: c.epoch,
+            node: b,
+            claim_t: self.now,
+            start_t,
+            end_t: NEVER,
+            state: AttemptState::Claimed,
+            down_t: NEVER,
+        });
+        let q = &mut self.reqs[c.req as usize];
+        let rank = c.rank as usize;
+        let owner = q.spec.owner.clone();
+        if q.first_claim[rank] == NEVER {
+            q.first_claim[rank] = self.now;
+            self.m.queue_wait(&owner, self.now - q.submit_t);
+        }
+        let others: Vec<u32> = q.ranks[rank].clone();
+        // A takeover: the rank's previous holder went off or is out of reach.
+        for &x in &others {
+            let y = &self.atts[x as usize];
+            if y.end_t != NEVER || y.node == b {
+                continue;
+            }
+            if y.epoch < c.epoch {
+                if y.down_t != NEVER {
+                    self.m.failover(self.now - y.down_t);
+                } else {
+                    self.m.takeovers += 1;
+                }
+            } else if y.epoch == c.epoch {
+                self.m.claim_conflicts += 1;
+            }
+        }
+        q.ranks[rank].push(ai);
+        q.open.remove(&c.rank);
+        q.retry.remove(&c.rank);
+        q.orphans.remove(&c.rank);
+        self.nodes[b as usize].running.push(ai);
+        self.m.claims += 1;
+        if self.nodes[b as usize].running.len() > self.nodes[b as usize].slots as usize {
+            self.m
+                .violation(format!("node {b} runs more than its slots"));
+        }
+        self.wrote(ai, self.sizes.sync_claim);
+        self.push(end_t, Ev::End(ai));
+        // Every other running attempt of the rank re-derives once it sees this
+        // claim, and this one once it sees each write of the others.
+        for x in others {
+            let (y_node, y_claim, y_end) = {
+                let y = &self.atts[x as usize];
+                (y.node, y.claim_t, y.end_t)
+            };
+            if y_node == b {
+                continue;
+            }
+            if self.running_here(x) {
+                let at = self.visible_at(self.now, b, y_node, ai as u64);
+                if at != NEVER {
+                    self.push(at, Ev::Check(x));
+                }
+            }
+            for (t_w, salt) in [(y_claim, x as u64), (y_end, x as u64 | crate::view::END)] {
+                if t_w == NEVER {
+                    continue;
+                }
+                let at = self.visible_at(t_w, y_node, b, salt);
+                if at != NEVER {
+                    self.push(at, Ev::Check(ai));
+                }
+            }
+        }
+    }
+
+    fn running_here(&self, a: u32) -> bool {
+        let x = &self.atts[a as usize];
+        x.end_t == NEVER && x.down_t == NEVER && self.nodes[x.node as usize].up
+    }
+
+    fn end(&mut self, a: u32) {
+        if !self.running_here(a) {
+            return;
+        }
+        let (q, r, b) = {
+            let x = &self.atts[a as usize];
+            (x.req, x.rank, x.node)
+        };
+        // The node must not write a second result it could already see.
+        let seen_other = self
+            .view_of(b, q, r, self.now)
+            .iter()
+            .any(|(i, v)| *i != a && v.state == AttemptState::Succeeded);
+        if seen_other {
+            self.m.violation(format!(
+                "node {b} finished rank {r} though it saw its result"
+            ));
+        }
+        self.finish_attempt(a, AttemptState::Succeeded);
+    }
+
+    /// Writes `a`'s terminal state, frees its slot, and tells the rank's other
+    /// holders.
+    fn finish_attempt(&mut self, a: u32, state: AttemptState) {
+        let now = self.now;
+        let (q, r, b, start) = {
+            let x = &mut self.atts[a as usize];
+            x.end_t = now;
+            x.state = state;
+            (x.req, x.rank, x.node, x.start_t)
+        };
+        let ran = now.saturating_sub(start);
+        let node = &mut self.nodes[b as usize];
+        node.running.retain(|&x| x != a);
+        let req = &mut self.reqs[q as usize];
+        match state {
+            AttemptState::Succeeded => {
+                node.runs_done += 1;
+                if req.result[r as usize] == u32::MAX {
+                    req.result[r as usize] = a;
+                    self.m.useful_ms += ran;
+                    req.unfinished.remove(&r);
+                    if req.unfinished.is_empty() {
+                        req.done_t = now;
+                    }
+                } else {
+                    // Two successes: the result rule keeps one; this one was for nothing.
+                    self.m.duplicate_ms += ran;
+                    self.m.double_results += 1;
+                }
+            }
+            AttemptState::Yielded => self.m.duplicate_ms += ran,
+            _ => self.m.lost_ms += ran,
+        }
+        self.wrote(a, self.sizes.sync_end);
+        self.reclassify(q, r);
+        let others: Vec<u32> = self.reqs[q as usize].ranks[r as usize]
+            .iter()
+            .copied()
+            .filter(|&x| x != a && self.running_here(x))
+            .collect();
+        for x in others {
+            let y = self.atts[x as usize].node;
+            let at = self.visible_at(now, b, y, a as u64 | 1 << 40);
+            if at != NEVER {
+                self.push(at, Ev::Check(x));
+            }
+        }
+        if self.reqs[q as usize].open.contains(&r) {
+            self.wake_idle(now, b, a as u64 | 2 << 40);
+        }
+        self.push(now, Ev::Wake(b));
+    }
+
+    fn check(&mut self, a: u32) {
+        if !self.running_here(a) {
+            return;
+        }
+        if let Some(why) = self.should_stop(a) {
+            self.m.abandoned(why);
+            let state = match why {
+                pesc_protocol::run_view::Abandon::Cancelled => AttemptState::Cancelled,
+                _ => AttemptState::Yielded,
+            };
+            self.finish_attempt(a, state);
+        }
+    }
+
+    /// Sorts a rank into open / orphaned / held, from the attempts as stored.
+    fn reclassify(&mut self, q: u32, r: u32) {
+        let req = &self.reqs[q as usize];
+        if !req.unfinished.contains(&r) {
+            let req = &mut self.reqs[q as usize];
+            req.open.remove(&r);
+            req.retry.remove(&r);
+            req.orphans.remove(&r);
+            return;
+        }
+        let mut any = false;
+        let mut on_live_node = false;
+        for &x in &req.ranks[r as usize] {
+            let y = &self.atts[x as usize];
+            if y.end_t == NEVER {
+                any = true;
+                if y.down_t == NEVER {
+                    on_live_node = true;
+                }
+            }
+        }
+        let req = &mut self.reqs[q as usize];
+        req.open.remove(&r);
+        req.retry.remove(&r);
+        req.orphans.remove(&r);
+        if !any {
+            req.open.insert(r);
+            if !req.ranks[r as usize].is_empty() {
+                req.retry.insert(r);
+            }
+        } else if !on_live_node {
+            req.orphans.insert(r);
+        }
+    }
+
+    fn down(&mut self, b: u32) {
+        let n = &mut self.nodes[b as usize];
+        if !n.up {
+            return;
+        }
+        n.up = false;
+        self.m.traffic.up -= 1;
+        self.idle.remove(&b);
+        let running = std::mem::take(&mut self.nodes[b as usize].running);
+        let now = self.now;
+        for &a in &running {
+            let x = &mut self.atts[a as usize];
+            x.down_t = now;
+            self.m.lost_ms += now.saturating_sub(x.start_t);
+            let (q, r) = (x.req, x.rank);
+            self.reclassify(q, r);
+        }
+        self.nodes[b as usize].cut.extend(running);
+        self.m.downs += 1;
+        // Idle nodes look again once the dead node's leases have expired.
+        let t = self.sc.timing;
+        let at = now + t.lease_ttl_ms + t.tick_ms;
+        let idle: Vec<u32> = self.idle.iter().copied().collect();
+        for i in idle {
+            self.push(at, Ev::Wake(i));
+        }
+    }
+
+    fn up(&mut self, b: u32) {
+        let now = self.now;
+        let t = self.sc.timing;
+        let n = &mut self.nodes[b as usize];
+        if n.up {
+            return;
+        }
+        n.up = true;
+        self.m.traffic.up += 1;
+        n.leases = LeaseTracker::new(t.lease_ttl_ms);
+        n.ready_t = now + t.catchup_ms;
+        // The restarted node records what it was running as lost.
+        for a in std::mem::take(&mut self.nodes[b as usize].cut) {
+            if self.atts[a as usize].end_t == NEVER {
+                self.atts[a as usize].down_t = NEVER;
+                self.finish_attempt_quiet(a);
+            }
+        }
+        self.push(now + t.catchup_ms, Ev::Wake(b));
+    }
+
+    /// Records a crashed attempt as lost (its time was already counted).
+    fn finish_attempt_quiet(&mut self, a: u32) {
+        let now = self.now;
+        let (q, r, b) = {
+            let x = &mut self.atts[a as usize];
+            x.end_t = now;
+            x.state = AttemptState::Lost;
+            (x.req, x.rank, x.node)
+        };
+        self.wrote(a, self.sizes.sync_end);
+        self.reclassify(q, r);
+        if self.reqs[q as usize].open.contains(&r) {
+            self.wake_idle(now, b, a as u64 | 3 << 40);
+        }
+    }
+
+    fn sample(&mut self) {
+        let busy: usize = self
+            .nodes
+            .iter()
+            .filter(|n| n.up)
+            .map(|n| n.running.len())
+            .sum();
+        let capacity: f64 = self
+            .nodes
+            .iter()
+            .filter(|n| n.up)
+            .map(|n| n.slots as f64)
+            .sum();
+        let up = self.nodes.iter().filter(|n| n.up).count();
+        let now = self.now;
+        let hb = self.sc.timing.heartbeat_ms;
+        self.m
+            .sample(now, busy, capacity, up, &self.nodes, &self.sc.net, hb);
+    }
+
+    /// Every invariant that must hold after any event.
+    pub fn check_invariants(&mut self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.running.len() > n.slots as usize {
+                self.m.violation(format!(
+                    "node {i} runs {} > {} slots",
+                    n.running.len(),
+                    n.slots
+                ));
+            }
+            if !n.up && !n.running.is_empty() {
+                self.m
+                    .violation(format!("node {i} is off but runs attempts"));
+            }
+        }
+        for (qi, q) in self.reqs.iter().enumerate() {
+            for (r, &res) in q.result.iter().enumerate() {
+                if res != u32::MAX && q.unfinished.contains(&(r as u32)) {
+                    self.m.violation(format!(
+                        "request {qi} rank {r} has a result but is unfinished"
+                    ));
+                }
+            }
+        }
+    }
+
+    pub fn rng_for(&self, tag: u64) -> Rng {
+        Rng::new(self.sc.seed ^ tag)
+    }
+}

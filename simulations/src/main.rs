@@ -1,0 +1,121 @@
+//! `pesc-sim SCENARIO` prints the scenario's metrics as JSON; `pesc-sim all`
+//! runs the report's suite and writes JSON and SVG files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use pesc_sim::scenarios::{ALL, by_name};
+
+fn usage() -> String {
+    let mut s = String::from(
+        "pesc-sim: PESC's protocol on simulated grids\n\n\
+         usage: pesc-sim [--seed N] [--out DIR] SCENARIO | all\n\n\
+         Prints the scenario's metrics as JSON on stdout (makespan_s, ideal_makespan_s,\n\
+         duplicate_work_pct, failover_s, gossip_bytes_per_node_s, ...). With --out, also\n\
+         writes DIR/SCENARIO.json and SVG charts. `all` runs every scenario but smoke\n\
+         (default --out docs/simulations).\n\nscenarios:\n",
+    );
+    for (n, d) in ALL {
+        s.push_str(&format!("  {n:<10} {d}\n"));
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let mut seed = 1u64;
+    let mut out: Option<PathBuf> = None;
+    let mut which: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            "--seed" => match args.next().and_then(|s| s.parse().ok()) {
+                Some(s) => seed = s,
+                None => {
+                    eprintln!("--seed needs a number");
+                    return ExitCode::from(2);
+                }
+            },
+            "--out" => match args.next() {
+                Some(d) => out = Some(d.into()),
+                None => {
+                    eprintln!("--out needs a directory");
+                    return ExitCode::from(2);
+                }
+            },
+            s if which.is_none() && !s.starts_with('-') => which = Some(s.to_string()),
+            other => {
+                eprintln!("unexpected argument '{other}'\n\n{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(which) = which else {
+        eprint!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let names: Vec<&str> = if which == "all" {
+        out.get_or_insert_with(|| "docs/simulations".into());
+        ALL.iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != "smoke")
+            .collect()
+    } else if by_name(&which, seed).is_some() {
+        vec![
+            ALL.iter()
+                .find(|(n, _)| *n == which)
+                .map(|(n, _)| *n)
+                .unwrap_or("smoke"),
+        ]
+    } else {
+        eprintln!("no scenario '{which}'\n\n{}", usage());
+        return ExitCode::from(2);
+    };
+    if let Some(dir) = &out
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let mut reports = Vec::new();
+    for name in names {
+        let sc = by_name(name, seed).expect("listed");
+        let t0 = Instant::now();
+        let r = pesc_sim::run(sc);
+        eprintln!(
+            "{name}: makespan {:.0} s (ideal {:.0} s, ×{:.3}), duplicate work {:.2} %, simulated in {:.1} s",
+            r.makespan_s,
+            r.ideal_makespan_s,
+            r.makespan_over_ideal,
+            r.duplicate_work_pct,
+            t0.elapsed().as_secs_f64()
+        );
+        if let Some(dir) = &out {
+            let json = serde_json::to_string_pretty(&r).expect("serializable");
+            let mut files = vec![(format!("{name}.json"), json + "\n")];
+            files.extend(r.charts());
+            for (f, body) in files {
+                if let Err(e) = std::fs::write(dir.join(&f), body) {
+                    eprintln!("cannot write {f}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        reports.push(r);
+    }
+    let json = if reports.len() == 1 {
+        serde_json::to_string_pretty(&reports[0])
+    } else {
+        serde_json::to_string_pretty(&reports)
+    };
+    println!("{}", json.expect("serializable"));
+    if reports.iter().any(|r| r.invariant_violations > 0) {
+        eprintln!("invariant violations: see invariant_violations in the output");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

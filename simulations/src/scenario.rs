@@ -1,0 +1,137 @@
+//! What a scenario is made of: nodes, the work users submit, the network.
+
+use serde::Serialize;
+
+use crate::churn::Availability;
+use crate::net::NetModel;
+use crate::rng::Rng;
+
+/// One virtual node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Runs at once.
+    pub slots: u32,
+    /// Work per second of wall time (1.0: the reference machine).
+    pub speed: f64,
+    pub gpus: u32,
+    /// Rooms besides General.
+    pub rooms: Vec<String>,
+    pub avail: Availability,
+}
+
+impl NodeSpec {
+    pub fn new(slots: u32, speed: f64) -> Self {
+        NodeSpec {
+            slots,
+            speed,
+            gpus: 0,
+            rooms: Vec::new(),
+            avail: Availability::always(),
+        }
+    }
+}
+
+/// How long a run's work takes on the reference machine, in seconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durations {
+    Fixed(f64),
+    Uniform(f64, f64),
+    /// Log-normal with this mean and shape σ.
+    LogNormal {
+        mean: f64,
+        sigma: f64,
+    },
+}
+
+impl Durations {
+    pub fn draw(&self, rng: &mut Rng) -> f64 {
+        match *self {
+            Durations::Fixed(s) => s,
+            Durations::Uniform(a, b) => rng.range(a, b),
+            Durations::LogNormal { mean, sigma } => {
+                let mu = mean.ln() - sigma * sigma / 2.0;
+                (mu + sigma * rng.normal()).exp()
+            }
+        }
+    }
+}
+
+/// A request a user submits at `at_ms` on node `node`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestPlan {
+    pub at_ms: u64,
+    pub node: u32,
+    pub owner: String,
+    pub runs: u32,
+    pub durations: Durations,
+    pub gpus: u32,
+    pub rooms: Vec<String>,
+}
+
+impl RequestPlan {
+    pub fn new(at_ms: u64, owner: &str, runs: u32, durations: Durations) -> Self {
+        RequestPlan {
+            at_ms,
+            node: 0,
+            owner: owner.into(),
+            runs,
+            durations,
+            gpus: 0,
+            rooms: Vec::new(),
+        }
+    }
+}
+
+/// Protocol timing, as configured on real nodes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub lease_ttl_ms: u64,
+    /// A node's housekeeping tick: an expired lease is noticed at the next one.
+    pub tick_ms: u64,
+    /// Claim to program start (prepare the slot, start the process).
+    pub start_overhead_ms: u64,
+    /// A node that comes back claims nothing until it has caught up.
+    pub catchup_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: pesc_protocol::lease::DEFAULT_HEARTBEAT_MS,
+            lease_ttl_ms: pesc_protocol::lease::DEFAULT_LEASE_TTL_MS,
+            tick_ms: 500,
+            start_overhead_ms: 15,
+            catchup_ms: 2_000,
+        }
+    }
+}
+
+/// Numbers published elsewhere that the report shows beside ours.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reference {
+    pub source: String,
+    pub makespan_s: f64,
+    pub runs_per_node: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub nodes: Vec<NodeSpec>,
+    pub requests: Vec<RequestPlan>,
+    pub net: NetModel,
+    pub timing: Timing,
+    /// Give up after this much simulated time.
+    pub time_limit_ms: u64,
+    /// Check every invariant after every event (slow; tests turn it on).
+    pub check_every_step: bool,
+    /// Metrics sampling period for the time series.
+    pub sample_ms: u64,
+    pub reference: Option<Reference>,
+    /// Free-form notes the report prints (assumptions, derivations).
+    pub notes: Vec<String>,
+}
