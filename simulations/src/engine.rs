@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::sizes::Sizes;
+use crate::view::END;
 
 pub const NEVER: u64 = u64::MAX;
 
@@ -413,16 +414,16 @@ impl Sim {
                 continue;
             }
             if self.running_here(x) {
-                let at = self.visible_at(self.now, b, y_node, ai as u64);
+                let at = self.write_visible_at(y_node, ai, false);
                 if at != NEVER {
                     self.push(at, Ev::Check(x));
                 }
             }
-            for (t_w, salt) in [(y_claim, x as u64), (y_end, x as u64 | crate::view::END)] {
+            for (t_w, end) in [(y_claim, false), (y_end, true)] {
                 if t_w == NEVER {
                     continue;
                 }
-                let at = self.visible_at(t_w, y_node, b, salt);
+                let at = self.write_visible_at(b, x, end);
                 if at != NEVER {
                     self.push(at, Ev::Check(ai));
                 }
@@ -498,13 +499,13 @@ impl Sim {
             .collect();
         for x in others {
             let y = self.atts[x as usize].node;
-            let at = self.visible_at(now, b, y, a as u64 | 1 << 40);
+            let at = self.write_visible_at(y, a, true);
             if at != NEVER {
                 self.push(at, Ev::Check(x));
             }
         }
         if self.reqs[q as usize].open.contains(&r) {
-            self.wake_idle(now, b, a as u64 | 2 << 40);
+            self.wake_idle(now, b, a as u64 | END);
         }
         self.push(now, Ev::Wake(b));
     }
@@ -619,28 +620,13 @@ impl Sim {
         self.wrote(a, self.sizes.sync_end);
         self.reclassify(q, r);
         if self.reqs[q as usize].open.contains(&r) {
-            self.wake_idle(now, b, a as u64 | 3 << 40);
+            self.wake_idle(now, b, a as u64 | END);
         }
     }
 
     fn sample(&mut self) {
-        let busy: usize = self
-            .nodes
-            .iter()
-            .filter(|n| n.up)
-            .map(|n| n.running.len())
-            .sum();
-        let capacity: f64 = self
-            .nodes
-            .iter()
-            .filter(|n| n.up)
-            .map(|n| n.slots as f64)
-            .sum();
-        let up = self.nodes.iter().filter(|n| n.up).count();
-        let now = self.now;
         let hb = self.sc.timing.heartbeat_ms;
-        self.m
-            .sample(now, busy, capacity, up, &self.nodes, &self.sc.net, hb);
+        self.m.sample(self.now, &self.nodes, &self.sc.net, hb);
     }
 
     /// Every invariant that must hold after any event.

@@ -140,16 +140,11 @@ impl Metrics {
         }
     }
 
-    pub fn sample(
-        &mut self,
-        now: u64,
-        busy: usize,
-        slots_up: f64,
-        up: usize,
-        nodes: &[Node],
-        net: &NetModel,
-        hb_ms: u64,
-    ) {
+    /// Closes a sampling period at `now`: slots in use and traffic per node.
+    pub fn sample(&mut self, now: u64, nodes: &[Node], net: &NetModel, hb_ms: u64) {
+        let busy: usize = nodes.iter().filter(|n| n.up).map(|n| n.running.len()).sum();
+        let slots_up: f64 = nodes.iter().filter(|n| n.up).map(|n| n.slots as f64).sum();
+        let up = nodes.iter().filter(|n| n.up).count();
         let sizes = self.sizes.expect("set at start");
         let tr = &mut self.traffic;
         let dt = now.saturating_sub(tr.last_t);

@@ -298,8 +298,8 @@ fn smoke(seed: u64) -> Scenario {
     let mut nodes = desktops(&mut rng, 12, 2, 0.5, 1.5);
     nodes[1].gpus = 1;
     nodes[2].gpus = 1;
-    nodes[3].avail.add(40_000, 100_000);
-    nodes[4].avail.add(60_000, NEVER);
+    nodes[3].avail.add(15_000, 70_000);
+    nodes[4].avail.add(30_000, NEVER);
     let mut sc = base("smoke", seed, nodes, NetModel::lan(seed));
     sc.net.loss = 0.02;
     sc.net.partitions.push(Partition {

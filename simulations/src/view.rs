@@ -50,6 +50,45 @@ impl Sim {
         }
     }
 
+    /// When attempt `ai`'s claim (or, with `end`, its terminal state) is in
+    /// `b`'s replica. Automerge delivers changes causally: a write cannot
+    /// arrive before the writes of the same rank its writer had merged when
+    /// it wrote (a yield never arrives before the claim that caused it).
+    pub fn write_visible_at(&self, b: u32, ai: u32, end: bool) -> u64 {
+        let x = &self.atts[ai as usize];
+        let (t_w, salt) = if end {
+            (x.end_t, ai as u64 | END)
+        } else {
+            (x.claim_t, ai as u64)
+        };
+        if t_w == NEVER {
+            return NEVER;
+        }
+        let mut at = self.visible_at(t_w, x.node, b, salt);
+        if x.node == b {
+            return at;
+        }
+        if end {
+            at = at.max(self.visible_at(x.claim_t, x.node, b, ai as u64));
+        }
+        for &yi in &self.reqs[x.req as usize].ranks[x.rank as usize] {
+            if yi == ai {
+                continue;
+            }
+            let y = &self.atts[yi as usize];
+            for (t_y, s_y) in [(y.claim_t, yi as u64), (y.end_t, yi as u64 | END)] {
+                if t_y == NEVER || t_y > t_w {
+                    continue;
+                }
+                // The writer had merged it before writing: it travels first.
+                if y.node == x.node || self.visible_at(t_y, y.node, x.node, s_y) <= t_w {
+                    at = at.max(self.visible_at(t_y, y.node, b, s_y));
+                }
+            }
+        }
+        at
+    }
+
     /// Node `b`'s replica of one rank at `t`: (attempt index, attempt).
     pub fn view_of(&self, b: u32, q: u32, r: u32, t: u64) -> Vec<(u32, Attempt)> {
         let req = &self.reqs[q as usize];
@@ -62,10 +101,9 @@ impl Sim {
                 } else {
                     AttemptState::Running
                 }
-            } else if x.end_t != NEVER && self.visible_at(x.end_t, x.node, b, ai as u64 | END) <= t
-            {
+            } else if x.end_t != NEVER && self.write_visible_at(b, ai, true) <= t {
                 x.state
-            } else if self.visible_at(x.claim_t, x.node, b, ai as u64) <= t {
+            } else if self.write_visible_at(b, ai, false) <= t {
                 AttemptState::Running
             } else {
                 continue;
@@ -87,7 +125,7 @@ impl Sim {
     fn sees_any(&self, b: u32, q: u32, r: u32, t: u64) -> bool {
         self.reqs[q as usize].ranks[r as usize].iter().any(|&ai| {
             let x = &self.atts[ai as usize];
-            x.node == b || self.visible_at(x.claim_t, x.node, b, ai as u64) <= t
+            x.node == b || self.write_visible_at(b, ai, false) <= t
         })
     }
 
@@ -143,7 +181,7 @@ impl Sim {
             epoch: x.epoch,
             node: self.nodes[x.node as usize].id.clone(),
         };
-        let seen = self.visible_at(x.claim_t, x.node, b, ai as u64).min(t);
+        let seen = self.write_visible_at(b, ai, false).min(t);
         leases.observe(key.clone(), seen);
         if let Some(h) = self.last_heartbeat(ai, b, t) {
             leases.heartbeat(key.clone(), h);
