@@ -87,7 +87,8 @@ pub struct Req {
     /// Open ranks that had an attempt already (scanned first, as the node does).
     pub retry: BTreeSet<u32>,
     /// Unfinished ranks whose only unfinished attempts are on nodes that are off.
-    pub orphans: BTreeSet<u32>,
+    /// (rank → when its last holder went off).
+    pub orphans: BTreeMap<u32, u64>,
     /// Ranks with a write not yet seen by every node that is on: rank → until.
     pub fresh: BTreeMap<u32, u64>,
     pub first_claim: Vec<u64>,
@@ -179,7 +180,7 @@ impl Sim {
                 unfinished: (0..plan.runs).collect(),
                 open: (0..plan.runs).collect(),
                 retry: BTreeSet::new(),
-                orphans: BTreeSet::new(),
+                orphans: BTreeMap::new(),
                 fresh: BTreeMap::new(),
                 first_claim: vec![NEVER; plan.runs as usize],
                 result: vec![u32::MAX; plan.runs as usize],
@@ -536,12 +537,15 @@ impl Sim {
         }
         let mut any = false;
         let mut on_live_node = false;
+        let mut went_off = 0;
         for &x in &req.ranks[r as usize] {
             let y = &self.atts[x as usize];
             if y.end_t == NEVER {
                 any = true;
                 if y.down_t == NEVER {
                     on_live_node = true;
+                } else {
+                    went_off = went_off.max(y.down_t);
                 }
             }
         }
@@ -555,7 +559,7 @@ impl Sim {
                 req.retry.insert(r);
             }
         } else if !on_live_node {
-            req.orphans.insert(r);
+            req.orphans.insert(r, went_off);
         }
     }
 

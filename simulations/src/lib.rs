@@ -13,6 +13,7 @@ pub mod scenario;
 pub mod scenarios;
 pub mod sizes;
 pub mod svg;
+pub mod table;
 pub mod view;
 
 /// Runs one scenario to its end.

@@ -10,7 +10,7 @@ use pesc_sim::scenarios::{ALL, by_name};
 fn usage() -> String {
     let mut s = String::from(
         "pesc-sim: PESC's protocol on simulated grids\n\n\
-         usage: pesc-sim [--seed N] [--out DIR] SCENARIO | all\n\n\
+         usage: pesc-sim [--seed N] [--out DIR] SCENARIO | all [--except SCENARIO]...\n\n\
          Prints the scenario's metrics as JSON on stdout (makespan_s, ideal_makespan_s,\n\
          duplicate_work_pct, failover_s, gossip_bytes_per_node_s, ...). With --out, also\n\
          writes DIR/SCENARIO.json and SVG charts. `all` runs every scenario but smoke\n\
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let mut seed = 1u64;
     let mut out: Option<PathBuf> = None;
     let mut which: Option<String> = None;
+    let mut except: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -37,6 +38,13 @@ fn main() -> ExitCode {
                 Some(s) => seed = s,
                 None => {
                     eprintln!("--seed needs a number");
+                    return ExitCode::from(2);
+                }
+            },
+            "--except" => match args.next() {
+                Some(n) => except.push(n),
+                None => {
+                    eprintln!("--except needs a scenario name");
                     return ExitCode::from(2);
                 }
             },
@@ -62,7 +70,7 @@ fn main() -> ExitCode {
         out.get_or_insert_with(|| "docs/simulations".into());
         ALL.iter()
             .map(|(n, _)| *n)
-            .filter(|n| *n != "smoke")
+            .filter(|n| *n != "smoke" && !except.iter().any(|e| e == n))
             .collect()
     } else if by_name(&which, seed).is_some() {
         vec![
@@ -106,6 +114,16 @@ fn main() -> ExitCode {
             }
         }
         reports.push(r);
+    }
+    if which == "all"
+        && let Err(e) = pesc_sim::table::write_section(
+            std::path::Path::new("docs/simulations.md"),
+            "summary",
+            &pesc_sim::table::summary(&reports),
+        )
+    {
+        eprintln!("cannot update docs/simulations.md: {e}");
+        return ExitCode::FAILURE;
     }
     let json = if reports.len() == 1 {
         serde_json::to_string_pretty(&reports[0])

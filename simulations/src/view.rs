@@ -186,7 +186,11 @@ impl Sim {
         if let Some(h) = self.last_heartbeat(ai, b, t) {
             leases.heartbeat(key.clone(), h);
         }
-        leases.is_live(&key, t)
+        let live = leases.is_live(&key, t);
+        // Both inputs are recomputed on every call: keeping the entry would
+        // only cost memory (10 000 trackers).
+        leases.forget(&key);
+        live
     }
 
     /// The epoch `b` would claim `rank` in at `t`, if it sees it queued.
@@ -235,6 +239,7 @@ impl Sim {
             *in_progress.entry(owner.clone()).or_default() += 1;
         }
         let partitioned = self.sc.net.partitioned_at(now);
+        let lease_quiet = ttl.saturating_sub(self.sc.timing.heartbeat_ms);
         let mut cands = Vec::new();
         for (qi, q) in self.reqs.iter().enumerate() {
             let qi = qi as u32;
@@ -254,7 +259,14 @@ impl Sim {
                 .retry
                 .iter()
                 .chain(q.fresh.keys())
-                .chain(q.orphans.iter())
+                // A holder that went off less than a TTL ago (minus the heartbeat
+                // it may have sent just before) is alive to everyone still.
+                .chain(
+                    q.orphans
+                        .iter()
+                        .filter(|&(_, &off)| off + lease_quiet <= now)
+                        .map(|(r, _)| r),
+                )
                 .copied()
                 .collect();
             if partitioned {
