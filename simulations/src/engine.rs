@@ -70,7 +70,6 @@ pub struct Node {
     pub hb_phase: u64,
     /// No claims before this (catching up after a restart).
     pub ready_t: u64,
-    pub wake_at: u64,
     pub runs_done: u32,
 }
 
@@ -135,7 +134,6 @@ impl Sim {
                 leases: LeaseTracker::new(sc.timing.lease_ttl_ms),
                 hb_phase: phase_rng.below(sc.timing.heartbeat_ms),
                 ready_t: 0,
-                wake_at: NEVER,
                 runs_done: 0,
             })
             .collect();
@@ -266,16 +264,16 @@ impl Sim {
         self.m
             .traffic
             .write(&self.sc.net, self.now, node, &self.nodes, bytes, self.sizes);
-        let until = self.settled_by(self.now, node);
+        let until = self.settled_by(self.now);
         let f = &mut self.reqs[q as usize].fresh;
         let e = f.entry(r).or_insert(until);
         *e = (*e).max(until);
         self.fresh_expiry.push(Reverse((until, q, r)));
     }
 
-    /// When a write at `t` by `from` has reached every node that is on (and
+    /// When a write at `t` has reached every node that is on (and
     /// every node off has it once it has caught up).
-    fn settled_by(&self, t: u64, from: u32) -> u64 {
+    fn settled_by(&self, t: u64) -> u64 {
         let bound = self.sc.net.max_delay_ms(self.nodes.len()).ceil() as u64 + 1;
         let heal = self
             .sc
@@ -286,7 +284,6 @@ impl Sim {
             .map(|p| p.end_ms)
             .max()
             .unwrap_or(t);
-        let _ = from;
         heal + bound
     }
 
@@ -657,9 +654,5 @@ impl Sim {
                 }
             }
         }
-    }
-
-    pub fn rng_for(&self, tag: u64) -> Rng {
-        Rng::new(self.sc.seed ^ tag)
     }
 }

@@ -203,28 +203,24 @@ impl Sim {
         t: u64,
     ) -> Option<u32> {
         let view = self.view_of(b, q, rank, t);
-        let mut live: Vec<(u32, u32, bool)> = Vec::with_capacity(view.len());
-        for (ai, a) in &view {
-            let l = !a.state.is_terminal() && self.lease_live(leases, b, *ai, t);
-            live.push((self.atts[*ai as usize].node, a.epoch, l));
-        }
+        let live: Vec<bool> = view
+            .iter()
+            .map(|(ai, a)| !a.state.is_terminal() && self.lease_live(leases, b, *ai, t))
+            .collect();
         let attempts: Vec<Attempt> = view.into_iter().map(|(_, a)| a).collect();
         let req = &self.reqs[q as usize];
         let policy = RunPolicy {
             retries: req.spec.retries,
             cancelled: false,
         };
+        // derive_run hands back references into `attempts`: find each by address.
         let v = derive_run(&req.spec.id, &attempts, policy, |a| {
-            let n = self.node_index(&a.node);
-            live.iter()
-                .any(|&(node, epoch, l)| Some(node) == n && epoch == a.epoch && l)
+            attempts
+                .iter()
+                .position(|x| std::ptr::eq(x, a))
+                .is_some_and(|i| live[i])
         });
         (v.state == RunState::Queued).then_some(v.next_epoch)
-    }
-
-    /// Node ids are `real_length_node_id(i)`: read the index back.
-    pub fn node_index(&self, id: &pesc_protocol::NodeId) -> Option<u32> {
-        id.as_str().get(8..).and_then(|s| s.parse().ok())
     }
 
     /// What `b` claims for `free` slots now: the node's own scan and fair share.
