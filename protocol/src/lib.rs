@@ -15,6 +15,7 @@ pub mod ids;
 pub mod join;
 pub mod lease;
 pub mod limits;
+pub mod liveness;
 pub mod model;
 pub mod run_view;
 pub mod schedule;

@@ -3,15 +3,17 @@
 //!
 //! Three channels:
 //! - **sync** (request-response): Automerge sync messages, one document per
-//!   message, and the "push" a node makes before it acknowledges a submit;
+//!   message; the "push" a node makes before it acknowledges a submit; and
+//!   the ping a node sends its ring neighbours every heartbeat period;
 //! - **blob** (request-response): a byte range of a blob, by BLAKE3 hash;
-//! - **gossip** (gossipsub, one topic per grid): heartbeats for every lease a
-//!   node holds, its live load, and "this document changed" hints. Gossip is
-//!   only a hint: everything durable travels through document sync.
+//! - **gossip** (gossipsub, one topic per grid): liveness notices only (a node
+//!   declared down, a node back up; see [`crate::liveness`]). Everything
+//!   durable travels through document sync.
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{BlobHash, NodeId, RequestId};
+use crate::liveness::Notice;
 
 /// Name of a replicated document: `grid` or `req/<request id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -63,10 +65,12 @@ pub enum SyncRequest {
         data: Vec<u8>,
         blobs: Vec<BlobHash>,
     },
+    /// A heartbeat to a ring neighbour; answered with [`SyncResponse::Pong`].
+    Ping(Beat),
 }
 
 /// The answer on the sync channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncResponse {
     /// The sync message was applied (or ignored as stale).
     Ack,
@@ -74,6 +78,8 @@ pub enum SyncResponse {
     Held,
     /// The message was refused, with a sentence saying why.
     Refused(String),
+    /// The answer to a ping: the receiver's own heartbeat.
+    Pong(Beat),
 }
 
 /// Largest byte range one blob request may ask for.
@@ -99,14 +105,6 @@ pub enum BlobResponse {
     Refused(String),
 }
 
-/// One lease a node holds: it runs `rank` of `request` in `epoch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeldLease {
-    pub request: RequestId,
-    pub rank: u32,
-    pub epoch: u32,
-}
-
 /// A node's live state, as announced in its heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -119,22 +117,22 @@ pub struct NodeStatus {
     pub addrs: Vec<String>,
 }
 
+/// A node's heartbeat to a neighbour, and the neighbour's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    pub node: NodeId,
+    /// The sender's incarnation (see [`crate::liveness`]).
+    pub inc: u64,
+    pub status: NodeStatus,
+    /// The incarnation the sender holds the receiver down at, if it does:
+    /// the receiver is alive, so it refutes.
+    pub you_are_down: Option<u64>,
+}
+
 /// Messages on the grid's gossip topic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Gossip {
-    /// Sent every heartbeat period: every lease the node holds now.
-    Heartbeat {
-        node: NodeId,
-        status: NodeStatus,
-        leases: Vec<HeldLease>,
-    },
-    /// A document changed on `node` (a claim, a result, a cancel…): peers
-    /// that lack these heads sync it now instead of at their next exchange.
-    Changed {
-        node: NodeId,
-        doc: DocKey,
-        heads: Vec<String>,
-    },
+    Liveness(Notice),
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The discrete-event core: virtual nodes that claim, run, finish and abandon
 //! runs with the protocol's own functions (`scan_start`, `first_queued`,
-//! `pick`, `derive_run`, `should_abandon`, `LeaseTracker`), a virtual clock,
-//! and a network that decides when each node sees each write.
+//! `pick`, `derive_run`, `should_abandon`, the liveness overlay), a virtual
+//! clock, and a network that decides when each node sees each write.
 //!
 //! Scale comes from one idea: every attempt is stored once, with the time it
 //! was written, and each node's replica is *derived* from it: node B sees a
@@ -13,12 +13,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use pesc_protocol::lease::LeaseTracker;
+use pesc_protocol::liveness::WATCH_SIDE;
 use pesc_protocol::model::{AttemptState, RequestSpec};
 use pesc_protocol::schedule::NodeCaps;
 use pesc_protocol::{NodeId, RequestId};
 
 use crate::metrics::Metrics;
+use crate::overlay::Overlay;
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::sizes::Sizes;
@@ -66,7 +67,7 @@ pub struct Node {
     pub running: Vec<u32>,
     /// Attempts cut by a crash, to be recorded lost when the node is back.
     pub cut: Vec<u32>,
-    pub leases: LeaseTracker,
+    /// When in each heartbeat period this node pings its neighbours.
     pub hb_phase: u64,
     /// No claims before this (catching up after a restart).
     pub ready_t: u64,
@@ -104,6 +105,9 @@ pub struct Sim {
     pub reqs: Vec<Req>,
     pub atts: Vec<Att>,
     pub sizes: Sizes,
+    pub overlay: Overlay,
+    /// Mean sync links per node.
+    pub degree: f64,
     pub m: Metrics,
     /// Nodes on, with free slots, that found nothing last time they looked.
     idle: BTreeSet<u32>,
@@ -131,7 +135,6 @@ impl Sim {
                 up: n.avail.is_up(0),
                 running: Vec::new(),
                 cut: Vec::new(),
-                leases: LeaseTracker::new(sc.timing.lease_ttl_ms),
                 hb_phase: phase_rng.below(sc.timing.heartbeat_ms),
                 ready_t: 0,
                 runs_done: 0,
@@ -139,7 +142,12 @@ impl Sim {
             .collect();
         let sizes = Sizes::measure();
         let m = Metrics::new(&sc, sizes);
+        let ids: Vec<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
+        let overlay = Overlay::build(&ids);
+        let degree = 2.0 * overlay.edges as f64 / nodes.len().max(1) as f64;
         let mut sim = Sim {
+            overlay,
+            degree,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -261,9 +269,15 @@ impl Sim {
             let x = &self.atts[a as usize];
             (x.req, x.rank, x.node)
         };
-        self.m
-            .traffic
-            .write(&self.sc.net, self.now, node, &self.nodes, bytes, self.sizes);
+        self.m.traffic.write(
+            &self.sc.net,
+            self.now,
+            node,
+            &self.nodes,
+            bytes,
+            self.sizes,
+            self.degree,
+        );
         let until = self.settled_by(self.now);
         let f = &mut self.reqs[q as usize].fresh;
         let e = f.entry(r).or_insert(until);
@@ -274,7 +288,10 @@ impl Sim {
     /// When a write at `t` has reached every node that is on (and
     /// every node off has it once it has caught up).
     fn settled_by(&self, t: u64) -> u64 {
-        let bound = self.sc.net.max_delay_ms(self.nodes.len()).ceil() as u64 + 1;
+        let bound = (self.sc.net.max_delay_ms(self.nodes.len())
+            * f64::from(self.overlay.diameter().max(1)))
+        .ceil() as u64
+            + 1;
         let heal = self
             .sc
             .net
@@ -297,6 +314,7 @@ impl Sim {
             &self.nodes,
             self.sizes.sync_claim * 4,
             self.sizes,
+            self.degree,
         );
         for b in 0..self.nodes.len() as u32 {
             let seen = self.visible_at(t, node, b, u64::from(q) << 40);
@@ -579,12 +597,19 @@ impl Sim {
         }
         self.nodes[b as usize].cut.extend(running);
         self.m.downs += 1;
-        // Idle nodes look again once the dead node's leases have expired.
-        let t = self.sc.timing;
-        let at = now + t.lease_ttl_ms + t.tick_ms;
-        let idle: Vec<u32> = self.idle.iter().copied().collect();
-        for i in idle {
-            self.push(at, Ev::Wake(i));
+        // A watcher declares it down; idle nodes look again once they heard.
+        let (detected, _) = self.detect_down(b, now, None);
+        if detected != NEVER {
+            self.m
+                .traffic
+                .notice(&self.sc.net, detected, b, &self.nodes, self.sizes);
+            let idle: Vec<u32> = self.idle.iter().copied().collect();
+            for i in idle {
+                let at = self.notice_reaches(detected, b, i);
+                if at != NEVER {
+                    self.push(at + self.sc.timing.tick_ms, Ev::Wake(i));
+                }
+            }
         }
     }
 
@@ -597,8 +622,13 @@ impl Sim {
         }
         n.up = true;
         self.m.traffic.up += 1;
-        n.leases = LeaseTracker::new(t.lease_ttl_ms);
         n.ready_t = now + t.catchup_ms;
+        // The node announces its start on gossip (three times, as it does).
+        for _ in 0..3 {
+            self.m
+                .traffic
+                .notice(&self.sc.net, now, b, &self.nodes, self.sizes);
+        }
         // The restarted node records what it was running as lost.
         for a in std::mem::take(&mut self.nodes[b as usize].cut) {
             if self.atts[a as usize].end_t == NEVER {
@@ -627,7 +657,8 @@ impl Sim {
 
     fn sample(&mut self) {
         let hb = self.sc.timing.heartbeat_ms;
-        self.m.sample(self.now, &self.nodes, &self.sc.net, hb);
+        self.m
+            .sample(self.now, &self.nodes, &self.sc.net, hb, 2 * WATCH_SIDE);
     }
 
     /// Every invariant that must hold after any event.

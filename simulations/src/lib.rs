@@ -7,6 +7,7 @@ pub mod churn;
 pub mod engine;
 pub mod metrics;
 pub mod net;
+pub mod overlay;
 pub mod report;
 pub mod rng;
 pub mod scenario;

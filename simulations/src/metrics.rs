@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::engine::Node;
 use crate::net::NetModel;
 use crate::scenario::Scenario;
-use crate::sizes::{GOSSIPSUB_FRAMING, Sizes, gossip_copies};
+use crate::sizes::{GOSSIPSUB_FRAMING, STREAM_FRAMING, Sizes, gossip_copies};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
@@ -33,10 +33,12 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// One document write by `writer` at `t`: the writer syncs it to every
-    /// connected peer, and every peer that merged it answers each of its own
-    /// peers (heads and bloom filter), as the node does today. A gossip hint
-    /// announces it too.
+    /// One document write by `writer` at `t`. Every node keeps connections
+    /// to its sync links only and forwards what it merged, so the change
+    /// crosses each link of the writer's side about once, and each link also
+    /// carries the two acknowledgements (heads and bloom) of that exchange.
+    /// `degree` is the mean number of links per node.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
         net: &NetModel,
@@ -45,15 +47,23 @@ impl Traffic {
         nodes: &[Node],
         bytes: u64,
         s: Sizes,
+        degree: f64,
     ) {
         let n = self.side_size(net, t, writer, nodes) as f64;
         if n < 2.0 {
             return;
         }
-        self.sync_total += (n - 1.0) * bytes as f64 + n * (n - 1.0) * s.sync_ack as f64;
-        self.gossip_total += (n - 1.0)
-            * gossip_copies(n as usize) as f64
-            * (s.changed_hint + GOSSIPSUB_FRAMING) as f64;
+        let links = (n * degree / 2.0).min(n * (n - 1.0) / 2.0);
+        self.sync_total += links * (bytes + 2 * s.sync_ack) as f64;
+    }
+
+    /// A liveness notice published by `from` at `t`: gossipsub floods it to
+    /// everyone on `from`'s side.
+    pub fn notice(&mut self, net: &NetModel, t: u64, from: u32, nodes: &[Node], s: Sizes) {
+        let side = self.side_size(net, t, from, nodes);
+        self.gossip_total += side.saturating_sub(1) as f64
+            * gossip_copies(side) as f64
+            * (s.notice + GOSSIPSUB_FRAMING) as f64;
     }
 
     fn side_size(&self, net: &NetModel, t: u64, writer: u32, nodes: &[Node]) -> usize {
@@ -65,28 +75,41 @@ impl Traffic {
             .count()
     }
 
-    /// Heartbeats since the last sample: every node on publishes one per
-    /// period listing its leases; everyone on its side receives it.
-    fn heartbeats(
+    /// Liveness traffic since the last sample: every node on pings each of
+    /// its ring neighbours once a period and gets a pong; a partition that
+    /// began makes each side declare the other's nodes down, and its heal
+    /// makes every node refute with an Up notice.
+    #[allow(clippy::too_many_arguments)]
+    fn liveness(
         &mut self,
-        dt_ms: u64,
+        since: u64,
+        now: u64,
         nodes: &[Node],
         net: &NetModel,
-        t: u64,
         hb_ms: u64,
+        watch: usize,
         s: Sizes,
     ) {
-        let per = dt_ms as f64 / hb_ms as f64;
-        for (i, n) in nodes.iter().enumerate() {
-            if !n.up {
-                continue;
+        let per = (now - since) as f64 / hb_ms as f64;
+        let k = watch.min(self.up.saturating_sub(1)) as f64;
+        self.gossip_total += per * self.up as f64 * k * 2.0 * (s.beat + STREAM_FRAMING) as f64;
+        for p in &net.partitions {
+            let n = nodes.len();
+            let on = |side: bool| p.side.iter().filter(|&&x| x == side).count();
+            let flood = |m: usize| {
+                m.saturating_sub(1) as f64
+                    * gossip_copies(m) as f64
+                    * (s.notice + GOSSIPSUB_FRAMING) as f64
+            };
+            if since <= p.start_ms && p.start_ms < now {
+                for side in [true, false] {
+                    // Each node of one side declared down on the other.
+                    self.gossip_total += on(!side) as f64 * flood(on(side));
+                }
             }
-            let size = s.heartbeat_base
-                + s.heartbeat_per_lease * n.running.len() as u64
-                + GOSSIPSUB_FRAMING;
-            let side = self.side_size(net, t, i as u32, nodes);
-            self.gossip_total +=
-                per * size as f64 * side.saturating_sub(1) as f64 * gossip_copies(side) as f64;
+            if since <= p.end_ms && p.end_ms < now {
+                self.gossip_total += n as f64 * flood(n);
+            }
         }
     }
 }
@@ -141,7 +164,7 @@ impl Metrics {
     }
 
     /// Closes a sampling period at `now`: slots in use and traffic per node.
-    pub fn sample(&mut self, now: u64, nodes: &[Node], net: &NetModel, hb_ms: u64) {
+    pub fn sample(&mut self, now: u64, nodes: &[Node], net: &NetModel, hb_ms: u64, watch: usize) {
         let busy: usize = nodes.iter().filter(|n| n.up).map(|n| n.running.len()).sum();
         let slots_up: f64 = nodes.iter().filter(|n| n.up).map(|n| n.slots as f64).sum();
         let up = nodes.iter().filter(|n| n.up).count();
@@ -149,7 +172,7 @@ impl Metrics {
         let tr = &mut self.traffic;
         let dt = now.saturating_sub(tr.last_t);
         if dt > 0 {
-            tr.heartbeats(dt, nodes, net, now, hb_ms, sizes);
+            tr.liveness(tr.last_t, now, nodes, net, hb_ms, watch, sizes);
         }
         let secs = dt as f64 / 1000.0;
         let per_node = |total: f64, last: f64| {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use pesc_protocol::model::AttemptState;
 use serde::Serialize;
 
 use crate::engine::{NEVER, Sim};
@@ -87,6 +88,9 @@ pub struct Report {
     pub gossip_bytes_per_node_s: Bandwidth,
     /// Peak traffic over each node's link capacity.
     pub link_utilization_peak: f64,
+    /// The sync overlay: mean links per node and the most hops between two nodes.
+    pub overlay_degree: f64,
+    pub overlay_diameter: u32,
     /// Which mechanism does not hold at this size, if any.
     pub breaks: Vec<String>,
     pub queue_wait_s: BTreeMap<String, Distribution>,
@@ -184,14 +188,39 @@ pub fn build(sim: Sim) -> Report {
     let mut breaks = Vec::new();
     if gossip.mean > 10_000.0 {
         breaks.push(format!(
-            "gossip: {:.0} B/s per node (target ≤ 10 KB/s): every node floods a heartbeat to every other node every {} ms, so each node receives O(nodes) heartbeats",
-            gossip.mean, sim.sc.timing.heartbeat_ms
+            "gossip: {:.0} B/s per node (target ≤ 10 KB/s): pings to at most {} ring neighbours every {} ms are O(1); Down/Up notices, flooded to every node, grow with nodes × churn",
+            gossip.mean,
+            2 * pesc_protocol::liveness::WATCH_SIDE,
+            sim.sc.timing.heartbeat_ms
         ));
     }
     if util > 1.0 {
         breaks.push(format!(
-            "sync: peak {:.0} B/s per node is {:.1}× the link: every change is synced with every connected peer and every peer answers every other, O(nodes) messages per change per node",
+            "sync: peak {:.0} B/s per node is {:.1}× the link: every change crosses each of the grid's sync links once (full replication: every node holds every request)",
             sync.peak, util
+        ));
+    }
+    let over = if ideal_s > 0.0 {
+        makespan_s / ideal_s
+    } else {
+        0.0
+    };
+    if over > 1.1 {
+        // The tail: the runs started last, and how long the longest ran.
+        let last_start = sim.atts.iter().map(|x| x.start_t).max().unwrap_or(first);
+        let late = first + ((last_start - first) as f64 * 0.95) as u64;
+        let longest = sim
+            .atts
+            .iter()
+            .filter(|x| x.start_t >= late && x.state == AttemptState::Succeeded)
+            .map(|x| x.end_t - x.start_t)
+            .max()
+            .unwrap_or(0);
+        breaks.push(format!(
+            "makespan ×{over:.3} (target ≤ 1.1): the last run started at {:.0} s ({:.2} × ideal); among the runs started in the last 5 % of that time the longest took {:.0} s: no node can finish a run it holds sooner, and nothing starts a second copy of a straggler",
+            (last_start - first) as f64 / 1000.0,
+            (last_start - first) as f64 / 1000.0 / ideal_s.max(1e-9),
+            longest as f64 / 1000.0
         ));
     }
     let unfinished: u64 = sim.reqs.iter().map(|r| r.unfinished.len() as u64).sum();
@@ -232,6 +261,8 @@ pub fn build(sim: Sim) -> Report {
         sync_bytes_per_node_s: sync,
         gossip_bytes_per_node_s: gossip,
         link_utilization_peak: util,
+        overlay_degree: sim.degree,
+        overlay_diameter: sim.overlay.diameter(),
         breaks,
         queue_wait_s: m
             .waits_ms

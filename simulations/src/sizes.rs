@@ -6,16 +6,22 @@
 
 use automerge::AutoCommit;
 use pesc_protocol::doc::{RequestDoc, actor_id, sync};
+use pesc_protocol::liveness::Notice;
 use pesc_protocol::model::{
     Attempt, AttemptState, GpuNeeds, Language, Process, ProcessKind, RequestSpec,
 };
-use pesc_protocol::wire::{DocKey, Gossip, HeldLease, NodeStatus};
+use pesc_protocol::wire::{Beat, Gossip, NodeStatus};
 use pesc_protocol::{BlobHash, NodeId, ProcessId, RequestId};
 use serde::Serialize;
 
 /// Bytes libp2p gossipsub adds to each published message: protobuf framing,
 /// source peer id, sequence number, topic and Ed25519 signature.
 pub const GOSSIPSUB_FRAMING: u64 = 170;
+
+/// Bytes a request-response exchange adds per message on a live
+/// connection: a new yamux stream, multistream-select negotiation of the
+/// protocol name, the length prefix and the Noise tag (an estimate).
+pub const STREAM_FRAMING: u64 = 100;
 
 /// How many copies of each gossip message a node receives: gossipsub floods
 /// along a mesh of degree 6 and each mesh link carries a message about once,
@@ -34,11 +40,11 @@ pub struct Sizes {
     pub sync_end: u64,
     /// The answer that only acknowledges (heads, empty bloom).
     pub sync_ack: u64,
-    /// Heartbeat JSON with no lease, and what each held lease adds.
-    pub heartbeat_base: u64,
-    pub heartbeat_per_lease: u64,
-    /// "Document changed" hint.
-    pub changed_hint: u64,
+    /// A ping or pong to a ring neighbour (its JSON: the CBOR the node sends
+    /// is smaller, so this is an upper bound).
+    pub beat: u64,
+    /// A Down or Up notice on gossip.
+    pub notice: u64,
 }
 
 /// A request spec like the ones the node writes (for sizes and for the
@@ -149,31 +155,25 @@ impl Sizes {
                 "/ip6/fe80::17/tcp/7373".into(),
             ],
         };
-        let hb = |n: u32| Gossip::Heartbeat {
+        let beat = serde_json::to_vec(&Beat {
             node: writer.clone(),
-            status: status.clone(),
-            leases: (0..n)
-                .map(|r| HeldLease {
-                    request: id.clone(),
-                    rank: 100_000 + r,
-                    epoch: 0,
-                })
-                .collect(),
-        };
-        let base = json_len(&hb(0));
-        let four = json_len(&hb(4));
-        let changed = json_len(&Gossip::Changed {
-            node: writer.clone(),
-            doc: DocKey::Request(id),
-            heads: vec!["ab".repeat(32)],
-        });
+            inc: 1_763_000_000_000,
+            status,
+            you_are_down: None,
+        })
+        .map(|v| v.len() as u64)
+        .unwrap_or(0);
+        let notice = json_len(&Gossip::Liveness(Notice::Down {
+            node: real_length_node_id(3),
+            inc: 1_763_000_000_000,
+            by: writer.clone(),
+        }));
         Sizes {
             sync_claim: claim as u64,
             sync_end: end as u64,
             sync_ack: ack as u64,
-            heartbeat_base: base,
-            heartbeat_per_lease: (four - base) / 4,
-            changed_hint: changed,
+            beat,
+            notice,
         }
     }
 }
@@ -189,7 +189,7 @@ mod tests {
         assert!((40..2000).contains(&s.sync_claim), "{s:?}");
         assert!(s.sync_end > s.sync_claim / 2, "{s:?}");
         assert!((10..s.sync_claim).contains(&s.sync_ack), "{s:?}");
-        assert!((100..800).contains(&s.heartbeat_base), "{s:?}");
-        assert!((20..120).contains(&s.heartbeat_per_lease), "{s:?}");
+        assert!((100..800).contains(&s.beat), "{s:?}");
+        assert!((60..400).contains(&s.notice), "{s:?}");
     }
 }

@@ -1,11 +1,11 @@
 //! What one node sees: its replica of a rank's attempts (derived from the
-//! shared store and the times writes reached it), its lease judgements (the
-//! protocol's `LeaseTracker`, fed the heartbeats that reached it), and its
-//! scheduling decisions (the protocol's own scan, `derive_run` and `pick`).
+//! shared store and the times writes reached it), its lease judgements (a
+//! lease holds until a Down notice about its holder reached the node, as in
+//! `protocol::liveness`), and its scheduling decisions (the protocol's own
+//! scan, `derive_run` and `pick`).
 
 use std::collections::BTreeMap;
 
-use pesc_protocol::lease::{LeaseKey, LeaseTracker};
 use pesc_protocol::model::{Attempt, AttemptState, RunState};
 use pesc_protocol::run_view::{Abandon, RunPolicy, derive_run, should_abandon};
 use pesc_protocol::schedule::{Candidate, eligible, first_queued, pick, scan_position, scan_start};
@@ -33,7 +33,8 @@ impl Sim {
             return t_w;
         }
         let net = &self.sc.net;
-        let hop = net.hop_ms(from, to, salt, self.sizes.sync_claim, self.nodes.len());
+        let hop = net.hop_ms(from, to, salt, self.sizes.sync_claim, self.nodes.len())
+            * f64::from(self.overlay.hops(from, to));
         let mut t = t_w as f64 + hop;
         if let Some(heal) = net.separated_until(from, to, t_w) {
             t = heal as f64 + hop;
@@ -129,83 +130,124 @@ impl Sim {
         })
     }
 
-    /// The last heartbeat of `ai`'s holder listing it that reached `b` by `t`,
-    /// as `b`'s receive time.
-    fn last_heartbeat(&self, ai: u32, b: u32, t: u64) -> Option<u64> {
-        let x = &self.atts[ai as usize];
-        let a = x.node;
-        let hb = self.sc.timing.heartbeat_ms;
-        let phase = self.nodes[a as usize].hb_phase;
-        let held_until = x.end_t.min(x.down_t).min(t + 1);
+    /// When a watcher of `a` declares it down, its pongs having stopped at
+    /// `from_t` (it went off, or a partition began), and which watcher.
+    /// With `near`: only watchers on `near`'s side of any partition count.
+    /// Each watcher pings once per heartbeat period (at its own phase) and
+    /// judges at its next tick a TTL after the last pong. With no watcher
+    /// up, the ring closes over them: one more TTL (`u32::MAX` as watcher).
+    pub fn detect_down(&self, a: u32, from_t: u64, near: Option<u32>) -> (u64, u32) {
+        let tm = self.sc.timing;
+        let hb = tm.heartbeat_ms;
         let net = &self.sc.net;
-        let hops = NetModel::gossip_hops(self.nodes.len()) as f64;
-        let last = held_until.saturating_sub(1);
-        if last < phase {
-            return None;
+        let rtt = (2.0 * net.latency_ms).ceil() as u64 + 1;
+        let mut best = (NEVER, u32::MAX);
+        for &w in &self.overlay.watchers[a as usize] {
+            let avail = &self.sc.nodes[w as usize].avail;
+            if !avail.is_up(from_t)
+                || near.is_some_and(|b| net.separated_until(w, b, from_t).is_some())
+            {
+                continue;
+            }
+            let phase = self.nodes[w as usize].hb_phase;
+            let last_pong = if from_t >= phase + rtt {
+                phase + (from_t - phase - rtt) / hb * hb + rtt
+            } else {
+                0
+            };
+            let due = last_pong + tm.lease_ttl_ms;
+            let t = phase + due.saturating_sub(phase).div_ceil(hb) * hb;
+            if avail.is_up(t) && t < best.0 {
+                best = (t, w);
+            }
         }
-        let mut k = (last - phase) / hb;
-        for _ in 0..16 {
-            let sent = phase + k * hb;
-            if sent < x.claim_t {
-                return None;
-            }
-            let d = hops
-                * (net.latency_ms + net.jitter_ms * hash01(net.seed, a as u64, b as u64, sent));
-            let got = sent + d.ceil() as u64;
-            let reached = got <= t
-                && net.separated_until(a, b, sent).is_none()
-                && self.sc.nodes[b as usize]
-                    .avail
-                    .back_after_off_between(sent, got)
-                    .is_none();
-            if reached {
-                return Some(got);
-            }
-            if k == 0 {
-                return None;
-            }
-            k -= 1;
+        if best.0 == NEVER {
+            best = (from_t + 2 * tm.lease_ttl_ms, u32::MAX);
         }
-        None
+        best
     }
 
-    /// Whether `b` judges `ai`'s lease alive at `t`, by the protocol's tracker.
-    fn lease_live(&self, leases: &mut LeaseTracker, b: u32, ai: u32, t: u64) -> bool {
+    /// When a notice `w` published at `t` reaches `b` on gossip (`NEVER`: it
+    /// does not: another side of a partition, or `b` off meanwhile).
+    pub fn notice_reaches(&self, t: u64, w: u32, b: u32) -> u64 {
+        if w == b {
+            return t;
+        }
+        let net = &self.sc.net;
+        if w != u32::MAX && net.separated_until(w, b, t).is_some() {
+            return NEVER;
+        }
+        let hops = NetModel::gossip_hops(self.nodes.len()) as f64;
+        let d = hops * (net.latency_ms + net.jitter_ms * hash01(net.seed, w as u64, b as u64, t));
+        let at = t + d.ceil() as u64;
+        let avail = &self.sc.nodes[b as usize].avail;
+        if !avail.is_up(t) || avail.back_after_off_between(t, at).is_some() {
+            return NEVER;
+        }
+        at
+    }
+
+    /// Whether `b` trusts `ai`'s lease at `t` (`Liveness::trusts`): yes
+    /// unless a Down notice about its holder reached `b` and the holder's Up
+    /// has not yet; a claim `b` first saw after the notice holds one TTL.
+    fn lease_live(&self, b: u32, ai: u32, t: u64) -> bool {
         let x = &self.atts[ai as usize];
-        if x.node == b {
+        let a = x.node;
+        if a == b {
             return x.end_t == NEVER;
         }
-        let key = LeaseKey {
-            request: self.reqs[x.req as usize].spec.id.clone(),
-            rank: x.rank,
-            epoch: x.epoch,
-            node: self.nodes[x.node as usize].id.clone(),
+        let tm = self.sc.timing;
+        let seen = self.write_visible_at(b, ai, false);
+        let dropped = |known: u64, back: u64| {
+            known <= t && t < back && !(seen > known && t - seen < tm.lease_ttl_ms)
         };
-        let seen = self.write_visible_at(b, ai, false).min(t);
-        leases.observe(key.clone(), seen);
-        if let Some(h) = self.last_heartbeat(ai, b, t) {
-            leases.heartbeat(key.clone(), h);
+        let held_at = |from: u64| x.end_t == NEVER || x.end_t > from;
+        // The holder went off after claiming it, while holding it.
+        if let Some(&(d, u)) = self.sc.nodes[a as usize]
+            .avail
+            .off
+            .iter()
+            .find(|&&(d, _)| d >= x.claim_t)
+            && d <= t
+            && held_at(d)
+        {
+            let (det, w) = self.detect_down(a, d, None);
+            let known = if det == NEVER {
+                NEVER
+            } else {
+                self.notice_reaches(det, w, b)
+            };
+            let back = if u == NEVER {
+                NEVER
+            } else {
+                self.notice_reaches(u + tm.catchup_ms, a, b)
+            };
+            if dropped(known, back) {
+                return false;
+            }
         }
-        let live = leases.is_live(&key, t);
-        // Both inputs are recomputed on every call: keeping the entry would
-        // only cost memory (10 000 trackers).
-        leases.forget(&key);
-        live
+        // A partition cut the holder off from `b`: `b`'s side declares it
+        // down; after the heal a ping tells it, and its Up refutes.
+        for p in &self.sc.net.partitions {
+            if p.side[a as usize] == p.side[b as usize] || p.start_ms > t || !held_at(p.start_ms) {
+                continue;
+            }
+            let (det, w) = self.detect_down(a, p.start_ms, Some(b));
+            let known = self.notice_reaches(det, w, b);
+            let back = self.notice_reaches(p.end_ms + tm.heartbeat_ms, a, b);
+            if dropped(known, back) {
+                return false;
+            }
+        }
+        true
     }
 
     /// The epoch `b` would claim `rank` in at `t`, if it sees it queued.
-    fn queued_in_view(
-        &self,
-        leases: &mut LeaseTracker,
-        b: u32,
-        q: u32,
-        rank: u32,
-        t: u64,
-    ) -> Option<u32> {
+    fn queued_in_view(&self, b: u32, q: u32, rank: u32, t: u64) -> Option<u32> {
         let view = self.view_of(b, q, rank, t);
         let live: Vec<bool> = view
             .iter()
-            .map(|(ai, a)| !a.state.is_terminal() && self.lease_live(leases, b, *ai, t))
+            .map(|(ai, a)| !a.state.is_terminal() && self.lease_live(b, *ai, t))
             .collect();
         let attempts: Vec<Attempt> = view.into_iter().map(|(_, a)| a).collect();
         let req = &self.reqs[q as usize];
@@ -227,8 +269,6 @@ impl Sim {
     pub fn choose(&mut self, b: u32, free: usize) -> Vec<Claim> {
         let now = self.now;
         let ttl = self.sc.timing.lease_ttl_ms;
-        let mut leases =
-            std::mem::replace(&mut self.nodes[b as usize].leases, LeaseTracker::new(ttl));
         let mut in_progress: BTreeMap<String, u32> = BTreeMap::new();
         for &a in &self.nodes[b as usize].running {
             let owner = &self.reqs[self.atts[a as usize].req as usize].spec.owner;
@@ -297,9 +337,7 @@ impl Sim {
                 reps,
             };
             let ranks = tried.into_iter().chain(untried);
-            let found = first_queued(ranks, free, |rank| {
-                self.queued_in_view(&mut leases, b, qi, rank, now)
-            });
+            let found = first_queued(ranks, free, |rank| self.queued_in_view(b, qi, rank, now));
             cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
                 request: q.spec.id.clone(),
                 owner: q.spec.owner.clone(),
@@ -308,7 +346,6 @@ impl Sim {
                 epoch,
             }));
         }
-        self.nodes[b as usize].leases = leases;
         pick(cands, &in_progress, free)
             .into_iter()
             .filter_map(|c| {

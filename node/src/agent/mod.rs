@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo};
 use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id};
-use pesc_protocol::lease::{LeaseKey, LeaseTracker};
+use pesc_protocol::lease::{LeaseKey, Sightings};
+use pesc_protocol::liveness::Liveness;
 use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState};
 use pesc_protocol::run_view::{Abandon, RunCounts, should_abandon};
 use pesc_protocol::schedule::{Candidate, first_queued, pick, scan_start};
@@ -129,7 +130,9 @@ pub struct Agent {
     running: HashMap<AttemptKey, Running>,
     /// Slot workspaces not in use.
     free_slots: Vec<usize>,
-    leases: LeaseTracker,
+    liveness: Liveness,
+    /// When each foreign claim was first seen here.
+    sightings: Sightings,
     started: Instant,
     version: u64,
     version_tx: watch::Sender<u64>,
@@ -245,13 +248,18 @@ impl Agent {
         let (version_tx, versions) = watch::channel(0);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let s_slots = s.slots as usize;
-        let mut leases = LeaseTracker::new(s.lease_ttl_ms);
-        // Claims of other nodes read from disk get a full TTL to prove alive.
+        // This start's incarnation: above every earlier start's.
+        let inc = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let mut sightings = Sightings::default();
         for req in requests.values() {
-            observe_claims(&mut leases, &s.node, &req.doc, 0);
+            observe_claims(&mut sightings, &s.node, &req.doc, 0);
         }
         let agent = Agent {
-            leases,
+            sightings,
+            liveness: Liveness::new(s.node.clone(), inc, s.lease_ttl_ms),
             s,
             writer: StoreWriter::spawn(Arc::new(store))?,
             after_commit: Vec::new(),
@@ -356,15 +364,13 @@ impl Agent {
         if a.node == self.s.node {
             self.running.contains_key(&(req.clone(), a.rank, a.epoch))
         } else {
-            self.leases.is_live(
-                &LeaseKey {
-                    request: req.clone(),
-                    rank: a.rank,
-                    epoch: a.epoch,
-                    node: a.node.clone(),
-                },
-                now,
-            )
+            let seen = self.sightings.first_seen(&LeaseKey {
+                request: req.clone(),
+                rank: a.rank,
+                epoch: a.epoch,
+                node: a.node.clone(),
+            });
+            self.liveness.trusts(&a.node, seen.unwrap_or(0), now)
         }
     }
 
@@ -421,9 +427,6 @@ impl Agent {
             return;
         }
         req.dirty = true;
-        self.repl
-            .announce
-            .insert(DocKey::Request(c.request.clone()));
         let spec = req.doc.spec();
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
         let (stop, stop_rx) = watch::channel(false);
@@ -473,7 +476,6 @@ impl Agent {
                 self.free_slots.push(r.slot);
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping);
-                self.repl.announce.insert(DocKey::Request(key.0.clone()));
                 self.write_attempt(&key.0, &a);
                 if self
                     .requests
@@ -509,7 +511,7 @@ impl Agent {
         if self.running.keys().any(|k| &k.0 == id) {
             return;
         }
-        self.leases.forget_request(id);
+        self.sightings.forget_request(id);
         let dir = self.runner.work_dir.join(id.as_str());
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(dir);
@@ -568,7 +570,6 @@ impl Agent {
                     .map(|_| p)
                     .map_err(ApiFailure::from);
                 self.grid_dirty = true;
-                self.repl.announce.insert(DocKey::Grid);
                 let _ = reply.send(r);
             }
             Command::Processes(reply) => {
@@ -674,8 +675,6 @@ impl Agent {
             })
             .map_err(ApiFailure::from)?;
         self.grid_dirty = true;
-        self.repl.announce.insert(DocKey::Grid);
-        self.repl.announce.insert(DocKey::Request(spec.id.clone()));
         self.requests.insert(
             spec.id.clone(),
             Req {
@@ -763,7 +762,6 @@ impl Agent {
                 .cancel(&self.s.node, now_ms())
                 .map_err(ApiFailure::from)?;
             q.dirty = true;
-            self.repl.announce.insert(DocKey::Request(id.clone()));
             self.abandon_lost(&id);
             tracing::info!(request = %id, "request cancelled");
         }
@@ -876,12 +874,12 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
     }
 }
 
-/// Starts the lease clock of every live-looking claim of another node.
-fn observe_claims(leases: &mut LeaseTracker, me: &NodeId, doc: &RequestDoc, now: u64) {
+/// Records when each claim of another node was first seen.
+fn observe_claims(sightings: &mut Sightings, me: &NodeId, doc: &RequestDoc, now: u64) {
     for rank in doc.unfinished_ranks() {
         for a in doc.attempts_of(rank) {
             if &a.node != me && !a.state.is_terminal() {
-                leases.observe(
+                sightings.observe(
                     LeaseKey {
                         request: doc.id().clone(),
                         rank: a.rank,

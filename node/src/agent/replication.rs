@@ -5,8 +5,13 @@
 //!   document changes here, and in answer to each message received. A lost
 //!   message resets that state and the exchange starts again, so nothing
 //!   depends on any single message arriving.
-//! - Gossip carries heartbeats (every lease this node holds, every 2 s) and
-//!   "document changed" hints; a peer that lacks the announced heads syncs.
+//! - A node keeps connections to its sync links only (ring neighbours and a
+//!   few long links, from the grid's membership): a change reaches every
+//!   node in a few hops, each node forwarding what it merged.
+//! - Liveness (`pesc_protocol::liveness`): every heartbeat period the node
+//!   pings its ring neighbours; the pong carries their status. A neighbour
+//!   silent for the lease TTL is declared down on gossip; a lease holds while
+//!   its holder is not known down.
 //! - A request arriving from a peer may start as a bare document (no spec
 //!   yet): it stays aside until the spec arrives.
 
@@ -17,16 +22,19 @@ use automerge::AutoCommit;
 use pesc_protocol::api::{GridNode, RequestInfo};
 use pesc_protocol::doc::sync::{self, SyncState};
 use pesc_protocol::doc::{RequestDoc, actor_id};
-use pesc_protocol::lease::LeaseKey;
-use pesc_protocol::wire::{DocKey, Gossip, HeldLease, NodeStatus, SyncRequest, SyncResponse};
+use pesc_protocol::liveness::{LONG_LINKS, Notice, WATCH_SIDE, ring_neighbours, sync_links};
+use pesc_protocol::wire::{Beat, DocKey, Gossip, NodeStatus, SyncRequest, SyncResponse};
 use pesc_protocol::{NodeId, RequestId};
 
-use super::{Agent, ApiResult, Reply, Req, abandon_state, observe_claims, should_abandon};
+use super::{Agent, ApiResult, Reply, Req, abandon_state, should_abandon};
 use crate::net::{NetCmd, NetEvent, peer_of};
 use crate::store::SavedDoc;
 
 /// How many peers a submit asks to hold a copy.
 const PUSH_FANOUT: usize = 3;
+
+/// How many heartbeats (with a peer connected) announce a start on gossip.
+const ANNOUNCE_UP: u32 = 3;
 
 /// How long a submit waits for a peer to hold a copy before answering anyway.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -39,12 +47,14 @@ pub struct Replication {
     partial: HashMap<RequestId, AutoCommit>,
     /// Documents that changed here since the last sync round.
     pub changed: BTreeSet<DocKey>,
-    /// Documents this node edited itself: announced on gossip.
-    pub announce: BTreeSet<DocKey>,
     /// (peer, document) pairs to generate a sync message for.
     due: BTreeSet<(NodeId, DocKey)>,
-    /// Last heartbeat of each node: its status and when it arrived (mono ms).
+    /// Last ping or pong of each neighbour: its status and when (mono ms).
     live: HashMap<NodeId, (NodeStatus, u64)>,
+    /// The sync links last handed to the network task.
+    links: BTreeSet<NodeId>,
+    /// How many times this start was announced on gossip.
+    announced: u32,
     /// Where this node listens.
     pub listen: Vec<String>,
 }
@@ -62,6 +72,10 @@ impl Agent {
                 for d in self.all_doc_keys() {
                     self.repl.due.insert((peer.clone(), d));
                 }
+                // Back after a partition: tell it at once that it was declared down.
+                if self.liveness.is_down(&peer) {
+                    self.ping(&peer);
+                }
                 self.repl.connected.insert(peer);
             }
             NetEvent::Disconnected(peer) => {
@@ -77,6 +91,10 @@ impl Agent {
                     SyncRequest::Push { doc, data, blobs } => {
                         return self.receive_push(from, doc, data, blobs, channel);
                     }
+                    SyncRequest::Ping(beat) => match self.beat_received(&from, beat) {
+                        Some(()) => SyncResponse::Pong(self.own_beat(&from)),
+                        None => SyncResponse::Refused("a ping must come from its node".into()),
+                    },
                 };
                 self.net.send(NetCmd::RespondSync { channel, resp });
             }
@@ -89,6 +107,9 @@ impl Agent {
                 }
             }
             NetEvent::Gossip { from, msg } => self.gossip(from, msg),
+            NetEvent::Pong { from, beat } => {
+                self.beat_received(&from, beat);
+            }
         }
     }
 
@@ -105,7 +126,6 @@ impl Agent {
                 rec.addrs = addrs;
                 if self.grid.put_node(&rec).is_ok() {
                     self.grid_dirty = true;
-                    self.repl.announce.insert(DocKey::Grid);
                 }
             }
             _ => {}
@@ -210,10 +230,45 @@ impl Agent {
                 self.net.send(NetCmd::AddPeer { peer, addrs });
             }
         }
+        self.update_links();
     }
 
-    /// A request document got changes from a peer: refresh the view, start
-    /// lease clocks of new claims, stop own attempts that lost.
+    /// The grid's members, in id order.
+    fn members(&self) -> Vec<NodeId> {
+        let mut m: Vec<NodeId> = self
+            .grid
+            .nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    }
+
+    /// The grid's members not known down, in id order.
+    fn live_members(&self) -> Vec<NodeId> {
+        let mut m = self.members();
+        m.retain(|id| id == &self.s.node || !self.liveness.is_down(id));
+        m
+    }
+
+    /// Tells the network task which peers to keep connected, when that changed.
+    fn update_links(&mut self) {
+        let links: BTreeSet<NodeId> =
+            sync_links(&self.s.node, &self.live_members(), WATCH_SIDE, LONG_LINKS)
+                .into_iter()
+                .collect();
+        if links != self.repl.links {
+            self.net
+                .send(NetCmd::Links(links.iter().filter_map(peer_of).collect()));
+            self.repl.links = links;
+        }
+    }
+
+    /// A request document got changes from a peer: refresh the view, stop
+    /// own attempts that lost.
     pub(super) fn request_merged(&mut self, id: &RequestId) {
         let now = self.mono();
         let Some(q) = self.requests.get_mut(id) else {
@@ -223,7 +278,7 @@ impl Agent {
             tracing::error!("request {id} after a merge: {e}");
         }
         q.dirty = true;
-        observe_claims(&mut self.leases, &self.s.node, &q.doc, now);
+        super::observe_claims(&mut self.sightings, &self.s.node, &q.doc, now);
         self.abandon_lost(id);
         if self.requests.get(id).is_some_and(|q| q.doc.is_finished()) {
             self.request_finished(id);
@@ -378,7 +433,6 @@ impl Agent {
         if self.repl.connected.is_empty() {
             // Alone: nobody to tell; peers sync everything when they connect.
             self.repl.changed.clear();
-            self.repl.announce.clear();
             self.repl.due.clear();
             return;
         }
@@ -386,20 +440,6 @@ impl Agent {
             for p in &self.repl.connected {
                 self.repl.due.insert((p.clone(), d.clone()));
             }
-        }
-        for d in std::mem::take(&mut self.repl.announce) {
-            let heads = match &d {
-                DocKey::Grid => sync::heads_hex(self.grid.doc_mut()),
-                DocKey::Request(id) => match self.requests.get_mut(id) {
-                    Some(q) => sync::heads_hex(q.doc.doc_mut()),
-                    None => continue,
-                },
-            };
-            self.net.send(NetCmd::Publish(Gossip::Changed {
-                node: self.s.node.clone(),
-                doc: d,
-                heads,
-            }));
         }
         for (peer, doc) in std::mem::take(&mut self.repl.due) {
             if !self.repl.connected.contains(&peer) {
@@ -433,22 +473,78 @@ impl Agent {
         }
     }
 
-    /// Every lease this node holds, and its load, to every peer.
+    /// Every heartbeat period: judge the ring neighbours, ping them.
     pub(super) fn heartbeat(&mut self) {
-        let leases = self
-            .running
-            .keys()
-            .map(|(request, rank, epoch)| HeldLease {
-                request: request.clone(),
-                rank: *rank,
-                epoch: *epoch,
-            })
+        let now = self.mono();
+        let neighbours = ring_neighbours(&self.s.node, &self.live_members(), WATCH_SIDE);
+        for n in self.liveness.tick(&neighbours, now) {
+            if let Notice::Down { node, .. } = &n {
+                tracing::warn!(
+                    "node {node} answered nothing for {} ms: declared down",
+                    self.liveness.ttl_ms()
+                );
+            }
+            self.publish(n);
+        }
+        // Neighbours in the whole ring that are held down are pinged too: if
+        // one is alive (a partition healed), our ping tells it to refute.
+        let down_near: Vec<NodeId> = ring_neighbours(&self.s.node, &self.members(), WATCH_SIDE)
+            .into_iter()
+            .filter(|n| self.liveness.is_down(n))
             .collect();
-        self.net.send(NetCmd::Publish(Gossip::Heartbeat {
+        for p in neighbours.iter().chain(&down_near) {
+            self.ping(p);
+        }
+        // Nodes that heard this node declared down before it restarted trust
+        // its new claims once they hear it is up: said a few times, as the
+        // gossip mesh forms only after the first connections.
+        if self.repl.announced < ANNOUNCE_UP && !self.repl.connected.is_empty() {
+            self.repl.announced += 1;
+            self.publish(self.liveness.announce());
+        }
+        self.update_links();
+    }
+
+    fn ping(&self, to: &NodeId) {
+        if let Some(peer) = peer_of(to) {
+            self.net.send(NetCmd::Sync {
+                peer,
+                req: SyncRequest::Ping(self.own_beat(to)),
+                reply: None,
+            });
+        }
+    }
+
+    fn publish(&self, n: Notice) {
+        self.net.send(NetCmd::Publish(Gossip::Liveness(n)));
+    }
+
+    /// This node's heartbeat, as sent to (or answered to) `to`.
+    fn own_beat(&self, to: &NodeId) -> Beat {
+        Beat {
             node: self.s.node.clone(),
+            inc: self.liveness.incarnation(),
             status: self.own_status(),
-            leases,
-        }));
+            you_are_down: self.liveness.down_at(to),
+        }
+    }
+
+    /// A neighbour's ping or pong: it is alive. `None` when the beat claims
+    /// to be from another node than the one that sent it.
+    fn beat_received(&mut self, from: &NodeId, beat: Beat) -> Option<()> {
+        if &beat.node != from {
+            return None;
+        }
+        let now = self.mono();
+        self.liveness.heard(from, beat.inc, now);
+        if let Some(inc) = beat.you_are_down
+            && let Some(up) = self.liveness.told_down(inc)
+        {
+            tracing::warn!("{from} held this node down: announcing it is up");
+            self.publish(up);
+        }
+        self.repl.live.insert(from.clone(), (beat.status, now));
+        Some(())
     }
 
     fn own_status(&self) -> NodeStatus {
@@ -464,52 +560,26 @@ impl Agent {
     fn gossip(&mut self, from: NodeId, msg: Gossip) {
         let now = self.mono();
         match msg {
-            Gossip::Heartbeat {
-                node,
-                status,
-                leases,
-            } => {
-                // Signed gossip: the sender cannot speak for another node.
-                if node != from {
-                    return;
-                }
-                for l in leases {
-                    self.leases.heartbeat(
-                        LeaseKey {
-                            request: l.request,
-                            rank: l.rank,
-                            epoch: l.epoch,
-                            node: node.clone(),
-                        },
-                        now,
-                    );
-                }
-                self.repl.live.insert(node, (status, now));
-            }
-            Gossip::Changed { node, doc, heads } => {
-                if node != from {
-                    return;
-                }
-                let lacks = match &doc {
-                    DocKey::Grid => sync::lacks_any(self.grid.doc_mut(), &heads),
-                    DocKey::Request(id) => match self.requests.get_mut(id) {
-                        Some(q) => sync::lacks_any(q.doc.doc_mut(), &heads),
-                        None => {
-                            self.repl.partial.entry(id.clone()).or_default();
-                            true
-                        }
-                    },
+            Gossip::Liveness(n) => {
+                // Signed gossip: a node speaks for itself only.
+                let author = match &n {
+                    Notice::Down { by, .. } => by,
+                    Notice::Up { node, .. } => node,
                 };
-                if !lacks {
+                if author != &from {
                     return;
                 }
-                if self.repl.connected.contains(&node) {
-                    self.repl.due.insert((node, doc));
-                } else {
-                    for p in &self.repl.connected {
-                        self.repl.due.insert((p.clone(), doc.clone()));
-                    }
+                if let Notice::Down { node, .. } = &n
+                    && node != &self.s.node
+                    && !self.liveness.is_down(node)
+                {
+                    tracing::info!("{from} declared {node} down: its runs can be taken over");
                 }
+                if let Some(up) = self.liveness.notice(&n, now) {
+                    tracing::warn!("{from} declared this node down: announcing it is up");
+                    self.publish(up);
+                }
+                self.update_links();
             }
         }
     }

@@ -26,7 +26,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity::Keypair, m
 use pesc_protocol::NodeId;
 use pesc_protocol::api::Traffic;
 use pesc_protocol::wire::{
-    BLOB_CHUNK, BlobRequest, BlobResponse, DocKey, Gossip, SyncRequest, SyncResponse,
+    BLOB_CHUNK, Beat, BlobRequest, BlobResponse, DocKey, Gossip, SyncRequest, SyncResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -75,6 +75,8 @@ pub enum NetCmd {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
     },
+    /// The grid nodes to keep connections to (this node's sync links).
+    Links(BTreeSet<PeerId>),
 }
 
 /// What the network task tells the agent.
@@ -96,6 +98,11 @@ pub enum NetEvent {
     Gossip {
         from: NodeId,
         msg: Gossip,
+    },
+    /// A neighbour answered this node's ping.
+    Pong {
+        from: NodeId,
+        beat: Beat,
     },
 }
 
@@ -132,6 +139,7 @@ fn sync_bytes(r: &SyncRequest) -> usize {
     match r {
         SyncRequest::Sync { msg, .. } => msg.len(),
         SyncRequest::Push { data, .. } => data.len(),
+        SyncRequest::Ping(_) => 0,
     }
 }
 
@@ -289,7 +297,8 @@ struct NetTask {
     events: mpsc::UnboundedSender<NetEvent>,
     cmd_tx: mpsc::UnboundedSender<NetCmd>,
     blobs: Arc<BlobStore>,
-    pending_sync: HashMap<OutboundRequestId, (PeerId, DocKey, SyncReply)>,
+    /// Sync requests in flight: the peer, the document (none for a ping), the reply.
+    pending_sync: HashMap<OutboundRequestId, (PeerId, Option<DocKey>, SyncReply)>,
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, String>>>,
     connections: HashMap<PeerId, u32>,
     connected_tx: watch::Sender<BTreeSet<PeerId>>,
@@ -325,7 +334,10 @@ impl NetTask {
         match c {
             NetCmd::Sync { peer, req, reply } => {
                 let doc = match &req {
-                    SyncRequest::Sync { doc, .. } | SyncRequest::Push { doc, .. } => doc.clone(),
+                    SyncRequest::Sync { doc, .. } | SyncRequest::Push { doc, .. } => {
+                        Some(doc.clone())
+                    }
+                    SyncRequest::Ping(_) => None,
                 };
                 add(&self.stats.sync_sent, sync_bytes(&req));
                 let id = b.sync.send_request(&peer, req);
@@ -357,6 +369,7 @@ impl NetTask {
                     self.book.add_known(peer, addrs, false);
                 }
             }
+            NetCmd::Links(links) => self.book.set_links(links),
         }
     }
 
@@ -500,11 +513,18 @@ impl NetTask {
                 Message::Response {
                     request_id,
                     response,
-                } => {
-                    if let Some((_, _, Some(reply))) = self.pending_sync.remove(&request_id) {
+                } => match (self.pending_sync.remove(&request_id), response) {
+                    (Some((_, _, Some(reply))), response) => {
                         let _ = reply.send(Ok(response));
                     }
-                }
+                    (Some((peer, _, None)), SyncResponse::Pong(beat)) => {
+                        self.emit(NetEvent::Pong {
+                            from: node_of(&peer),
+                            beat,
+                        })
+                    }
+                    _ => {}
+                },
             },
             Event::OutboundFailure {
                 request_id, error, ..
@@ -514,7 +534,9 @@ impl NetTask {
                         Some(r) => {
                             let _ = r.send(Err(error.to_string()));
                         }
+                        // An unanswered ping: the liveness clock judges it.
                         None => {
+                            let Some(doc) = doc else { return };
                             tracing::debug!("sync of {doc} with {peer} failed: {error}");
                             self.emit(NetEvent::SyncFailed {
                                 peer: node_of(&peer),

@@ -2,7 +2,10 @@
 //! static addresses (`--peer`, `peers` in node.toml), with backoff.
 //!
 //! mDNS announces a peer once; after an outage nothing announces it again,
-//! so every known peer that is not connected is redialled on a timer.
+//! so every wanted peer that is not connected is redialled on a timer. Once
+//! the grid's membership is known, the wanted peers are this node's sync
+//! links (ring neighbours and a few long links) and pinned static peers, so
+//! a node keeps O(1) connections however large the grid.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -84,6 +87,9 @@ pub struct PeerBook {
     me: PeerId,
     known: HashMap<PeerId, Known>,
     statics: Vec<StaticAddr>,
+    /// The grid's sync links for this node (see `pesc_protocol::liveness`):
+    /// once known, other peers are not dialled (they may dial us).
+    links: Option<BTreeSet<PeerId>>,
 }
 
 impl PeerBook {
@@ -92,6 +98,20 @@ impl PeerBook {
             me,
             known: HashMap::new(),
             statics: Vec::new(),
+            links: None,
+        }
+    }
+
+    /// The peers to keep connections to, from the grid's membership.
+    pub fn set_links(&mut self, links: BTreeSet<PeerId>) {
+        self.links = Some(links);
+    }
+
+    fn wanted(&self, peer: &PeerId, k: &Known) -> bool {
+        match &self.links {
+            Some(l) => k.pinned || l.contains(peer),
+            // Before the grid's membership is known: everyone found.
+            None => true,
         }
     }
 
@@ -180,7 +200,16 @@ impl PeerBook {
     pub fn due(&mut self, connected: &HashMap<PeerId, u32>) -> Vec<DialOpts> {
         let now = Instant::now();
         let mut out = Vec::new();
-        for (peer, k) in self.known.iter_mut() {
+        let wanted: Vec<PeerId> = self
+            .known
+            .iter()
+            .filter(|(p, k)| self.wanted(p, k))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in &wanted {
+            let Some(k) = self.known.get_mut(peer) else {
+                continue;
+            };
             if connected.contains_key(peer) || k.addrs.is_empty() || k.retry.next > now {
                 continue;
             }
