@@ -7,14 +7,14 @@
 //! each receiver's own monotonic clock: wall clocks of two machines are never
 //! compared.
 
+use std::collections::HashMap;
+
+use crate::ids::{NodeId, RequestId};
+
 /// Default time between the pings a node sends its ring neighbours.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 2_000;
 /// Default time without an answer after which a neighbour is declared down.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 15_000;
-
-use std::collections::HashMap;
-
-use crate::ids::{NodeId, RequestId};
 
 /// One lease: node `node` holds `rank` of `request` in `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,13 +46,5 @@ impl Sightings {
     /// Forgets every claim of a request (it finished, or was dropped).
     pub fn forget_request(&mut self, request: &RequestId) {
         self.first.retain(|k, _| &k.request != request);
-    }
-
-    pub fn len(&self) -> usize {
-        self.first.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.first.is_empty()
     }
 }

@@ -35,6 +35,10 @@ pub const WATCH_SIDE: usize = 3;
 /// change crosses the grid in O(log nodes) hops instead of O(nodes).
 pub const LONG_LINKS: usize = 4;
 
+/// How many heartbeat periods (with a peer connected) a node announces its
+/// start on gossip: the gossip mesh forms only after the first connections.
+pub const UP_ANNOUNCEMENTS: u32 = 3;
+
 /// A liveness announcement, carried on gossip to the whole grid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Notice {

@@ -13,7 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use pesc_protocol::liveness::WATCH_SIDE;
+use pesc_protocol::liveness::UP_ANNOUNCEMENTS;
 use pesc_protocol::model::{AttemptState, RequestSpec};
 use pesc_protocol::schedule::NodeCaps;
 use pesc_protocol::{NodeId, RequestId};
@@ -598,14 +598,14 @@ impl Sim {
         self.nodes[b as usize].cut.extend(running);
         self.m.downs += 1;
         // A watcher declares it down; idle nodes look again once they heard.
-        let (detected, _) = self.detect_down(b, now, None);
+        let (detected, watcher) = self.detect_down(b, now, None);
         if detected != NEVER {
             self.m
                 .traffic
                 .notice(&self.sc.net, detected, b, &self.nodes, self.sizes);
             let idle: Vec<u32> = self.idle.iter().copied().collect();
             for i in idle {
-                let at = self.notice_reaches(detected, b, i);
+                let at = self.notice_reaches(detected, watcher, i);
                 if at != NEVER {
                     self.push(at + self.sc.timing.tick_ms, Ev::Wake(i));
                 }
@@ -623,8 +623,8 @@ impl Sim {
         n.up = true;
         self.m.traffic.up += 1;
         n.ready_t = now + t.catchup_ms;
-        // The node announces its start on gossip (three times, as it does).
-        for _ in 0..3 {
+        // The node announces its start on gossip, as it does.
+        for _ in 0..UP_ANNOUNCEMENTS {
             self.m
                 .traffic
                 .notice(&self.sc.net, now, b, &self.nodes, self.sizes);
@@ -657,8 +657,7 @@ impl Sim {
 
     fn sample(&mut self) {
         let hb = self.sc.timing.heartbeat_ms;
-        self.m
-            .sample(self.now, &self.nodes, &self.sc.net, hb, 2 * WATCH_SIDE);
+        self.m.sample(self.now, &self.nodes, &self.sc.net, hb);
     }
 
     /// Every invariant that must hold after any event.

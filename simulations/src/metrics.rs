@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use pesc_protocol::liveness::WATCH_SIDE;
 use pesc_protocol::run_view::Abandon;
 use serde::Serialize;
 
@@ -79,7 +80,6 @@ impl Traffic {
     /// its ring neighbours once a period and gets a pong; a partition that
     /// began makes each side declare the other's nodes down, and its heal
     /// makes every node refute with an Up notice.
-    #[allow(clippy::too_many_arguments)]
     fn liveness(
         &mut self,
         since: u64,
@@ -87,11 +87,10 @@ impl Traffic {
         nodes: &[Node],
         net: &NetModel,
         hb_ms: u64,
-        watch: usize,
         s: Sizes,
     ) {
         let per = (now - since) as f64 / hb_ms as f64;
-        let k = watch.min(self.up.saturating_sub(1)) as f64;
+        let k = (2 * WATCH_SIDE).min(self.up.saturating_sub(1)) as f64;
         self.gossip_total += per * self.up as f64 * k * 2.0 * (s.beat + STREAM_FRAMING) as f64;
         for p in &net.partitions {
             let n = nodes.len();
@@ -164,7 +163,7 @@ impl Metrics {
     }
 
     /// Closes a sampling period at `now`: slots in use and traffic per node.
-    pub fn sample(&mut self, now: u64, nodes: &[Node], net: &NetModel, hb_ms: u64, watch: usize) {
+    pub fn sample(&mut self, now: u64, nodes: &[Node], net: &NetModel, hb_ms: u64) {
         let busy: usize = nodes.iter().filter(|n| n.up).map(|n| n.running.len()).sum();
         let slots_up: f64 = nodes.iter().filter(|n| n.up).map(|n| n.slots as f64).sum();
         let up = nodes.iter().filter(|n| n.up).count();
@@ -172,7 +171,7 @@ impl Metrics {
         let tr = &mut self.traffic;
         let dt = now.saturating_sub(tr.last_t);
         if dt > 0 {
-            tr.liveness(tr.last_t, now, nodes, net, hb_ms, watch, sizes);
+            tr.liveness(tr.last_t, now, nodes, net, hb_ms, sizes);
         }
         let secs = dt as f64 / 1000.0;
         let per_node = |total: f64, last: f64| {

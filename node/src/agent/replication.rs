@@ -22,7 +22,9 @@ use automerge::AutoCommit;
 use pesc_protocol::api::{GridNode, RequestInfo};
 use pesc_protocol::doc::sync::{self, SyncState};
 use pesc_protocol::doc::{RequestDoc, actor_id};
-use pesc_protocol::liveness::{LONG_LINKS, Notice, WATCH_SIDE, ring_neighbours, sync_links};
+use pesc_protocol::liveness::{
+    LONG_LINKS, Notice, UP_ANNOUNCEMENTS, WATCH_SIDE, ring_neighbours, sync_links,
+};
 use pesc_protocol::wire::{Beat, DocKey, Gossip, NodeStatus, SyncRequest, SyncResponse};
 use pesc_protocol::{NodeId, RequestId};
 
@@ -32,9 +34,6 @@ use crate::store::SavedDoc;
 
 /// How many peers a submit asks to hold a copy.
 const PUSH_FANOUT: usize = 3;
-
-/// How many heartbeats (with a peer connected) announce a start on gossip.
-const ANNOUNCE_UP: u32 = 3;
 
 /// How long a submit waits for a peer to hold a copy before answering anyway.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -91,10 +90,13 @@ impl Agent {
                     SyncRequest::Push { doc, data, blobs } => {
                         return self.receive_push(from, doc, data, blobs, channel);
                     }
-                    SyncRequest::Ping(beat) => match self.beat_received(&from, beat) {
-                        Some(()) => SyncResponse::Pong(self.own_beat(&from)),
-                        None => SyncResponse::Refused("a ping must come from its node".into()),
-                    },
+                    SyncRequest::Ping(beat) => {
+                        if self.beat_received(&from, beat) {
+                            SyncResponse::Pong(self.own_beat(&from))
+                        } else {
+                            SyncResponse::Refused("a ping must come from its node".into())
+                        }
+                    }
                 };
                 self.net.send(NetCmd::RespondSync { channel, resp });
             }
@@ -247,19 +249,23 @@ impl Agent {
         m
     }
 
-    /// The grid's members not known down, in id order.
-    fn live_members(&self) -> Vec<NodeId> {
-        let mut m = self.members();
+    /// Of `members`, those not known down.
+    fn live(&self, members: &[NodeId]) -> Vec<NodeId> {
+        let mut m = members.to_vec();
         m.retain(|id| id == &self.s.node || !self.liveness.is_down(id));
         m
     }
 
     /// Tells the network task which peers to keep connected, when that changed.
     fn update_links(&mut self) {
-        let links: BTreeSet<NodeId> =
-            sync_links(&self.s.node, &self.live_members(), WATCH_SIDE, LONG_LINKS)
-                .into_iter()
-                .collect();
+        let live = self.live(&self.members());
+        self.set_links(&live);
+    }
+
+    fn set_links(&mut self, live: &[NodeId]) {
+        let links: BTreeSet<NodeId> = sync_links(&self.s.node, live, WATCH_SIDE, LONG_LINKS)
+            .into_iter()
+            .collect();
         if links != self.repl.links {
             self.net
                 .send(NetCmd::Links(links.iter().filter_map(peer_of).collect()));
@@ -476,7 +482,9 @@ impl Agent {
     /// Every heartbeat period: judge the ring neighbours, ping them.
     pub(super) fn heartbeat(&mut self) {
         let now = self.mono();
-        let neighbours = ring_neighbours(&self.s.node, &self.live_members(), WATCH_SIDE);
+        let members = self.members();
+        let live = self.live(&members);
+        let neighbours = ring_neighbours(&self.s.node, &live, WATCH_SIDE);
         for n in self.liveness.tick(&neighbours, now) {
             if let Notice::Down { node, .. } = &n {
                 tracing::warn!(
@@ -488,7 +496,7 @@ impl Agent {
         }
         // Neighbours in the whole ring that are held down are pinged too: if
         // one is alive (a partition healed), our ping tells it to refute.
-        let down_near: Vec<NodeId> = ring_neighbours(&self.s.node, &self.members(), WATCH_SIDE)
+        let down_near: Vec<NodeId> = ring_neighbours(&self.s.node, &members, WATCH_SIDE)
             .into_iter()
             .filter(|n| self.liveness.is_down(n))
             .collect();
@@ -496,13 +504,12 @@ impl Agent {
             self.ping(p);
         }
         // Nodes that heard this node declared down before it restarted trust
-        // its new claims once they hear it is up: said a few times, as the
-        // gossip mesh forms only after the first connections.
-        if self.repl.announced < ANNOUNCE_UP && !self.repl.connected.is_empty() {
+        // its new claims once they hear it is up.
+        if self.repl.announced < UP_ANNOUNCEMENTS && !self.repl.connected.is_empty() {
             self.repl.announced += 1;
             self.publish(self.liveness.announce());
         }
-        self.update_links();
+        self.set_links(&live);
     }
 
     fn ping(&self, to: &NodeId) {
@@ -529,11 +536,11 @@ impl Agent {
         }
     }
 
-    /// A neighbour's ping or pong: it is alive. `None` when the beat claims
+    /// A neighbour's ping or pong: it is alive. False when the beat claims
     /// to be from another node than the one that sent it.
-    fn beat_received(&mut self, from: &NodeId, beat: Beat) -> Option<()> {
+    fn beat_received(&mut self, from: &NodeId, beat: Beat) -> bool {
         if &beat.node != from {
-            return None;
+            return false;
         }
         let now = self.mono();
         self.liveness.heard(from, beat.inc, now);
@@ -544,7 +551,7 @@ impl Agent {
             self.publish(up);
         }
         self.repl.live.insert(from.clone(), (beat.status, now));
-        Some(())
+        true
     }
 
     fn own_status(&self) -> NodeStatus {

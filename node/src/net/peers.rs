@@ -107,14 +107,6 @@ impl PeerBook {
         self.links = Some(links);
     }
 
-    fn wanted(&self, peer: &PeerId, k: &Known) -> bool {
-        match &self.links {
-            Some(l) => k.pinned || l.contains(peer),
-            // Before the grid's membership is known: everyone found.
-            None => true,
-        }
-    }
-
     /// A configured peer address; with `/p2p/ID` it pins that peer.
     pub fn add_static(&mut self, addr: Multiaddr) {
         let (bare, peer) = without_p2p(&addr);
@@ -200,17 +192,10 @@ impl PeerBook {
     pub fn due(&mut self, connected: &HashMap<PeerId, u32>) -> Vec<DialOpts> {
         let now = Instant::now();
         let mut out = Vec::new();
-        let wanted: Vec<PeerId> = self
-            .known
-            .iter()
-            .filter(|(p, k)| self.wanted(p, k))
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in &wanted {
-            let Some(k) = self.known.get_mut(peer) else {
-                continue;
-            };
-            if connected.contains_key(peer) || k.addrs.is_empty() || k.retry.next > now {
+        for (peer, k) in self.known.iter_mut() {
+            // Before the grid's membership is known, everyone found is wanted.
+            let wanted = k.pinned || self.links.as_ref().is_none_or(|l| l.contains(peer));
+            if !wanted || connected.contains_key(peer) || k.addrs.is_empty() || k.retry.next > now {
                 continue;
             }
             k.retry.dialled();
