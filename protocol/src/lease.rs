@@ -30,6 +30,9 @@ pub struct LeaseKey {
 #[derive(Debug, Clone, Default)]
 pub struct Sightings {
     first: HashMap<LeaseKey, u64>,
+    /// When this node first saw each run queued for a new try: (request,
+    /// rank, epoch of the next claim) → time.
+    queued: HashMap<(RequestId, u32, u32), u64>,
 }
 
 impl Sightings {
@@ -43,8 +46,20 @@ impl Sightings {
         self.first.get(key).copied()
     }
 
+    /// When this node first saw the run queued for a claim in `epoch`
+    /// (`None`: not before now; see [`Sightings::saw_queued`]).
+    pub fn queued_since(&self, request: &RequestId, rank: u32, epoch: u32) -> Option<u64> {
+        self.queued.get(&(request.clone(), rank, epoch)).copied()
+    }
+
+    /// The run was seen queued for a claim in `epoch`; only the first counts.
+    pub fn saw_queued(&mut self, request: RequestId, rank: u32, epoch: u32, now: u64) {
+        self.queued.entry((request, rank, epoch)).or_insert(now);
+    }
+
     /// Forgets every claim of a request (it finished, or was dropped).
     pub fn forget_request(&mut self, request: &RequestId) {
         self.first.retain(|k, _| &k.request != request);
+        self.queued.retain(|k, _| &k.0 != request);
     }
 }

@@ -10,6 +10,11 @@
 //!   watcher publishes a [`Notice::Down`] on gossip, once.
 //! - **Trusting.** Every other node trusts a node's claims until a Down notice
 //!   names it: a lease is live while its holder is not known down.
+//! - **Taking over in order.** The dead node's ring neighbours may take its
+//!   runs at once; every other node waits its turn in a random order per run
+//!   ([`takeover_delay_ms`]). When a grid runs dry, thousands of idle nodes
+//!   hear the same notice within milliseconds; without the order they would
+//!   all claim the same few runs.
 //! - **Refuting.** Notices carry the node's *incarnation*, a number only the
 //!   node itself raises (at start-up, and whenever it learns it was declared
 //!   down while alive). `Up(i)` beats `Down(j)` when `i > j`; `Down(i)` beats
@@ -26,7 +31,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::NodeId;
+use crate::ids::{NodeId, RequestId};
 
 /// Live members each node watches on each side of it in the ring.
 pub const WATCH_SIDE: usize = 3;
@@ -38,6 +43,35 @@ pub const LONG_LINKS: usize = 4;
 /// How many heartbeat periods (with a peer connected) a node announces its
 /// start on gossip: the gossip mesh forms only after the first connections.
 pub const UP_ANNOUNCEMENTS: u32 = 3;
+
+/// How much longer than the dead node's ring neighbours every other node
+/// trusts its claims after the Down notice, at least: time for a
+/// neighbour's takeover claim to cross the grid (a tenth of a second at
+/// 10 000 nodes).
+pub const FAR_TAKEOVER_DELAY_MS: u64 = crate::lease::DEFAULT_HEARTBEAT_MS;
+
+/// The scheduler's tick: the step between two places in a takeover order.
+pub const TAKEOVER_STEP_MS: u64 = 500;
+
+/// How long a node that is not a ring neighbour of a run's last holder
+/// waits, once the run is free to take, before it claims it:
+/// [`FAR_TAKEOVER_DELAY_MS`] plus its place in a random order of the grid's
+/// `members` for this run, times [`TAKEOVER_STEP_MS`]. The place is
+/// estimated from a hash of the node and the run (a fraction of the member
+/// count), so no node needs the others' hashes. The first idle node in the
+/// order takes the run and the next ones see its claim before their turn,
+/// however many nodes are idle. The order is for nodes that were idle
+/// already, which all hear the same change at once: a node looking for a
+/// slot that has just come free looks at a moment of its own, and waits
+/// [`FAR_TAKEOVER_DELAY_MS`] only (else, in a busy grid, runs taken over
+/// would wait for a node whose turn came to free a slot).
+pub fn takeover_delay_ms(me: &NodeId, request: &RequestId, rank: u32, members: usize) -> u64 {
+    let h = blake3::hash(format!("takeover/{me}/{request}/{rank}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    let x = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    FAR_TAKEOVER_DELAY_MS + (x * members as f64 * TAKEOVER_STEP_MS as f64) as u64
+}
 
 /// A liveness announcement, carried on gossip to the whole grid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +139,9 @@ struct Known {
     down: bool,
     /// When this node learned it was down (its own clock).
     since: u64,
+    /// Whether this node watched it when it learned: a ring neighbour takes
+    /// its runs over first.
+    near: bool,
 }
 
 /// One node's liveness state machine.
@@ -155,16 +192,40 @@ impl Liveness {
 
     /// Whether a claim of `holder` that this node first saw at `first_seen`
     /// holds at `now`. Claims of a node not known down hold. Of a node known
-    /// down, the claims seen before this node learned it hold no more; one
-    /// seen *after* is evidence the node lives (a healed partition, before
-    /// its Up notice arrives) and holds for one TTL, so a stale claim
+    /// down, the claims seen before this node learned it hold no more (for a
+    /// node that did not watch the holder, `far_delay_ms` later: see
+    /// [`takeover_delay_ms`]);
+    /// one seen *after* is evidence the node lives (a healed partition,
+    /// before its Up notice arrives) and holds for one TTL, so a stale claim
     /// delivered late cannot pin a run to a dead node.
-    pub fn trusts(&self, holder: &NodeId, first_seen: u64, now: u64) -> bool {
+    pub fn trusts(&self, holder: &NodeId, first_seen: u64, now: u64, far_delay_ms: u64) -> bool {
         match self.known.get(holder) {
-            Some(k) if k.down => {
-                first_seen > k.since && now.saturating_sub(first_seen) < self.ttl_ms
+            Some(k) if k.down && first_seen > k.since => {
+                now.saturating_sub(first_seen) < self.ttl_ms
             }
+            Some(k) if k.down => !k.near && now < k.since.saturating_add(far_delay_ms),
             _ => true,
+        }
+    }
+
+    /// Whether this node may claim now a queued run whose latest attempt was
+    /// `holder`'s (`None`: never tried), a run it first saw queued at
+    /// `queued_since`. The holder itself and its ring neighbours may at once;
+    /// every other node after `far_delay_ms` ([`takeover_delay_ms`]), so a run that comes
+    /// back to the queue (a failed try to retry, a lost one) is not claimed by
+    /// every idle node of a large grid at once. A holder known down was
+    /// ordered by [`Liveness::trusts`] already.
+    pub fn may_take(
+        &self,
+        holder: Option<&NodeId>,
+        queued_since: u64,
+        now: u64,
+        far_delay_ms: u64,
+    ) -> bool {
+        match holder {
+            None => true,
+            Some(h) if h == &self.me || self.watched.contains_key(h) || self.is_down(h) => true,
+            Some(_) => now >= queued_since.saturating_add(far_delay_ms),
         }
     }
 
@@ -200,12 +261,14 @@ impl Liveness {
             inc,
             down: false,
             since: 0,
+            near: false,
         });
         if inc > k.inc {
             *k = Known {
                 inc,
                 down: false,
                 since: 0,
+                near: false,
             };
         }
         k.down.then_some(k.inc)
@@ -227,16 +290,19 @@ impl Liveness {
         match n {
             Notice::Down { node, inc, .. } if node == &self.me => self.told_down(*inc),
             Notice::Down { node, inc, .. } => {
+                let near = self.watched.contains_key(node);
                 let k = self.known.entry(node.clone()).or_insert(Known {
                     inc: *inc,
                     down: false,
                     since: now,
+                    near,
                 });
                 if *inc >= k.inc && !k.down {
                     *k = Known {
                         inc: *inc,
                         down: true,
                         since: now,
+                        near,
                     };
                 }
                 None
@@ -247,12 +313,14 @@ impl Liveness {
                     inc: *inc,
                     down: false,
                     since: 0,
+                    near: false,
                 });
                 if *inc > k.inc || (*inc == k.inc && !k.down) {
                     *k = Known {
                         inc: *inc,
                         down: false,
                         since: 0,
+                        near: false,
                     };
                     // Back: a full TTL before a watcher may judge it again.
                     if let Some(t) = self.watched.get_mut(node) {
@@ -282,9 +350,11 @@ impl Liveness {
                 inc: 0,
                 down: false,
                 since: now,
+                near: true,
             });
             k.down = true;
             k.since = now;
+            k.near = true;
             out.push(Notice::Down {
                 node: n.clone(),
                 inc: k.inc,
@@ -298,6 +368,8 @@ impl Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const F: u64 = FAR_TAKEOVER_DELAY_MS;
 
     fn ids(n: usize) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = (0..n).map(|i| NodeId::new(format!("n{i:03}"))).collect();
@@ -393,10 +465,81 @@ mod tests {
         assert_eq!(l.down_nodes(), vec![m[1].clone(), m[2].clone()]);
         // Claims seen before it was declared down are dropped; one seen
         // after holds for a TTL (the node may be back behind a healed link).
-        assert!(l.trusts(&m[0], 0, 99_000), "not down");
-        assert!(!l.trusts(&m[2], 15_000, 17_000));
-        assert!(l.trusts(&m[2], 20_000, 34_999));
-        assert!(!l.trusts(&m[2], 20_000, 35_000));
+        assert!(l.trusts(&m[0], 0, 99_000, F), "not down");
+        assert!(!l.trusts(&m[2], 15_000, 17_000, F));
+        assert!(l.trusts(&m[2], 20_000, 34_999, F));
+        assert!(!l.trusts(&m[2], 20_000, 35_000, F));
+    }
+
+    #[test]
+    fn ring_neighbours_take_over_first() {
+        let m = ids(20);
+        let me = &m[0];
+        let mut l = Liveness::new(me.clone(), 1, 15_000);
+        let nb = ring_neighbours(me, &m, WATCH_SIDE);
+        l.tick(&nb, 0);
+        let far = m.iter().find(|x| *x != me && !nb.contains(x)).unwrap();
+        let down = |node: &NodeId| Notice::Down {
+            node: node.clone(),
+            inc: 0,
+            by: m[5].clone(),
+        };
+        l.notice(&down(&nb[0]), 10_000);
+        l.notice(&down(far), 10_000);
+        // Claims seen before the notice: a watcher drops them at once, any
+        // other node a little later.
+        assert!(!l.trusts(&nb[0], 5_000, 10_000, F));
+        assert!(l.trusts(far, 5_000, 10_000, F));
+        assert!(l.trusts(far, 5_000, 10_000 + FAR_TAKEOVER_DELAY_MS - 1, F));
+        assert!(!l.trusts(far, 5_000, 10_000 + FAR_TAKEOVER_DELAY_MS, F));
+        // A claim seen after the notice holds a TTL wherever it is.
+        assert!(l.trusts(far, 12_000, 26_999, F));
+        assert!(!l.trusts(far, 12_000, 27_000, F));
+        // A run back in the queue: a neighbour of its last holder (or the
+        // holder) takes it at once, others after the delay.
+        let other = m
+            .iter()
+            .filter(|x| *x != me && !nb.contains(x))
+            .nth(1)
+            .unwrap();
+        assert!(l.may_take(None, 50_000, 50_000, F));
+        assert!(l.may_take(Some(me), 50_000, 50_000, F));
+        assert!(l.may_take(Some(&nb[1]), 50_000, 50_000, F));
+        assert!(!l.may_take(Some(other), 50_000, 50_000, F));
+        assert!(l.may_take(Some(other), 50_000, 50_000 + FAR_TAKEOVER_DELAY_MS, F));
+        assert!(
+            l.may_take(Some(far), 50_000, 50_000, F),
+            "ordered by trusts"
+        );
+    }
+
+    #[test]
+    fn takeover_order_spreads_nodes_over_the_grid() {
+        let req = RequestId::from_bytes([7; 8]);
+        let members = 10_000;
+        let mut delays: Vec<u64> = (0..2_000)
+            .map(|i| takeover_delay_ms(&NodeId::new(format!("n{i}")), &req, 42, members))
+            .collect();
+        let max = FAR_TAKEOVER_DELAY_MS + members as u64 * TAKEOVER_STEP_MS;
+        assert!(
+            delays
+                .iter()
+                .all(|&d| (FAR_TAKEOVER_DELAY_MS..max).contains(&d))
+        );
+        // Spread over the whole range: the first of 2 000 nodes goes early,
+        // the median about half way, and they are not in step.
+        delays.sort_unstable();
+        assert!(delays[0] < FAR_TAKEOVER_DELAY_MS + 20 * TAKEOVER_STEP_MS);
+        let mid = delays[1_000] as f64 / max as f64;
+        assert!((0.4..0.6).contains(&mid), "{mid}");
+        let ties = delays.windows(2).filter(|w| w[1] - w[0] < 100).count();
+        assert!(ties < 100, "{ties}");
+        // Another run, another order.
+        let n = NodeId::new("n0");
+        assert_ne!(
+            takeover_delay_ms(&n, &req, 42, members),
+            takeover_delay_ms(&n, &req, 43, members)
+        );
     }
 
     #[test]

@@ -82,6 +82,27 @@ pub fn scan_start(node: &NodeId, req: &RequestId, repetitions: u32) -> u32 {
     x % repetitions.max(1)
 }
 
+/// Base of the pause after a lost claim race.
+pub const RACE_BACKOFF_MS: u64 = 500;
+
+/// How long a node that lost `losses` claim races in a row (and none won
+/// since) waits before claiming again: nothing after one (races happen in
+/// any grid), then random by its id and `salt` in
+/// `[0, RACE_BACKOFF_MS × 2^(losses − 2))`, doubling up to 32 × the base.
+/// When a large grid runs out of queued runs, thousands of idle nodes chase
+/// the last few; a loser that claimed again at once would lose again, and
+/// each of its claims costs every node a document change.
+pub fn race_backoff_ms(node: &NodeId, losses: u32, salt: u64) -> u64 {
+    if losses < 2 {
+        return 0;
+    }
+    let window = RACE_BACKOFF_MS << (losses - 2).min(5);
+    let h = blake3::hash(format!("{node}/{losses}/{salt}").as_bytes());
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(x) % window
+}
+
 /// A rank's place in a scan that starts at `start` and wraps around.
 pub fn scan_position(rank: u32, start: u32, repetitions: u32) -> u32 {
     if rank >= start {
@@ -195,6 +216,26 @@ mod tests {
         let got = first_queued([7, 8, 9, 0, 1], 2, |r| (r % 2 == 1).then_some(r));
         assert_eq!(got, vec![(7, 7), (9, 9)]);
         assert!(first_queued([1, 2], 0, Some).is_empty());
+    }
+
+    #[test]
+    fn losers_back_off_longer_each_time_and_not_in_step() {
+        let a = NodeId::new("a");
+        let b = NodeId::new("b");
+        assert_eq!(race_backoff_ms(&a, 0, 7), 0);
+        assert_eq!(race_backoff_ms(&a, 1, 7), 0, "one lost race is no herd");
+        for losses in 2..9 {
+            let cap = RACE_BACKOFF_MS << (losses - 2).min(5);
+            for salt in 0..50 {
+                assert!(race_backoff_ms(&a, losses, salt) < cap);
+            }
+        }
+        // Deterministic, and different nodes pause differently.
+        assert_eq!(race_backoff_ms(&a, 3, 9), race_backoff_ms(&a, 3, 9));
+        let same = (0..50)
+            .filter(|&s| race_backoff_ms(&a, 3, s) == race_backoff_ms(&b, 3, s))
+            .count();
+        assert!(same < 3, "{same}");
     }
 
     #[test]

@@ -13,9 +13,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use pesc_protocol::liveness::UP_ANNOUNCEMENTS;
+use pesc_protocol::liveness::{FAR_TAKEOVER_DELAY_MS, UP_ANNOUNCEMENTS, takeover_delay_ms};
 use pesc_protocol::model::{AttemptState, RequestSpec};
-use pesc_protocol::schedule::NodeCaps;
+use pesc_protocol::schedule::{NodeCaps, race_backoff_ms};
 use pesc_protocol::{NodeId, RequestId};
 
 use crate::metrics::Metrics;
@@ -69,8 +69,11 @@ pub struct Node {
     pub cut: Vec<u32>,
     /// When in each heartbeat period this node pings its neighbours.
     pub hb_phase: u64,
-    /// No claims before this (catching up after a restart).
+    /// No claims before this (catching up after a restart, or pausing
+    /// after lost claim races).
     pub ready_t: u64,
+    /// Claim races lost in a row (`schedule::race_backoff_ms`).
+    pub races_lost: u32,
     pub runs_done: u32,
 }
 
@@ -114,6 +117,11 @@ pub struct Sim {
     /// Fresh entries to drop once seen everywhere: (until, req, rank).
     fresh_expiry: BinaryHeap<Reverse<(u64, u32, u32)>>,
     pending_submits: usize,
+    /// The earliest turn (`takeover_delay_ms`) the last `choose` waited for.
+    turn: std::cell::Cell<u64>,
+    /// Events handled (for progress lines).
+    events: u64,
+    started: std::time::Instant,
 }
 
 impl Sim {
@@ -137,6 +145,7 @@ impl Sim {
                 cut: Vec::new(),
                 hb_phase: phase_rng.below(sc.timing.heartbeat_ms),
                 ready_t: 0,
+                races_lost: 0,
                 runs_done: 0,
             })
             .collect();
@@ -159,6 +168,9 @@ impl Sim {
             idle: BTreeSet::new(),
             fresh_expiry: BinaryHeap::new(),
             pending_submits: sc.requests.len(),
+            turn: std::cell::Cell::new(NEVER),
+            events: 0,
+            started: std::time::Instant::now(),
             sc,
         };
         let mut work_rng = rng.fork(2);
@@ -219,6 +231,7 @@ impl Sim {
                 break;
             }
             self.now = t;
+            self.events += 1;
             self.expire_fresh();
             match ev {
                 Ev::Submit(q) => self.submit(q),
@@ -324,13 +337,42 @@ impl Sim {
         }
     }
 
-    /// Wakes every idle node once `t_w`'s write from `from` reached it.
-    fn wake_idle(&mut self, t_w: u64, from: u32, salt: u64) {
+    /// A run the node looking now may take at `t`, in its turn.
+    pub fn turn_at(&self, t: u64) {
+        self.turn.set(self.turn.get().min(t));
+    }
+
+    /// How long `b` waits, once a run of `q` at `rank` is free to take, if it
+    /// is not a ring neighbour of its last holder: its turn
+    /// (`takeover_delay_ms`) if it was idle already.
+    pub fn far_delay(&self, b: u32, q: u32, rank: u32) -> u64 {
+        // A slot that has just come free: the least delay (see the protocol).
+        if !self.idle.contains(&b) {
+            return FAR_TAKEOVER_DELAY_MS;
+        }
+        takeover_delay_ms(
+            &self.nodes[b as usize].id,
+            &self.reqs[q as usize].spec.id,
+            rank,
+            self.nodes.len(),
+        )
+    }
+
+    /// Wakes every idle node once `t_w`'s write from `from` reached it: the
+    /// write put `from`'s run of `q` at `rank` back in the queue, which
+    /// `from`'s ring neighbours may take at once and others in their turn
+    /// (`Liveness::may_take`).
+    fn wake_idle(&mut self, t_w: u64, from: u32, salt: u64, q: u32, rank: u32) {
         let idle: Vec<u32> = self.idle.iter().copied().collect();
         for b in idle {
             let at = self.visible_at(t_w, from, b, salt);
             if at != NEVER {
-                self.push(at, Ev::Wake(b));
+                let far = if b == from || self.overlay.watchers[from as usize].contains(&b) {
+                    0
+                } else {
+                    self.far_delay(b, q, rank)
+                };
+                self.push(at + far, Ev::Wake(b));
             }
         }
     }
@@ -350,9 +392,17 @@ impl Sim {
             self.idle.remove(&b);
             return;
         }
+        self.turn.set(NEVER);
         let picked = self.choose(b, free);
         for c in picked {
             self.claim(b, c);
+        }
+        let n = &self.nodes[b as usize];
+        // A run it may take in its turn: it looks again then (the node
+        // rescans every tick).
+        let turn = self.turn.get();
+        if turn != NEVER && n.running.len() < n.slots as usize {
+            self.push(turn, Ev::Wake(b));
         }
         let n = &self.nodes[b as usize];
         let has_work = self
@@ -490,6 +540,7 @@ impl Sim {
         match state {
             AttemptState::Succeeded => {
                 node.runs_done += 1;
+                node.races_lost = 0;
                 if req.result[r as usize] == u32::MAX {
                     req.result[r as usize] = a;
                     self.m.useful_ms += ran;
@@ -521,7 +572,7 @@ impl Sim {
             }
         }
         if self.reqs[q as usize].open.contains(&r) {
-            self.wake_idle(now, b, a as u64 | END);
+            self.wake_idle(now, b, a as u64 | END, q, r);
         }
         self.push(now, Ev::Wake(b));
     }
@@ -532,6 +583,14 @@ impl Sim {
         }
         if let Some(why) = self.should_stop(a) {
             self.m.abandoned(why);
+            if why == pesc_protocol::run_view::Abandon::LostRace {
+                // The node pauses before claiming again, as it does.
+                let now = self.now;
+                let n = &mut self.nodes[self.atts[a as usize].node as usize];
+                n.races_lost += 1;
+                let pause = race_backoff_ms(&n.id, n.races_lost, now);
+                n.ready_t = n.ready_t.max(now + pause);
+            }
             let state = match why {
                 pesc_protocol::run_view::Abandon::Cancelled => AttemptState::Cancelled,
                 _ => AttemptState::Yielded,
@@ -595,6 +654,10 @@ impl Sim {
             let (q, r) = (x.req, x.rank);
             self.reclassify(q, r);
         }
+        let held: Vec<(u32, u32)> = running
+            .iter()
+            .map(|&a| (self.atts[a as usize].req, self.atts[a as usize].rank))
+            .collect();
         self.nodes[b as usize].cut.extend(running);
         self.m.downs += 1;
         // A watcher declares it down; idle nodes look again once they heard.
@@ -603,11 +666,26 @@ impl Sim {
             self.m
                 .traffic
                 .notice(&self.sc.net, detected, b, &self.nodes, self.sizes);
-            let idle: Vec<u32> = self.idle.iter().copied().collect();
+            // With nothing it held, the notice frees no run: no need to look.
+            let idle: Vec<u32> = if held.is_empty() {
+                Vec::new()
+            } else {
+                self.idle.iter().copied().collect()
+            };
             for i in idle {
                 let at = self.notice_reaches(detected, watcher, i);
                 if at != NEVER {
-                    self.push(at + self.sc.timing.tick_ms, Ev::Wake(i));
+                    // Its ring neighbours take its runs over first, then
+                    // every other node in its turn for each run.
+                    let far = if self.overlay.watchers[b as usize].contains(&i) {
+                        0
+                    } else {
+                        held.iter()
+                            .map(|&(q, r)| self.far_delay(i, q, r))
+                            .min()
+                            .unwrap_or(0)
+                    };
+                    self.push(at + far + self.sc.timing.tick_ms, Ev::Wake(i));
                 }
             }
         }
@@ -651,13 +729,38 @@ impl Sim {
         self.wrote(a, self.sizes.sync_end);
         self.reclassify(q, r);
         if self.reqs[q as usize].open.contains(&r) {
-            self.wake_idle(now, b, a as u64 | END);
+            self.wake_idle(now, b, a as u64 | END, q, r);
         }
     }
 
     fn sample(&mut self) {
         let hb = self.sc.timing.heartbeat_ms;
         self.m.sample(self.now, &self.nodes, &self.sc.net, hb);
+        if self.sc.progress && self.now % (10 * 60_000) < self.sc.sample_ms {
+            let done: usize = self.reqs.iter().map(|r| r.unfinished.len()).sum::<usize>();
+            let (most, q, r) = self
+                .reqs
+                .iter()
+                .enumerate()
+                .flat_map(|(q, req)| {
+                    req.ranks
+                        .iter()
+                        .enumerate()
+                        .map(move |(r, a)| (a.len(), q, r))
+                })
+                .max()
+                .unwrap_or((0, 0, 0));
+            eprintln!(
+                "{}: {:.0} min simulated, {:.1} s elapsed, {} events, {} attempts, {} runs unfinished, {} idle nodes, {most} attempts of request {q} rank {r}",
+                self.sc.name,
+                self.now as f64 / 60_000.0,
+                self.started.elapsed().as_secs_f64(),
+                self.events,
+                self.atts.len(),
+                done,
+                self.idle.len()
+            );
+        }
     }
 
     /// Every invariant that must hold after any event.

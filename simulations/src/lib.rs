@@ -16,6 +16,7 @@ pub mod sizes;
 pub mod svg;
 pub mod table;
 pub mod view;
+pub mod yardstick;
 
 /// Runs one scenario to its end.
 pub fn run(sc: scenario::Scenario) -> report::Report {

@@ -10,11 +10,12 @@ use pesc_sim::scenarios::{ALL, by_name};
 fn usage() -> String {
     let mut s = String::from(
         "pesc-sim: PESC's protocol on simulated grids\n\n\
-         usage: pesc-sim [--seed N] [--out DIR] SCENARIO | all [--except SCENARIO]...\n\n\
+         usage: pesc-sim [--seed N] [--out DIR] [--progress] SCENARIO | all [--except SCENARIO]...\n\n\
          Prints the scenario's metrics as JSON on stdout (makespan_s, ideal_makespan_s,\n\
          duplicate_work_pct, failover_s, gossip_bytes_per_node_s, ...). With --out, also\n\
          writes DIR/SCENARIO.json and SVG charts. `all` runs every scenario but smoke\n\
-         (default --out docs/simulations).\n\nscenarios:\n",
+         (default --out docs/simulations). --progress prints a line on stderr every\n\
+         simulated 10 minutes.\n\nscenarios:\n",
     );
     for (n, d) in ALL {
         s.push_str(&format!("  {n:<10} {d}\n"));
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let mut out: Option<PathBuf> = None;
     let mut which: Option<String> = None;
     let mut except: Vec<String> = Vec::new();
+    let mut progress = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--progress" => progress = true,
             "--except" => match args.next() {
                 Some(n) => except.push(n),
                 None => {
@@ -91,7 +94,8 @@ fn main() -> ExitCode {
     }
     let mut reports = Vec::new();
     for name in names {
-        let sc = by_name(name, seed).expect("listed");
+        let mut sc = by_name(name, seed).expect("listed");
+        sc.progress = progress;
         let t0 = Instant::now();
         let r = pesc_sim::run(sc);
         eprintln!(

@@ -21,6 +21,7 @@ pub struct Overlay {
     pub watchers: Vec<Vec<u32>>,
     /// Links of the undirected sync graph.
     pub edges: usize,
+    diameter: u32,
 }
 
 impl Overlay {
@@ -67,8 +68,10 @@ impl Overlay {
                 }
             }
         }
+        let diameter = dist.iter().copied().max().map(u32::from).unwrap_or(0);
         Overlay {
             n,
+            diameter,
             dist,
             watchers,
             edges: edges / 2,
@@ -82,7 +85,7 @@ impl Overlay {
 
     /// The farthest any node is from any other.
     pub fn diameter(&self) -> u32 {
-        self.dist.iter().copied().max().map(u32::from).unwrap_or(0)
+        self.diameter
     }
 }
 

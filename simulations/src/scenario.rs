@@ -134,4 +134,6 @@ pub struct Scenario {
     pub reference: Option<Reference>,
     /// Free-form notes the report prints (assumptions, derivations).
     pub notes: Vec<String>,
+    /// Print a progress line on stderr every simulated 10 minutes.
+    pub progress: bool,
 }

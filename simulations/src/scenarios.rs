@@ -78,6 +78,7 @@ fn base(name: &str, seed: u64, nodes: Vec<NodeSpec>, net: NetModel) -> Scenario 
         sample_ms: MIN,
         reference: None,
         notes: Vec::new(),
+        progress: false,
     }
 }
 

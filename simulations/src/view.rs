@@ -1,6 +1,7 @@
 //! What one node sees: its replica of a rank's attempts (derived from the
 //! shared store and the times writes reached it), its lease judgements (a
-//! lease holds until a Down notice about its holder reached the node, as in
+//! lease holds until a Down notice about its holder reached the node, and
+//! the node's turn (`takeover_delay_ms`) more on a node that did not watch it, as in
 //! `protocol::liveness`), and its scheduling decisions (the protocol's own
 //! scan, `derive_run` and `pick`).
 
@@ -198,8 +199,25 @@ impl Sim {
         }
         let tm = self.sc.timing;
         let seen = self.write_visible_at(b, ai, false);
+        // Claims seen before the notice: a watcher of the holder drops them
+        // at once, every other node a little later.
+        let delay = if self.overlay.watchers[a as usize].contains(&b) {
+            0
+        } else {
+            self.far_delay(b, x.req, x.rank)
+        };
         let dropped = |known: u64, back: u64| {
-            known <= t && t < back && !(seen > known && t - seen < tm.lease_ttl_ms)
+            known <= t
+                && t < back
+                && if seen > known {
+                    t - seen >= tm.lease_ttl_ms
+                } else {
+                    let turn = known.saturating_add(delay);
+                    if t < turn {
+                        self.turn_at(turn);
+                    }
+                    t >= turn
+                }
         };
         let held_at = |from: u64| x.end_t == NEVER || x.end_t > from;
         // The holder went off after claiming it, while holding it.
@@ -249,20 +267,44 @@ impl Sim {
             .iter()
             .map(|(ai, a)| !a.state.is_terminal() && self.lease_live(b, *ai, t))
             .collect();
-        let attempts: Vec<Attempt> = view.into_iter().map(|(_, a)| a).collect();
+        let attempts: Vec<Attempt> = view.iter().map(|(_, a)| a.clone()).collect();
         let req = &self.reqs[q as usize];
         let policy = RunPolicy {
             retries: req.spec.retries,
             cancelled: false,
         };
         // derive_run hands back references into `attempts`: find each by address.
+        let at = |a: &Attempt| attempts.iter().position(|x| std::ptr::eq(x, a));
         let v = derive_run(&req.spec.id, &attempts, policy, |a| {
-            attempts
-                .iter()
-                .position(|x| std::ptr::eq(x, a))
-                .is_some_and(|i| live[i])
+            at(a).is_some_and(|i| live[i])
         });
-        (v.state == RunState::Queued).then_some(v.next_epoch)
+        if v.state != RunState::Queued {
+            return None;
+        }
+        // `Liveness::may_take`: a run back in the queue goes to its last
+        // holder and the holder's ring neighbours first; a holder that went
+        // down was ordered by `lease_live`.
+        let Some(i) = v.current.and_then(at) else {
+            return Some(v.next_epoch);
+        };
+        let holder = self.atts[view[i].0 as usize].node;
+        if holder == b
+            || self.overlay.watchers[holder as usize].contains(&b)
+            || !view[i].1.state.is_terminal()
+        {
+            return Some(v.next_epoch);
+        }
+        let since = view
+            .iter()
+            .filter(|(_, a)| a.state.is_terminal())
+            .map(|&(ai, _)| self.write_visible_at(b, ai, true))
+            .max()
+            .unwrap_or(t);
+        let turn = since.saturating_add(self.far_delay(b, q, rank));
+        if t < turn {
+            self.turn_at(turn);
+        }
+        (t >= turn).then_some(v.next_epoch)
     }
 
     /// What `b` claims for `free` slots now: the node's own scan and fair share.

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo};
 use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id};
 use pesc_protocol::lease::{LeaseKey, Sightings};
-use pesc_protocol::liveness::Liveness;
+use pesc_protocol::liveness::{FAR_TAKEOVER_DELAY_MS, Liveness, takeover_delay_ms};
 use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState};
 use pesc_protocol::run_view::{Abandon, RunCounts, should_abandon};
 use pesc_protocol::schedule::{Candidate, first_queued, pick, scan_start};
@@ -133,6 +133,14 @@ pub struct Agent {
     liveness: Liveness,
     /// When each foreign claim was first seen here.
     sightings: Sightings,
+    /// Claim races lost in a row, and no claim before this (`race_backoff_ms`).
+    races_lost: u32,
+    claims_paused_until: u64,
+    /// Grid members at the last heartbeat (sizes the takeover order).
+    members_n: usize,
+    /// A slot was free at the end of the last scheduling pass: this node is
+    /// idle, and waits its turn for runs taken over (`takeover_delay_ms`).
+    idle: bool,
     started: Instant,
     version: u64,
     version_tx: watch::Sender<u64>,
@@ -259,6 +267,10 @@ impl Agent {
         }
         let agent = Agent {
             sightings,
+            races_lost: 0,
+            claims_paused_until: 0,
+            members_n: 1,
+            idle: false,
             liveness: Liveness::new(s.node.clone(), inc, s.lease_ttl_ms),
             s,
             writer: StoreWriter::spawn(Arc::new(store))?,
@@ -370,21 +382,25 @@ impl Agent {
                 epoch: a.epoch,
                 node: a.node.clone(),
             });
-            self.liveness.trusts(&a.node, seen.unwrap_or(0), now)
+            self.liveness
+                .trusts(&a.node, seen.unwrap_or(0), now, self.far_delay(req, a.rank))
         }
     }
 
     fn schedule(&mut self) {
         let free = self.free_slots.len();
-        if free == 0 {
+        let now = self.mono();
+        if free == 0 || now < self.claims_paused_until {
+            self.idle = free > 0;
             return;
         }
-        let now = self.mono();
         let mut in_progress: BTreeMap<String, u32> = BTreeMap::new();
         for r in self.running.values() {
             *in_progress.entry(r.owner.clone()).or_default() += 1;
         }
         let mut cands = Vec::new();
+        // Runs seen queued for a new try for the first time: recorded after.
+        let mut newly_queued = Vec::new();
         for (id, req) in &self.requests {
             if req.doc.is_finished() {
                 continue;
@@ -398,7 +414,22 @@ impl Agent {
             };
             let found = first_queued(req.doc.scan_from(start), free, |rank| {
                 let v = req.doc.run(rank, |a| self.is_live(id, a, now));
-                (v.state == RunState::Queued).then_some(v.next_epoch)
+                if v.state != RunState::Queued {
+                    return None;
+                }
+                // Back in the queue: its last holder's neighbours go first.
+                let holder = v.current.map(|a| &a.node);
+                let since = match self.sightings.queued_since(id, rank, v.next_epoch) {
+                    Some(t) => t,
+                    None if holder.is_some() => {
+                        newly_queued.push((id.clone(), rank, v.next_epoch));
+                        now
+                    }
+                    None => now,
+                };
+                self.liveness
+                    .may_take(holder, since, now, self.far_delay(id, rank))
+                    .then_some(v.next_epoch)
             });
             cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
                 request: id.clone(),
@@ -408,8 +439,23 @@ impl Agent {
                 epoch,
             }));
         }
+        for (id, rank, epoch) in newly_queued {
+            self.sightings.saw_queued(id, rank, epoch, now);
+        }
         for c in pick(cands, &in_progress, free) {
             self.claim(c);
+        }
+        self.idle = !self.free_slots.is_empty();
+    }
+
+    /// How long after a run is free to take this node waits when it is not a
+    /// ring neighbour of its holder: its turn if it was idle already, the
+    /// least delay for a slot that has just come free.
+    fn far_delay(&self, req: &RequestId, rank: u32) -> u64 {
+        if self.idle {
+            takeover_delay_ms(&self.s.node, req, rank, self.members_n)
+        } else {
+            FAR_TAKEOVER_DELAY_MS
         }
     }
 
@@ -476,6 +522,9 @@ impl Agent {
                 self.free_slots.push(r.slot);
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping);
+                if a.state == AttemptState::Succeeded {
+                    self.races_lost = 0;
+                }
                 self.write_attempt(&key.0, &a);
                 if self
                     .requests

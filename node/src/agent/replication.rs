@@ -31,6 +31,8 @@ use pesc_protocol::{NodeId, RequestId};
 use super::{Agent, ApiResult, Reply, Req, abandon_state, should_abandon};
 use crate::net::{NetCmd, NetEvent, peer_of};
 use crate::store::SavedDoc;
+use pesc_protocol::run_view::Abandon;
+use pesc_protocol::schedule::race_backoff_ms;
 
 /// How many peers a submit asks to hold a copy.
 const PUSH_FANOUT: usize = 3;
@@ -297,6 +299,7 @@ impl Agent {
         let Some(q) = self.requests.get(id) else {
             return;
         };
+        let mut lost = false;
         for (k, r) in self.running.iter_mut() {
             if &k.0 != id || r.stopping.is_some() {
                 continue;
@@ -304,9 +307,16 @@ impl Agent {
             let attempts = q.doc.attempts_of(k.1);
             if let Some(why) = should_abandon(id, &r.attempt, attempts, q.doc.is_cancelled()) {
                 tracing::info!(request = %id, rank = k.1, epoch = k.2, "stopping: {why:?}");
+                lost |= why == Abandon::LostRace;
                 r.stopping = Some(abandon_state(why));
                 let _ = r.stop.send(true);
             }
+        }
+        if lost {
+            // Others chase the same runs: pause before claiming again.
+            self.races_lost += 1;
+            let now = self.mono();
+            self.claims_paused_until = now + race_backoff_ms(&self.s.node, self.races_lost, now);
         }
     }
 
@@ -483,6 +493,7 @@ impl Agent {
     pub(super) fn heartbeat(&mut self) {
         let now = self.mono();
         let members = self.members();
+        self.members_n = members.len().max(1);
         let live = self.live(&members);
         let neighbours = ring_neighbours(&self.s.node, &live, WATCH_SIDE);
         for n in self.liveness.tick(&neighbours, now) {
