@@ -15,8 +15,8 @@ fn kb(b: f64) -> String {
 /// One row per scenario.
 pub fn summary(reports: &[Report]) -> String {
     let mut t = String::from(
-        "| scenario | nodes | runs | makespan | ideal | × ideal | duplicate work | wasted work | claim conflicts | failover p50 / max | sync per node | gossip per node | invariants |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "| scenario | nodes | runs | makespan | ideal | × ideal | central queue × ideal | longest first × ideal | duplicate work | wasted work | claim conflicts | failover p50 / max | sync per node | gossip per node | invariants |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
     for r in reports {
         let fo = if r.failover_s.count == 0 {
@@ -25,13 +25,15 @@ pub fn summary(reports: &[Report]) -> String {
             format!("{:.1} s / {:.1} s", r.failover_s.p50, r.failover_s.max)
         };
         t.push_str(&format!(
-            "| {} | {} | {} | {:.0} s | {:.0} s | {:.3} | {:.3} % | {:.2} % | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} s | {:.0} s | {:.3} | {:.3} | {:.3} | {:.3} % | {:.2} % | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.nodes,
             r.runs,
             r.makespan_s,
             r.ideal_makespan_s,
             r.makespan_over_ideal,
+            r.central_queue_makespan_s / r.ideal_makespan_s.max(1e-9),
+            r.longest_first_makespan_s / r.ideal_makespan_s.max(1e-9),
             r.duplicate_work_pct,
             r.wasted_work_pct,
             r.claim_conflicts,
