@@ -1,9 +1,10 @@
 //! PESC's sans-I/O protocol core.
 //!
 //! Everything that decides what happens on the grid lives here as pure code fed
-//! `now` and events: the data model, the Automerge document schema, the lease
-//! tracker, how a run's state follows from its attempts, which runs a node
-//! should claim (fair share), and the run header handed to user programs.
+//! `now` and events: the data model, the Automerge document schema, liveness
+//! (who is up, whose claims hold, who takes a run over), how a run's state
+//! follows from its attempts, which runs a node should claim (fair share), and
+//! the run header handed to user programs.
 //! There is no tokio, no socket and no clock in this crate: the node drives it
 //! with real time and I/O, the simulator with virtual ones.
 

@@ -66,10 +66,8 @@ pub const TAKEOVER_STEP_MS: u64 = 500;
 /// [`FAR_TAKEOVER_DELAY_MS`] only (else, in a busy grid, runs taken over
 /// would wait for a node whose turn came to free a slot).
 pub fn takeover_delay_ms(me: &NodeId, request: &RequestId, rank: u32, members: usize) -> u64 {
-    let h = blake3::hash(format!("takeover/{me}/{request}/{rank}").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    let x = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    let h = crate::schedule::hash64(&format!("takeover/{me}/{request}/{rank}"));
+    let x = (h >> 11) as f64 / (1u64 << 53) as f64;
     FAR_TAKEOVER_DELAY_MS + (x * members as f64 * TAKEOVER_STEP_MS as f64) as u64
 }
 
@@ -193,17 +191,23 @@ impl Liveness {
     /// Whether a claim of `holder` that this node first saw at `first_seen`
     /// holds at `now`. Claims of a node not known down hold. Of a node known
     /// down, the claims seen before this node learned it hold no more (for a
-    /// node that did not watch the holder, `far_delay_ms` later: see
-    /// [`takeover_delay_ms`]);
-    /// one seen *after* is evidence the node lives (a healed partition,
-    /// before its Up notice arrives) and holds for one TTL, so a stale claim
-    /// delivered late cannot pin a run to a dead node.
-    pub fn trusts(&self, holder: &NodeId, first_seen: u64, now: u64, far_delay_ms: u64) -> bool {
+    /// node that did not watch the holder, `far_delay_ms()` later: see
+    /// [`takeover_delay_ms`]); one seen *after* is evidence the node lives (a
+    /// healed partition, before its Up notice arrives) and holds for one TTL,
+    /// so a stale claim delivered late cannot pin a run to a dead node.
+    /// `far_delay_ms` is asked only when it matters.
+    pub fn trusts(
+        &self,
+        holder: &NodeId,
+        first_seen: u64,
+        now: u64,
+        far_delay_ms: impl FnOnce() -> u64,
+    ) -> bool {
         match self.known.get(holder) {
             Some(k) if k.down && first_seen > k.since => {
                 now.saturating_sub(first_seen) < self.ttl_ms
             }
-            Some(k) if k.down => !k.near && now < k.since.saturating_add(far_delay_ms),
+            Some(k) if k.down => !k.near && now < k.since.saturating_add(far_delay_ms()),
             _ => true,
         }
     }
@@ -211,21 +215,21 @@ impl Liveness {
     /// Whether this node may claim now a queued run whose latest attempt was
     /// `holder`'s (`None`: never tried), a run it first saw queued at
     /// `queued_since`. The holder itself and its ring neighbours may at once;
-    /// every other node after `far_delay_ms` ([`takeover_delay_ms`]), so a run that comes
-    /// back to the queue (a failed try to retry, a lost one) is not claimed by
-    /// every idle node of a large grid at once. A holder known down was
-    /// ordered by [`Liveness::trusts`] already.
+    /// every other node after `far_delay_ms()` ([`takeover_delay_ms`]), so a
+    /// run that comes back to the queue (a failed try to retry, a lost one) is
+    /// not claimed by every idle node of a large grid at once. A holder known
+    /// down was ordered by [`Liveness::trusts`] already.
     pub fn may_take(
         &self,
         holder: Option<&NodeId>,
         queued_since: u64,
         now: u64,
-        far_delay_ms: u64,
+        far_delay_ms: impl FnOnce() -> u64,
     ) -> bool {
         match holder {
             None => true,
             Some(h) if h == &self.me || self.watched.contains_key(h) || self.is_down(h) => true,
-            Some(_) => now >= queued_since.saturating_add(far_delay_ms),
+            Some(_) => now >= queued_since.saturating_add(far_delay_ms()),
         }
     }
 
@@ -465,10 +469,10 @@ mod tests {
         assert_eq!(l.down_nodes(), vec![m[1].clone(), m[2].clone()]);
         // Claims seen before it was declared down are dropped; one seen
         // after holds for a TTL (the node may be back behind a healed link).
-        assert!(l.trusts(&m[0], 0, 99_000, F), "not down");
-        assert!(!l.trusts(&m[2], 15_000, 17_000, F));
-        assert!(l.trusts(&m[2], 20_000, 34_999, F));
-        assert!(!l.trusts(&m[2], 20_000, 35_000, F));
+        assert!(l.trusts(&m[0], 0, 99_000, || F), "not down");
+        assert!(!l.trusts(&m[2], 15_000, 17_000, || F));
+        assert!(l.trusts(&m[2], 20_000, 34_999, || F));
+        assert!(!l.trusts(&m[2], 20_000, 35_000, || F));
     }
 
     #[test]
@@ -488,13 +492,13 @@ mod tests {
         l.notice(&down(far), 10_000);
         // Claims seen before the notice: a watcher drops them at once, any
         // other node a little later.
-        assert!(!l.trusts(&nb[0], 5_000, 10_000, F));
-        assert!(l.trusts(far, 5_000, 10_000, F));
-        assert!(l.trusts(far, 5_000, 10_000 + FAR_TAKEOVER_DELAY_MS - 1, F));
-        assert!(!l.trusts(far, 5_000, 10_000 + FAR_TAKEOVER_DELAY_MS, F));
+        assert!(!l.trusts(&nb[0], 5_000, 10_000, || F));
+        assert!(l.trusts(far, 5_000, 10_000, || F));
+        assert!(l.trusts(far, 5_000, 10_000 + FAR_TAKEOVER_DELAY_MS - 1, || F));
+        assert!(!l.trusts(far, 5_000, 10_000 + FAR_TAKEOVER_DELAY_MS, || F));
         // A claim seen after the notice holds a TTL wherever it is.
-        assert!(l.trusts(far, 12_000, 26_999, F));
-        assert!(!l.trusts(far, 12_000, 27_000, F));
+        assert!(l.trusts(far, 12_000, 26_999, || F));
+        assert!(!l.trusts(far, 12_000, 27_000, || F));
         // A run back in the queue: a neighbour of its last holder (or the
         // holder) takes it at once, others after the delay.
         let other = m
@@ -502,13 +506,13 @@ mod tests {
             .filter(|x| *x != me && !nb.contains(x))
             .nth(1)
             .unwrap();
-        assert!(l.may_take(None, 50_000, 50_000, F));
-        assert!(l.may_take(Some(me), 50_000, 50_000, F));
-        assert!(l.may_take(Some(&nb[1]), 50_000, 50_000, F));
-        assert!(!l.may_take(Some(other), 50_000, 50_000, F));
-        assert!(l.may_take(Some(other), 50_000, 50_000 + FAR_TAKEOVER_DELAY_MS, F));
+        assert!(l.may_take(None, 50_000, 50_000, || F));
+        assert!(l.may_take(Some(me), 50_000, 50_000, || F));
+        assert!(l.may_take(Some(&nb[1]), 50_000, 50_000, || F));
+        assert!(!l.may_take(Some(other), 50_000, 50_000, || F));
+        assert!(l.may_take(Some(other), 50_000, 50_000 + FAR_TAKEOVER_DELAY_MS, || F));
         assert!(
-            l.may_take(Some(far), 50_000, 50_000, F),
+            l.may_take(Some(far), 50_000, 50_000, || F),
             "ordered by trusts"
         );
     }

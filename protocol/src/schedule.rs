@@ -72,14 +72,15 @@ pub fn pick(
 /// nodes spread over the ranks instead of all claiming the lowest (claim
 /// races stay rare however many nodes scan at once).
 pub fn scan_start(node: &NodeId, req: &RequestId, repetitions: u32) -> u32 {
-    let h = blake3::hash(format!("{node}/{req}").as_bytes());
-    let x = u32::from_le_bytes([
-        h.as_bytes()[0],
-        h.as_bytes()[1],
-        h.as_bytes()[2],
-        h.as_bytes()[3],
-    ]);
-    x % repetitions.max(1)
+    hash64(&format!("{node}/{req}")) as u32 % repetitions.max(1)
+}
+
+/// The first 8 bytes of the BLAKE3 hash of `text`, little-endian: the same
+/// number on every machine, for the choices nodes make apart but alike.
+pub(crate) fn hash64(text: &str) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&blake3::hash(text.as_bytes()).as_bytes()[..8]);
+    u64::from_le_bytes(b)
 }
 
 /// Base of the pause after a lost claim race.
@@ -97,10 +98,7 @@ pub fn race_backoff_ms(node: &NodeId, losses: u32, salt: u64) -> u64 {
         return 0;
     }
     let window = RACE_BACKOFF_MS << (losses - 2).min(5);
-    let h = blake3::hash(format!("{node}/{losses}/{salt}").as_bytes());
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(x) % window
+    hash64(&format!("{node}/{losses}/{salt}")) % window
 }
 
 /// A rank's place in a scan that starts at `start` and wraps around.

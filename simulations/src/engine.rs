@@ -342,11 +342,14 @@ impl Sim {
         self.turn.set(self.turn.get().min(t));
     }
 
-    /// How long `b` waits, once a run of `q` at `rank` is free to take, if it
-    /// is not a ring neighbour of its last holder: its turn
-    /// (`takeover_delay_ms`) if it was idle already.
-    pub fn far_delay(&self, b: u32, q: u32, rank: u32) -> u64 {
-        // A slot that has just come free: the least delay (see the protocol).
+    /// How long `b` waits, once `holder`'s run of `q` at `rank` is free to
+    /// take: nothing for the holder and its ring neighbours; for another node
+    /// its turn (`takeover_delay_ms`) if it was idle already, the least delay
+    /// for a slot that has just come free.
+    pub fn takeover_wait(&self, holder: u32, b: u32, q: u32, rank: u32) -> u64 {
+        if holder == b || self.overlay.watchers[holder as usize].contains(&b) {
+            return 0;
+        }
         if !self.idle.contains(&b) {
             return FAR_TAKEOVER_DELAY_MS;
         }
@@ -367,12 +370,8 @@ impl Sim {
         for b in idle {
             let at = self.visible_at(t_w, from, b, salt);
             if at != NEVER {
-                let far = if b == from || self.overlay.watchers[from as usize].contains(&b) {
-                    0
-                } else {
-                    self.far_delay(b, q, rank)
-                };
-                self.push(at + far, Ev::Wake(b));
+                let wait = self.takeover_wait(from, b, q, rank);
+                self.push(at + wait, Ev::Wake(b));
             }
         }
     }
@@ -398,18 +397,18 @@ impl Sim {
             self.claim(b, c);
         }
         let n = &self.nodes[b as usize];
+        let slot_left = n.running.len() < n.slots as usize;
         // A run it may take in its turn: it looks again then (the node
         // rescans every tick).
         let turn = self.turn.get();
-        if turn != NEVER && n.running.len() < n.slots as usize {
+        if turn != NEVER && slot_left {
             self.push(turn, Ev::Wake(b));
         }
-        let n = &self.nodes[b as usize];
         let has_work = self
             .reqs
             .iter()
             .any(|r| r.done_t == NEVER && r.submit_t <= self.now);
-        if n.running.len() < n.slots as usize && has_work {
+        if slot_left && has_work {
             self.idle.insert(b);
         } else {
             self.idle.remove(&b);
@@ -647,17 +646,15 @@ impl Sim {
         self.idle.remove(&b);
         let running = std::mem::take(&mut self.nodes[b as usize].running);
         let now = self.now;
+        let mut held = Vec::with_capacity(running.len());
         for &a in &running {
             let x = &mut self.atts[a as usize];
             x.down_t = now;
             self.m.lost_ms += now.saturating_sub(x.start_t);
             let (q, r) = (x.req, x.rank);
+            held.push((q, r));
             self.reclassify(q, r);
         }
-        let held: Vec<(u32, u32)> = running
-            .iter()
-            .map(|&a| (self.atts[a as usize].req, self.atts[a as usize].rank))
-            .collect();
         self.nodes[b as usize].cut.extend(running);
         self.m.downs += 1;
         // A watcher declares it down; idle nodes look again once they heard.
@@ -677,15 +674,12 @@ impl Sim {
                 if at != NEVER {
                     // Its ring neighbours take its runs over first, then
                     // every other node in its turn for each run.
-                    let far = if self.overlay.watchers[b as usize].contains(&i) {
-                        0
-                    } else {
-                        held.iter()
-                            .map(|&(q, r)| self.far_delay(i, q, r))
-                            .min()
-                            .unwrap_or(0)
-                    };
-                    self.push(at + far + self.sc.timing.tick_ms, Ev::Wake(i));
+                    let wait = held
+                        .iter()
+                        .map(|&(q, r)| self.takeover_wait(b, i, q, r))
+                        .min()
+                        .unwrap_or(0);
+                    self.push(at + wait + self.sc.timing.tick_ms, Ev::Wake(i));
                 }
             }
         }

@@ -200,19 +200,14 @@ impl Sim {
         let tm = self.sc.timing;
         let seen = self.write_visible_at(b, ai, false);
         // Claims seen before the notice: a watcher of the holder drops them
-        // at once, every other node a little later.
-        let delay = if self.overlay.watchers[a as usize].contains(&b) {
-            0
-        } else {
-            self.far_delay(b, x.req, x.rank)
-        };
+        // at once, every other node in its turn.
         let dropped = |known: u64, back: u64| {
             known <= t
                 && t < back
                 && if seen > known {
                     t - seen >= tm.lease_ttl_ms
                 } else {
-                    let turn = known.saturating_add(delay);
+                    let turn = known.saturating_add(self.takeover_wait(a, b, x.req, x.rank));
                     if t < turn {
                         self.turn_at(turn);
                     }
@@ -287,11 +282,11 @@ impl Sim {
         let Some(i) = v.current.and_then(at) else {
             return Some(v.next_epoch);
         };
-        let holder = self.atts[view[i].0 as usize].node;
-        if holder == b
-            || self.overlay.watchers[holder as usize].contains(&b)
-            || !view[i].1.state.is_terminal()
-        {
+        if !view[i].1.state.is_terminal() {
+            return Some(v.next_epoch);
+        }
+        let wait = self.takeover_wait(self.atts[view[i].0 as usize].node, b, q, rank);
+        if wait == 0 {
             return Some(v.next_epoch);
         }
         let since = view
@@ -300,7 +295,7 @@ impl Sim {
             .map(|&(ai, _)| self.write_visible_at(b, ai, true))
             .max()
             .unwrap_or(t);
-        let turn = since.saturating_add(self.far_delay(b, q, rank));
+        let turn = since.saturating_add(wait);
         if t < turn {
             self.turn_at(turn);
         }

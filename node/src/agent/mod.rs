@@ -382,8 +382,9 @@ impl Agent {
                 epoch: a.epoch,
                 node: a.node.clone(),
             });
-            self.liveness
-                .trusts(&a.node, seen.unwrap_or(0), now, self.far_delay(req, a.rank))
+            self.liveness.trusts(&a.node, seen.unwrap_or(0), now, || {
+                self.far_delay(req, a.rank)
+            })
         }
     }
 
@@ -428,7 +429,7 @@ impl Agent {
                     None => now,
                 };
                 self.liveness
-                    .may_take(holder, since, now, self.far_delay(id, rank))
+                    .may_take(holder, since, now, || self.far_delay(id, rank))
                     .then_some(v.next_epoch)
             });
             cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
