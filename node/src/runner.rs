@@ -156,7 +156,7 @@ async fn attempt(
     let stdout = ctx.log_path(job.slot, "stdout");
     let stderr = ctx.log_path(job.slot, "stderr");
     ctx.fetcher
-        .ensure(&job.process.code, None)
+        .ensure(&job.process.code, &[])
         .await
         .context("getting the process code from the grid")?;
     let small = job.process.kind == ProcessKind::File && job.process.size <= SMALL_FS_WORK;

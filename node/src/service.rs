@@ -343,7 +343,7 @@ impl NodeService for Service {
                 if let Some(h) = &h {
                     self.runner
                         .fetcher
-                        .ensure(h, Some(&node))
+                        .ensure(h, std::slice::from_ref(&node))
                         .await
                         .map_err(|e| {
                             ApiFailure::unavailable(format!(
@@ -379,7 +379,7 @@ impl NodeService for Service {
             for h in [output, stdout].into_iter().flatten() {
                 self.runner
                     .fetcher
-                    .ensure(h, node.as_ref())
+                    .ensure(h, node.as_slice())
                     .await
                     .map_err(|e| {
                         ApiFailure::unavailable(format!(
@@ -473,7 +473,11 @@ fn follow_log(
                 node,
             } => {
                 if let Some(h) = pick(stdout, stderr)
-                    && runner.fetcher.ensure(&h, Some(&node)).await.is_ok()
+                    && runner
+                        .fetcher
+                        .ensure(&h, std::slice::from_ref(&node))
+                        .await
+                        .is_ok()
                     && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
                 {
                     let _ = tx.send(Ok(Bytes::from(data))).await;

@@ -119,6 +119,10 @@ pub struct Traffic {
     pub gossip_received: u64,
     pub blob_sent: u64,
     pub blob_received: u64,
+    /// Blocks or trees received from peers that failed the hash check (and
+    /// were dropped).
+    #[serde(default)]
+    pub blob_rejected: u64,
 }
 
 /// One node of the grid, as `GET /api/v1/nodes` shows it.

@@ -9,6 +9,7 @@
 //! with real time and I/O, the simulator with virtual ones.
 
 pub mod api;
+pub mod blob_tree;
 pub mod doc;
 pub mod error;
 pub mod header;

@@ -243,6 +243,38 @@ pub fn safe_relative_path(p: &str) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// An input file uploaded once and fetched by nodes on demand; runs see it
+/// read-only in their app dir under `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFile {
+    pub name: String,
+    pub hash: BlobHash,
+    pub size: u64,
+    pub owner: String,
+    pub created_ms: u64,
+}
+
+impl SharedFile {
+    /// Checks a shared file's name: it becomes a file name in every app dir.
+    pub fn check_name(name: &str) -> Result<()> {
+        let bad = |why: &str| {
+            Err(Error::invalid(format!(
+                "shared file name '{name}' {why}: use a plain file name like data.csv"
+            )))
+        };
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return bad(&format!("must have 1 to {MAX_NAME_BYTES} bytes"));
+        }
+        if name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+            return bad("is not a plain file name");
+        }
+        if ["output", "checkpoint"].contains(&name) || name.starts_with(".pesc") {
+            return bad("is reserved for PESC");
+        }
+        Ok(())
+    }
+}
+
 /// GPU needs of a request (used from the GPU issue on; validated already).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuNeeds {
@@ -265,6 +297,10 @@ pub struct RequestSpec {
     pub rooms: Vec<String>,
     #[serde(default)]
     pub shared_files: Vec<String>,
+    /// The shared files named above, as they were when the request was
+    /// submitted (so every run sees the same bytes).
+    #[serde(default)]
+    pub inputs: Vec<SharedFile>,
     #[serde(default)]
     pub gpu: GpuNeeds,
     /// Gang scheduling: all ranks start together (a later issue).
@@ -324,6 +360,9 @@ impl RequestSpec {
                     "{what} must have names of 1 to {MAX_NAME_BYTES} bytes"
                 )));
             }
+        }
+        for f in &self.shared_files {
+            SharedFile::check_name(f)?;
         }
         if self.gpu.count > 16 {
             return Err(Error::invalid("a run may ask for at most 16 GPUs"));

@@ -5,7 +5,8 @@
 //! - **sync** (request-response): Automerge sync messages, one document per
 //!   message; the "push" a node makes before it acknowledges a submit; and
 //!   the ping a node sends its ring neighbours every heartbeat period;
-//! - **blob** (request-response): a byte range of a blob, by BLAKE3 hash;
+//! - **blob** (request-response): who has a blob, its tree, and its blocks,
+//!   by BLAKE3 hash;
 //! - **gossip** (gossipsub, one topic per grid): liveness notices only (a node
 //!   declared down, a node back up; see [`crate::liveness`]). Everything
 //!   durable travels through document sync.
@@ -82,22 +83,65 @@ pub enum SyncResponse {
     Pong(Beat),
 }
 
-/// Largest byte range one blob request may ask for.
-pub const BLOB_CHUNK: u32 = 1 << 20;
-
-/// A byte range of a blob.
+/// A question on the blob channel. Blobs move in whole blocks of
+/// [`crate::blob_tree::BLOCK_LEN`] bytes, each checked on arrival against the
+/// blob's tree (see [`crate::blob_tree`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BlobRequest {
-    pub hash: BlobHash,
-    pub offset: u64,
-    pub len: u32,
+pub enum BlobRequest {
+    /// "Who has": what the peer holds of this blob.
+    Has { hash: BlobHash },
+    /// The blob's tree (its block values), to check blocks against.
+    Tree { hash: BlobHash },
+    /// One block.
+    Block { hash: BlobHash, index: u64 },
+}
+
+/// What a peer holds of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holding {
+    None,
+    /// The whole blob.
+    All {
+        total: u64,
+    },
+    /// Some blocks of it, being downloaded: a bitmap, block `i` in bit
+    /// `i % 8` of byte `i / 8`.
+    Part {
+        total: u64,
+        #[serde(with = "serde_bytes")]
+        have: Vec<u8>,
+    },
+}
+
+impl Holding {
+    /// Whether the holder can serve block `index`.
+    pub fn has_block(&self, index: u64) -> bool {
+        match self {
+            Holding::None => false,
+            Holding::All { total } => index < crate::blob_tree::block_count(*total),
+            Holding::Part { have, .. } => have
+                .get((index / 8) as usize)
+                .is_some_and(|b| b & (1 << (index % 8)) != 0),
+        }
+    }
+
+    pub fn total(&self) -> Option<u64> {
+        match self {
+            Holding::None => None,
+            Holding::All { total } | Holding::Part { total, .. } => Some(*total),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum BlobResponse {
-    Range {
-        /// Size of the whole blob.
+    Has(Holding),
+    Tree {
         total: u64,
+        #[serde(with = "serde_bytes")]
+        tree: Vec<u8>,
+    },
+    Block {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },

@@ -70,6 +70,7 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
         parameters: Vec::new(),
         rooms: Vec::new(),
         shared_files: Vec::new(),
+        inputs: Vec::new(),
         gpu: GpuNeeds::default(),
         parallel: false,
         same_node: false,

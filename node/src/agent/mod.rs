@@ -693,6 +693,7 @@ impl Agent {
             parameters: n.parameters,
             rooms: n.rooms,
             shared_files: n.shared_files,
+            inputs: Vec::new(),
             gpu: n.gpu,
             parallel: n.parallel,
             same_node: n.same_node,

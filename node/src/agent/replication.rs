@@ -379,7 +379,7 @@ impl Agent {
         tokio::spawn(async move {
             let mut resp = SyncResponse::Held;
             for h in &blobs {
-                if let Err(e) = runner.fetcher.ensure(h, Some(&from)).await {
+                if let Err(e) = runner.fetcher.ensure(h, std::slice::from_ref(&from)).await {
                     resp = SyncResponse::Refused(format!("{e:#}"));
                     break;
                 }

@@ -52,7 +52,7 @@ impl Behaviour {
             .set_response_size_maximum(1 << 20);
         let blob_codec = request_response::cbor::codec::Codec::default()
             .set_request_size_maximum(4 << 10)
-            .set_response_size_maximum(2 << 20);
+            .set_response_size_maximum(16 << 20);
         let rr_cfg = request_response::Config::default()
             .with_request_timeout(Duration::from_secs(60))
             .with_max_concurrent_streams(256);

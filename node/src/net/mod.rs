@@ -26,7 +26,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity::Keypair, m
 use pesc_protocol::NodeId;
 use pesc_protocol::api::Traffic;
 use pesc_protocol::wire::{
-    BLOB_CHUNK, Beat, BlobRequest, BlobResponse, DocKey, Gossip, SyncRequest, SyncResponse,
+    Beat, BlobRequest, BlobResponse, DocKey, Gossip, SyncRequest, SyncResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -115,6 +115,8 @@ pub struct NetStats {
     gossip_received: AtomicU64,
     blob_sent: AtomicU64,
     blob_received: AtomicU64,
+    /// Blocks or trees from peers that failed the hash check.
+    pub blob_rejected: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: usize) {
@@ -131,6 +133,7 @@ impl NetStats {
             gossip_received: g(&self.gossip_received),
             blob_sent: g(&self.blob_sent),
             blob_received: g(&self.blob_received),
+            blob_rejected: g(&self.blob_rejected),
         }
     }
 }
@@ -145,7 +148,8 @@ fn sync_bytes(r: &SyncRequest) -> usize {
 
 fn blob_bytes(r: &BlobResponse) -> usize {
     match r {
-        BlobResponse::Range { data, .. } => data.len(),
+        BlobResponse::Block { data } => data.len(),
+        BlobResponse::Tree { tree, .. } => tree.len(),
         _ => 0,
     }
 }
@@ -563,7 +567,7 @@ impl NetTask {
                     let blobs = self.blobs.clone();
                     let tx = self.cmd_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let resp = read_range(&blobs, &request);
+                        let resp = blobs.serve(&request);
                         let _ = tx.send(NetCmd::RespondBlob { channel, resp });
                     });
                 }
@@ -587,29 +591,4 @@ impl NetTask {
             _ => {}
         }
     }
-}
-
-/// Reads the asked range of a local blob.
-fn read_range(blobs: &BlobStore, req: &BlobRequest) -> BlobResponse {
-    use std::io::{Read, Seek, SeekFrom};
-    if req.len > BLOB_CHUNK {
-        return BlobResponse::Refused(format!("ranges are at most {BLOB_CHUNK} bytes"));
-    }
-    let Ok(mut f) = std::fs::File::open(blobs.path(&req.hash)) else {
-        return BlobResponse::NotFound;
-    };
-    let mut read = || -> std::io::Result<BlobResponse> {
-        let total = f.metadata()?.len();
-        if req.offset > total {
-            return Ok(BlobResponse::Refused(format!(
-                "offset {} is beyond the blob's {total} bytes",
-                req.offset
-            )));
-        }
-        f.seek(SeekFrom::Start(req.offset))?;
-        let mut data = Vec::with_capacity(req.len.min(BLOB_CHUNK) as usize);
-        (&mut f).take(req.len as u64).read_to_end(&mut data)?;
-        Ok(BlobResponse::Range { total, data })
-    };
-    read().unwrap_or_else(|e| BlobResponse::Refused(format!("cannot read the blob: {e}")))
 }

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::SCHEMA;
 use super::fields::*;
 use crate::error::{Error, Result};
-use crate::ids::{NodeId, ProcessId, RequestId};
-use crate::model::{Process, Room};
+use crate::ids::{BlobHash, NodeId, ProcessId, RequestId};
+use crate::model::{Process, Room, SharedFile};
 
 /// What the grid document says about a request, so every node finds its document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +37,16 @@ pub struct GridDoc {
     doc: AutoCommit,
 }
 
-const MAPS: [&str; 4] = ["rooms", "processes", "requests", "nodes"];
+/// `files`: shared files by name; `holders`: `HASH.NODE` for every node that
+/// keeps a whole copy of a shared file (each node writes only its own keys).
+const MAPS: [&str; 6] = [
+    "rooms",
+    "processes",
+    "requests",
+    "nodes",
+    "files",
+    "holders",
+];
 
 impl GridDoc {
     /// The grid's first state, with the public General room. Every node
@@ -126,6 +135,49 @@ impl GridDoc {
         Ok(json_entries(&self.doc, &self.obj("nodes")?)?
             .into_iter()
             .map(|(_, n)| n)
+            .collect())
+    }
+
+    pub fn put_file(&mut self, f: &SharedFile) -> Result<()> {
+        let o = self.obj("files")?;
+        put_json(&mut self.doc, &o, &f.name, f)
+    }
+
+    pub fn file(&self, name: &str) -> Result<Option<SharedFile>> {
+        get_json(&self.doc, &self.obj("files")?, name)
+    }
+
+    pub fn files(&self) -> Result<Vec<SharedFile>> {
+        Ok(json_entries(&self.doc, &self.obj("files")?)?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect())
+    }
+
+    /// Records that `node` keeps a whole copy of blob `h` (or no longer does).
+    pub fn set_holder(&mut self, h: &BlobHash, node: &NodeId, holds: bool) -> Result<()> {
+        use automerge::transaction::Transactable;
+        let o = self.obj("holders")?;
+        let key = format!("{}.{}", h.to_hex(), node);
+        let now = get_scalar(&self.doc, &o, &key)?.is_some();
+        match (holds, now) {
+            (true, false) => self.doc.put(&o, key, true)?,
+            (false, true) => self.doc.delete(&o, key)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The nodes that keep a whole copy of blob `h`.
+    pub fn holders(&self, h: &BlobHash) -> Result<Vec<NodeId>> {
+        use automerge::ReadDoc;
+        let o = self.obj("holders")?;
+        let prefix = format!("{}.", h.to_hex());
+        Ok(self
+            .doc
+            .map_range(&o, prefix.clone()..)
+            .take_while(|item| item.key.starts_with(&prefix))
+            .map(|item| NodeId::new(&item.key[prefix.len()..]))
             .collect())
     }
 

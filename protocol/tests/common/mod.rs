@@ -32,6 +32,7 @@ pub fn spec(id: u8, owner: &str, repetitions: u32, retries: u32, created_ms: u64
         parameters: vec![],
         rooms: vec![],
         shared_files: vec![],
+        inputs: vec![],
         gpu: Default::default(),
         parallel: false,
         same_node: false,
