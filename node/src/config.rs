@@ -44,6 +44,16 @@ pub struct NodeConfig {
     pub peers: Vec<String>,
     /// Find peers on the LAN with mDNS.
     pub mdns: bool,
+    /// Nodes that must keep a run's results before it counts as done (fewer
+    /// when fewer nodes are alive; 1 on a lone node).
+    pub replication: u32,
+    /// Snapshot a running run's `checkpoint/` dir this often, in seconds.
+    pub checkpoint_interval_s: u64,
+    /// Size limit of the blob store (cache) in MiB; least recently used
+    /// blobs the grid does not need from this node go first. 0: no limit.
+    pub cache_mb: u64,
+    /// Largest shared file, in MiB.
+    pub max_shared_file_mb: u64,
 }
 
 /// Default port for peers.
@@ -70,6 +80,10 @@ impl Default for NodeConfig {
             ],
             peers: Vec::new(),
             mdns: true,
+            replication: 2,
+            checkpoint_interval_s: 60,
+            cache_mb: 20 * 1024,
+            max_shared_file_mb: 100 * 1024,
         }
     }
 }
@@ -85,6 +99,15 @@ impl NodeConfig {
                 .with_context(|| format!("{} is not a valid node config", path.display()))?;
             if cfg.slots == 0 {
                 anyhow::bail!("{}: slots must be at least 1", path.display());
+            }
+            if cfg.replication == 0 || cfg.replication > 16 {
+                anyhow::bail!("{}: replication must be 1 to 16", path.display());
+            }
+            if cfg.checkpoint_interval_s == 0 {
+                anyhow::bail!(
+                    "{}: checkpoint_interval_s must be at least 1",
+                    path.display()
+                );
             }
             return Ok(cfg);
         }

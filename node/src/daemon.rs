@@ -136,6 +136,8 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         blobs: blobs.clone(),
         executor,
         fetcher,
+        net: net.clone(),
+        checkpoint_every: std::time::Duration::from_secs(cfg.checkpoint_interval_s),
     });
     runner.recover();
     let settings = Settings {
@@ -146,6 +148,8 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         lease_ttl_ms: cfg.lease_ttl_ms,
         data_dir: data_dir.clone(),
         grid_id: grid_id.clone(),
+        replication: cfg.replication as usize,
+        cache_bytes: cfg.cache_mb.saturating_mul(1 << 20),
     };
     let (agent, handle, commands) = Agent::new(settings, store, runner.clone(), net)?;
     let service = Arc::new(Service {
@@ -154,6 +158,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         blobs,
         runner: runner.clone(),
         max_upload_bytes: cfg.max_upload_mb.saturating_mul(1 << 20),
+        max_file_bytes: cfg.max_shared_file_mb.saturating_mul(1 << 20),
         owner: cfg.user.clone(),
         tmp_dir,
     });

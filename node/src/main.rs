@@ -70,6 +70,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Shared files: inputs uploaded once that runs see read-only by name.
+    #[command(subcommand)]
+    Files(cli::files::FilesCmd),
     /// The grid this data dir belongs to.
     #[command(subcommand)]
     Grid(GridCmd),
@@ -130,6 +133,7 @@ fn main() {
             } => cli::logs(&c, &request, rank, follow, stderr).await,
             Cmd::Results { request, dir } => cli::results(&c, &request, &dir).await,
             Cmd::Cancel { request } => cli::cancel(&c, &request).await,
+            Cmd::Files(f) => cli::files::run(&c, f).await,
         }
     });
     match code {

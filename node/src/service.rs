@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, UploadProcess};
+use pesc_protocol::api::{
+    NewRequest, NodeInfo, RequestInfo, SharedFileInfo, UploadFile, UploadProcess,
+};
 use pesc_protocol::limits::MAX_NAME_BYTES;
-use pesc_protocol::model::{Language, Process, ProcessKind, safe_relative_path};
+use pesc_protocol::model::{Language, Process, ProcessKind, SharedFile, safe_relative_path};
 use pesc_protocol::{BlobHash, RequestId};
 use pesc_webui::{ApiFailure, ByteStream, LogStream, NodeService, ResultsFile};
 
@@ -31,6 +33,7 @@ pub struct Service {
     pub blobs: Arc<BlobStore>,
     pub runner: Arc<RunnerCtx>,
     pub max_upload_bytes: u64,
+    pub max_file_bytes: u64,
     pub owner: String,
     pub tmp_dir: PathBuf,
 }
@@ -42,7 +45,12 @@ fn internal(e: impl std::fmt::Display) -> ApiFailure {
 impl Service {
     /// Streams an upload into the blob store, enforcing the size limit as it
     /// goes; nothing is kept if the body is too large or breaks off.
-    async fn receive(&self, mut body: ByteStream) -> Result<crate::blobs::BlobWriter, ApiFailure> {
+    async fn receive(
+        &self,
+        mut body: ByteStream,
+        limit: u64,
+        setting: &str,
+    ) -> Result<crate::blobs::BlobWriter, ApiFailure> {
         let mut w = self.blobs.writer().map_err(internal)?;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -54,12 +62,12 @@ impl Service {
                     )));
                 }
             };
-            if w.len() + chunk.len() as u64 > self.max_upload_bytes {
+            if w.len() + chunk.len() as u64 > limit {
                 self.blobs.abort(w);
                 drain(&mut body).await;
                 return Err(ApiFailure::too_large(format!(
-                    "the upload is larger than this node's limit of {} MiB (max_upload_mb in node.toml)",
-                    self.max_upload_bytes >> 20
+                    "the upload is larger than this node's limit of {} MiB ({setting} in node.toml)",
+                    limit >> 20
                 )));
             }
             if let Err(e) = w.write_all(&chunk) {
@@ -69,6 +77,10 @@ impl Service {
         }
         Ok(w)
     }
+}
+
+async fn drain_body(mut body: ByteStream) {
+    drain(&mut body).await
 }
 
 /// Reads and drops what is left of a refused upload (bounded in bytes and
@@ -191,7 +203,9 @@ impl NodeService for Service {
         if let Some(l) = &meta.language {
             l.parse::<Language>()?;
         }
-        let w = self.receive(body).await?;
+        let w = self
+            .receive(body, self.max_upload_bytes, "max_upload_mb")
+            .await?;
         if w.len() == 0 {
             self.blobs.abort(w);
             return Err(ApiFailure::bad_request(
@@ -251,6 +265,65 @@ impl NodeService for Service {
 
     async fn list_processes(&self) -> Result<Vec<Process>, ApiFailure> {
         self.agent.ask(Command::Processes).await
+    }
+
+    async fn upload_file(
+        &self,
+        meta: UploadFile,
+        body: ByteStream,
+    ) -> Result<SharedFileInfo, ApiFailure> {
+        if let Err(e) = SharedFile::check_name(&meta.name) {
+            drain_body(body).await;
+            return Err(e.into());
+        }
+        let w = self
+            .receive(body, self.max_file_bytes, "max_shared_file_mb")
+            .await?;
+        // Hashing a large file takes a while: off the async threads.
+        let blobs = self.blobs.clone();
+        let (hash, size) = tokio::task::spawn_blocking(move || blobs.commit(w))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let f = SharedFile {
+            name: meta.name,
+            hash,
+            size,
+            owner: self.owner.clone(),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        self.agent.ask(|r| Command::PutFile(f, r)).await?
+    }
+
+    async fn list_files(&self) -> Result<Vec<SharedFileInfo>, ApiFailure> {
+        self.agent.ask(Command::Files).await
+    }
+
+    async fn fetch_file(&self, name: &str) -> Result<SharedFileInfo, ApiFailure> {
+        let info = self
+            .agent
+            .ask(|r| Command::File(name.to_string(), r))
+            .await??;
+        if !info.here {
+            self.runner
+                .fetcher
+                .ensure(&info.file.hash, &info.holders)
+                .await
+                .map_err(|e| {
+                    ApiFailure::unavailable(format!(
+                        "shared file '{name}' cannot be fetched: {e:#}"
+                    ))
+                })?;
+            self.agent
+                .ask(|r| Command::HoldFile(info.file.hash, r))
+                .await?;
+        }
+        self.agent
+            .ask(|r| Command::File(name.to_string(), r))
+            .await?
     }
 
     async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure> {
@@ -337,19 +410,15 @@ impl NodeService for Service {
             LogSource::Stored {
                 stdout,
                 stderr,
-                node,
+                holders,
             } => {
                 let h = if which == "stdout" { stdout } else { stderr };
                 if let Some(h) = &h {
-                    self.runner
-                        .fetcher
-                        .ensure(h, std::slice::from_ref(&node))
-                        .await
-                        .map_err(|e| {
-                            ApiFailure::unavailable(format!(
-                                "the log of rank {rank} cannot be fetched: {e:#}"
-                            ))
-                        })?;
+                    self.runner.fetcher.ensure(h, &holders).await.map_err(|e| {
+                        ApiFailure::unavailable(format!(
+                            "the log of rank {rank} cannot be fetched: {e:#}"
+                        ))
+                    })?;
                 }
                 Ok(blob_stream(&self.blobs, h).await?)
             }
@@ -375,17 +444,13 @@ impl NodeService for Service {
             })
             .await??;
         // Outputs made on other nodes come here first.
-        for (rank, output, stdout, node) in &plan.ranks {
+        for (rank, output, stdout, holders) in &plan.ranks {
             for h in [output, stdout].into_iter().flatten() {
-                self.runner
-                    .fetcher
-                    .ensure(h, node.as_slice())
-                    .await
-                    .map_err(|e| {
-                        ApiFailure::unavailable(format!(
-                            "the results of rank {rank} cannot be fetched: {e:#}"
-                        ))
-                    })?;
+                self.runner.fetcher.ensure(h, holders).await.map_err(|e| {
+                    ApiFailure::unavailable(format!(
+                        "the results of rank {rank} cannot be fetched: {e:#}"
+                    ))
+                })?;
             }
         }
         let blobs = self.blobs.clone();
@@ -470,14 +535,10 @@ fn follow_log(
             LogSource::Stored {
                 stdout,
                 stderr,
-                node,
+                holders,
             } => {
                 if let Some(h) = pick(stdout, stderr)
-                    && runner
-                        .fetcher
-                        .ensure(&h, std::slice::from_ref(&node))
-                        .await
-                        .is_ok()
+                    && runner.fetcher.ensure(&h, &holders).await.is_ok()
                     && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
                 {
                     let _ = tx.send(Ok(Bytes::from(data))).await;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{BlobHash, NodeId, ProcessId, RequestId};
-use crate::model::{GpuNeeds, Language, Process, ProcessKind, RequestState, RunState};
+use crate::model::{GpuNeeds, Language, Process, ProcessKind, RequestState, RunState, SharedFile};
 use crate::run_view::RunCounts;
 
 /// Query of `POST /api/v1/processes` (the body is the file or zip itself).
@@ -25,6 +25,24 @@ pub struct UploadProcess {
 
 fn default_kind() -> ProcessKind {
     ProcessKind::File
+}
+
+/// Query of `POST /api/v1/files` (the body is the file itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadFile {
+    /// The name runs see the file under in their app dir, e.g. `data.csv`.
+    pub name: String,
+}
+
+/// A shared file as `GET /api/v1/files` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SharedFileInfo {
+    #[serde(flatten)]
+    pub file: SharedFile,
+    /// Nodes keeping a whole copy.
+    pub holders: Vec<NodeId>,
+    /// Whether the node answering keeps one.
+    pub here: bool,
 }
 
 /// Body of `POST /api/v1/requests`.

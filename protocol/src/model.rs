@@ -467,6 +467,12 @@ pub struct Attempt {
     pub stdout: Option<BlobHash>,
     pub stderr: Option<BlobHash>,
     pub reason: Option<String>,
+    /// Nodes holding the output archive and logs (this one first). A run
+    /// counts as succeeded only once enough nodes hold its results.
+    pub replicas: Vec<NodeId>,
+    /// The latest snapshot of the run's `checkpoint/` dir, and who holds it.
+    pub checkpoint: Option<BlobHash>,
+    pub checkpoint_holders: Vec<NodeId>,
 }
 
 impl Attempt {
@@ -484,6 +490,9 @@ impl Attempt {
             stdout: None,
             stderr: None,
             reason: None,
+            replicas: Vec::new(),
+            checkpoint: None,
+            checkpoint_holders: Vec::new(),
         }
     }
 

@@ -68,6 +68,10 @@ pub enum SyncRequest {
     },
     /// A heartbeat to a ring neighbour; answered with [`SyncResponse::Pong`].
     Ping(Beat),
+    /// "Keep a copy of these blobs" (a run's results, a checkpoint): the
+    /// receiver fetches them (from the sender first) and answers
+    /// [`SyncResponse::Held`] once they are all on its disk.
+    Hold { blobs: Vec<BlobHash> },
 }
 
 /// The answer on the sync channel.

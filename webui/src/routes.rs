@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
-use pesc_protocol::api::{NewRequest, UploadProcess};
+use pesc_protocol::api::{NewRequest, UploadFile, UploadProcess};
 use serde::Deserialize;
 
 use crate::auth::require_token;
@@ -24,6 +24,8 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/node", get(node_info))
         .route("/nodes", get(nodes))
         .route("/processes", get(list_processes).post(upload_process))
+        .route("/files", get(list_files).post(upload_file))
+        .route("/files/{name}/fetch", post(fetch_file))
         .route("/requests", get(list_requests).post(create_request))
         .route("/requests/{id}", get(get_request))
         .route("/requests/{id}/cancel", post(cancel_request))
@@ -67,6 +69,32 @@ async fn upload_process(
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let p = svc.upload_process(meta, Box::pin(stream)).await?;
     Ok((StatusCode::CREATED, Json(p)))
+}
+
+async fn list_files(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.list_files().await?))
+}
+
+async fn upload_file(
+    State(svc): Svc,
+    meta: Result<Query<UploadFile>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let Query(meta) = meta.map_err(|e| {
+        ApiFailure::bad_request(format!(
+            "bad upload parameters ({e}); give ?name=NAME, the name runs see the file under"
+        ))
+    })?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let f = svc.upload_file(meta, Box::pin(stream)).await?;
+    Ok((StatusCode::CREATED, Json(f)))
+}
+
+async fn fetch_file(
+    State(svc): Svc,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.fetch_file(&name).await?))
 }
 
 async fn list_requests(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {

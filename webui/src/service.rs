@@ -4,7 +4,9 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use pesc_protocol::api::{GridNode, NewRequest, NodeInfo, RequestInfo, UploadProcess};
+use pesc_protocol::api::{
+    GridNode, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, UploadFile, UploadProcess,
+};
 use pesc_protocol::model::Process;
 
 use crate::error::ApiFailure;
@@ -41,6 +43,16 @@ pub trait NodeService: Send + Sync + 'static {
         body: ByteStream,
     ) -> Result<Process, ApiFailure>;
     async fn list_processes(&self) -> Result<Vec<Process>, ApiFailure>;
+    /// Stores a shared file (streamed) under a name runs will see.
+    async fn upload_file(
+        &self,
+        meta: UploadFile,
+        body: ByteStream,
+    ) -> Result<SharedFileInfo, ApiFailure>;
+    async fn list_files(&self) -> Result<Vec<SharedFileInfo>, ApiFailure>;
+    /// Makes the answering node keep a copy of a shared file (fetching it
+    /// from the nodes that have it).
+    async fn fetch_file(&self, name: &str) -> Result<SharedFileInfo, ApiFailure>;
     async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure>;
     async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure>;
     /// One request. With `since_version`, waits up to `timeout_ms` until its

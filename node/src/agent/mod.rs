@@ -6,21 +6,24 @@
 //! writes the changed documents to redb in one transaction, and sends peers
 //! the sync messages the changes call for (see `replication`).
 
+mod cache;
 mod replication;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo};
+use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo, SharedFileInfo};
 use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id};
 use pesc_protocol::lease::{LeaseKey, Sightings};
 use pesc_protocol::liveness::{FAR_TAKEOVER_DELAY_MS, Liveness, takeover_delay_ms};
-use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState};
+use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState, SharedFile};
 use pesc_protocol::run_view::{Abandon, RunCounts, should_abandon};
-use pesc_protocol::schedule::{Candidate, first_queued, pick, scan_start};
+use pesc_protocol::schedule::{
+    Candidate, INPUT_WAIT_MS, first_queued, pick, scan_start, waits_for_inputs,
+};
 use pesc_protocol::wire::DocKey;
 use pesc_protocol::{BlobHash, NodeId, RequestId};
 use pesc_webui::ApiFailure;
@@ -63,6 +66,12 @@ pub enum Command {
         reply: Reply<ApiResult<LogSource>>,
     },
     Nodes(Reply<Vec<pesc_protocol::api::GridNode>>),
+    /// A shared file was stored here: record it in the grid.
+    PutFile(SharedFile, Reply<ApiResult<SharedFileInfo>>),
+    Files(Reply<Vec<SharedFileInfo>>),
+    File(String, Reply<ApiResult<SharedFileInfo>>),
+    /// This node now keeps a whole copy of this shared file.
+    HoldFile(BlobHash, Reply<()>),
 }
 
 /// What the results archive of a finished request is made of.
@@ -71,8 +80,8 @@ pub struct ResultPlan {
     pub ranks: Vec<RankPlan>,
 }
 
-/// Per rank: output archive and stdout blobs, and the node that made them.
-pub type RankPlan = (u32, Option<BlobHash>, Option<BlobHash>, Option<NodeId>);
+/// Per rank: output archive and stdout blobs, and the nodes that hold them.
+pub type RankPlan = (u32, Option<BlobHash>, Option<BlobHash>, Vec<NodeId>);
 
 /// Where a run's log is now.
 pub enum LogSource {
@@ -80,8 +89,8 @@ pub enum LogSource {
     Stored {
         stdout: Option<BlobHash>,
         stderr: Option<BlobHash>,
-        /// The node that ran the attempt (has the blobs).
-        node: NodeId,
+        /// The nodes that hold the blobs (the one that ran the attempt first).
+        holders: Vec<NodeId>,
     },
     /// Running here: the files grow until the attempt ends.
     Live { key: AttemptKey, slot: usize },
@@ -115,6 +124,10 @@ pub struct Settings {
     pub lease_ttl_ms: u64,
     pub data_dir: PathBuf,
     pub grid_id: String,
+    /// Nodes that must hold a run's results before it counts as done.
+    pub replication: usize,
+    /// Size limit of the blob store in bytes (0: none).
+    pub cache_bytes: u64,
 }
 
 pub struct Agent {
@@ -138,6 +151,14 @@ pub struct Agent {
     claims_paused_until: u64,
     /// Grid members at the last heartbeat (sizes the takeover order).
     members_n: usize,
+    /// Members believed alive (this node included), for how many copies of
+    /// results to ask for.
+    live_n: usize,
+    /// When this node first saw each request with shared files (monotonic ms).
+    first_seen: HashMap<RequestId, u64>,
+    /// When the blob store's size is checked next (monotonic ms).
+    next_evict_ms: u64,
+    evicting: Arc<std::sync::atomic::AtomicBool>,
     /// A slot was free at the end of the last scheduling pass: this node is
     /// idle, and waits its turn for runs taken over (`takeover_delay_ms`).
     idle: bool,
@@ -270,6 +291,10 @@ impl Agent {
             races_lost: 0,
             claims_paused_until: 0,
             members_n: 1,
+            live_n: 1,
+            first_seen: HashMap::new(),
+            next_evict_ms: cache::EVICT_EVERY.as_millis() as u64,
+            evicting: Default::default(),
             idle: false,
             liveness: Liveness::new(s.node.clone(), inc, s.lease_ttl_ms),
             s,
@@ -407,6 +432,12 @@ impl Agent {
                 continue;
             }
             let spec = req.doc.spec();
+            if !spec.inputs.is_empty() {
+                let seen = *self.first_seen.entry(id.clone()).or_insert(now);
+                if self.waits_for_inputs(&spec.inputs, now.saturating_sub(seen)) {
+                    continue;
+                }
+            }
             // Alone, in rank order; with peers, each node from its own place.
             let start = if self.repl.connected.is_empty() {
                 0
@@ -449,6 +480,35 @@ impl Agent {
         self.idle = !self.free_slots.is_empty();
     }
 
+    /// Whether to leave a request's runs to nodes that hold its shared files
+    /// for now (see `schedule::waits_for_inputs`).
+    fn waits_for_inputs(&self, inputs: &[SharedFile], seen_for_ms: u64) -> bool {
+        if seen_for_ms >= INPUT_WAIT_MS {
+            return false;
+        }
+        let lacks = inputs.iter().any(|f| !self.runner.blobs.contains(&f.hash));
+        let holder_alive = || {
+            let mut holders: Option<BTreeSet<NodeId>> = None;
+            for f in inputs {
+                let h: BTreeSet<NodeId> = self
+                    .grid
+                    .holders(&f.hash)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                holders = Some(match holders {
+                    None => h,
+                    Some(prev) => prev.intersection(&h).cloned().collect(),
+                });
+            }
+            holders
+                .unwrap_or_default()
+                .iter()
+                .any(|n| self.repl.connected.contains(n))
+        };
+        waits_for_inputs(lacks, lacks && holder_alive(), seen_for_ms)
+    }
+
     /// How long after a run is free to take this node waits when it is not a
     /// ring neighbour of its holder: its turn if it was idle already, the
     /// least delay for a slot that has just come free.
@@ -477,6 +537,15 @@ impl Agent {
         let spec = req.doc.spec();
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
         let (stop, stop_rx) = watch::channel(false);
+        let inputs = spec
+            .inputs
+            .iter()
+            .map(|f| (f.clone(), self.grid.holders(&f.hash).unwrap_or_default()))
+            .collect();
+        let restore = req
+            .doc
+            .latest_checkpoint(c.rank)
+            .and_then(|a| Some((a.checkpoint?, a.checkpoint_holders.clone(), a.node.clone())));
         let job = AttemptJob {
             key: key.clone(),
             node: self.s.node.clone(),
@@ -484,6 +553,9 @@ impl Agent {
             world_size: spec.repetitions,
             parameters: spec.parameters.clone(),
             slot,
+            inputs,
+            restore,
+            copies: self.s.replication.min(self.live_n).saturating_sub(1),
         };
         self.running.insert(
             key,
@@ -506,12 +578,32 @@ impl Agent {
 
     fn event(&mut self, ev: RunnerEvent) {
         match ev {
+            RunnerEvent::Fetching { key } => {
+                if let Some(r) = self.running.get_mut(&key) {
+                    r.attempt.reason = Some(FETCHING_INPUTS.into());
+                    r.unwritten = true;
+                }
+            }
+            RunnerEvent::Holding { hash } => {
+                match self.grid.set_holder(&hash, &self.s.node, true) {
+                    Ok(()) => self.grid_dirty = true,
+                    Err(e) => tracing::error!("cannot record holding {hash}: {e}"),
+                }
+            }
+            RunnerEvent::Checkpoint { key, hash, holders } => {
+                if let Some(r) = self.running.get_mut(&key) {
+                    r.attempt.checkpoint = Some(hash);
+                    r.attempt.checkpoint_holders = holders;
+                    r.unwritten = true;
+                }
+            }
             RunnerEvent::Started { key } => {
                 let Some(r) = self.running.get_mut(&key) else {
                     return;
                 };
                 r.attempt.state = AttemptState::Running;
                 r.attempt.started_ms = Some(now_ms());
+                r.attempt.reason = None;
                 // Written at the end of the batch, unless the run finishes first:
                 // one document write instead of two for short runs.
                 r.unwritten = true;
@@ -562,6 +654,7 @@ impl Agent {
             return;
         }
         self.sightings.forget_request(id);
+        self.first_seen.remove(id);
         let dir = self.runner.work_dir.join(id.as_str());
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(dir);
@@ -675,6 +768,47 @@ impl Agent {
             Command::Nodes(reply) => {
                 let _ = reply.send(self.grid_nodes());
             }
+            Command::PutFile(f, reply) => {
+                let r = self
+                    .grid
+                    .put_file(&f)
+                    .and_then(|_| self.grid.set_holder(&f.hash, &self.s.node, true))
+                    .map_err(ApiFailure::from)
+                    .map(|_| self.file_info(f));
+                self.grid_dirty = true;
+                let _ = reply.send(r);
+            }
+            Command::Files(reply) => {
+                let mut files = self.grid.files().unwrap_or_default();
+                files.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(files.into_iter().map(|f| self.file_info(f)).collect());
+            }
+            Command::File(name, reply) => {
+                let r = match self.grid.file(&name) {
+                    Ok(Some(f)) => Ok(self.file_info(f)),
+                    Ok(None) => Err(no_such_file(&name)),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::HoldFile(hash, reply) => {
+                if self.runner.blobs.contains(&hash) {
+                    if let Err(e) = self.grid.set_holder(&hash, &self.s.node, true) {
+                        tracing::error!("cannot record holding {hash}: {e}");
+                    }
+                    self.grid_dirty = true;
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn file_info(&self, file: SharedFile) -> SharedFileInfo {
+        let holders = self.grid.holders(&file.hash).unwrap_or_default();
+        SharedFileInfo {
+            here: self.runner.blobs.contains(&file.hash),
+            file,
+            holders,
         }
     }
 
@@ -692,8 +826,16 @@ impl Agent {
             repetitions: n.repetitions,
             parameters: n.parameters,
             rooms: n.rooms,
+            inputs: n
+                .shared_files
+                .iter()
+                .map(|name| match self.grid.file(name) {
+                    Ok(Some(f)) => Ok(f),
+                    Ok(None) => Err(no_such_file(name)),
+                    Err(e) => Err(e.into()),
+                })
+                .collect::<ApiResult<Vec<_>>>()?,
             shared_files: n.shared_files,
-            inputs: Vec::new(),
             gpu: n.gpu,
             parallel: n.parallel,
             same_node: n.same_node,
@@ -701,9 +843,9 @@ impl Agent {
             created_ms: now_ms(),
         };
         spec.validate()?;
-        if spec.gpu.count > 0 || spec.parallel || spec.same_node || !spec.shared_files.is_empty() {
+        if spec.gpu.count > 0 || spec.parallel || spec.same_node {
             return Err(ApiFailure::bad_request(
-                "GPU, parallel, same-node and shared-file requests are not supported by this node yet",
+                "GPU, parallel and same-node requests are not supported by this node yet",
             ));
         }
         if let Some(room) = spec
@@ -839,7 +981,7 @@ impl Agent {
                     r,
                     a.and_then(|a| a.output),
                     a.and_then(|a| a.stdout),
-                    a.map(|a| a.node.clone()),
+                    a.map(holders_of_results).unwrap_or_default(),
                 )
             })
             .collect();
@@ -876,7 +1018,7 @@ impl Agent {
             Some(a) => LogSource::Stored {
                 stdout: a.stdout,
                 stderr: a.stderr,
-                node: a.node.clone(),
+                holders: holders_of_results(a),
             },
             None => LogSource::NotYet,
         })
@@ -884,10 +1026,35 @@ impl Agent {
 }
 
 /// Turns what the runner saw into the attempt's final record.
+fn no_such_file(name: &str) -> ApiFailure {
+    ApiFailure::not_found(format!(
+        "there is no shared file '{name}': add it with `pesc files add PATH --name {name}` (see `pesc files list`)"
+    ))
+}
+
+/// Who keeps an attempt's output and logs: its replicas, or at least the
+/// node that ran it.
+fn holders_of_results(a: &Attempt) -> Vec<NodeId> {
+    if a.replicas.is_empty() {
+        vec![a.node.clone()]
+    } else {
+        a.replicas.clone()
+    }
+}
+
+/// What a claimed run shows while its node gets the shared files.
+pub const FETCHING_INPUTS: &str = "fetching inputs";
+
 fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptState, String)>) {
     a.finished_ms = Some(now_ms());
     a.stdout = o.stdout;
     a.stderr = o.stderr;
+    a.replicas = o.replicas;
+    a.reason = None;
+    if let Some((h, holders)) = o.checkpoint {
+        a.checkpoint = Some(h);
+        a.checkpoint_holders = holders;
+    }
     if a.started_ms.is_none() {
         a.started_ms = a.finished_ms;
     }

@@ -92,6 +92,9 @@ impl Agent {
                     SyncRequest::Push { doc, data, blobs } => {
                         return self.receive_push(from, doc, data, blobs, channel);
                     }
+                    SyncRequest::Hold { blobs } => {
+                        return self.hold(from, blobs, channel);
+                    }
                     SyncRequest::Ping(beat) => {
                         if self.beat_received(&from, beat) {
                             SyncResponse::Pong(self.own_beat(&from))
@@ -391,6 +394,27 @@ impl Agent {
         });
     }
 
+    /// Fetches blobs a peer asks this node to keep a copy of, then says so.
+    fn hold(
+        &mut self,
+        from: NodeId,
+        blobs: Vec<pesc_protocol::BlobHash>,
+        channel: libp2p::request_response::ResponseChannel<SyncResponse>,
+    ) {
+        let runner = self.runner.clone();
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let mut resp = SyncResponse::Held;
+            for h in &blobs {
+                if let Err(e) = runner.fetcher.ensure(h, std::slice::from_ref(&from)).await {
+                    resp = SyncResponse::Refused(format!("{e:#}"));
+                    break;
+                }
+            }
+            net.send(NetCmd::RespondSync { channel, resp });
+        });
+    }
+
     /// Answers a submit once the request is durable here and held by one
     /// connected peer (or at once on a lone node, or after a timeout).
     pub(super) fn replicate_then_reply(
@@ -491,10 +515,12 @@ impl Agent {
 
     /// Every heartbeat period: judge the ring neighbours, ping them.
     pub(super) fn heartbeat(&mut self) {
+        self.evict_if_due();
         let now = self.mono();
         let members = self.members();
         self.members_n = members.len().max(1);
         let live = self.live(&members);
+        self.live_n = live.len().max(1);
         let neighbours = ring_neighbours(&self.s.node, &live, WATCH_SIDE);
         for n in self.liveness.tick(&neighbours, now) {
             if let Notice::Down { node, .. } = &n {

@@ -75,11 +75,6 @@ impl BlobStore {
         out
     }
 
-    /// Bytes the store holds (complete blobs and downloads in progress).
-    pub fn disk_bytes(&self) -> u64 {
-        self.entries().iter().map(|e| e.bytes).sum::<u64>() + self.partials.disk_bytes()
-    }
-
     /// Evicts least recently used blobs until the store holds at most
     /// `limit` bytes, never one in `keep`.
     pub fn evict(&self, limit: u64, keep: &HashSet<BlobHash>) -> Result<Eviction> {

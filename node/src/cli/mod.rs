@@ -1,6 +1,7 @@
 //! The CLI commands: clients of the local node's `/api/v1`.
 
 mod client;
+pub mod files;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct SubmitArgs {
     /// Name shown for the process.
     #[arg(long)]
     pub name: Option<String>,
+    /// A shared file every run needs (see `pesc files add`); repeat for more.
+    #[arg(long = "shared-file", value_name = "NAME")]
+    pub shared_files: Vec<String>,
     /// Wait for every run to finish, with a progress bar; exit 1 if any failed.
     #[arg(long)]
     pub wait: bool,
@@ -104,7 +108,7 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
         repetitions: a.repetitions,
         parameters: a.parameters,
         rooms: vec![],
-        shared_files: vec![],
+        shared_files: a.shared_files,
         gpu: Default::default(),
         parallel: false,
         same_node: false,

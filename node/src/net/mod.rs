@@ -142,7 +142,7 @@ fn sync_bytes(r: &SyncRequest) -> usize {
     match r {
         SyncRequest::Sync { msg, .. } => msg.len(),
         SyncRequest::Push { data, .. } => data.len(),
-        SyncRequest::Ping(_) => 0,
+        SyncRequest::Ping(_) | SyncRequest::Hold { .. } => 0,
     }
 }
 
@@ -341,7 +341,7 @@ impl NetTask {
                     SyncRequest::Sync { doc, .. } | SyncRequest::Push { doc, .. } => {
                         Some(doc.clone())
                     }
-                    SyncRequest::Ping(_) => None,
+                    SyncRequest::Ping(_) | SyncRequest::Hold { .. } => None,
                 };
                 add(&self.stats.sync_sent, sync_bytes(&req));
                 let id = b.sync.send_request(&peer, req);

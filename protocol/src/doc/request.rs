@@ -280,6 +280,15 @@ impl RequestDoc {
                 .max_by_key(|a| (a.epoch, a.finished_ms)),
         }
     }
+
+    /// The newest checkpoint recorded for a rank (by epoch), if any: what a
+    /// new attempt restores before it starts.
+    pub fn latest_checkpoint(&self, rank: u32) -> Option<&Attempt> {
+        self.attempts_of(rank)
+            .iter()
+            .filter(|a| a.checkpoint.is_some())
+            .max_by_key(|a| (a.epoch, a.finished_ms.is_some(), a.node.as_str()))
+    }
 }
 
 fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
@@ -308,6 +317,21 @@ fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
         stdout: hash("stdout")?,
         stderr: hash("stderr")?,
         reason: get_str(doc, obj, "reason")?,
+        replicas: node_list(get_str(doc, obj, "replicas")?),
+        checkpoint: hash("checkpoint")?,
+        checkpoint_holders: node_list(get_str(doc, obj, "checkpoint_holders")?),
+    })
+}
+
+/// Node lists are kept as one space-separated string (written by one node only).
+fn node_list(s: Option<String>) -> Vec<NodeId> {
+    s.map(|s| s.split_whitespace().map(NodeId::new).collect())
+        .unwrap_or_default()
+}
+
+fn node_list_value(v: &[NodeId]) -> Option<automerge::ScalarValue> {
+    (!v.is_empty()).then(|| {
+        automerge::ScalarValue::from(v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" "))
     })
 }
 
@@ -351,5 +375,9 @@ fn write_attempt(
     field!(reason, |v: &Option<String>| v
         .clone()
         .map(automerge::ScalarValue::from));
+    field!(replicas, |v: &Vec<NodeId>| node_list_value(v));
+    field!(checkpoint, |v: &Option<BlobHash>| v
+        .map(|h| automerge::ScalarValue::from(h.to_hex())));
+    field!(checkpoint_holders, |v: &Vec<NodeId>| node_list_value(v));
     Ok(())
 }

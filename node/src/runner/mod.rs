@@ -1,12 +1,20 @@
-//! One attempt from start to stored results: prepare the app dir, run the
-//! executor, pack `output/` and the logs into blobs, clean up.
+//! One attempt from start to stored results: fetch the code and shared
+//! files, prepare the app dir (restoring the rank's checkpoint), run the
+//! executor while snapshotting `checkpoint/`, pack `output/` and the logs
+//! into blobs, have other nodes keep copies, clean up.
+
+mod checkpoint;
+mod inputs;
+mod replicate;
+
+pub use replicate::replicate;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use pesc_protocol::header::{DEFAULT_MASTER_PORT, RunContext, header_args, header_env};
-use pesc_protocol::model::{Process, ProcessKind};
+use pesc_protocol::model::{Process, ProcessKind, SharedFile};
 use pesc_protocol::{BlobHash, NodeId, RequestId};
 use tokio::sync::{mpsc, watch};
 
@@ -26,6 +34,13 @@ pub struct AttemptJob {
     pub parameters: Vec<String>,
     /// Which of the node's slot workspaces to use.
     pub slot: usize,
+    /// Shared files the run needs, each with the nodes known to hold it.
+    pub inputs: Vec<(SharedFile, Vec<NodeId>)>,
+    /// The rank's newest checkpoint recorded in the grid: (blob, holders,
+    /// node that made it).
+    pub restore: Option<(BlobHash, Vec<NodeId>, NodeId)>,
+    /// How many other nodes must keep the results before the run is done.
+    pub copies: usize,
 }
 
 /// How an attempt ended, as the runner saw it.
@@ -37,13 +52,46 @@ pub struct RunnerOutcome {
     pub output: Option<BlobHash>,
     pub stdout: Option<BlobHash>,
     pub stderr: Option<BlobHash>,
+    /// Nodes keeping the results, this one first.
+    pub replicas: Vec<NodeId>,
+    /// A last snapshot of `checkpoint/` (taken when the run stopped without
+    /// success) and its holders.
+    pub checkpoint: Option<(BlobHash, Vec<NodeId>)>,
+}
+
+impl RunnerOutcome {
+    fn error(e: impl std::fmt::Display) -> Self {
+        RunnerOutcome {
+            exit: None,
+            error: Some(e.to_string()),
+            output: None,
+            stdout: None,
+            stderr: None,
+            replicas: Vec::new(),
+            checkpoint: None,
+        }
+    }
 }
 
 /// Events from runners to the agent.
 #[derive(Debug)]
 pub enum RunnerEvent {
+    /// Getting the request's shared files before starting.
+    Fetching {
+        key: AttemptKey,
+    },
+    /// This node now keeps a whole copy of a shared file.
+    Holding {
+        hash: BlobHash,
+    },
     Started {
         key: AttemptKey,
+    },
+    /// A snapshot of the run's `checkpoint/`, kept by `holders`.
+    Checkpoint {
+        key: AttemptKey,
+        hash: BlobHash,
+        holders: Vec<NodeId>,
     },
     Finished {
         key: AttemptKey,
@@ -64,9 +112,17 @@ pub struct RunnerCtx {
     pub executor: Arc<dyn Executor>,
     /// Gets process code this node lacks from peers.
     pub fetcher: Arc<crate::net::fetch::Fetcher>,
+    pub net: crate::net::NetHandle,
+    /// Snapshot `checkpoint/` this often while a run runs.
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl RunnerCtx {
+    /// Peers connected now.
+    pub fn peers(&self) -> usize {
+        self.net.connected().len()
+    }
+
     pub fn slot_dir(&self, slot: usize) -> PathBuf {
         self.work_dir.join("slots").join(slot.to_string())
     }
@@ -133,13 +189,7 @@ pub async fn run_attempt(
     let key = job.key.clone();
     let outcome = match attempt(&ctx, job, stop, &events).await {
         Ok(o) => o,
-        Err(e) => RunnerOutcome {
-            exit: None,
-            error: Some(format!("{e:#}")),
-            output: None,
-            stdout: None,
-            stderr: None,
-        },
+        Err(e) => RunnerOutcome::error(format!("{e:#}")),
     };
     let _ = events.send(RunnerEvent::Finished { key, outcome });
 }
@@ -159,11 +209,44 @@ async fn attempt(
         .ensure(&job.process.code, &[])
         .await
         .context("getting the process code from the grid")?;
-    let small = job.process.kind == ProcessKind::File && job.process.size <= SMALL_FS_WORK;
+    if !job.inputs.is_empty() {
+        let _ = events.send(RunnerEvent::Fetching {
+            key: job.key.clone(),
+        });
+        for (f, holders) in &job.inputs {
+            ctx.fetcher
+                .ensure(&f.hash, holders)
+                .await
+                .with_context(|| format!("getting shared file '{}' from the grid", f.name))?;
+            let _ = events.send(RunnerEvent::Holding { hash: f.hash });
+        }
+    }
+    // The rank's checkpoint: this node's own copy if it made the newest one,
+    // else the newest recorded snapshot, from whoever holds it.
+    let saved_here = ctx.saved_checkpoint(&req, rank).is_dir();
+    let restore = match &job.restore {
+        Some((h, holders, by)) if !(saved_here && *by == job.node) => {
+            ctx.fetcher
+                .ensure(h, holders)
+                .await
+                .context("getting the run's checkpoint from the grid")?;
+            Some(*h)
+        }
+        _ => None,
+    };
+    let small = job.process.kind == ProcessKind::File
+        && job.process.size <= SMALL_FS_WORK
+        && job.inputs.is_empty()
+        && restore.is_none();
     let prep = {
         let ctx = ctx.clone();
         let (slot_dir, process, req) = (slot_dir.clone(), job.process.clone(), req.clone());
-        move || prepare(&ctx, &slot_dir, &process, &req, rank, epoch)
+        let inputs: Vec<SharedFile> = job.inputs.iter().map(|(f, _)| f.clone()).collect();
+        move || {
+            prepare(
+                &ctx, &slot_dir, &process, &req, rank, epoch, &inputs, restore,
+            )
+        }
     };
     fs_work(small, prep)
         .await
@@ -194,9 +277,40 @@ async fn attempt(
     let _ = events.send(RunnerEvent::Started {
         key: job.key.clone(),
     });
-    let run = ctx.executor.run(exec_job, stop).await;
+    let (done_tx, done_rx) = watch::channel(false);
+    let snapshots = tokio::spawn(checkpoint::keep_snapshotting(
+        ctx.clone(),
+        job.key.clone(),
+        job.node.clone(),
+        app_dir.join("checkpoint"),
+        ctx.checkpoint_every,
+        events.clone(),
+        done_rx,
+    ));
+    let run = ctx.executor.run(exec_job, stop.clone()).await;
+    let _ = done_tx.send(true);
+    let mut last_snapshot = snapshots.await.unwrap_or_default();
+    // Stopped or failed: a last snapshot, so the next attempt loses nothing.
+    let succeeded = matches!(run, Ok(Exit::Code(0)));
+    let final_checkpoint = if succeeded {
+        None
+    } else {
+        checkpoint::snapshot(
+            ctx,
+            &app_dir.join("checkpoint"),
+            &mut last_snapshot,
+            &job.node,
+            &stop,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("last checkpoint of {req} rank {rank}: {e:#}");
+            None
+        })
+    };
 
     let ctx2 = ctx.clone();
+    let req2 = req.clone();
     let small = !has_entries(&app_dir.join("output"))
         && [&stdout, &stderr].iter().all(|p| {
             std::fs::metadata(p)
@@ -211,13 +325,26 @@ async fn attempt(
             let out = adopt_log(&ctx2.blobs, &stdout)?;
             let err = adopt_log(&ctx2.blobs, &stderr)?;
             // The checkpoint stays with the rank for its next attempt.
-            ctx2.save_checkpoint(&app_dir, &req, rank)?;
+            ctx2.save_checkpoint(&app_dir, &req2, rank)?;
             Ok((output, out, err))
         },
     )
     .await
     .context("storing the results")?;
     let (output, stdout, stderr) = stored;
+    let mut replicas = vec![job.node.clone()];
+    if run.is_ok() && !*stop.borrow() {
+        // Done only once other nodes keep the results too.
+        let blobs: Vec<BlobHash> = [output, stdout, stderr].into_iter().flatten().collect();
+        replicas.extend(replicate(ctx, blobs, job.copies, &stop, RESULT_PATIENCE).await);
+        if replicas.len() <= job.copies {
+            tracing::warn!(
+                "results of {req} rank {rank} are kept by {} node(s), not {}: no more peers answered",
+                replicas.len(),
+                job.copies + 1
+            );
+        }
+    }
     match run {
         Ok(exit) => Ok(RunnerOutcome {
             exit: Some(exit),
@@ -225,6 +352,8 @@ async fn attempt(
             output,
             stdout,
             stderr,
+            replicas,
+            checkpoint: final_checkpoint,
         }),
         Err(e) => Ok(RunnerOutcome {
             exit: None,
@@ -232,9 +361,15 @@ async fn attempt(
             output: None,
             stdout,
             stderr,
+            replicas,
+            checkpoint: final_checkpoint,
         }),
     }
 }
+
+/// How long a finished run waits for peers to keep its results before it
+/// counts as done with fewer copies (with a warning).
+const RESULT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// File work up to this many bytes runs on the runner's task; more goes to
 /// the blocking pool (a thread hop costs more than a small copy).
@@ -254,6 +389,7 @@ async fn fs_work<T: Send + 'static>(
 /// Readies a slot's workspace for an attempt: `app/` holding only the
 /// process's files, an empty `output/`, and `checkpoint/` with the rank's
 /// saved checkpoint if it has one.
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     ctx: &RunnerCtx,
     slot_dir: &Path,
@@ -261,12 +397,15 @@ fn prepare(
     req: &RequestId,
     rank: u32,
     epoch: u32,
+    shared: &[SharedFile],
+    restore: Option<BlobHash>,
 ) -> Result<()> {
     let app = slot_dir.join("app");
     std::fs::create_dir_all(&app).with_context(|| format!("creating {}", app.display()))?;
     // The owner file says whose checkpoint sits here if the node dies.
     std::fs::write(slot_dir.join("owner"), format!("{req} {rank} {epoch}"))?;
     let keep_file = (p.kind == ProcessKind::File).then_some(p.file_name.as_str());
+    let intact = inputs::intact(slot_dir, &app, shared);
     for e in std::fs::read_dir(&app)? {
         let e = e?;
         let name = e.file_name();
@@ -276,6 +415,7 @@ fn prepare(
         match name.as_ref() {
             "output" | "checkpoint" if is_dir => empty_dir(&path)?,
             n if Some(n) == keep_file && e.file_type()?.is_file() => {}
+            n if intact.iter().any(|i| i == n) => {}
             _ if is_dir => std::fs::remove_dir_all(&path)?,
             _ => std::fs::remove_file(&path)?,
         }
@@ -286,7 +426,10 @@ fn prepare(
         }
     }
     let saved = ctx.saved_checkpoint(req, rank);
-    if saved.is_dir() {
+    if let Some(h) = restore {
+        let _ = std::fs::remove_dir_all(&saved);
+        checkpoint::restore(ctx, &h, &app.join("checkpoint"))?;
+    } else if saved.is_dir() {
         std::fs::remove_dir(app.join("checkpoint"))?;
         std::fs::rename(&saved, app.join("checkpoint")).context("restoring the checkpoint")?;
     }
@@ -305,6 +448,7 @@ fn prepare(
         }
         ProcessKind::Zip => archive::extract_zip(&code, &app)?,
     }
+    inputs::place(&ctx.blobs, slot_dir, &app, shared)?;
     Ok(())
 }
 
