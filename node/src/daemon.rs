@@ -50,6 +50,15 @@ pub struct NodeArgs {
     /// Lease TTL in milliseconds (default: node.toml's `lease_ttl_ms`).
     #[arg(long, value_name = "MS")]
     pub lease_ttl_ms: Option<u64>,
+    /// Nodes that must keep a run's results (default: node.toml's `replication`).
+    #[arg(long, value_name = "N")]
+    pub replication: Option<u32>,
+    /// Seconds between checkpoint snapshots (default: `checkpoint_interval_s`).
+    #[arg(long, value_name = "S")]
+    pub checkpoint_interval_s: Option<u64>,
+    /// Blob store size limit in MiB, 0 for none (default: `cache_mb`).
+    #[arg(long, value_name = "MIB")]
+    pub cache_mb: Option<u64>,
 }
 
 pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
@@ -83,6 +92,21 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
             bail!("--lease-ttl-ms must be at least 1000");
         }
         cfg.lease_ttl_ms = t;
+    }
+    if let Some(r) = args.replication {
+        if !(1..=16).contains(&r) {
+            bail!("--replication must be 1 to 16");
+        }
+        cfg.replication = r;
+    }
+    if let Some(s) = args.checkpoint_interval_s {
+        if s == 0 {
+            bail!("--checkpoint-interval-s must be at least 1");
+        }
+        cfg.checkpoint_interval_s = s;
+    }
+    if let Some(c) = args.cache_mb {
+        cfg.cache_mb = c;
     }
     let join: Option<JoinToken> = args
         .join

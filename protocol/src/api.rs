@@ -81,6 +81,12 @@ pub struct RunInfo {
     pub duration_ms: Option<u64>,
     pub output: Option<BlobHash>,
     pub reason: Option<String>,
+    /// Nodes keeping the output and logs of the attempt shown.
+    #[serde(default)]
+    pub replicas: Vec<NodeId>,
+    /// The rank's newest checkpoint snapshot, if any.
+    #[serde(default)]
+    pub checkpoint: Option<BlobHash>,
 }
 
 /// A request as the API shows it.

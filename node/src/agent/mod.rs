@@ -555,7 +555,11 @@ impl Agent {
             slot,
             inputs,
             restore,
-            copies: self.s.replication.min(self.live_n).saturating_sub(1),
+            copies: self
+                .s
+                .replication
+                .min(self.live_n.max(self.repl.connected.len() + 1))
+                .saturating_sub(1),
         };
         self.running.insert(
             key,
@@ -927,6 +931,8 @@ impl Agent {
                         duration_ms: a.and_then(|a| a.duration_ms()),
                         output: a.and_then(|a| a.output),
                         reason: a.and_then(|a| a.reason.clone()),
+                        replicas: a.map(|a| a.replicas.clone()).unwrap_or_default(),
+                        checkpoint: q.doc.latest_checkpoint(rank).and_then(|a| a.checkpoint),
                     }
                 })
                 .collect()
