@@ -154,6 +154,18 @@ pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
     in_room && caps.gpus >= spec.gpu.count
 }
 
+/// How long a node that lacks a request's shared files leaves its runs to
+/// nodes that already hold them (when one of those is alive), so inputs are
+/// not copied to a new node while a node that has them could start at once.
+pub const INPUT_WAIT_MS: u64 = 1_000;
+
+/// Whether a node waits before claiming runs of a request with shared
+/// files: it lacks some, a node that holds them all is alive, and it has
+/// seen the request for less than [`INPUT_WAIT_MS`].
+pub fn waits_for_inputs(lacks_inputs: bool, holder_alive: bool, seen_for_ms: u64) -> bool {
+    lacks_inputs && holder_alive && seen_for_ms < INPUT_WAIT_MS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,16 +252,12 @@ mod tests {
     fn no_slots_no_picks() {
         assert!(pick(cands("a", 1, 0, 3), &BTreeMap::new(), 0).is_empty());
     }
-}
 
-/// How long a node that lacks a request's shared files leaves its runs to
-/// nodes that already hold them (when one of those is alive), so inputs are
-/// not copied to a new node while a node that has them could start at once.
-pub const INPUT_WAIT_MS: u64 = 1_000;
-
-/// Whether a node waits before claiming runs of a request with shared
-/// files: it lacks some, a node that holds them all is alive, and it has
-/// seen the request for less than [`INPUT_WAIT_MS`].
-pub fn waits_for_inputs(lacks_inputs: bool, holder_alive: bool, seen_for_ms: u64) -> bool {
-    lacks_inputs && holder_alive && seen_for_ms < INPUT_WAIT_MS
+    #[test]
+    fn nodes_without_the_inputs_wait_only_while_a_holder_lives() {
+        assert!(waits_for_inputs(true, true, 0));
+        assert!(!waits_for_inputs(true, true, INPUT_WAIT_MS));
+        assert!(!waits_for_inputs(false, true, 0));
+        assert!(!waits_for_inputs(true, false, 0));
+    }
 }

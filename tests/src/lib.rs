@@ -243,6 +243,25 @@ impl Node {
         }
     }
 
+    /// Waits until `pesc nodes` here lists `n` nodes (the grid document
+    /// holds them all).
+    pub fn wait_known(&self, n: usize, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let v = self.cli_json(&["nodes", "--json"]);
+            let seen = v.as_array().map(Vec::len).unwrap_or(0);
+            if seen >= n {
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "only {seen} of {n} nodes known: {v}\nlog: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn api_base(&self) -> String {
         let addr = std::fs::read_to_string(self.data_dir.join("api.addr")).expect("api.addr");
         format!("http://{}/api/v1", addr.trim())

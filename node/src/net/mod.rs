@@ -351,6 +351,14 @@ impl NetTask {
                 let _ = b.sync.send_response(channel, resp);
             }
             NetCmd::Blob { peer, req, reply } => {
+                // Holders named by the documents may not be linked to this
+                // node: dial them (the request waits for the connection).
+                if !self.connections.contains_key(&peer)
+                    && let Some(opts) = self.book.dial_now(&peer)
+                {
+                    let _ = self.swarm.dial(opts);
+                }
+                let b = self.swarm.behaviour_mut();
                 let id = b.blobs.send_request(&peer, req);
                 self.pending_blob.insert(id, reply);
             }

@@ -189,6 +189,19 @@ impl PeerBook {
 
     /// Dials that are due now. Each dial uses a new local port, so two
     /// nodes dialling each other at the same moment do not collide.
+    /// How to dial a known peer now (to fetch a blob from a node that is
+    /// not one of this node's links).
+    pub fn dial_now(&self, peer: &PeerId) -> Option<DialOpts> {
+        let k = self.known.get(peer)?;
+        (!k.addrs.is_empty()).then(|| {
+            DialOpts::peer_id(*peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(k.addrs.iter().cloned().collect())
+                .allocate_new_port()
+                .build()
+        })
+    }
+
     pub fn due(&mut self, connected: &HashMap<PeerId, u32>) -> Vec<DialOpts> {
         let now = Instant::now();
         let mut out = Vec::new();

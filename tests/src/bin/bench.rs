@@ -1,6 +1,10 @@
 //! Benchmarks that print numbers (never timed assertions).
 //!
-//! `cargo run --release -p pesc-tests --bin bench -- single-node|grid [--repeat N] [--write]`
+//! `cargo run --release -p pesc-tests --bin bench -- single-node|grid|blobs [--repeat N] [--write]`
+//!
+//! blobs: 9 nodes on 127.0.0.1; a 1 GiB shared file node → node, then a
+//! fresh 1 GiB file to 8 nodes at once, beside curl from a static server;
+//! peak RSS of sender and receivers.
 //!
 //! grid: 4 nodes × 2 slots on 127.0.0.1 — W2 efficiency, submit → first run
 //! started, payload bytes per node per second idle and busy; failover time
@@ -64,8 +68,9 @@ fn main() -> Result<()> {
     match scenario {
         "single-node" => single_node(repeat, write),
         "grid" => grid(repeat, write),
+        "blobs" => blobs(write),
         _ => {
-            eprintln!("usage: bench single-node|grid [--repeat N] [--write]");
+            eprintln!("usage: bench single-node|grid|blobs [--repeat N] [--write]");
             Ok(())
         }
     }
@@ -409,6 +414,172 @@ fn grid(repeat: usize, write: bool) -> Result<()> {
     println!("{table}");
     if write {
         record_section("grid", &table)?;
+        println!("recorded in docs/performance.md");
+    }
+    Ok(())
+}
+
+/// Peak resident memory of a process (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// A file of `bytes` pseudo-random bytes (different per seed), written in pieces.
+fn random_file(path: &std::path::Path, bytes: u64, seed: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn blob_counter(node: &Node, key: &str) -> Result<u64> {
+    let v: serde_json::Value = node.http().get("/node").send()?.json()?;
+    Ok(v["traffic"][key].as_u64().unwrap_or(0))
+}
+
+/// Shared-file distribution: one single transfer (128 MiB, then 1 GiB),
+/// then a fresh 1 GiB file to 8 nodes at once; a plain HTTP download of the
+/// same file (python's static server, curl) as the single-transfer baseline.
+fn blobs(write: bool) -> Result<()> {
+    use pesc_tests::grid::Grid;
+    const GIB: u64 = 1 << 30;
+    let bin = pesc_bin()?;
+    let tmp = tempfile::tempdir()?;
+    let small = tmp.path().join("small.bin");
+    let big = tmp.path().join("big.bin");
+    let big2 = tmp.path().join("big2.bin");
+    random_file(&small, 128 << 20, 1)?;
+    random_file(&big, GIB, 2)?;
+    random_file(&big2, GIB, 3)?;
+    // The baseline: curl from a static HTTP server on 127.0.0.1.
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "18471"])
+        .current_dir(tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting python3 -m http.server")?;
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let curl = time_shell("curl -sf -o /dev/null http://127.0.0.1:18471/big.bin");
+    let _ = server.kill();
+    let _ = server.wait();
+    let curl = curl?;
+
+    let g = Grid::loopback_with(bin, 9, 1, &["--cache-mb", "0"])?;
+    let (origin, one) = (&g.nodes[0], &g.nodes[1]);
+    let add = |p: &std::path::Path| -> Result<f64> {
+        let t0 = Instant::now();
+        let out = origin.cli(&["files", "add", p.to_str().unwrap_or_default()]);
+        if !out.status.success() {
+            bail!("files add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let fetch = |n: &Node, name: &str| -> Result<f64> {
+        let t0 = Instant::now();
+        let out = n.cli(&["files", "fetch", name]);
+        if !out.status.success() {
+            bail!(
+                "files fetch failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    add(&small)?;
+    let t_small = fetch(one, "small.bin")?;
+    let rss_small = (peak_rss_mib(origin.pid()), peak_rss_mib(one.pid()));
+    let t_add = add(&big)?;
+    let t_one = fetch(one, "big.bin")?;
+    let rss_big = (peak_rss_mib(origin.pid()), peak_rss_mib(one.pid()));
+    add(&big2)?;
+    let sent_before = blob_counter(origin, "blob_sent")?;
+    let t0 = Instant::now();
+    let mut children = Vec::new();
+    for n in &g.nodes[1..] {
+        children.push(
+            Command::new(&n.bin)
+                .arg("--data-dir")
+                .arg(&n.data_dir)
+                .args(["files", "fetch", "big2.bin"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+    }
+    for mut c in children {
+        if !c.wait()?.success() {
+            bail!("a fetch of big2.bin failed");
+        }
+    }
+    let t_eight = t0.elapsed().as_secs_f64();
+    let origin_sent = blob_counter(origin, "blob_sent")? - sent_before;
+    let rss_eight_origin = peak_rss_mib(origin.pid());
+    let rss_eight_max = g.nodes[1..]
+        .iter()
+        .map(|n| peak_rss_mib(n.pid()))
+        .fold(0.0, f64::max);
+    let mbps = |bytes: u64, s: f64| bytes as f64 / s / 1e6;
+    let mut table = String::from("| measure | result | target |\n|---|---|---|\n");
+    table.push_str(&format!(
+        "| one transfer, 1 GiB shared file, node → node (`pesc files fetch`) | {t_one:.2} s = **{:.0} MB/s** | ≥ 500 MB/s |\n",
+        mbps(GIB, t_one)
+    ));
+    table.push_str(&format!(
+        "| same file, plain HTTP (`python3 -m http.server` → `curl`) | {curl:.2} s = {:.0} MB/s | baseline |\n",
+        mbps(GIB, curl)
+    ));
+    table.push_str(&format!(
+        "| 128 MiB, node → node | {t_small:.2} s = {:.0} MB/s | |\n",
+        mbps(128 << 20, t_small)
+    ));
+    table.push_str(&format!(
+        "| 1 GiB to 8 nodes at once (all 8 done) | {t_eight:.2} s = **{:.2} × one transfer** | ≤ 1.5 × |\n",
+        t_eight / t_one
+    ));
+    table.push_str(&format!(
+        "| bytes the origin sent for those 8 copies | {:.2} GiB ({:.1} copies; the rest came from the other downloaders) | |\n",
+        origin_sent as f64 / GIB as f64,
+        origin_sent as f64 / GIB as f64
+    ));
+    table.push_str(&format!(
+        "| peak RSS of sender / receiver after 128 MiB | {:.0} / {:.0} MiB | |\n",
+        rss_small.0, rss_small.1
+    ));
+    table.push_str(&format!(
+        "| peak RSS of sender / receiver after 1 GiB | {:.0} / {:.0} MiB | flat |\n",
+        rss_big.0, rss_big.1
+    ));
+    table.push_str(&format!(
+        "| peak RSS of the origin / largest receiver after 1 GiB × 8 | {rss_eight_origin:.0} / {rss_eight_max:.0} MiB | flat |\n"
+    ));
+    table.push_str(&format!(
+        "| `pesc files add` of 1 GiB (streamed upload, hashed with its tree) | {t_add:.2} s | |\n"
+    ));
+    println!("{table}");
+    if write {
+        record_section("blobs", &table)?;
         println!("recorded in docs/performance.md");
     }
     Ok(())
