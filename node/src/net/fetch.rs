@@ -44,6 +44,10 @@ const WHO_HAS_EVERY: Duration = Duration::from_secs(1);
 /// connected peers as they download (swarm), not only the hinted ones.
 const SWARM_BLOCKS: u64 = 8;
 
+/// Rounds of "who has" (a second apart) before a download gives up for
+/// want of any holder.
+const FIND_ROUNDS: u32 = 5;
+
 /// How long a "who has" answer may take.
 const WHO_HAS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -101,11 +105,21 @@ impl Fetcher {
     async fn download(&self, h: &BlobHash, hints: &[NodeId]) -> Result<()> {
         let hinted: BTreeSet<PeerId> = hints.iter().filter_map(peer_of).collect();
         let mut providers: HashMap<PeerId, Provider> = HashMap::new();
-        self.who_has(h, &hinted, &mut providers).await;
-        if !providers.values().any(|p| p.holding != Holding::None) {
-            let others: BTreeSet<PeerId> =
-                self.net.connected().difference(&hinted).copied().collect();
-            self.who_has(h, &others, &mut providers).await;
+        // Connections may be coming back (a restart, a healed link): a few
+        // rounds before concluding that nobody has it.
+        for round in 0..FIND_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(WHO_HAS_EVERY).await;
+            }
+            self.who_has(h, &hinted, &mut providers).await;
+            if !providers.values().any(|p| p.holding != Holding::None) {
+                let others: BTreeSet<PeerId> =
+                    self.net.connected().difference(&hinted).copied().collect();
+                self.who_has(h, &others, &mut providers).await;
+            }
+            if providers.values().any(|p| p.holding != Holding::None) {
+                break;
+            }
         }
         let blobs = self.blobs.clone();
         let hh = *h;
