@@ -380,13 +380,7 @@ impl Agent {
         let runner = self.runner.clone();
         let net = self.net.clone();
         tokio::spawn(async move {
-            let mut resp = SyncResponse::Held;
-            for h in &blobs {
-                if let Err(e) = runner.fetcher.ensure(h, std::slice::from_ref(&from)).await {
-                    resp = SyncResponse::Refused(format!("{e:#}"));
-                    break;
-                }
-            }
+            let mut resp = fetch_all(&runner, &blobs, from).await;
             if durable.await.is_err() {
                 resp = SyncResponse::Refused("the node is shutting down".into());
             }
@@ -404,13 +398,7 @@ impl Agent {
         let runner = self.runner.clone();
         let net = self.net.clone();
         tokio::spawn(async move {
-            let mut resp = SyncResponse::Held;
-            for h in &blobs {
-                if let Err(e) = runner.fetcher.ensure(h, std::slice::from_ref(&from)).await {
-                    resp = SyncResponse::Refused(format!("{e:#}"));
-                    break;
-                }
-            }
+            let resp = fetch_all(&runner, &blobs, from).await;
             net.send(NetCmd::RespondSync { channel, resp });
         });
     }
@@ -681,4 +669,18 @@ fn load_per_cpu() -> f32 {
         .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
         .map(|l| l / cpus)
         .unwrap_or(0.0)
+}
+
+/// Fetches every blob (from `from` first): `Held` once all are on disk.
+async fn fetch_all(
+    runner: &crate::runner::RunnerCtx,
+    blobs: &[pesc_protocol::BlobHash],
+    from: NodeId,
+) -> SyncResponse {
+    for h in blobs {
+        if let Err(e) = runner.fetcher.ensure(h, std::slice::from_ref(&from)).await {
+            return SyncResponse::Refused(format!("{e:#}"));
+        }
+    }
+    SyncResponse::Held
 }
