@@ -15,7 +15,7 @@ use pesc_protocol::model::{Language, Process, ProcessKind, SharedFile, safe_rela
 use pesc_protocol::{BlobHash, RequestId};
 use pesc_webui::{ApiFailure, ByteStream, LogStream, NodeService, ResultsFile};
 
-use crate::agent::{AgentHandle, Command, LogSource};
+use crate::agent::{AgentHandle, Command, LogSource, now_ms};
 use crate::archive;
 use crate::blobs::BlobStore;
 use crate::runner::RunnerCtx;
@@ -255,10 +255,7 @@ impl NodeService for Service {
             entry,
             entry_is_command,
             owner: self.owner.clone(),
-            created_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            created_ms: now_ms(),
         };
         self.agent.ask(|r| Command::RegisterProcess(p, r)).await?
     }
@@ -290,10 +287,7 @@ impl NodeService for Service {
             hash,
             size,
             owner: self.owner.clone(),
-            created_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            created_ms: now_ms(),
         };
         self.agent.ask(|r| Command::PutFile(f, r)).await?
     }

@@ -224,38 +224,35 @@ impl Node {
 
     /// Waits until `pesc nodes` here shows `n` nodes connected (self included).
     pub fn wait_connected(&self, n: usize, timeout: Duration) {
-        let t0 = Instant::now();
-        loop {
-            let v = self.cli_json(&["nodes", "--json"]);
-            let up = v
-                .as_array()
-                .map(|a| a.iter().filter(|x| x["connected"] == true).count())
-                .unwrap_or(0);
-            if up >= n {
-                return;
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "only {up} of {n} nodes connected: {v}\nlog: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_nodes(n, timeout, "connected", |a| {
+            a.iter().filter(|x| x["connected"] == true).count()
+        });
     }
 
     /// Waits until `pesc nodes` here lists `n` nodes (the grid document
     /// holds them all).
     pub fn wait_known(&self, n: usize, timeout: Duration) {
+        self.wait_nodes(n, timeout, "known", |a| a.len());
+    }
+
+    /// Polls `pesc nodes --json` until `count` of its list reaches `n` (bounded).
+    fn wait_nodes(
+        &self,
+        n: usize,
+        timeout: Duration,
+        what: &str,
+        count: impl Fn(&[serde_json::Value]) -> usize,
+    ) {
         let t0 = Instant::now();
         loop {
             let v = self.cli_json(&["nodes", "--json"]);
-            let seen = v.as_array().map(Vec::len).unwrap_or(0);
-            if seen >= n {
+            let got = v.as_array().map(|a| count(a)).unwrap_or(0);
+            if got >= n {
                 return;
             }
             assert!(
                 t0.elapsed() < timeout,
-                "only {seen} of {n} nodes known: {v}\nlog: {}",
+                "only {got} of {n} nodes {what}: {v}\nlog: {}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));

@@ -191,7 +191,8 @@ impl AgentHandle {
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since 1970 (for display; never compared across nodes).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -588,12 +589,7 @@ impl Agent {
                     r.unwritten = true;
                 }
             }
-            RunnerEvent::Holding { hash } => {
-                match self.grid.set_holder(&hash, &self.s.node, true) {
-                    Ok(()) => self.grid_dirty = true,
-                    Err(e) => tracing::error!("cannot record holding {hash}: {e}"),
-                }
-            }
+            RunnerEvent::Holding { hash } => self.record_holding(&hash),
             RunnerEvent::Checkpoint { key, hash, holders } => {
                 if let Some(r) = self.running.get_mut(&key) {
                     r.attempt.checkpoint = Some(hash);
@@ -773,12 +769,10 @@ impl Agent {
                 let _ = reply.send(self.grid_nodes());
             }
             Command::PutFile(f, reply) => {
-                let r = self
-                    .grid
-                    .put_file(&f)
-                    .and_then(|_| self.grid.set_holder(&f.hash, &self.s.node, true))
-                    .map_err(ApiFailure::from)
-                    .map(|_| self.file_info(f));
+                let r = self.grid.put_file(&f).map_err(ApiFailure::from).map(|_| {
+                    self.record_holding(&f.hash);
+                    self.file_info(f)
+                });
                 self.grid_dirty = true;
                 let _ = reply.send(r);
             }
@@ -788,22 +782,31 @@ impl Agent {
                 let _ = reply.send(files.into_iter().map(|f| self.file_info(f)).collect());
             }
             Command::File(name, reply) => {
-                let r = match self.grid.file(&name) {
-                    Ok(Some(f)) => Ok(self.file_info(f)),
-                    Ok(None) => Err(no_such_file(&name)),
-                    Err(e) => Err(e.into()),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.shared_file(&name).map(|f| self.file_info(f)));
             }
             Command::HoldFile(hash, reply) => {
-                if self.runner.blobs.contains(&hash) {
-                    if let Err(e) = self.grid.set_holder(&hash, &self.s.node, true) {
-                        tracing::error!("cannot record holding {hash}: {e}");
-                    }
-                    self.grid_dirty = true;
-                }
+                self.record_holding(&hash);
                 let _ = reply.send(());
             }
+        }
+    }
+
+    /// Records in the grid that this node keeps a whole copy of a shared file.
+    fn record_holding(&mut self, hash: &BlobHash) {
+        match self.grid.set_holder(hash, &self.s.node, true) {
+            Ok(()) => self.grid_dirty = true,
+            Err(e) => tracing::error!("cannot record holding {hash}: {e}"),
+        }
+    }
+
+    /// A shared file by name, or an error that says how to add it.
+    fn shared_file(&self, name: &str) -> ApiResult<SharedFile> {
+        match self.grid.file(name) {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(ApiFailure::not_found(format!(
+                "there is no shared file '{name}': add it with `pesc files add PATH --name {name}` (see `pesc files list`)"
+            ))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -833,11 +836,7 @@ impl Agent {
             inputs: n
                 .shared_files
                 .iter()
-                .map(|name| match self.grid.file(name) {
-                    Ok(Some(f)) => Ok(f),
-                    Ok(None) => Err(no_such_file(name)),
-                    Err(e) => Err(e.into()),
-                })
+                .map(|name| self.shared_file(name))
                 .collect::<ApiResult<Vec<_>>>()?,
             shared_files: n.shared_files,
             gpu: n.gpu,
@@ -1031,13 +1030,6 @@ impl Agent {
     }
 }
 
-/// Turns what the runner saw into the attempt's final record.
-fn no_such_file(name: &str) -> ApiFailure {
-    ApiFailure::not_found(format!(
-        "there is no shared file '{name}': add it with `pesc files add PATH --name {name}` (see `pesc files list`)"
-    ))
-}
-
 /// Who keeps an attempt's output and logs: its replicas, or at least the
 /// node that ran it.
 fn holders_of_results(a: &Attempt) -> Vec<NodeId> {
@@ -1051,6 +1043,7 @@ fn holders_of_results(a: &Attempt) -> Vec<NodeId> {
 /// What a claimed run shows while its node gets the shared files.
 pub const FETCHING_INPUTS: &str = "fetching inputs";
 
+/// Turns what the runner saw into the attempt's final record.
 fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptState, String)>) {
     a.finished_ms = Some(now_ms());
     a.stdout = o.stdout;

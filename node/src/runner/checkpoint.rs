@@ -75,20 +75,19 @@ pub async fn snapshot(
     Ok(Some((h, holders)))
 }
 
-/// While the program runs: a snapshot every `every`, reported to the agent.
+/// While the program runs: a snapshot every `checkpoint_every`, reported to the agent.
 pub async fn keep_snapshotting(
     ctx: Arc<RunnerCtx>,
     key: AttemptKey,
     me: NodeId,
     dir: std::path::PathBuf,
-    every: Duration,
     events: mpsc::UnboundedSender<RunnerEvent>,
     mut done: watch::Receiver<bool>,
 ) -> Option<Vec<(String, u64, u128)>> {
     let mut last = None;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(ctx.checkpoint_every) => {}
             _ = done.changed() => return last,
         }
         match snapshot(&ctx, &dir, &mut last, &me, &done).await {

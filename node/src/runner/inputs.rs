@@ -34,6 +34,9 @@ fn stamp(name: &str, f: &SharedFile, m: &std::fs::Metadata) -> String {
 /// Names of shared files in `app` that are untouched copies of `inputs`
 /// (kept when the app dir is cleaned).
 pub fn intact(slot_dir: &Path, app: &Path, inputs: &[SharedFile]) -> Vec<String> {
+    if inputs.is_empty() {
+        return Vec::new();
+    }
     let Ok(record) = std::fs::read_to_string(slot_dir.join(RECORD)) else {
         return Vec::new();
     };
@@ -50,6 +53,10 @@ pub fn intact(slot_dir: &Path, app: &Path, inputs: &[SharedFile]) -> Vec<String>
 /// Puts every input in `app` read-only (copies unless already intact there)
 /// and records what was placed.
 pub fn place(blobs: &BlobStore, slot_dir: &Path, app: &Path, inputs: &[SharedFile]) -> Result<()> {
+    if inputs.is_empty() {
+        // The app dir was cleaned of earlier copies; an old record matches nothing.
+        return Ok(());
+    }
     let mut record = Vec::new();
     for f in inputs {
         let dest = app.join(&f.name);

@@ -283,7 +283,6 @@ async fn attempt(
         job.key.clone(),
         job.node.clone(),
         app_dir.join("checkpoint"),
-        ctx.checkpoint_every,
         events.clone(),
         done_rx,
     ));

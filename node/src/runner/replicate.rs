@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use libp2p::PeerId;
 use pesc_protocol::wire::{SyncRequest, SyncResponse};
 use pesc_protocol::{BlobHash, NodeId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::RunnerCtx;
-use crate::net::peer_of;
 
 /// How long one peer may take to fetch what it is asked to keep.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -24,22 +24,20 @@ pub async fn replicate(
     stop: &watch::Receiver<bool>,
     patience: Duration,
 ) -> Vec<NodeId> {
-    let mut holders: Vec<NodeId> = Vec::new();
+    let mut holders: Vec<PeerId> = Vec::new();
     if copies == 0 || blobs.is_empty() {
-        return holders;
+        return Vec::new();
     }
     let give_up = Instant::now() + patience;
     loop {
-        let mut peers: Vec<NodeId> = ctx
+        let mut peers: Vec<PeerId> = ctx
             .net
             .connected()
-            .iter()
-            .map(|p| NodeId::new(p.to_string()))
-            .filter(|n| !holders.contains(n))
+            .into_iter()
+            .filter(|p| !holders.contains(p))
             .collect();
         rand::seq::SliceRandom::shuffle(peers.as_mut_slice(), &mut rand::rng());
-        for n in peers {
-            let Some(p) = peer_of(&n) else { continue };
+        for p in peers {
             let ask = ctx.net.ask_sync(
                 p,
                 SyncRequest::Hold {
@@ -47,15 +45,15 @@ pub async fn replicate(
                 },
             );
             match tokio::time::timeout(HOLD_TIMEOUT, ask).await {
-                Ok(Ok(SyncResponse::Held)) => holders.push(n),
-                other => tracing::debug!("{n} did not keep a copy: {other:?}"),
+                Ok(Ok(SyncResponse::Held)) => holders.push(p),
+                other => tracing::debug!("{p} did not keep a copy: {other:?}"),
             }
             if holders.len() >= copies || *stop.borrow() {
-                return holders;
+                break;
             }
         }
-        if *stop.borrow() || Instant::now() >= give_up {
-            return holders;
+        if holders.len() >= copies || *stop.borrow() || Instant::now() >= give_up {
+            return holders.iter().map(|p| NodeId::new(p.to_string())).collect();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
