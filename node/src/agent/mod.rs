@@ -971,7 +971,10 @@ impl Agent {
         let id = self.resolve(prefix)?;
         let q = &self.requests[&id];
         let info = self.info(&id, false).expect("resolved");
-        if !info.state.is_terminal() || self.running.keys().any(|k| k.0 == id) {
+        // Once the request is terminal every rank's result is fixed; a local
+        // runner still around (say, one from the losing side of a partition,
+        // waiting to be told its rank is done elsewhere) changes nothing.
+        if !info.state.is_terminal() {
             return Err(ApiFailure::conflict(format!(
                 "request {id} is still {} ({} of {} runs finished): wait for it (pesc status {id}) and ask again",
                 info.state.as_str(),
