@@ -6,7 +6,9 @@ use anyhow::{Result, anyhow};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{StreamProtocol, gossipsub, identify, identity::Keypair, mdns, ping};
-use pesc_protocol::wire::{BlobRequest, BlobResponse, SyncRequest, SyncResponse};
+use pesc_protocol::wire::{SyncRequest, SyncResponse};
+
+use super::blob_codec::{self, BlobCodec};
 
 /// Name and version peers tell each other (identify).
 pub const AGENT_PROTOCOL: &str = "/pesc/1";
@@ -18,7 +20,7 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
     pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
-    pub blobs: request_response::cbor::Behaviour<BlobRequest, BlobResponse>,
+    pub blobs: request_response::Behaviour<BlobCodec>,
 }
 
 impl Behaviour {
@@ -50,9 +52,6 @@ impl Behaviour {
         let sync_codec = request_response::cbor::codec::Codec::default()
             .set_request_size_maximum(256 << 20)
             .set_response_size_maximum(1 << 20);
-        let blob_codec = request_response::cbor::codec::Codec::default()
-            .set_request_size_maximum(4 << 10)
-            .set_response_size_maximum(16 << 20);
         let rr_cfg = request_response::Config::default()
             .with_request_timeout(Duration::from_secs(60))
             .with_max_concurrent_streams(256);
@@ -70,8 +69,8 @@ impl Behaviour {
                 rr_cfg.clone(),
             ),
             blobs: request_response::Behaviour::with_codec(
-                blob_codec,
-                [(StreamProtocol::new("/pesc/blob/1"), ProtocolSupport::Full)],
+                BlobCodec,
+                [(blob_codec::PROTOCOL, ProtocolSupport::Full)],
                 rr_cfg,
             ),
         })

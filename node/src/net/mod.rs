@@ -7,6 +7,7 @@
 //! gossip, and answering blob range requests from the blob store.
 
 mod behaviour;
+mod blob_codec;
 mod peers;
 mod transport;
 

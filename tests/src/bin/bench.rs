@@ -470,9 +470,11 @@ fn blobs(write: bool) -> Result<()> {
     let small = tmp.path().join("small.bin");
     let big = tmp.path().join("big.bin");
     let big2 = tmp.path().join("big2.bin");
+    let huge = tmp.path().join("huge.bin");
     random_file(&small, 128 << 20, 1)?;
     random_file(&big, GIB, 2)?;
     random_file(&big2, GIB, 3)?;
+    random_file(&huge, 4 * GIB, 4)?;
     // The baseline: curl from a static HTTP server on 127.0.0.1.
     let mut server = Command::new("python3")
         .args(["-m", "http.server", "--bind", "127.0.0.1", "18471"])
@@ -514,6 +516,9 @@ fn blobs(write: bool) -> Result<()> {
     let t_add = add(&big)?;
     let t_one = fetch(one, "big.bin")?;
     let rss_big = (peak_rss_mib(origin.pid()), peak_rss_mib(one.pid()));
+    add(&huge)?;
+    let t_huge = fetch(one, "huge.bin")?;
+    let rss_huge = (peak_rss_mib(origin.pid()), peak_rss_mib(one.pid()));
     add(&big2)?;
     let sent_before = blob_counter(origin, "blob_sent")?;
     let t0 = Instant::now();
@@ -555,6 +560,10 @@ fn blobs(write: bool) -> Result<()> {
         mbps(128 << 20, t_small)
     ));
     table.push_str(&format!(
+        "| 4 GiB, node → node | {t_huge:.2} s = {:.0} MB/s | |\n",
+        mbps(4 * GIB, t_huge)
+    ));
+    table.push_str(&format!(
         "| 1 GiB to 8 nodes at once (all 8 done) | {t_eight:.2} s = **{:.2} × one transfer** | ≤ 1.5 × |\n",
         t_eight / t_one
     ));
@@ -570,6 +579,10 @@ fn blobs(write: bool) -> Result<()> {
     table.push_str(&format!(
         "| peak RSS of sender / receiver after 1 GiB | {:.0} / {:.0} MiB | flat |\n",
         rss_big.0, rss_big.1
+    ));
+    table.push_str(&format!(
+        "| peak RSS of sender / receiver after 4 GiB | {:.0} / {:.0} MiB | flat |\n",
+        rss_huge.0, rss_huge.1
     ));
     table.push_str(&format!(
         "| peak RSS of the origin / largest receiver after 1 GiB × 8 | {rss_eight_origin:.0} / {rss_eight_max:.0} MiB | flat |\n"
