@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use libp2p::Multiaddr;
 use pesc_protocol::join::JoinToken;
 
-use crate::agent::{Agent, Settings};
+use crate::agent::{Agent, Command, Settings};
 use crate::blobs::BlobStore;
 use crate::config::{ExecutorChoice, NodeConfig};
 use crate::executor::{Executor, ProcessExecutor, process::kill_orphans};
@@ -162,6 +163,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         fetcher,
         net: net.clone(),
         checkpoint_every: std::time::Duration::from_secs(cfg.checkpoint_interval_s),
+        live_nodes: 1.into(),
     });
     runner.recover();
     let settings = Settings {
@@ -176,6 +178,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         cache_bytes: cfg.cache_mb.saturating_mul(1 << 20),
     };
     let (agent, handle, commands) = Agent::new(settings, store, runner.clone(), net)?;
+    let stop_tx = handle.tx.clone();
     let service = Arc::new(Service {
         token,
         agent: handle,
@@ -227,14 +230,39 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     }
     let agent_task = tokio::spawn(agent.run(commands, net_events));
     let app = pesc_webui::router(service);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the API")?;
+    let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                let _ = signalled_tx.send(());
+            })
+            .into_future(),
+    );
+    if signalled.await.is_err() {
+        // The server ended on its own: an error.
+        return match server.await {
+            Ok(r) => r.context("serving the API"),
+            Err(e) => Err(anyhow::anyhow!("the API server stopped: {e}")),
+        };
+    }
+    // Hand this node's runs back to the grid before leaving.
+    let (tx, done) = tokio::sync::oneshot::channel();
+    if stop_tx.send(Command::Shutdown(tx)).await.is_ok() {
+        let limit = Duration::from_millis(SHUTDOWN_LIMIT_MS);
+        if tokio::time::timeout(limit, done).await.is_err() {
+            tracing::warn!("the node's runs did not stop in time: leaving anyway");
+        }
+    }
     agent_task.abort();
+    // Open API connections (followed logs) get a moment to finish.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("node stopped");
     Ok(())
 }
+
+/// The longest a stopping node waits for its runs to be handed back.
+const SHUTDOWN_LIMIT_MS: u64 = 30_000;
 
 async fn pick_executor(choice: ExecutorChoice) -> Result<Arc<dyn Executor>> {
     match choice {

@@ -22,6 +22,8 @@
 //!   about itself or from a neighbour's ping or pong, and answers with
 //!   `Up(i + 1)`; a node that restarts announces `Up` with its new
 //!   incarnation (it marks its own interrupted attempts lost itself).
+//! - **Leaving.** A node stopped on purpose hands its runs back, then
+//!   declares itself down ([`Liveness::leave`]).
 //!
 //! In a grid of at most `2 × WATCH_SIDE + 1` nodes everyone watches everyone,
 //! which is what the flooded heartbeats did. Sans-I/O: the node feeds pings,
@@ -152,6 +154,8 @@ pub struct Liveness {
     /// Neighbours watched now, and when each last answered (or when
     /// watching it began, so a new neighbour gets a full TTL).
     watched: HashMap<NodeId, u64>,
+    /// This node said it is leaving.
+    left: bool,
 }
 
 impl Liveness {
@@ -164,6 +168,7 @@ impl Liveness {
             ttl_ms,
             known: HashMap::new(),
             watched: HashMap::new(),
+            left: false,
         }
     }
 
@@ -180,6 +185,20 @@ impl Liveness {
         Notice::Up {
             node: self.me.clone(),
             inc: self.inc,
+        }
+    }
+
+    /// The notice this node publishes when it stops on purpose, after
+    /// handing its runs back: it declares itself down, so the others stop
+    /// counting on it at once instead of after a lease TTL. A later start
+    /// announces `Up` with a larger incarnation, which beats it. From then
+    /// on this node no longer refutes being down.
+    pub fn leave(&mut self) -> Notice {
+        self.left = true;
+        Notice::Down {
+            node: self.me.clone(),
+            inc: self.inc,
+            by: self.me.clone(),
         }
     }
 
@@ -279,9 +298,10 @@ impl Liveness {
     }
 
     /// A neighbour said this node is down at `inc`. Returns the `Up` notice
-    /// to publish when that is news (the incarnation is raised past it).
+    /// to publish when that is news (the incarnation is raised past it),
+    /// unless this node is leaving.
     pub fn told_down(&mut self, inc: u64) -> Option<Notice> {
-        if inc < self.inc {
+        if inc < self.inc || self.left {
             return None;
         }
         self.inc = inc + 1;
@@ -473,6 +493,23 @@ mod tests {
         assert!(!l.trusts(&m[2], 15_000, 17_000, || F));
         assert!(l.trusts(&m[2], 20_000, 34_999, || F));
         assert!(!l.trusts(&m[2], 20_000, 35_000, || F));
+    }
+
+    #[test]
+    fn a_node_that_leaves_is_down_until_it_starts_again() {
+        let m = ids(3);
+        let mut leaving = Liveness::new(m[1].clone(), 40, 15_000);
+        let mut l = Liveness::new(m[0].clone(), 1, 15_000);
+        l.heard(&m[1], 40, 1_000);
+        assert_eq!(l.notice(&leaving.leave(), 2_000), None);
+        assert!(l.is_down(&m[1]), "known down at once, not after a TTL");
+        // A ping saying "you are down" reaches it before it exits: it does
+        // not refute.
+        assert_eq!(leaving.told_down(l.down_at(&m[1]).unwrap()), None);
+        // The restarted node's Up beats it.
+        let back = Liveness::new(m[1].clone(), 90, 15_000);
+        l.notice(&back.announce(), 30_000);
+        assert!(!l.is_down(&m[1]));
     }
 
     #[test]

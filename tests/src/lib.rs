@@ -158,6 +158,28 @@ impl Node {
         }
     }
 
+    /// Stops the node as a service manager would (SIGTERM) and waits for it
+    /// to exit (at most `limit`, then SIGKILL). Returns how long it took and
+    /// whether it exited cleanly.
+    pub fn stop(&mut self, limit: Duration) -> (Duration, bool) {
+        let t0 = Instant::now();
+        let Some(mut c) = self.child.take() else {
+            return (Duration::ZERO, false);
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = c.try_wait() {
+                return (t0.elapsed(), st.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        (t0.elapsed(), false)
+    }
+
     /// Runs the CLI against this node.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_in(args, None)

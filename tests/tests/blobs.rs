@@ -235,20 +235,7 @@ fn a_checkpointed_run_resumes_on_another_node() {
     )
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    // Counts to 60, 0.1 s a step, its counter saved atomically in checkpoint/.
-    let prog = write_file(
-        tmp.path(),
-        "count.sh",
-        "c=0\n\
-         [ -f \"$PESC_CHECKPOINT_DIR/counter\" ] && c=$(cat \"$PESC_CHECKPOINT_DIR/counter\")\n\
-         start=$c\n\
-         while [ $c -lt 60 ]; do\n\
-           sleep 0.1; c=$((c+1))\n\
-           echo $c > \"$PESC_CHECKPOINT_DIR/counter.tmp\"\n\
-           mv \"$PESC_CHECKPOINT_DIR/counter.tmp\" \"$PESC_CHECKPOINT_DIR/counter\"\n\
-         done\n\
-         echo \"started at $start, reached $c\" > \"$PESC_OUTPUT_DIR/count.txt\"\n",
-    );
+    let prog = write_file(tmp.path(), "count.sh", &counter(60));
     let id = g.nodes[0].submit(&[&prog, "-n", "1"]);
     // Wait for a checkpoint snapshot past 15, then kill the node running it.
     let v = g.nodes[0].wait_for(&id, Duration::from_secs(60), |v| {
@@ -267,12 +254,91 @@ fn a_checkpointed_run_resumes_on_another_node() {
     assert_ne!(r["node"], runner.as_str(), "{r}");
     assert!(r["attempt"].as_u64().unwrap() >= 1, "{r}");
     let zip = g.nodes[other].results_zip(&id, &tmp.path().join("r"));
-    let text = zip_text(&zip, "output_rank_0/count.txt").unwrap();
-    let start: u32 = text
-        .split_whitespace()
-        .nth(2)
-        .and_then(|s| s.trim_end_matches(',').parse().ok())
-        .unwrap_or_else(|| panic!("unexpected output {text:?}"));
-    assert!(start >= 10, "the run restarted instead of resuming: {text}");
-    assert!(text.contains("reached 60"), "{text}");
+    let (start, reached) = count_result(&zip);
+    assert!(
+        start >= 10,
+        "the run restarted instead of resuming: from {start}"
+    );
+    assert_eq!(reached, 60);
+}
+
+/// A program that counts to `to`, 0.1 s a step, its counter saved
+/// atomically in checkpoint/; it writes where it started and ended.
+fn counter(to: u32) -> String {
+    format!(
+        "c=0\n\
+         [ -f \"$PESC_CHECKPOINT_DIR/counter\" ] && c=$(cat \"$PESC_CHECKPOINT_DIR/counter\")\n\
+         start=$c\n\
+         while [ $c -lt {to} ]; do\n\
+           sleep 0.1; c=$((c+1))\n\
+           echo $c > \"$PESC_CHECKPOINT_DIR/counter.tmp\"\n\
+           mv \"$PESC_CHECKPOINT_DIR/counter.tmp\" \"$PESC_CHECKPOINT_DIR/counter\"\n\
+         done\n\
+         echo \"started at $start, reached $c\" > \"$PESC_OUTPUT_DIR/count.txt\"\n"
+    )
+}
+
+/// (start, end) of rank 0 of [`counter`]'s results.
+fn count_result(zip: &Path) -> (u32, u32) {
+    let text = zip_text(zip, "output_rank_0/count.txt").unwrap();
+    let nums: Vec<u32> = text
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nums[..] {
+        [start, end] => (start, end),
+        _ => panic!("unexpected output {text:?}"),
+    }
+}
+
+#[test]
+fn a_stopped_node_hands_its_runs_back_with_their_last_checkpoint() {
+    // Leases outlive the test: only the hand-back can move the run in time.
+    // No periodic snapshots: only the last one, taken at the stop, can carry
+    // the counter over.
+    let mut g = Grid::loopback(
+        2,
+        1,
+        &[
+            "--lease-ttl-ms",
+            "120000",
+            "--checkpoint-interval-s",
+            "3600",
+        ],
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write_file(tmp.path(), "count.sh", &counter(80));
+    let id = g.nodes[0].submit(&[&prog, "-n", "1"]);
+    let v = g.nodes[0].wait_for(&id, Duration::from_secs(60), |v| {
+        runs(v)[0]["state"] == "running"
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let runner = runs(&v)[0]["node"].as_str().unwrap().to_string();
+    let victim = (0..2).find(|i| g.nodes[*i].node_id() == runner).unwrap();
+    let other = 1 - victim;
+    let (took, clean) = g.nodes[victim].stop(Duration::from_secs(40));
+    assert!(
+        clean,
+        "the node did not exit cleanly: {}",
+        g.nodes[victim].log()
+    );
+    assert!(
+        g.nodes[victim].log().contains("handing them back"),
+        "{}",
+        g.nodes[victim].log()
+    );
+    let v = g.nodes[other].wait_for(&id, Duration::from_secs(60), all_succeeded);
+    let r = &runs(&v)[0];
+    assert_eq!(r["node"], g.nodes[other].node_id().as_str(), "{r}");
+    assert_eq!(r["attempt"], 1, "{r}");
+    let zip = g.nodes[other].results_zip(&id, &tmp.path().join("r"));
+    let (start, reached) = count_result(&zip);
+    assert!(
+        start >= 10,
+        "the run restarted instead of resuming from the stop (stop took {took:?}): from {start}\n{r}\nstopped node: {}\nother: {}",
+        g.nodes[victim].log(),
+        g.nodes[other].log()
+    );
+    assert_eq!(reached, 80);
 }

@@ -72,6 +72,34 @@ pub enum Command {
     File(String, Reply<ApiResult<SharedFileInfo>>),
     /// This node now keeps a whole copy of this shared file.
     HoldFile(BlobHash, Reply<()>),
+    /// The node is stopping: stop this node's runs (their programs get
+    /// SIGTERM, then a last checkpoint snapshot is taken), record them as
+    /// handed back so other nodes take them at once, tell the peers, and
+    /// answer once that is on disk.
+    Shutdown(Reply<()>),
+}
+
+/// How long a stopping node waits for its runs to end (program grace,
+/// last checkpoint snapshot and its copy on a peer) before it gives up on
+/// them; their leases then run out as for a crash.
+const SHUTDOWN_GRACE_MS: u64 = 20_000;
+/// After the last record: time for the peers to sync it before this node
+/// declares itself gone (a peer that heard "gone" first would take the runs
+/// over without their last checkpoints).
+const SHUTDOWN_LINGER_MS: u64 = 1_000;
+/// After declaring itself gone: time for the notice to leave.
+const SHUTDOWN_LAST_WORD_MS: u64 = 300;
+const STOPPED_NODE: &str = "the node running it was stopped; the run goes on elsewhere";
+
+/// A stop in progress.
+struct Stopping {
+    reply: Reply<()>,
+    /// Monotonic ms: stop waiting for runs then.
+    give_up_ms: u64,
+    /// Monotonic ms: the runs were recorded as handed back.
+    recorded_ms: Option<u64>,
+    /// Monotonic ms: the node told the grid it is gone; it exits after.
+    left_ms: Option<u64>,
 }
 
 /// What the results archive of a finished request is made of.
@@ -169,6 +197,7 @@ pub struct Agent {
     events_rx: mpsc::UnboundedReceiver<RunnerEvent>,
     net: NetHandle,
     repl: replication::Replication,
+    stopping: Option<Stopping>,
 }
 
 /// A handle the API uses to reach the agent.
@@ -301,6 +330,7 @@ impl Agent {
             s,
             writer: StoreWriter::spawn(Arc::new(store))?,
             after_commit: Vec::new(),
+            stopping: None,
             runner,
             grid,
             grid_dirty,
@@ -362,9 +392,85 @@ impl Agent {
                 }
             }
             self.step();
+            if self.stop_progress() {
+                break;
+            }
         }
         for r in self.running.values() {
             let _ = r.stop.send(true);
+        }
+        if let Some(s) = self.stopping.take() {
+            let durable = self.durable();
+            self.step();
+            let _ = durable.await;
+            let _ = s.reply.send(());
+        }
+    }
+
+    /// Starts stopping the node: every run of this node is asked to stop and
+    /// will be recorded as handed back.
+    fn begin_stop(&mut self, reply: Reply<()>) {
+        tracing::info!(
+            "stopping: ending {} run(s) here and handing them back to the grid",
+            self.running.len()
+        );
+        for r in self.running.values_mut() {
+            if r.stopping.is_none() {
+                r.stopping = Some((AttemptState::Yielded, STOPPED_NODE.into()));
+            }
+            let _ = r.stop.send(true);
+        }
+        self.stopping = Some(Stopping {
+            reply,
+            give_up_ms: self.mono() + SHUTDOWN_GRACE_MS,
+            recorded_ms: None,
+            left_ms: None,
+        });
+    }
+
+    /// Whether a stop in progress is done: runs ended (or given up on) and
+    /// recorded, the peers had time to sync that, and the node said it is
+    /// gone.
+    fn stop_progress(&mut self) -> bool {
+        let now = self.mono();
+        let Some(s) = &self.stopping else {
+            return false;
+        };
+        match (s.recorded_ms, s.left_ms) {
+            (_, Some(t)) => now >= t + SHUTDOWN_LAST_WORD_MS,
+            (Some(t), None) => {
+                if now >= t + SHUTDOWN_LINGER_MS {
+                    self.leave();
+                    if let Some(s) = &mut self.stopping {
+                        s.left_ms = Some(now);
+                    }
+                }
+                false
+            }
+            (None, None) if self.running.is_empty() || now >= s.give_up_ms => {
+                // Runs that did not end in time: recorded as handed back
+                // all the same; their programs are killed when the node exits.
+                let late: Vec<(RequestId, Attempt)> = self
+                    .running
+                    .drain()
+                    .map(|((req, ..), r)| {
+                        let mut a = r.attempt;
+                        a.state = AttemptState::Yielded;
+                        a.reason = Some(STOPPED_NODE.into());
+                        a.finished_ms = Some(now_ms());
+                        (req, a)
+                    })
+                    .collect();
+                for (req, a) in &late {
+                    self.write_attempt(req, a);
+                }
+                self.step();
+                if let Some(s) = &mut self.stopping {
+                    s.recorded_ms = Some(now);
+                }
+                false
+            }
+            (None, None) => false,
         }
     }
 
@@ -415,6 +521,9 @@ impl Agent {
     }
 
     fn schedule(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
         let free = self.free_slots.len();
         let now = self.mono();
         if free == 0 || now < self.claims_paused_until {
@@ -788,6 +897,7 @@ impl Agent {
                 self.record_holding(&hash);
                 let _ = reply.send(());
             }
+            Command::Shutdown(reply) => self.begin_stop(reply),
         }
     }
 

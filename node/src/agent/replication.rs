@@ -509,6 +509,9 @@ impl Agent {
         self.members_n = members.len().max(1);
         let live = self.live(&members);
         self.live_n = live.len().max(1);
+        self.runner
+            .live_nodes
+            .store(self.live_n, std::sync::atomic::Ordering::Relaxed);
         let neighbours = ring_neighbours(&self.s.node, &live, WATCH_SIDE);
         for n in self.liveness.tick(&neighbours, now) {
             if let Notice::Down { node, .. } = &n {
@@ -545,6 +548,12 @@ impl Agent {
                 reply: None,
             });
         }
+    }
+
+    /// Tells the grid this node is leaving (see [`pesc_protocol::liveness::Liveness::leave`]).
+    pub(super) fn leave(&mut self) {
+        let n = self.liveness.leave();
+        self.publish(n);
     }
 
     fn publish(&self, n: Notice) {

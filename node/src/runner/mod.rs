@@ -115,12 +115,22 @@ pub struct RunnerCtx {
     pub net: crate::net::NetHandle,
     /// Snapshot `checkpoint/` this often while a run runs.
     pub checkpoint_every: std::time::Duration,
+    /// Grid members believed alive, this node included (the agent updates
+    /// it every heartbeat): a run does not wait for copies of its results
+    /// on nodes that have left.
+    pub live_nodes: std::sync::atomic::AtomicUsize,
 }
 
 impl RunnerCtx {
     /// Peers connected now.
     pub fn peers(&self) -> usize {
         self.net.connected().len()
+    }
+
+    /// Other nodes believed alive now: at least the connected ones.
+    pub fn live_others(&self) -> usize {
+        let live = self.live_nodes.load(std::sync::atomic::Ordering::Relaxed);
+        live.max(self.peers() + 1) - 1
     }
 
     pub fn slot_dir(&self, slot: usize) -> PathBuf {

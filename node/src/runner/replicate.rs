@@ -15,8 +15,9 @@ use super::RunnerCtx;
 const HOLD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Asks connected peers, in random order, to keep `blobs` until `copies` of
-/// them say they do, the attempt is stopped, or `patience` has passed
-/// without enough holders. Returns the nodes that keep them.
+/// them say they do (fewer if fewer other nodes are alive by then), the
+/// attempt is stopped, or `patience` has passed without enough holders.
+/// Returns the nodes that keep them.
 pub async fn replicate(
     ctx: &RunnerCtx,
     blobs: Vec<BlobHash>,
@@ -52,7 +53,8 @@ pub async fn replicate(
                 break;
             }
         }
-        if holders.len() >= copies || *stop.borrow() || Instant::now() >= give_up {
+        let enough = holders.len() >= copies.min(ctx.live_others());
+        if enough || *stop.borrow() || Instant::now() >= give_up {
             return holders.iter().map(|p| NodeId::new(p.to_string())).collect();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
