@@ -55,6 +55,9 @@ pub struct Att {
     pub state: AttemptState,
     /// Set when the holder went off while running it (for failover times).
     pub down_t: u64,
+    /// Work (reference ms) the rank's checkpoint held when this attempt
+    /// started from it.
+    pub base: u32,
 }
 
 pub struct Node {
@@ -83,6 +86,9 @@ pub struct Req {
     pub submit_t: u64,
     /// Work per rank, milliseconds on the reference machine.
     pub work: Vec<u32>,
+    /// Work per rank its newest checkpoint snapshot holds (see
+    /// [`crate::scenario::Timing::checkpoint_ms`]).
+    pub saved: Vec<u32>,
     pub ranks: Vec<Vec<u32>>,
     pub unfinished: BTreeSet<u32>,
     /// Unfinished ranks with no unfinished attempt.
@@ -201,6 +207,7 @@ impl Sim {
                 orphans: BTreeMap::new(),
                 fresh: BTreeMap::new(),
                 first_claim: vec![NEVER; plan.runs as usize],
+                saved: vec![0; plan.runs as usize],
                 result: vec![u32::MAX; plan.runs as usize],
                 done_t: NEVER,
             });
@@ -418,9 +425,12 @@ impl Sim {
     fn claim(&mut self, b: u32, c: crate::view::Claim) {
         let ai = self.atts.len() as u32;
         let speed = self.nodes[b as usize].speed;
-        let work = self.reqs[c.req as usize].work[c.rank as usize];
+        let (work, base) = {
+            let q = &self.reqs[c.req as usize];
+            (q.work[c.rank as usize], q.saved[c.rank as usize])
+        };
         let start_t = self.now + self.sc.timing.start_overhead_ms;
-        let end_t = start_t + (work as f64 / speed).ceil() as u64;
+        let end_t = start_t + ((work - base) as f64 / speed).ceil() as u64;
         self.atts.push(Att {
             req: c.req,
             rank: c.rank,
@@ -431,6 +441,7 @@ impl Sim {
             end_t: NEVER,
             state: AttemptState::Claimed,
             down_t: NEVER,
+            base,
         });
         let q = &mut self.reqs[c.req as usize];
         let rank = c.rank as usize;
@@ -647,11 +658,20 @@ impl Sim {
         let running = std::mem::take(&mut self.nodes[b as usize].running);
         let now = self.now;
         let mut held = Vec::with_capacity(running.len());
+        let speed = self.nodes[b as usize].speed;
         for &a in &running {
             let x = &mut self.atts[a as usize];
             x.down_t = now;
-            self.m.lost_ms += now.saturating_sub(x.start_t);
+            // The newest snapshot keeps the work up to it; the rest is lost.
+            let ran = now.saturating_sub(x.start_t);
+            let kept = self.sc.timing.kept_ms(ran);
+            self.m.lost_ms += ran - kept;
             let (q, r) = (x.req, x.rank);
+            let q_ = &mut self.reqs[q as usize];
+            let saved = (x.base as f64 + kept as f64 * speed) as u32;
+            let saved = saved.min(q_.work[r as usize].saturating_sub(1));
+            let slot = &mut q_.saved[r as usize];
+            *slot = (*slot).max(saved);
             held.push((q, r));
             self.reclassify(q, r);
         }

@@ -94,6 +94,23 @@ pub struct Timing {
     pub start_overhead_ms: u64,
     /// A node that comes back claims nothing until it has caught up.
     pub catchup_ms: u64,
+    /// How often a run's `checkpoint/` is snapshotted and kept by another
+    /// node (`checkpoint_interval_s`), for programs that save their
+    /// progress there: a run cut by a crash resumes from its newest
+    /// snapshot wherever it runs next. 0: programs keep no checkpoint, a
+    /// cut run starts again from zero.
+    pub checkpoint_ms: u64,
+}
+
+impl Timing {
+    /// Of `ran_ms` of wall time of a run cut by a crash, how much its newest
+    /// checkpoint snapshot kept.
+    pub fn kept_ms(&self, ran_ms: u64) -> u64 {
+        match self.checkpoint_ms {
+            0 => 0,
+            c => ran_ms / c * c,
+        }
+    }
 }
 
 impl Default for Timing {
@@ -104,6 +121,7 @@ impl Default for Timing {
             tick_ms: 500,
             start_overhead_ms: 15,
             catchup_ms: 2_000,
+            checkpoint_ms: 0,
         }
     }
 }

@@ -285,6 +285,12 @@ fn scale(seed: u64, name: &str, n: usize, runs: u32, churn_per_min: f64) -> Scen
     room.node = 5;
     sc.requests.extend([gpu, room]);
     sc.sample_ms = MIN;
+    // The programs save their progress in checkpoint/; the node snapshots it
+    // every minute (the default) and a cut run resumes from the newest one.
+    sc.timing.checkpoint_ms = MIN;
+    sc.notes.push(
+        "checkpoints: programs save their progress; snapshots every 60 s (the default), so a run cut by a crash loses under a minute of work".into(),
+    );
     if churn_per_min > 0.0 {
         sc.notes.push(format!(
             "churn: each node crashes at {:.0} % per minute and reboots in 2–10 min",

@@ -39,6 +39,29 @@ fn smoke_keeps_every_invariant_on_every_step() {
 }
 
 #[test]
+fn checkpoints_cut_the_work_crashes_waste() {
+    // Runs of 2–12 s cut by crashes: snapshots every second keep most of
+    // what they did; the next attempt resumes from there.
+    let plain = by_name("smoke", 3).unwrap();
+    let mut ck = plain.clone();
+    ck.timing.checkpoint_ms = 1_000;
+    let (a, b) = (pesc_sim::run(plain), pesc_sim::run(ck));
+    assert_eq!(b.invariant_violations, 0, "{:?}", b.violation_examples);
+    assert!(b.finished && b.unfinished_runs == 0);
+    assert!(
+        a.wasted_work_pct > 0.0,
+        "crashes cut runs: {}",
+        a.wasted_work_pct
+    );
+    assert!(
+        b.wasted_work_pct < a.wasted_work_pct,
+        "{} vs {}",
+        b.wasted_work_pct,
+        a.wasted_work_pct
+    );
+}
+
+#[test]
 fn validation_scenario_is_near_ideal_with_no_waste() {
     let r = pesc_sim::run(by_name("validate", 1).unwrap());
     assert!(r.finished);
