@@ -217,7 +217,7 @@ impl BlobStore {
                         }
                         let (offset, len) = block_range(total, *index);
                         BlobResponse::Block {
-                            data: read_at(&f, offset, len)?,
+                            data: read_owned(f, offset, len)?,
                         }
                     }
                     Err(_) => match self.partials.read_block(hash, *index)? {
@@ -229,6 +229,22 @@ impl BlobStore {
         };
         answer().unwrap_or_else(|e| BlobResponse::Refused(format!("cannot read the blob: {e:#}")))
     }
+}
+
+/// Reads `len` bytes at `offset` from a file this reader alone uses, into
+/// memory that is not zeroed first.
+fn read_owned(mut f: File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(offset))?;
+    let mut data = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut data)?;
+    if (data.len() as u64) < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the blob is shorter than its size",
+        ));
+    }
+    Ok(data)
 }
 
 /// Reads `len` bytes at `offset`.

@@ -510,16 +510,26 @@ fn blobs(write: bool) -> Result<()> {
         }
         Ok(t0.elapsed().as_secs_f64())
     };
+    // Each timed transfer starts with no dirty pages being written back
+    // (the files just made or stored would compete for the disk).
+    let settle = || {
+        let _ = Command::new("sync").status();
+    };
     add(&small)?;
+    settle();
     let t_small = fetch(one, "small.bin")?;
     let rss_small = (peak_rss_mib(origin.pid()), peak_rss_mib(one.pid()));
+    settle();
     let t_add = add(&big)?;
+    settle();
     let t_one = fetch(one, "big.bin")?;
     let rss_big = (peak_rss_mib(origin.pid()), peak_rss_mib(one.pid()));
     add(&huge)?;
+    settle();
     let t_huge = fetch(one, "huge.bin")?;
     let rss_huge = (peak_rss_mib(origin.pid()), peak_rss_mib(one.pid()));
     add(&big2)?;
+    settle();
     let sent_before = blob_counter(origin, "blob_sent")?;
     let t0 = Instant::now();
     let mut children = Vec::new();
