@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub cache_mb: u64,
     /// Largest shared file, in MiB.
     pub max_shared_file_mb: u64,
+    /// Containers: default image, limits per run, network.
+    pub docker: crate::executor::DockerConfig,
 }
 
 /// Default port for peers.
@@ -84,6 +86,7 @@ impl Default for NodeConfig {
             checkpoint_interval_s: 60,
             cache_mb: 20 * 1024,
             max_shared_file_mb: 100 * 1024,
+            docker: Default::default(),
         }
     }
 }

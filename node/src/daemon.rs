@@ -13,7 +13,9 @@ use pesc_protocol::join::JoinToken;
 use crate::agent::{Agent, Command, Settings};
 use crate::blobs::BlobStore;
 use crate::config::{ExecutorChoice, NodeConfig};
-use crate::executor::{Executor, ProcessExecutor, process::kill_orphans};
+use crate::executor::{
+    DockerConfig, DockerExecutor, Executor, ProcessExecutor, process::kill_orphans,
+};
 use crate::grid_secret::{self, Joined};
 use crate::identity;
 use crate::net::{self, NetConfig, fetch::Fetcher};
@@ -60,6 +62,9 @@ pub struct NodeArgs {
     /// Blob store size limit in MiB, 0 for none (default: `cache_mb`).
     #[arg(long, value_name = "MIB")]
     pub cache_mb: Option<u64>,
+    /// Image for runs that name none (default: `docker.default_image`).
+    #[arg(long, value_name = "IMAGE")]
+    pub docker_image: Option<String>,
 }
 
 pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
@@ -109,6 +114,10 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     if let Some(c) = args.cache_mb {
         cfg.cache_mb = c;
     }
+    if let Some(i) = args.docker_image {
+        cfg.docker.default_image = i;
+    }
+    cfg.docker.check().context("node.toml")?;
     let join: Option<JoinToken> = args
         .join
         .as_deref()
@@ -131,7 +140,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     let key = identity::load_or_create_key(&data_dir)?;
     let node = identity::node_id(&key);
     let token = identity::load_or_create_token(&data_dir)?;
-    let executor = pick_executor(cfg.executor).await?;
+    let executor = pick_executor(cfg.executor, node.as_str(), &cfg.docker).await?;
     let orphans = kill_orphans(node.as_str());
     if orphans > 0 {
         tracing::warn!("stopped {orphans} process(es) left running by this node's previous life");
@@ -264,21 +273,42 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
 /// The longest a stopping node waits for its runs to be handed back.
 const SHUTDOWN_LIMIT_MS: u64 = 30_000;
 
-async fn pick_executor(choice: ExecutorChoice) -> Result<Arc<dyn Executor>> {
+async fn pick_executor(
+    choice: ExecutorChoice,
+    node: &str,
+    docker: &DockerConfig,
+) -> Result<Arc<dyn Executor>> {
+    let connect = || async {
+        let d = DockerExecutor::connect(node, docker.clone()).await?;
+        let gone = d.remove_orphans().await;
+        if gone > 0 {
+            tracing::warn!("removed {gone} container(s) left by this node's previous life");
+        }
+        anyhow::Ok(Arc::new(d) as Arc<dyn Executor>)
+    };
     match choice {
         ExecutorChoice::Process => Ok(Arc::new(ProcessExecutor)),
-        ExecutorChoice::Docker => bail!(
-            "the Docker executor is not part of this version yet; use --executor process (or auto)"
+        ExecutorChoice::Docker => connect().await.context(
+            "--executor docker: is the Docker daemon running? (or use --executor process)",
         ),
         ExecutorChoice::Auto => {
             if docker_answers().await {
-                tracing::warn!(
-                    "a Docker daemon answers, but this version runs plain processes; containers come with the Docker executor"
-                );
+                match connect().await {
+                    Ok(d) => {
+                        tracing::info!("a Docker daemon answers: runs go in containers");
+                        Ok(d)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "a Docker daemon answers but cannot be used ({e:#}): using the process executor"
+                        );
+                        Ok(Arc::new(ProcessExecutor))
+                    }
+                }
             } else {
                 tracing::info!("no Docker daemon answers: using the process executor");
+                Ok(Arc::new(ProcessExecutor))
             }
-            Ok(Arc::new(ProcessExecutor))
         }
     }
 }

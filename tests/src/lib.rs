@@ -100,6 +100,9 @@ impl Node {
         if !extra.contains(&"--mdns") {
             defaults.extend(["--mdns", "false"]);
         }
+        if !extra.contains(&"--executor") {
+            defaults.extend(["--executor", "process"]);
+        }
         let child = command_in(netns, &bin)
             .arg("--data-dir")
             .arg(&data_dir)
@@ -107,8 +110,6 @@ impl Node {
                 "node",
                 "--api",
                 "127.0.0.1:0",
-                "--executor",
-                "process",
                 "--slots",
                 &slots.to_string(),
             ])

@@ -1,10 +1,13 @@
 //! Executors run one prepared attempt: the process executor (plain child
-//! processes) now, Docker later, behind the same trait.
+//! processes) and the Docker executor (one container per attempt), behind
+//! the same trait and the same run contract.
 
+pub mod docker;
 pub mod process;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+pub use docker::{DockerConfig, DockerExecutor};
 pub use process::ProcessExecutor;
 use tokio::sync::watch;
 
@@ -19,6 +22,8 @@ pub struct Job {
     pub env: Vec<(String, String)>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// The image to run in (Docker); `None`: the executor's default.
+    pub image: Option<String>,
 }
 
 /// How the program ended.
@@ -36,6 +41,11 @@ pub trait Executor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Whether user code is isolated from the host.
     fn isolated(&self) -> bool;
+    /// Where the program sees the app dir at `host` (the header and
+    /// environment name this path).
+    fn app_dir_in_run(&self, host: &Path) -> PathBuf {
+        host.to_path_buf()
+    }
     /// Runs the job to its end. An `Err` means it could not be started.
     async fn run(&self, job: Job, stop: watch::Receiver<bool>) -> anyhow::Result<Exit>;
 }

@@ -262,10 +262,11 @@ async fn attempt(
         .await
         .context("preparing the app dir")?;
 
+    let seen = ctx.executor.app_dir_in_run(&app_dir);
     let hctx = RunContext {
-        app_dir: app_dir.display().to_string(),
-        checkpoint_dir: app_dir.join("checkpoint").display().to_string(),
-        output_dir: app_dir.join("output").display().to_string(),
+        app_dir: seen.display().to_string(),
+        checkpoint_dir: seen.join("checkpoint").display().to_string(),
+        output_dir: seen.join("output").display().to_string(),
         rank,
         world_size: job.world_size,
         master_addr: "127.0.0.1".into(),
@@ -283,6 +284,7 @@ async fn attempt(
         env: header_env(&hctx),
         stdout: stdout.clone(),
         stderr: stderr.clone(),
+        image: None,
     };
     let _ = events.send(RunnerEvent::Started {
         key: job.key.clone(),

@@ -1,0 +1,393 @@
+//! The Docker executor: each attempt in its own container, through the
+//! daemon's API (bollard), with the same run contract as the process
+//! executor. The app dir is bind-mounted at [`APP_DIR`] and is the working
+//! directory; the program's output streams go to the same log files.
+//!
+//! Containers are unprivileged: every capability dropped,
+//! `no-new-privileges`, a pids limit, memory and CPU limits, the node's own
+//! uid (files in the app dir stay the node's), no network unless the node
+//! allows one, and never the host's Docker socket. A stop (cancel, lease
+//! lost, node stopping) sends SIGTERM, then SIGKILL after the grace, and the
+//! container is always removed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use super::{Executor, Exit, Job};
+
+/// Where the app dir is inside the container.
+pub const APP_DIR: &str = "/app";
+/// Label on every container of this node (for clean-up after a crash).
+const NODE_LABEL: &str = "pesc.node";
+/// How long a stopped program gets after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// Limits and defaults for the containers of one node (`[docker]` in
+/// `node.toml`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct DockerConfig {
+    /// Image for runs whose request names none.
+    pub default_image: String,
+    /// Memory per run, MiB (0: no limit).
+    pub memory_mb: u64,
+    /// CPUs per run (0: no limit).
+    pub cpus: f64,
+    /// Processes per run.
+    pub pids: i64,
+    /// `none` (default), `bridge` or `host`.
+    pub network: String,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            default_image: "python:3.12-slim".into(),
+            memory_mb: 4096,
+            cpus: 1.0,
+            pids: 512,
+            network: "none".into(),
+        }
+    }
+}
+
+pub struct DockerExecutor {
+    docker: Docker,
+    node: String,
+    cfg: DockerConfig,
+    pulling: tokio::sync::Mutex<()>,
+}
+
+impl DockerConfig {
+    /// Refuses settings that cannot work.
+    pub fn check(&self) -> Result<()> {
+        if !["none", "bridge", "host"].contains(&self.network.as_str()) {
+            anyhow::bail!(
+                "docker.network is '{}': use none, bridge or host",
+                self.network
+            );
+        }
+        if self.default_image.trim().is_empty() {
+            anyhow::bail!("docker.default_image is empty");
+        }
+        if !(self.cpus >= 0.0 && self.cpus <= 1024.0) {
+            anyhow::bail!("docker.cpus is {}: use 0 (no limit) to 1024", self.cpus);
+        }
+        if self.pids < 16 {
+            anyhow::bail!("docker.pids is {}: at least 16", self.pids);
+        }
+        Ok(())
+    }
+}
+
+impl DockerExecutor {
+    /// Connects to the local daemon (`DOCKER_HOST` or the default socket) and
+    /// agrees on an API version. Fails when no daemon answers.
+    pub async fn connect(node: &str, cfg: DockerConfig) -> Result<Self> {
+        let docker = Docker::connect_with_local_defaults()
+            .context("connecting to the Docker daemon")?
+            .negotiate_version()
+            .await
+            .context("the Docker daemon does not answer")?;
+        docker
+            .ping()
+            .await
+            .context("the Docker daemon does not answer")?;
+        Ok(DockerExecutor {
+            docker,
+            node: node.to_string(),
+            cfg,
+            pulling: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Removes the containers an earlier life of this node left (after
+    /// `kill -9` or a power loss). Returns how many.
+    pub async fn remove_orphans(&self) -> usize {
+        let filter = format!("{NODE_LABEL}={}", self.node);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&std::collections::HashMap::from([(
+                "label".to_string(),
+                vec![filter],
+            )]))
+            .build();
+        let Ok(list) = self.docker.list_containers(Some(opts)).await else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in list {
+            if let Some(id) = c.id {
+                self.remove(&id).await;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    async fn remove(&self, id: &str) {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
+            tracing::warn!("cannot remove container {id}: {e}");
+        }
+    }
+
+    fn host_config(&self, app_dir: &Path) -> HostConfig {
+        let c = &self.cfg;
+        HostConfig {
+            binds: Some(vec![format!("{}:{APP_DIR}", app_dir.display())]),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(c.pids),
+            memory: (c.memory_mb > 0).then_some((c.memory_mb as i64) << 20),
+            memory_swap: (c.memory_mb > 0).then_some((c.memory_mb as i64) << 20),
+            nano_cpus: (c.cpus > 0.0).then_some((c.cpus * 1e9) as i64),
+            network_mode: Some(c.network.clone()),
+            privileged: Some(false),
+            // The output goes to the node through the attach stream only.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            init: Some(true),
+            ..Default::default()
+        }
+    }
+
+    /// Runs the created container `id` to its end.
+    async fn run_container(
+        &self,
+        id: &str,
+        job: &Job,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Exit> {
+        let attach = self
+            .docker
+            .attach_container(
+                id,
+                Some(
+                    AttachContainerOptionsBuilder::default()
+                        .stdout(true)
+                        .stderr(true)
+                        .stream(true)
+                        .build(),
+                ),
+            )
+            .await
+            .context("attaching to the container")?;
+        let copy = tokio::spawn(copy_output(
+            attach.output,
+            job.stdout.clone(),
+            job.stderr.clone(),
+        ));
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| anyhow!("cannot start the container: {e}"))?;
+        let mut waiting = self.docker.wait_container(
+            id,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        let mut stopped = false;
+        let code = loop {
+            tokio::select! {
+                w = waiting.next() => break wait_code(w)?,
+                _ = async { let _ = stop.wait_for(|s| *s).await; }, if !stopped => {
+                    stopped = true;
+                    self.signal(id, "SIGTERM").await;
+                    let id = id.to_string();
+                    let docker = self.docker.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(STOP_GRACE).await;
+                        let opts = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+                        let _ = docker.kill_container(&id, Some(opts)).await;
+                    });
+                }
+            }
+        };
+        // The output ends with the container.
+        let _ = tokio::time::timeout(Duration::from_secs(5), copy).await;
+        Ok(match code {
+            c if stopped && (129..=192).contains(&c) => Exit::Signal((c - 128) as i32),
+            c => Exit::Code(c as i32),
+        })
+    }
+
+    /// Makes sure `image` is here, pulling it from its registry if not.
+    /// One pull at a time per node; runs that need the same image wait.
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        let _one = self.pulling.lock().await;
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!("pulling image {image}");
+        let (name, tag) = split_tag(image);
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut progress = self.docker.create_image(Some(opts), None, None);
+        while let Some(p) = progress.next().await {
+            if let Err(e) = p {
+                anyhow::bail!("image '{image}' is not on this node and cannot be pulled: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn signal(&self, id: &str, sig: &str) {
+        let opts = KillContainerOptionsBuilder::default().signal(sig).build();
+        let _ = self.docker.kill_container(id, Some(opts)).await;
+    }
+}
+
+/// `name[:tag]` → (name, tag); a `:` inside a registry host:port is not a tag.
+fn split_tag(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t),
+        _ => (image, "latest"),
+    }
+}
+
+/// The exit code from the wait stream (bollard reports a non-zero exit as
+/// an error carrying the code).
+fn wait_code(
+    w: Option<Result<bollard::models::ContainerWaitResponse, bollard::errors::Error>>,
+) -> Result<i64> {
+    match w {
+        Some(Ok(r)) => Ok(r.status_code),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(anyhow!("waiting for the container: {e}")),
+        None => Err(anyhow!(
+            "the Docker daemon stopped answering about the container"
+        )),
+    }
+}
+
+/// Writes the container's output streams to the log files as they come.
+async fn copy_output(
+    mut out: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+    >,
+    stdout: PathBuf,
+    stderr: PathBuf,
+) -> Result<()> {
+    let mut so = tokio::fs::File::create(&stdout).await?;
+    let mut se = tokio::fs::File::create(&stderr).await?;
+    while let Some(chunk) = out.next().await {
+        match chunk {
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                so.write_all(&message).await?
+            }
+            Ok(LogOutput::StdErr { message }) => se.write_all(&message).await?,
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(_) => break,
+        }
+    }
+    so.flush().await?;
+    se.flush().await?;
+    Ok(())
+}
+
+/// The uid:gid that owns `dir` (the node's own), for the container's user.
+fn owner_of(dir: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(format!("{}:{}", m.uid(), m.gid()))
+}
+
+#[async_trait::async_trait]
+impl Executor for DockerExecutor {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn isolated(&self) -> bool {
+        true
+    }
+
+    fn app_dir_in_run(&self, _host: &Path) -> PathBuf {
+        PathBuf::from(APP_DIR)
+    }
+
+    async fn run(&self, job: Job, mut stop: watch::Receiver<bool>) -> Result<Exit> {
+        let image = job
+            .image
+            .clone()
+            .unwrap_or_else(|| self.cfg.default_image.clone());
+        self.ensure_image(&image).await?;
+        let labels = std::collections::HashMap::from([(NODE_LABEL.to_string(), self.node.clone())]);
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: Some(job.argv.clone()),
+            env: Some(job.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: Some(APP_DIR.into()),
+            user: Some(owner_of(&job.app_dir)?),
+            labels: Some(labels),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(false),
+            tty: Some(false),
+            host_config: Some(self.host_config(&job.app_dir)),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().build()), body)
+            .await
+            .map_err(|e| anyhow!("cannot create a container from image '{image}': {e}"))?;
+        let result = self.run_container(&created.id, &job, &mut stop).await;
+        self.remove(&created.id).await;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_split_into_name_and_tag() {
+        assert_eq!(split_tag("python:3.12-slim"), ("python", "3.12-slim"));
+        assert_eq!(split_tag("python"), ("python", "latest"));
+        assert_eq!(
+            split_tag("registry.lan:5000/team/img"),
+            ("registry.lan:5000/team/img", "latest")
+        );
+        assert_eq!(
+            split_tag("registry.lan:5000/team/img:v2"),
+            ("registry.lan:5000/team/img", "v2")
+        );
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        assert!(DockerConfig::default().check().is_ok());
+        let bad = |f: fn(&mut DockerConfig)| {
+            let mut c = DockerConfig::default();
+            f(&mut c);
+            c.check().is_err()
+        };
+        assert!(bad(|c| c.network = "overlay".into()));
+        assert!(bad(|c| c.default_image = " ".into()));
+        assert!(bad(|c| c.cpus = -1.0));
+        assert!(bad(|c| c.pids = 0));
+    }
+}

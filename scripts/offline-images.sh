@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Makes the base images the Docker tests use, without a registry: a Debian root
+# filesystem made with debootstrap from Debian's package mirror, then
+# `docker import`. Real users' domains use public base images (python:3.12-slim, …);
+# the tests point the templates at these through the node's config.
+#
+#   scripts/offline-images.sh            # makes what is missing
+#   PESC_MIRROR=http://... scripts/offline-images.sh
+#
+# Images (tags are what tests/ and docs/ use):
+#   pesc-offline/python:bookworm   python3 (+ pip), sh
+#   pesc-offline/gcc:bookworm      python3, gcc, make, libc6-dev
+set -euo pipefail
+mirror="${PESC_MIRROR:-http://deb.debian.org/debian}"
+work="${PESC_IMAGE_WORK:-/var/tmp/pesc-offline-images}"
+mkdir -p "$work"
+
+make_image() { # TAG PACKAGES
+  local tag="$1" pkgs="$2"
+  if docker image inspect "$tag" >/dev/null 2>&1; then
+    echo "$tag: present"
+    return
+  fi
+  local root="$work/$(echo "$tag" | tr '/:' '__')"
+  rm -rf "$root"
+  echo "$tag: debootstrap bookworm with $pkgs"
+  debootstrap --variant=minbase --include="$pkgs" bookworm "$root" "$mirror" >"$root.log" 2>&1 \
+    || { tail -20 "$root.log"; exit 1; }
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["/bin/sh"]' - "$tag" >/dev/null
+  rm -rf "$root"
+  echo "$tag: made"
+}
+
+make_image pesc-offline/python:bookworm python3,python3-pip
+make_image pesc-offline/gcc:bookworm python3,gcc,make,libc6-dev

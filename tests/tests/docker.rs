@@ -1,0 +1,231 @@
+//! The Docker executor against the real daemon, with the offline base image
+//! `scripts/offline-images.sh` makes (`.ci/run` makes it).
+
+use std::process::Command;
+use std::time::Duration;
+
+use pesc_tests::{Node, runs, write_file, zip_text};
+use serde_json::Value;
+
+const IMAGE: &str = "pesc-offline/python:bookworm";
+
+/// Whether the Docker tests can run: a daemon and the offline image. In CI
+/// both must be there (the tests fail loudly); elsewhere `PESC_SKIP_DOCKER=1`
+/// skips them.
+fn can_run() -> bool {
+    if std::env::var_os("PESC_SKIP_DOCKER").is_some() {
+        eprintln!("skipped: PESC_SKIP_DOCKER is set");
+        return false;
+    }
+    let ok = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "no Docker daemon or no {IMAGE}: start dockerd and run scripts/offline-images.sh (or set PESC_SKIP_DOCKER=1)"
+    );
+    true
+}
+
+fn docker_node() -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    Node::start_in(
+        dir,
+        2,
+        pesc_tests::pesc_bin("debug"),
+        Some(tmp),
+        &["--executor", "docker", "--docker-image", IMAGE],
+    )
+    .unwrap()
+}
+
+/// Containers of the node with this id, running or not.
+fn containers_of(node_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=pesc.node={node_id}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the node has `n` containers (a run shows `running` a moment
+/// before its container exists).
+fn wait_containers(node: &Node, n: usize) {
+    let t0 = std::time::Instant::now();
+    let id = node.node_id();
+    while containers_of(&id).len() != n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} container(s), not {n}: {}",
+            containers_of(&id).len(),
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn finished(v: &Value) -> bool {
+    v["state"] == "succeeded" || v["state"] == "failed"
+}
+
+#[test]
+fn a_python_program_runs_in_an_unprivileged_container_with_the_run_contract() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let info = node.cli_json(&["nodes", "--json"]);
+    assert!(info.to_string().contains("docker"), "{info}");
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write_file(
+        tmp.path(),
+        "probe.py",
+        r#"import os, sys
+args = sys.argv[1:]
+status = open("/proc/self/status").read()
+cap = [l.split()[1] for l in status.splitlines() if l.startswith("CapEff")][0]
+nnp = [l.split()[1] for l in status.splitlines() if l.startswith("NoNewPrivs")][0]
+with open(os.path.join(os.environ["PESC_OUTPUT_DIR"], "output.txt"), "w") as f:
+    f.write(f"rank={os.environ['PESC_RANK']} cwd={os.getcwd()} uid={os.getuid()} cap={cap} nnp={nnp} "
+            f"app={args[args.index('--app_dir') + 1]} docker={os.path.exists('/.dockerenv')}")
+print("hello from rank", os.environ["PESC_RANK"])
+print("to stderr", file=sys.stderr)
+"#,
+    );
+    let id = node.submit(&[&prog, "-n", "3"]);
+    let v = node.wait_for(&id, Duration::from_secs(120), finished);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&node.data_dir).unwrap().uid()
+    };
+    for r in 0..3 {
+        let text = zip_text(&zip, &format!("output_rank_{r}/output.txt")).unwrap();
+        assert!(text.contains(&format!("rank={r} ")), "{text}");
+        assert!(text.contains("cwd=/app "), "{text}");
+        assert!(text.contains("app=/app "), "{text}");
+        assert!(text.contains(&format!("uid={uid} ")), "{text}");
+        assert!(text.contains("cap=0000000000000000 "), "{text}");
+        assert!(text.contains("nnp=1 "), "{text}");
+        assert!(text.contains("docker=True"), "{text}");
+    }
+    let out = zip_text(&zip, "stdout.txt").unwrap();
+    for r in 0..3 {
+        assert!(out.contains(&format!("hello from rank {r}")), "{out}");
+    }
+    assert!(!out.contains("to stderr"), "stderr kept apart: {out}");
+    assert!(
+        containers_of(&node.node_id()).is_empty(),
+        "containers left behind"
+    );
+}
+
+#[test]
+fn exit_codes_come_back_and_cancel_removes_the_container() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tmp = tempfile::tempdir().unwrap();
+    let fail = write_file(tmp.path(), "fail.sh", "echo bad >&2\nexit 3\n");
+    let id = node.submit(&[&fail, "-n", "1", "--retries", "0"]);
+    let v = node.wait_for(&id, Duration::from_secs(120), finished);
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(runs(&v)[0]["exit_code"], 3, "{v}");
+
+    let slow = write_file(tmp.path(), "slow.sh", "sleep 300\n");
+    let id = node.submit(&[&slow, "-n", "2"]);
+    node.wait_for(&id, Duration::from_secs(120), |v| {
+        runs(v).len() == 2 && runs(v).iter().all(|r| r["state"] == "running")
+    });
+    wait_containers(&node, 2);
+    assert!(node.cli(&["cancel", &id]).status.success());
+    wait_containers(&node, 0);
+}
+
+#[test]
+fn a_killed_node_leaves_no_container_after_its_restart() {
+    if !can_run() {
+        return;
+    }
+    let mut node = docker_node();
+    let tmp = tempfile::tempdir().unwrap();
+    let slow = write_file(tmp.path(), "slow.sh", "sleep 300\n");
+    let id = node.submit(&[&slow, "-n", "1"]);
+    node.wait_for(&id, Duration::from_secs(120), |v| {
+        runs(v).len() == 1 && runs(v).iter().all(|r| r["state"] == "running")
+    });
+    wait_containers(&node, 1);
+    let me = node.node_id();
+    node.kill9();
+    assert_eq!(
+        containers_of(&me).len(),
+        1,
+        "the container outlives its node"
+    );
+    let dir = node.data_dir.clone();
+    let bin = node.bin.clone();
+    let node = Node::start_in(
+        dir,
+        2,
+        bin,
+        None,
+        &["--executor", "docker", "--docker-image", IMAGE],
+    )
+    .unwrap();
+    // The orphan goes at start; the rank runs again in a new container.
+    node.wait_for(&id, Duration::from_secs(60), |v| {
+        runs(v)[0]["attempt"].as_u64() >= Some(1) && runs(v)[0]["state"] == "running"
+    });
+    wait_containers(&node, 1);
+    assert!(node.cli(&["cancel", &id]).status.success());
+    wait_containers(&node, 0);
+}
+
+#[test]
+fn an_image_that_cannot_be_had_fails_the_run_with_the_reason() {
+    if !can_run() {
+        return;
+    }
+    // A registry on a closed loopback port: the pull fails at once, and
+    // nothing leaves the machine.
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start_in(
+        tmp.path().join("data"),
+        1,
+        pesc_tests::pesc_bin("debug"),
+        None,
+        &[
+            "--executor",
+            "docker",
+            "--docker-image",
+            "127.0.0.1:1/none/such:v1",
+        ],
+    )
+    .unwrap();
+    let prog = write_file(tmp.path(), "ok.sh", "echo ok\n");
+    let id = node.submit(&[&prog, "-n", "1", "--retries", "0"]);
+    let v = node.wait_for(&id, Duration::from_secs(120), |v| {
+        v["state"] == "failed" || v["state"] == "succeeded"
+    });
+    assert_eq!(v["state"], "failed", "{v}");
+    let reason = runs(&v)[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("127.0.0.1:1/none/such:v1") && reason.contains("cannot be pulled"),
+        "{reason}"
+    );
+}
