@@ -69,8 +69,9 @@ fn main() -> Result<()> {
         "single-node" => single_node(repeat, write),
         "grid" => grid(repeat, write),
         "blobs" => blobs(write),
+        "docker" => docker(repeat, write),
         _ => {
-            eprintln!("usage: bench single-node|grid|blobs [--repeat N] [--write]");
+            eprintln!("usage: bench single-node|grid|blobs|docker [--repeat N] [--write]");
             Ok(())
         }
     }
@@ -603,6 +604,57 @@ fn blobs(write: bool) -> Result<()> {
     println!("{table}");
     if write {
         record_section("blobs", &table)?;
+        println!("recorded in docs/performance.md");
+    }
+    Ok(())
+}
+
+/// The Docker executor's cost per run: 64 runs of `true` through a node
+/// with 4 slots against 64 bare `docker run --rm` of the same image, 4 at a
+/// time, in the same invocation (medians of `repeat`).
+fn docker(repeat: usize, write: bool) -> Result<()> {
+    const IMAGE: &str = "pesc-offline/python:bookworm";
+    const RUNS: u32 = 64;
+    const AT_ONCE: u32 = 4;
+    let bin = pesc_bin()?;
+    let tmp = tempfile::tempdir()?;
+    let node = Node::start_in(
+        tmp.path().join("data"),
+        AT_ONCE,
+        bin,
+        None,
+        &["--executor", "docker", "--docker-image", IMAGE],
+    )?;
+    let prog = tmp.path().join("noop.sh");
+    std::fs::write(&prog, "true\n")?;
+    let prog = prog.to_str().context("temp path")?.to_string();
+    let n = RUNS.to_string();
+    let mut pesc = Vec::new();
+    let mut bare = Vec::new();
+    for _ in 0..repeat {
+        let t0 = Instant::now();
+        let v = node.cli_json(&["submit", &prog, "-n", &n, "--wait", "--json"]);
+        pesc.push(t0.elapsed().as_secs_f64());
+        if v["state"] != "succeeded" {
+            bail!("docker bench: request ended {}: {v}", v["state"]);
+        }
+        bare.push(time_shell(&format!(
+            "seq {RUNS} | xargs -P {AT_ONCE} -I{{}} docker run --rm {IMAGE} true"
+        ))?);
+    }
+    let (p, b) = (median(pesc), median(bare));
+    let table = format!(
+        "| measure | result | target |\n|---|---|---|\n\
+         | {RUNS} runs of `true`, node with the Docker executor, {AT_ONCE} slots (`pesc submit --wait`) | {p:.2} s = {:.0} ms per run | |\n\
+         | {RUNS} × `docker run --rm {IMAGE} true`, {AT_ONCE} at a time | {b:.2} s = {:.0} ms per run | baseline |\n\
+         | ratio | **{:.2}** | ≤ 1.2 |\n\n",
+        p * 1000.0 * f64::from(AT_ONCE) / f64::from(RUNS),
+        b * 1000.0 * f64::from(AT_ONCE) / f64::from(RUNS),
+        p / b
+    );
+    println!("{table}");
+    if write {
+        record_section("docker", &table)?;
         println!("recorded in docs/performance.md");
     }
     Ok(())
