@@ -11,6 +11,7 @@
 pub mod api;
 pub mod blob_tree;
 pub mod doc;
+pub mod domain;
 pub mod error;
 pub mod header;
 pub mod ids;
