@@ -160,10 +160,8 @@ pub fn instructions(text: &str) -> Result<Vec<Instruction>> {
             }
             None => cur = Some((i + 1, body.trim().to_string())),
         }
-        if !more {
-            if let Some((n, acc)) = cur.take() {
-                out.push(split_instruction(n, &acc)?);
-            }
+        if !more && let Some((n, acc)) = cur.take() {
+            out.push(split_instruction(n, &acc)?);
         }
     }
     if let Some((n, acc)) = cur {
