@@ -197,6 +197,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         max_file_bytes: cfg.max_shared_file_mb.saturating_mul(1 << 20),
         owner: cfg.user.clone(),
         tmp_dir,
+        template_bases: cfg.docker.template_bases.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await

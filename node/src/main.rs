@@ -73,6 +73,9 @@ enum Cmd {
     /// Shared files: inputs uploaded once that runs see read-only by name.
     #[command(subcommand)]
     Files(cli::files::FilesCmd),
+    /// Domains: the environments (container images) runs execute in.
+    #[command(subcommand)]
+    Domains(cli::domains::DomainsCmd),
     /// The grid this data dir belongs to.
     #[command(subcommand)]
     Grid(GridCmd),
@@ -152,6 +155,7 @@ fn main() {
             Cmd::Results { request, dir } => cli::results(&c, &request, &dir).await,
             Cmd::Cancel { request } => cli::cancel(&c, &request).await,
             Cmd::Files(f) => cli::files::run(&c, f).await,
+            Cmd::Domains(d) => cli::domains::run(&c, d).await,
         }
     });
     match code {

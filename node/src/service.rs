@@ -8,8 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pesc_protocol::api::{
-    NewRequest, NodeInfo, RequestInfo, SharedFileInfo, UploadFile, UploadProcess,
+    NewDomain, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, TemplateInfo, UploadFile,
+    UploadProcess,
 };
+use pesc_protocol::domain::{self, Domain};
 use pesc_protocol::limits::MAX_NAME_BYTES;
 use pesc_protocol::model::{Language, Process, ProcessKind, SharedFile, safe_relative_path};
 use pesc_protocol::{BlobHash, RequestId};
@@ -36,6 +38,17 @@ pub struct Service {
     pub max_file_bytes: u64,
     pub owner: String,
     pub tmp_dir: PathBuf,
+    /// Base images this node puts in templates, by family (`[docker.template_bases]`).
+    pub template_bases: std::collections::HashMap<String, String>,
+}
+
+impl Service {
+    fn template_base(&self, t: &domain::Template) -> String {
+        self.template_bases
+            .get(t.family)
+            .cloned()
+            .unwrap_or_else(|| t.base.to_string())
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiFailure {
@@ -318,6 +331,68 @@ impl NodeService for Service {
         self.agent
             .ask(|r| Command::File(name.to_string(), r))
             .await?
+    }
+
+    async fn create_domain(&self, d: NewDomain) -> Result<Domain, ApiFailure> {
+        let bad = |e: pesc_protocol::error::Error| ApiFailure::bad_request(e.to_string());
+        let (dockerfile, requirements, template) = match (&d.template, &d.dockerfile) {
+            (Some(t), None) => {
+                let t = domain::template(t).map_err(bad)?;
+                let base = self.template_base(t);
+                let (df, req) = t.render(&base, &d.packages).map_err(bad)?;
+                if d.requirements.is_some() {
+                    return Err(ApiFailure::bad_request(
+                        "a template writes requirements.txt itself: give --packages, not a requirements file",
+                    ));
+                }
+                (df, req, Some(t.name))
+            }
+            (None, Some(df)) => {
+                if !d.packages.is_empty() {
+                    return Err(ApiFailure::bad_request(
+                        "packages go with a template; with your own Dockerfile, list them in requirements.txt",
+                    ));
+                }
+                (df.clone(), d.requirements.clone().unwrap_or_default(), None)
+            }
+            _ => {
+                return Err(ApiFailure::bad_request(
+                    "give either a template (with optional packages) or a Dockerfile",
+                ));
+            }
+        };
+        let domain = Domain::new(
+            &d.name,
+            &dockerfile,
+            &requirements,
+            template,
+            &self.owner,
+            crate::agent::now_ms(),
+        )
+        .map_err(bad)?;
+        self.agent.ask(|r| Command::PutDomain(domain, r)).await?
+    }
+
+    async fn list_domains(&self) -> Result<Vec<Domain>, ApiFailure> {
+        self.agent.ask(Command::Domains).await
+    }
+
+    async fn get_domain(&self, name: &str) -> Result<Domain, ApiFailure> {
+        self.agent
+            .ask(|r| Command::Domain(name.to_string(), r))
+            .await?
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiFailure> {
+        Ok(domain::TEMPLATES
+            .iter()
+            .map(|t| TemplateInfo {
+                name: t.name.into(),
+                description: t.description.into(),
+                base: self.template_base(t),
+                packages: t.packages.iter().map(|p| p.to_string()).collect(),
+            })
+            .collect())
     }
 
     async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure> {

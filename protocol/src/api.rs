@@ -56,6 +56,9 @@ pub struct NewRequest {
     pub rooms: Vec<String>,
     #[serde(default)]
     pub shared_files: Vec<String>,
+    /// Name of the domain the runs execute in (`None`: the node's default image).
+    #[serde(default)]
+    pub domain: Option<String>,
     #[serde(default)]
     pub gpu: GpuNeeds,
     #[serde(default)]
@@ -176,4 +179,29 @@ pub type ProcessInfo = Process;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// A new domain: from a template (plus extra packages), or from a
+/// Dockerfile (plus an optional requirements.txt).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewDomain {
+    pub name: String,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    #[serde(default)]
+    pub requirements: Option<String>,
+}
+
+/// A template that ships in the binary, as this node would render it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    pub name: String,
+    pub description: String,
+    /// The base image this node puts in its Dockerfile.
+    pub base: String,
+    pub packages: Vec<String>,
 }

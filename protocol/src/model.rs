@@ -312,6 +312,10 @@ pub struct RequestSpec {
     /// Extra attempts after the program exits non-zero.
     #[serde(default)]
     pub retries: u32,
+    /// The environment the runs execute in (a container image built from
+    /// it); `None`: the node's default.
+    #[serde(default)]
+    pub domain: Option<crate::domain::Domain>,
     pub created_ms: u64,
 }
 

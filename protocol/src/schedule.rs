@@ -139,10 +139,13 @@ pub struct NodeCaps {
     pub rooms: Vec<String>,
     /// GPUs the node has.
     pub gpus: u32,
+    /// The node runs user code in containers (it can build domains).
+    pub containers: bool,
 }
 
 /// Whether a node may run a request's ranks: it is in one of the request's
-/// rooms (none given means General) and has the GPUs each run needs.
+/// rooms (none given means General), has the GPUs each run needs, and runs
+/// containers if the request names a domain.
 pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
     let in_room = if spec.rooms.is_empty() {
         true
@@ -151,7 +154,7 @@ pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
             .iter()
             .any(|r| r == GENERAL_ROOM || caps.rooms.iter().any(|c| c == r))
     };
-    in_room && caps.gpus >= spec.gpu.count
+    in_room && caps.gpus >= spec.gpu.count && (spec.domain.is_none() || caps.containers)
 }
 
 /// How long a node that lacks a request's shared files leaves its runs to

@@ -143,6 +143,7 @@ impl Sim {
                 caps: NodeCaps {
                     rooms: n.rooms.clone(),
                     gpus: n.gpus,
+                    containers: true,
                 },
                 slots: n.slots,
                 speed: n.speed,

@@ -71,6 +71,7 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
         rooms: Vec::new(),
         shared_files: Vec::new(),
         inputs: Vec::new(),
+        domain: None,
         gpu: GpuNeeds::default(),
         parallel: false,
         same_node: false,

@@ -31,6 +31,14 @@ fn can_run() -> bool {
 fn docker_node() -> Node {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
+    // Templates on this node use the offline base images (configuration,
+    // as an admin without a registry would do).
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("node.toml"),
+        "[docker.template_bases]\npython = \"pesc-offline/python:bookworm\"\ngcc = \"pesc-offline/gcc:bookworm\"\n",
+    )
+    .unwrap();
     Node::start_in(
         dir,
         2,
@@ -227,5 +235,158 @@ fn an_image_that_cannot_be_had_fails_the_run_with_the_reason() {
     assert!(
         reason.contains("127.0.0.1:1/none/such:v1") && reason.contains("cannot be pulled"),
         "{reason}"
+    );
+}
+
+/// Images of domains called `name`.
+fn domain_images(name: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["images", "-q", &format!("pesc-domain/{name}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn remove_domain_images(name: &str) {
+    for id in domain_images(name) {
+        let _ = Command::new("docker").args(["rmi", "-f", &id]).output();
+    }
+}
+
+#[test]
+fn a_template_domain_is_built_once_and_runs_python_and_c() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tag = format!("t{}", std::process::id());
+    let (py, c) = (format!("py-{tag}"), format!("c-{tag}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let v = node.cli_json(&[
+        "domains",
+        "add",
+        &py,
+        "--template",
+        "SimplePython",
+        "--json",
+    ]);
+    assert!(
+        v["dockerfile"]
+            .as_str()
+            .unwrap()
+            .contains("FROM pesc-offline/python:bookworm"),
+        "{v}"
+    );
+    node.cli_json(&["domains", "add", &c, "--template", "C", "--json"]);
+    let list = node.cli_json(&["domains", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+
+    // Two runs at once need the image: one build, the other waits for it.
+    let prog = write_file(
+        tmp.path(),
+        "hello.py",
+        "import os, sys\nopen(os.environ['PESC_OUTPUT_DIR'] + '/output.txt', 'w').write(sys.version.split()[0])\n",
+    );
+    let id = node.submit(&[&prog, "-n", "2", "--domain", &py]);
+    let v = node.wait_for(&id, Duration::from_secs(300), finished);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
+    assert_eq!(domain_images(&py).len(), 1);
+    let builds = || node.log().matches(&format!("building domain {py}")).count();
+    assert_eq!(builds(), 1, "{}", node.log());
+    // The same domain again: no new build.
+    let id = node.submit(&[&prog, "-n", "1", "--domain", &py]);
+    node.wait_for(&id, Duration::from_secs(120), finished);
+    assert_eq!(builds(), 1, "rebuilt an unchanged domain");
+
+    // C compiled inside its domain (gcc is in the image, not needed on the node).
+    let src = write_file(
+        tmp.path(),
+        "sq.c",
+        "#include <stdio.h>\n#include <stdlib.h>\nint main(void){\n\
+         int r = atoi(getenv(\"PESC_RANK\"));\n\
+         char p[512]; snprintf(p, sizeof p, \"%s/output.txt\", getenv(\"PESC_OUTPUT_DIR\"));\n\
+         FILE *f = fopen(p, \"w\"); fprintf(f, \"%d\", r * r); fclose(f); return 0; }\n",
+    );
+    let id = node.submit(&[&src, "-n", "4", "--domain", &c]);
+    let v = node.wait_for(&id, Duration::from_secs(300), finished);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "0\n1\n4\n9\n");
+    remove_domain_images(&py);
+    remove_domain_images(&c);
+}
+
+#[test]
+fn bad_dockerfiles_are_refused_and_failed_builds_fail_the_runs_with_the_log() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tmp = tempfile::tempdir().unwrap();
+    let no_from = write_file(tmp.path(), "Dockerfile.bad", "RUN true\n");
+    let out = node.cli(&["domains", "add", "bad", "--dockerfile", &no_from]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no FROM"), "{err}");
+    let copy = write_file(tmp.path(), "Dockerfile.copy", "FROM x\nCOPY src/ /app\n");
+    let out = node.cli(&["domains", "add", "bad", "--dockerfile", &copy]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("requirements.txt"),
+        "{err}"
+    );
+    let list = node.cli_json(&["domains", "list", "--json"]);
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+
+    let name = format!("broken-{}", std::process::id());
+    let failing = write_file(
+        tmp.path(),
+        "Dockerfile",
+        "FROM pesc-offline/python:bookworm\nRUN echo compiling the world && exit 7\n",
+    );
+    node.cli_json(&["domains", "add", &name, "--dockerfile", &failing, "--json"]);
+    let prog = write_file(tmp.path(), "ok.py", "print(1)\n");
+    let id = node.submit(&[&prog, "-n", "1", "--domain", &name]);
+    let v = node.wait_for(&id, Duration::from_secs(300), finished);
+    assert_eq!(v["state"], "failed", "{v}");
+    let reason = runs(&v)[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains(&format!("building domain '{name}' failed"))
+            && reason.contains("compiling the world"),
+        "{reason}"
+    );
+    assert!(domain_images(&name).is_empty());
+}
+
+#[test]
+fn a_node_without_docker_leaves_domain_runs_to_others() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::start(1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let df = write_file(
+        tmp.path(),
+        "Dockerfile",
+        "FROM pesc-offline/python:bookworm\n",
+    );
+    node.cli_json(&["domains", "add", "d", "--dockerfile", &df, "--json"]);
+    let prog = write_file(tmp.path(), "ok.py", "print(1)\n");
+    let id = node.submit(&[&prog, "-n", "1", "--domain", "d"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let v = node.cli_json(&["status", &id, "--json"]);
+    assert_eq!(runs(&v)[0]["state"], "queued", "{v}");
+    // An unknown domain is refused at submit.
+    let out = node.cli(&["submit", &prog, "--domain", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no domain 'nope'"),
+        "{out:?}"
     );
 }

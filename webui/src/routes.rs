@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
-use pesc_protocol::api::{NewRequest, UploadFile, UploadProcess};
+use pesc_protocol::api::{NewDomain, NewRequest, UploadFile, UploadProcess};
 use serde::Deserialize;
 
 use crate::auth::require_token;
@@ -26,6 +26,9 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/processes", get(list_processes).post(upload_process))
         .route("/files", get(list_files).post(upload_file))
         .route("/files/{name}/fetch", post(fetch_file))
+        .route("/domains", get(list_domains).post(create_domain))
+        .route("/domains/{name}", get(get_domain))
+        .route("/templates", get(templates))
         .route("/requests", get(list_requests).post(create_request))
         .route("/requests/{id}", get(get_request))
         .route("/requests/{id}/cancel", post(cancel_request))
@@ -99,6 +102,30 @@ async fn fetch_file(
 
 async fn list_requests(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
     Ok(Json(svc.list_requests().await?))
+}
+
+async fn list_domains(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.list_domains().await?))
+}
+
+async fn get_domain(
+    State(svc): Svc,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.get_domain(&name).await?))
+}
+
+async fn templates(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(svc.templates().await?))
+}
+
+async fn create_domain(
+    State(svc): Svc,
+    body: Result<Json<NewDomain>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let Json(d) =
+        body.map_err(|e| ApiFailure::bad_request(format!("bad domain body: {}", e.body_text())))?;
+    Ok((StatusCode::CREATED, Json(svc.create_domain(d).await?)))
 }
 
 async fn create_request(

@@ -5,8 +5,10 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_util::Stream;
 use pesc_protocol::api::{
-    GridNode, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, UploadFile, UploadProcess,
+    GridNode, NewDomain, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, TemplateInfo,
+    UploadFile, UploadProcess,
 };
+use pesc_protocol::domain::Domain;
 use pesc_protocol::model::Process;
 
 use crate::error::ApiFailure;
@@ -53,6 +55,11 @@ pub trait NodeService: Send + Sync + 'static {
     /// Makes the answering node keep a copy of a shared file (fetching it
     /// from the nodes that have it).
     async fn fetch_file(&self, name: &str) -> Result<SharedFileInfo, ApiFailure>;
+    /// Makes (or replaces) a domain, checked.
+    async fn create_domain(&self, d: NewDomain) -> Result<Domain, ApiFailure>;
+    async fn list_domains(&self) -> Result<Vec<Domain>, ApiFailure>;
+    async fn get_domain(&self, name: &str) -> Result<Domain, ApiFailure>;
+    async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiFailure>;
     async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure>;
     async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure>;
     /// One request. With `since_version`, waits up to `timeout_ms` until its

@@ -22,7 +22,7 @@ use pesc_protocol::liveness::{FAR_TAKEOVER_DELAY_MS, Liveness, takeover_delay_ms
 use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState, SharedFile};
 use pesc_protocol::run_view::{Abandon, RunCounts, should_abandon};
 use pesc_protocol::schedule::{
-    Candidate, INPUT_WAIT_MS, first_queued, pick, scan_start, waits_for_inputs,
+    Candidate, INPUT_WAIT_MS, NodeCaps, eligible, first_queued, pick, scan_start, waits_for_inputs,
 };
 use pesc_protocol::wire::DocKey;
 use pesc_protocol::{BlobHash, NodeId, RequestId};
@@ -33,6 +33,7 @@ use crate::executor::Exit;
 use crate::net::{NetEvent, NetHandle};
 use crate::runner::{AttemptJob, AttemptKey, RunnerCtx, RunnerEvent, RunnerOutcome, run_attempt};
 use crate::store::{AfterCommit, SavedDoc, Store, StoreWriter};
+use pesc_protocol::domain::Domain;
 
 type Reply<T> = oneshot::Sender<T>;
 type ApiResult<T> = Result<T, ApiFailure>;
@@ -72,6 +73,10 @@ pub enum Command {
     File(String, Reply<ApiResult<SharedFileInfo>>),
     /// This node now keeps a whole copy of this shared file.
     HoldFile(BlobHash, Reply<()>),
+    /// Records a domain (checked already) in the grid.
+    PutDomain(Domain, Reply<ApiResult<Domain>>),
+    Domains(Reply<Vec<Domain>>),
+    Domain(String, Reply<ApiResult<Domain>>),
     /// The node is stopping: stop this node's runs (their programs get
     /// SIGTERM, then a last checkpoint snapshot is taken), record them as
     /// handed back so other nodes take them at once, tell the peers, and
@@ -198,6 +203,8 @@ pub struct Agent {
     net: NetHandle,
     repl: replication::Replication,
     stopping: Option<Stopping>,
+    /// What this node offers runs (rooms, GPUs, containers).
+    caps: NodeCaps,
 }
 
 /// A handle the API uses to reach the agent.
@@ -331,6 +338,11 @@ impl Agent {
             writer: StoreWriter::spawn(Arc::new(store))?,
             after_commit: Vec::new(),
             stopping: None,
+            caps: NodeCaps {
+                rooms: Vec::new(),
+                gpus: 0,
+                containers: runner.executor.runs_containers(),
+            },
             runner,
             grid,
             grid_dirty,
@@ -542,6 +554,9 @@ impl Agent {
                 continue;
             }
             let spec = req.doc.spec();
+            if !eligible(spec, &self.caps) {
+                continue;
+            }
             if !spec.inputs.is_empty() {
                 let seen = *self.first_seen.entry(id.clone()).or_insert(now);
                 if self.waits_for_inputs(&spec.inputs, now.saturating_sub(seen)) {
@@ -665,6 +680,7 @@ impl Agent {
             slot,
             inputs,
             restore,
+            domain: spec.domain.clone(),
             copies: self
                 .s
                 .replication
@@ -699,6 +715,17 @@ impl Agent {
                 }
             }
             RunnerEvent::Holding { hash } => self.record_holding(&hash),
+            RunnerEvent::Building { key } => {
+                if let Some(r) = self.running.get_mut(&key) {
+                    let name = self
+                        .requests
+                        .get(&key.0)
+                        .and_then(|q| q.doc.spec().domain.as_ref().map(|d| d.name.clone()));
+                    r.attempt.reason =
+                        Some(format!("building domain {}", name.unwrap_or_default()));
+                    r.unwritten = true;
+                }
+            }
             RunnerEvent::Checkpoint { key, hash, holders } => {
                 if let Some(r) = self.running.get_mut(&key) {
                     r.attempt.checkpoint = Some(hash);
@@ -898,6 +925,23 @@ impl Agent {
                 let _ = reply.send(());
             }
             Command::Shutdown(reply) => self.begin_stop(reply),
+            Command::PutDomain(d, reply) => {
+                let r = self
+                    .grid
+                    .put_domain(&d)
+                    .map(|_| d)
+                    .map_err(ApiFailure::from);
+                self.grid_dirty = true;
+                let _ = reply.send(r);
+            }
+            Command::Domains(reply) => {
+                let mut v = self.grid.domains().unwrap_or_default();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(v);
+            }
+            Command::Domain(name, reply) => {
+                let _ = reply.send(self.domain(&name));
+            }
         }
     }
 
@@ -915,6 +959,17 @@ impl Agent {
             Ok(Some(f)) => Ok(f),
             Ok(None) => Err(ApiFailure::not_found(format!(
                 "there is no shared file '{name}': add it with `pesc files add PATH --name {name}` (see `pesc files list`)"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A domain by name, or an error that says how to make it.
+    fn domain(&self, name: &str) -> ApiResult<Domain> {
+        match self.grid.domain(name) {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(ApiFailure::not_found(format!(
+                "there is no domain '{name}': make it with `pesc domains add {name} --template T` (see `pesc domains list`)"
             ))),
             Err(e) => Err(e.into()),
         }
@@ -949,6 +1004,7 @@ impl Agent {
                 .map(|name| self.shared_file(name))
                 .collect::<ApiResult<Vec<_>>>()?,
             shared_files: n.shared_files,
+            domain: n.domain.as_deref().map(|d| self.domain(d)).transpose()?,
             gpu: n.gpu,
             parallel: n.parallel,
             same_node: n.same_node,

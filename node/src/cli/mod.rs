@@ -1,6 +1,7 @@
 //! The CLI commands: clients of the local node's `/api/v1`.
 
 mod client;
+pub mod domains;
 pub mod files;
 
 use std::io::Write;
@@ -40,6 +41,9 @@ pub struct SubmitArgs {
     /// A shared file every run needs (see `pesc files add`); repeat for more.
     #[arg(long = "shared-file", value_name = "NAME")]
     pub shared_files: Vec<String>,
+    /// The domain (environment) the runs execute in (see `pesc domains`).
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
     /// Wait for every run to finish, with a progress bar; exit 1 if any failed.
     #[arg(long)]
     pub wait: bool,
@@ -109,6 +113,7 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
         parameters: a.parameters,
         rooms: vec![],
         shared_files: a.shared_files,
+        domain: a.domain,
         gpu: Default::default(),
         parallel: false,
         same_node: false,

@@ -10,7 +10,9 @@
 //! lost, node stopping) sends SIGTERM, then SIGKILL after the grace, and the
 //! container is always removed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -18,11 +20,12 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
+    CreateImageOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use pesc_protocol::domain::{CONTEXT_FILE, Domain};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -50,6 +53,10 @@ pub struct DockerConfig {
     pub pids: i64,
     /// `none` (default), `bridge` or `host`.
     pub network: String,
+    /// Base image per template family (`python`, `r`, `java`, `gcc`,
+    /// `pytorch`, `tensorflow`) for domains made from templates on this
+    /// node; unset families use the template's public image.
+    pub template_bases: HashMap<String, String>,
 }
 
 impl Default for DockerConfig {
@@ -60,6 +67,7 @@ impl Default for DockerConfig {
             cpus: 1.0,
             pids: 512,
             network: "none".into(),
+            template_bases: HashMap::new(),
         }
     }
 }
@@ -69,6 +77,8 @@ pub struct DockerExecutor {
     node: String,
     cfg: DockerConfig,
     pulling: tokio::sync::Mutex<()>,
+    /// One build per domain content at a time; others wait for it.
+    building: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl DockerConfig {
@@ -111,6 +121,7 @@ impl DockerExecutor {
             node: node.to_string(),
             cfg,
             pulling: tokio::sync::Mutex::new(()),
+            building: Default::default(),
         })
     }
 
@@ -252,10 +263,90 @@ impl DockerExecutor {
         Ok(())
     }
 
+    /// Builds the image of `d` from a tar context (its Dockerfile and
+    /// requirements.txt), tagged by its content, writing the output to `log`.
+    async fn build(&self, d: &Domain, log: &Path) -> Result<String> {
+        let tag = d.image_tag();
+        let lock = {
+            let mut map = self.building.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(d.hash.clone()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        if self.docker.inspect_image(&tag).await.is_ok() {
+            return Ok(tag);
+        }
+        tracing::info!("building domain {} as {tag}", d.name);
+        let context = build_context(d).context("packing the build context")?;
+        let opts = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(&tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(&HashMap::from([(
+                "pesc.domain".to_string(),
+                d.name.clone(),
+            )]))
+            .build();
+        let mut out = tokio::fs::File::create(log)
+            .await
+            .with_context(|| format!("creating {}", log.display()))?;
+        let mut tail: Vec<String> = Vec::new();
+        let mut failure = None;
+        let mut steps =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_full(context.into())));
+        while let Some(info) = steps.next().await {
+            let text = match info {
+                Ok(i) => {
+                    if let Some(e) = i.error_detail.and_then(|e| e.message) {
+                        failure = Some(e.clone());
+                        format!("ERROR: {e}\n")
+                    } else {
+                        i.stream.unwrap_or_default()
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    format!("ERROR: {e}\n")
+                }
+            };
+            out.write_all(text.as_bytes()).await?;
+            tail.extend(text.lines().map(str::to_string));
+            let keep = tail.len().saturating_sub(20);
+            tail.drain(..keep);
+        }
+        out.flush().await?;
+        match failure {
+            None => Ok(tag),
+            Some(e) => Err(anyhow!(
+                "building domain '{}' failed: {e}\n--- last lines of the build log ---\n{}",
+                d.name,
+                tail.join("\n")
+            )),
+        }
+    }
+
     async fn signal(&self, id: &str, sig: &str) {
         let opts = KillContainerOptionsBuilder::default().signal(sig).build();
         let _ = self.docker.kill_container(id, Some(opts)).await;
     }
+}
+
+/// The build context of a domain: a tar with its Dockerfile and requirements.txt.
+fn build_context(d: &Domain) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, text) in [
+        ("Dockerfile", &d.dockerfile),
+        (CONTEXT_FILE, &d.requirements),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.append_data(&mut h, name, text.as_bytes())?;
+    }
+    Ok(tar.into_inner()?)
 }
 
 /// `name[:tag]` → (name, tag); a `:` inside a registry host:port is not a tag.
@@ -325,6 +416,14 @@ impl Executor for DockerExecutor {
 
     fn app_dir_in_run(&self, _host: &Path) -> PathBuf {
         PathBuf::from(APP_DIR)
+    }
+
+    fn runs_containers(&self) -> bool {
+        true
+    }
+
+    async fn prepare_domain(&self, domain: &Domain, log: &Path) -> Result<String> {
+        self.build(domain, log).await
     }
 
     async fn run(&self, job: Job, mut stop: watch::Receiver<bool>) -> Result<Exit> {

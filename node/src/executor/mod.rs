@@ -8,6 +8,7 @@ pub mod process;
 use std::path::{Path, PathBuf};
 
 pub use docker::{DockerConfig, DockerExecutor};
+use pesc_protocol::domain::Domain;
 pub use process::ProcessExecutor;
 use tokio::sync::watch;
 
@@ -45,6 +46,21 @@ pub trait Executor: Send + Sync + 'static {
     /// environment name this path).
     fn app_dir_in_run(&self, host: &Path) -> PathBuf {
         host.to_path_buf()
+    }
+    /// Whether this executor runs user code in containers (and so can build
+    /// domains).
+    fn runs_containers(&self) -> bool {
+        false
+    }
+    /// Makes the image of `domain` ready on this node (building it the first
+    /// time; concurrent callers wait for one build) and returns its name.
+    /// The build's output goes to `log`.
+    async fn prepare_domain(&self, domain: &Domain, _log: &Path) -> anyhow::Result<String> {
+        anyhow::bail!(
+            "domain '{}' needs a node that runs Docker; this one runs {}",
+            domain.name,
+            self.name()
+        )
     }
     /// Runs the job to its end. An `Err` means it could not be started.
     async fn run(&self, job: Job, stop: watch::Receiver<bool>) -> anyhow::Result<Exit>;

@@ -41,6 +41,8 @@ pub struct AttemptJob {
     pub restore: Option<(BlobHash, Vec<NodeId>, NodeId)>,
     /// How many other nodes must keep the results before the run is done.
     pub copies: usize,
+    /// The environment to run in (its image is built here if need be).
+    pub domain: Option<pesc_protocol::domain::Domain>,
 }
 
 /// How an attempt ended, as the runner saw it.
@@ -83,6 +85,10 @@ pub enum RunnerEvent {
     /// This node now keeps a whole copy of a shared file.
     Holding {
         hash: BlobHash,
+    },
+    /// Building the image of the request's domain before starting.
+    Building {
+        key: AttemptKey,
     },
     Started {
         key: AttemptKey,
@@ -261,6 +267,17 @@ async fn attempt(
     fs_work(small, prep)
         .await
         .context("preparing the app dir")?;
+    // The domain's image: built on this node the first time it is needed
+    // (its output in the run's stderr log).
+    let image = match &job.domain {
+        Some(d) => {
+            let _ = events.send(RunnerEvent::Building {
+                key: job.key.clone(),
+            });
+            Some(ctx.executor.prepare_domain(d, &stderr).await?)
+        }
+        None => None,
+    };
 
     let seen = ctx.executor.app_dir_in_run(&app_dir);
     let hctx = RunContext {
@@ -284,7 +301,7 @@ async fn attempt(
         env: header_env(&hctx),
         stdout: stdout.clone(),
         stderr: stderr.clone(),
-        image: None,
+        image,
     };
     let _ = events.send(RunnerEvent::Started {
         key: job.key.clone(),

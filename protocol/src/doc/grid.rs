@@ -38,14 +38,16 @@ pub struct GridDoc {
 }
 
 /// `files`: shared files by name; `holders`: `HASH.NODE` for every node that
-/// keeps a whole copy of a shared file (each node writes only its own keys).
-const MAPS: [&str; 6] = [
+/// keeps a whole copy of a shared file (each node writes only its own keys);
+/// `domains`: execution environments by name.
+const MAPS: [&str; 7] = [
     "rooms",
     "processes",
     "requests",
     "nodes",
     "files",
     "holders",
+    "domains",
 ];
 
 impl GridDoc {
@@ -135,6 +137,22 @@ impl GridDoc {
         Ok(json_entries(&self.doc, &self.obj("nodes")?)?
             .into_iter()
             .map(|(_, n)| n)
+            .collect())
+    }
+
+    pub fn put_domain(&mut self, d: &crate::domain::Domain) -> Result<()> {
+        let o = self.obj("domains")?;
+        put_json(&mut self.doc, &o, &d.name, d)
+    }
+
+    pub fn domain(&self, name: &str) -> Result<Option<crate::domain::Domain>> {
+        get_json(&self.doc, &self.obj("domains")?, name)
+    }
+
+    pub fn domains(&self) -> Result<Vec<crate::domain::Domain>> {
+        Ok(json_entries(&self.doc, &self.obj("domains")?)?
+            .into_iter()
+            .map(|(_, d)| d)
             .collect())
     }
 

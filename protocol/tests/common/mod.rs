@@ -33,6 +33,7 @@ pub fn spec(id: u8, owner: &str, repetitions: u32, retries: u32, created_ms: u64
         rooms: vec![],
         shared_files: vec![],
         inputs: vec![],
+        domain: None,
         gpu: Default::default(),
         parallel: false,
         same_node: false,
