@@ -8,6 +8,7 @@ use pesc_tests::{Node, runs, write_file, zip_text};
 use serde_json::Value;
 
 const IMAGE: &str = "pesc-offline/python:bookworm";
+const DOCKER_ARGS: [&str; 4] = ["--executor", "docker", "--docker-image", IMAGE];
 
 /// Whether the Docker tests can run: a daemon and the offline image. In CI
 /// both must be there (the tests fail loudly); elsewhere `PESC_SKIP_DOCKER=1`
@@ -44,7 +45,7 @@ fn docker_node() -> Node {
         2,
         pesc_tests::pesc_bin("debug"),
         Some(tmp),
-        &["--executor", "docker", "--docker-image", IMAGE],
+        &DOCKER_ARGS,
     )
     .unwrap()
 }
@@ -80,6 +81,11 @@ fn wait_containers(node: &Node, n: usize) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A request of `n` runs, all running.
+fn all_running(n: usize) -> impl Fn(&Value) -> bool {
+    move |v| runs(v).len() == n && runs(v).iter().all(|r| r["state"] == "running")
 }
 
 fn finished(v: &Value) -> bool {
@@ -154,9 +160,7 @@ fn exit_codes_come_back_and_cancel_removes_the_container() {
 
     let slow = write_file(tmp.path(), "slow.sh", "sleep 300\n");
     let id = node.submit(&[&slow, "-n", "2"]);
-    node.wait_for(&id, Duration::from_secs(120), |v| {
-        runs(v).len() == 2 && runs(v).iter().all(|r| r["state"] == "running")
-    });
+    node.wait_for(&id, Duration::from_secs(120), all_running(2));
     wait_containers(&node, 2);
     assert!(node.cli(&["cancel", &id]).status.success());
     wait_containers(&node, 0);
@@ -171,9 +175,7 @@ fn a_killed_node_leaves_no_container_after_its_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let slow = write_file(tmp.path(), "slow.sh", "sleep 300\n");
     let id = node.submit(&[&slow, "-n", "1"]);
-    node.wait_for(&id, Duration::from_secs(120), |v| {
-        runs(v).len() == 1 && runs(v).iter().all(|r| r["state"] == "running")
-    });
+    node.wait_for(&id, Duration::from_secs(120), all_running(1));
     wait_containers(&node, 1);
     let me = node.node_id();
     node.kill9();
@@ -184,14 +186,7 @@ fn a_killed_node_leaves_no_container_after_its_restart() {
     );
     let dir = node.data_dir.clone();
     let bin = node.bin.clone();
-    let node = Node::start_in(
-        dir,
-        2,
-        bin,
-        None,
-        &["--executor", "docker", "--docker-image", IMAGE],
-    )
-    .unwrap();
+    let node = Node::start_in(dir, 2, bin, None, &DOCKER_ARGS).unwrap();
     // The orphan goes at start; the rank runs again in a new container.
     node.wait_for(&id, Duration::from_secs(60), |v| {
         runs(v)[0]["attempt"].as_u64() >= Some(1) && runs(v)[0]["state"] == "running"
