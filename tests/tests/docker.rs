@@ -385,3 +385,36 @@ fn a_node_without_docker_leaves_domain_runs_to_others() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_python_directory_with_several_modules_runs_in_a_container() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(app.join("stats")).unwrap();
+    write_file(
+        &app,
+        "main.py",
+        "import os\nfrom stats.mean import mean\nfrom helpers import scale\nr = int(os.environ['PESC_RANK'])\nopen(os.environ['PESC_OUTPUT_DIR'] + '/output.txt', 'w').write(str(scale(mean([r, r + 2]))))\n",
+    );
+    write_file(&app, "helpers.py", "def scale(x):\n    return x * 10\n");
+    write_file(&app.join("stats"), "__init__.py", "");
+    write_file(
+        &app.join("stats"),
+        "mean.py",
+        "def mean(v):\n    return sum(v) / len(v)\n",
+    );
+    let out = node.cli_in(
+        &[
+            "submit", ".", "--entry", "main.py", "-n", "3", "--wait", "--json",
+        ],
+        Some(&app),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["state"], "succeeded", "{out:?}\n{}", node.log());
+    let zip = node.results_zip(v["id"].as_str().unwrap(), &tmp.path().join("r"));
+    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "10.0\n20.0\n30.0\n");
+}
