@@ -54,6 +54,10 @@ pub struct NodeConfig {
     pub cache_mb: u64,
     /// Largest shared file, in MiB.
     pub max_shared_file_mb: u64,
+    /// The desktop owner's policy: `cpu_percent_limit`,
+    /// `check_concurrent_user`, `concurrent_resources_percent`.
+    #[serde(flatten)]
+    pub policy: crate::policy::PolicyConfig,
     /// Containers: default image, limits per run, network.
     pub docker: crate::executor::DockerConfig,
 }
@@ -86,6 +90,7 @@ impl Default for NodeConfig {
             checkpoint_interval_s: 60,
             cache_mb: 20 * 1024,
             max_shared_file_mb: 100 * 1024,
+            policy: Default::default(),
             docker: Default::default(),
         }
     }

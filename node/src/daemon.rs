@@ -65,6 +65,10 @@ pub struct NodeArgs {
     /// Image for runs that name none (default: `docker.default_image`).
     #[arg(long, value_name = "IMAGE")]
     pub docker_image: Option<String>,
+    /// Take no new runs while others use more CPU than this percentage
+    /// (default: `cpu_percent_limit`; 100: never pause).
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_percent_limit: Option<u32>,
 }
 
 pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
@@ -117,7 +121,11 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     if let Some(i) = args.docker_image {
         cfg.docker.default_image = i;
     }
+    if let Some(c) = args.cpu_percent_limit {
+        cfg.policy.cpu_percent_limit = c;
+    }
     cfg.docker.check().context("node.toml")?;
+    cfg.policy.check().context("node.toml")?;
     let join: Option<JoinToken> = args
         .join
         .as_deref()
@@ -185,6 +193,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         grid_id: grid_id.clone(),
         replication: cfg.replication as usize,
         cache_bytes: cfg.cache_mb.saturating_mul(1 << 20),
+        policy: cfg.policy.clone(),
     };
     let (agent, handle, commands) = Agent::new(settings, store, runner.clone(), net)?;
     let stop_tx = handle.tx.clone();

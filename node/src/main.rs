@@ -10,6 +10,7 @@ mod executor;
 mod grid_secret;
 mod identity;
 mod net;
+mod policy;
 mod runner;
 mod service;
 mod store;

@@ -418,3 +418,71 @@ fn a_python_directory_with_several_modules_runs_in_a_container() {
     let zip = node.results_zip(v["id"].as_str().unwrap(), &tmp.path().join("r"));
     assert_eq!(zip_text(&zip, "output.txt").unwrap(), "10.0\n20.0\n30.0\n");
 }
+
+/// The CPU limit of a container, in nano-CPUs.
+fn nano_cpus(container: &str) -> i64 {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.NanoCpus}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(-1)
+}
+
+#[test]
+fn another_user_at_the_desktop_slows_runs_and_stops_new_ones() {
+    if !can_run() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let utmp = tmp.path().join("utmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("node.toml"),
+        format!(
+            "check_concurrent_user = true\nconcurrent_resources_percent = 10\nutmp_path = \"{}\"\n",
+            utmp.display()
+        ),
+    )
+    .unwrap();
+    let node = Node::start_in(dir, 2, pesc_tests::pesc_bin("debug"), None, &DOCKER_ARGS).unwrap();
+    let slow = write_file(tmp.path(), "slow.sh", "sleep 300\n");
+    let first = node.submit(&[&slow, "-n", "1"]);
+    node.wait_for(&first, Duration::from_secs(120), all_running(1));
+    wait_containers(&node, 1);
+    let c = containers_of(&node.node_id())[0].clone();
+    assert_eq!(nano_cpus(&c), 1_000_000_000);
+
+    // Alice logs in at the console.
+    std::fs::write(&utmp, pesc_tests::utmp_login("alice", "tty2")).unwrap();
+    let t0 = std::time::Instant::now();
+    while nano_cpus(&c) != 100_000_000 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not slowed: {}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = node.submit(&[&slow, "-n", "1"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let v = node.cli_json(&["status", &second, "--json"]);
+    assert_eq!(runs(&v)[0]["state"], "queued", "{v}");
+    assert!(
+        node.log().contains("alice logged in at this desktop"),
+        "{}",
+        node.log()
+    );
+
+    // She logs out: full speed, and the queued run starts.
+    std::fs::write(&utmp, b"").unwrap();
+    node.wait_for(&second, Duration::from_secs(30), all_running(1));
+    assert_eq!(nano_cpus(&c), 1_000_000_000);
+    for id in [&first, &second] {
+        assert!(node.cli(&["cancel", id]).status.success());
+    }
+    wait_containers(&node, 0);
+}

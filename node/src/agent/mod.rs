@@ -7,6 +7,7 @@
 //! the sync messages the changes call for (see `replication`).
 
 mod cache;
+mod owner;
 mod replication;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -161,6 +162,8 @@ pub struct Settings {
     pub replication: usize,
     /// Size limit of the blob store in bytes (0: none).
     pub cache_bytes: u64,
+    /// The desktop owner's policy.
+    pub policy: crate::policy::PolicyConfig,
 }
 
 pub struct Agent {
@@ -205,6 +208,12 @@ pub struct Agent {
     stopping: Option<Stopping>,
     /// What this node offers runs (rooms, GPUs, containers).
     caps: NodeCaps,
+    /// Why the node takes no new runs now (the owner's policy), if so.
+    paused: Option<crate::policy::Pause>,
+    /// The last CPU counters (for others' CPU use between heartbeats).
+    cpu: Option<crate::policy::CpuSample>,
+    /// The operating-system user this node runs as (not "another user").
+    os_user: String,
 }
 
 /// A handle the API uses to reach the agent.
@@ -343,6 +352,11 @@ impl Agent {
                 gpus: 0,
                 containers: runner.executor.runs_containers(),
             },
+            paused: None,
+            cpu: None,
+            os_user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_default(),
             runner,
             grid,
             grid_dirty,
@@ -533,7 +547,7 @@ impl Agent {
     }
 
     fn schedule(&mut self) {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || self.paused.is_some() {
             return;
         }
         let free = self.free_slots.len();

@@ -504,6 +504,7 @@ impl Agent {
     /// Every heartbeat period: judge the ring neighbours, ping them.
     pub(super) fn heartbeat(&mut self) {
         self.evict_if_due();
+        self.apply_policy();
         let now = self.mono();
         let members = self.members();
         self.members_n = members.len().max(1);

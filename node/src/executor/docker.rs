@@ -79,6 +79,9 @@ pub struct DockerExecutor {
     pulling: tokio::sync::Mutex<()>,
     /// One build per domain content at a time; others wait for it.
     building: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Percent of their CPU runs get while another user is at the desktop
+    /// (0: no cut).
+    share: std::sync::atomic::AtomicU32,
 }
 
 impl DockerConfig {
@@ -122,31 +125,18 @@ impl DockerExecutor {
             cfg,
             pulling: tokio::sync::Mutex::new(()),
             building: Default::default(),
+            share: 0.into(),
         })
     }
 
     /// Removes the containers an earlier life of this node left (after
     /// `kill -9` or a power loss). Returns how many.
     pub async fn remove_orphans(&self) -> usize {
-        let filter = format!("{NODE_LABEL}={}", self.node);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&std::collections::HashMap::from([(
-                "label".to_string(),
-                vec![filter],
-            )]))
-            .build();
-        let Ok(list) = self.docker.list_containers(Some(opts)).await else {
-            return 0;
-        };
-        let mut n = 0;
-        for c in list {
-            if let Some(id) = c.id {
-                self.remove(&id).await;
-                n += 1;
-            }
+        let ids = self.own_containers(true).await;
+        for id in &ids {
+            self.remove(id).await;
         }
-        n
+        ids.len()
     }
 
     async fn remove(&self, id: &str) {
@@ -154,6 +144,35 @@ impl DockerExecutor {
         if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
             tracing::warn!("cannot remove container {id}: {e}");
         }
+    }
+
+    /// CPU limit of a run now (nano-CPUs; 0: none): the configured CPUs,
+    /// cut to the share while another user is at the desktop.
+    fn nano_cpus(&self) -> i64 {
+        let cpus = if self.cfg.cpus > 0.0 {
+            self.cfg.cpus
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+        };
+        match self.share.load(std::sync::atomic::Ordering::Relaxed) {
+            0 if self.cfg.cpus > 0.0 => (cpus * 1e9) as i64,
+            0 => 0,
+            s => ((cpus * 1e9) as i64 * i64::from(s) / 100).max(10_000_000),
+        }
+    }
+
+    /// This node's containers now (ids).
+    async fn own_containers(&self, all: bool) -> Vec<String> {
+        let filter = format!("{NODE_LABEL}={}", self.node);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(all)
+            .filters(&HashMap::from([("label".to_string(), vec![filter])]))
+            .build();
+        self.docker
+            .list_containers(Some(opts))
+            .await
+            .map(|l| l.into_iter().filter_map(|c| c.id).collect())
+            .unwrap_or_default()
     }
 
     fn host_config(&self, app_dir: &Path) -> HostConfig {
@@ -165,7 +184,7 @@ impl DockerExecutor {
             pids_limit: Some(c.pids),
             memory: (c.memory_mb > 0).then_some((c.memory_mb as i64) << 20),
             memory_swap: (c.memory_mb > 0).then_some((c.memory_mb as i64) << 20),
-            nano_cpus: (c.cpus > 0.0).then_some((c.cpus * 1e9) as i64),
+            nano_cpus: Some(self.nano_cpus()),
             network_mode: Some(c.network.clone()),
             privileged: Some(false),
             // The output goes to the node through the attach stream only.
@@ -424,6 +443,27 @@ impl Executor for DockerExecutor {
 
     async fn prepare_domain(&self, domain: &Domain, log: &Path) -> Result<String> {
         self.build(domain, log).await
+    }
+
+    async fn throttle(&self, share: Option<u32>) {
+        self.share.store(
+            share.unwrap_or(0).min(100),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let nano = self.nano_cpus();
+        for id in self.own_containers(false).await {
+            let body = bollard::models::ContainerUpdateBody {
+                nano_cpus: Some(nano),
+                ..Default::default()
+            };
+            if let Err(e) = self.docker.update_container(&id, body).await {
+                tracing::warn!("cannot change the CPU limit of container {id}: {e}");
+            }
+        }
+        match share {
+            Some(s) => tracing::info!("runs cut to {s} % of their CPU"),
+            None => tracing::info!("runs back to their full CPU"),
+        }
     }
 
     async fn run(&self, job: Job, mut stop: watch::Receiver<bool>) -> Result<Exit> {

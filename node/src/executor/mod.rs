@@ -62,6 +62,17 @@ pub trait Executor: Send + Sync + 'static {
             self.name()
         )
     }
+    /// Cuts running and new runs down to `share` percent of their CPU
+    /// (another user is at the desktop), or gives it back (`None`). The
+    /// process executor cannot, and says so once.
+    async fn throttle(&self, share: Option<u32>) {
+        if share.is_some() {
+            tracing::info!(
+                "{} runs cannot be slowed down; they go on at full speed",
+                self.name()
+            );
+        }
+    }
     /// Runs the job to its end. An `Err` means it could not be started.
     async fn run(&self, job: Job, stop: watch::Receiver<bool>) -> anyhow::Result<Exit>;
 }

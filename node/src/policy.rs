@@ -1,0 +1,257 @@
+//! The desktop owner's policy (PESC's client settings): a node takes no new
+//! runs while the machine is busy with its owner's work, and when another
+//! operating-system user is logged in at the desktop it also cuts its
+//! running containers down to a small share of their CPU.
+//!
+//! Busy means the CPU time of everything but this node and its runs: the
+//! node's own programs do not count against it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The owner's settings (top level of `node.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyConfig {
+    /// Take no new runs while others' CPU use is above this percentage of
+    /// the machine (100: never pause).
+    pub cpu_percent_limit: u32,
+    /// Watch for other users logged in at this desktop.
+    pub check_concurrent_user: bool,
+    /// While one is: running containers get this percentage of their CPU,
+    /// and no new runs are taken.
+    pub concurrent_resources_percent: u32,
+    /// Login records (utmp).
+    pub utmp_path: PathBuf,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            cpu_percent_limit: 70,
+            check_concurrent_user: false,
+            concurrent_resources_percent: 10,
+            utmp_path: PathBuf::from("/var/run/utmp"),
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=100).contains(&self.cpu_percent_limit) {
+            anyhow::bail!("cpu_percent_limit is {}: 1 to 100", self.cpu_percent_limit);
+        }
+        if !(1..=100).contains(&self.concurrent_resources_percent) {
+            anyhow::bail!(
+                "concurrent_resources_percent is {}: 1 to 100",
+                self.concurrent_resources_percent
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why the node takes no new runs now, if it does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pause {
+    /// Others use this much of the CPU (percent).
+    Busy(u32),
+    /// These users are logged in at the desktop.
+    Owner(Vec<String>),
+}
+
+impl std::fmt::Display for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pause::Busy(p) => write!(f, "the machine is busy ({p} % CPU used by others)"),
+            Pause::Owner(u) => write!(f, "{} logged in at this desktop", u.join(", ")),
+        }
+    }
+}
+
+/// CPU counters: (busy, total) jiffies of the machine, and jiffies used by
+/// this node and its runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuSample {
+    pub busy: u64,
+    pub total: u64,
+    pub ours: u64,
+}
+
+/// Percentage of the machine's CPU that others used between two samples.
+pub fn others_percent(a: CpuSample, b: CpuSample) -> u32 {
+    let total = b.total.saturating_sub(a.total);
+    if total == 0 {
+        return 0;
+    }
+    let busy = b.busy.saturating_sub(a.busy);
+    let ours = b.ours.saturating_sub(a.ours);
+    (busy.saturating_sub(ours) * 100 / total).min(100) as u32
+}
+
+/// The machine's counters from `/proc/stat`'s first line (every CPU).
+pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 4 {
+        return None;
+    }
+    let total: u64 = v.iter().take(8).sum();
+    // idle + iowait are not busy.
+    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// utime + stime of a `/proc/PID/stat` line (fields 14 and 15; the command
+/// name in parentheses may hold spaces).
+pub fn parse_pid_cpu(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3, so utime (14) is index 11.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Reads the counters now: the machine, this process, and every process
+/// whose environment names this node (its runs, in containers too).
+pub fn sample(node_id: &str) -> Option<CpuSample> {
+    let (busy, total) = parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)?;
+    let needle = format!("PESC_NODE_ID={node_id}");
+    let mut ours = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_pid_cpu(&s))
+        .unwrap_or(0);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                ours += std::fs::read_to_string(e.path().join("stat"))
+                    .ok()
+                    .and_then(|s| parse_pid_cpu(&s))
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Some(CpuSample { busy, total, ours })
+}
+
+/// glibc's `struct utmp` on Linux: 384 bytes; `ut_type` at 0 (i16),
+/// `ut_user` at 44 (32 bytes).
+const UTMP_RECORD: usize = 384;
+const USER_PROCESS: i16 = 7;
+
+/// Users with a login session in a utmp file's bytes.
+pub fn parse_utmp(bytes: &[u8]) -> Vec<String> {
+    let mut users: Vec<String> = bytes
+        .chunks_exact(UTMP_RECORD)
+        .filter(|r| i16::from_ne_bytes([r[0], r[1]]) == USER_PROCESS)
+        .filter_map(|r| {
+            let raw = &r[44..76];
+            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+            let u = String::from_utf8_lossy(&raw[..end]).trim().to_string();
+            (!u.is_empty()).then_some(u)
+        })
+        .collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+/// Other users logged in: everyone in `utmp` but `me` (the user the node
+/// runs as).
+pub fn other_users(utmp: &Path, me: &str) -> Vec<String> {
+    std::fs::read(utmp)
+        .map(|b| parse_utmp(&b))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|u| u != me)
+        .collect()
+}
+
+/// One utmp login record (tests simulate logins with it).
+#[cfg(test)]
+pub fn utmp_record(user: &str, line: &str) -> Vec<u8> {
+    let mut r = vec![0u8; UTMP_RECORD];
+    r[..2].copy_from_slice(&USER_PROCESS.to_ne_bytes());
+    r[4..8].copy_from_slice(&4242i32.to_ne_bytes());
+    let l = line.as_bytes();
+    r[8..8 + l.len().min(32)].copy_from_slice(&l[..l.len().min(32)]);
+    let u = user.as_bytes();
+    r[44..44 + u.len().min(32)].copy_from_slice(&u[..u.len().min(32)]);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn others_cpu_leaves_out_the_nodes_own() {
+        let a = CpuSample {
+            busy: 1000,
+            total: 4000,
+            ours: 100,
+        };
+        // 200 jiffies elapsed, 150 busy, 120 of them ours: others 15 %.
+        let b = CpuSample {
+            busy: 1150,
+            total: 4200,
+            ours: 220,
+        };
+        assert_eq!(others_percent(a, b), 15);
+        assert_eq!(others_percent(b, b), 0);
+        assert_eq!(others_percent(b, a), 0, "counters going back read as idle");
+    }
+
+    #[test]
+    fn proc_files_parse() {
+        let stat = "cpu  100 5 50 800 20 0 5 0 0 0\ncpu0 50 2 25 400 10 0 2 0 0 0\n";
+        assert_eq!(parse_proc_stat(stat), Some((160, 980)));
+        assert_eq!(parse_proc_stat("nothing"), None);
+        let pid = "123 (my prog (x)) S 1 2 3 4 5 6 7 8 9 10 31 17 0 0 20 0";
+        assert_eq!(parse_pid_cpu(pid), Some(48));
+        assert_eq!(parse_pid_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn utmp_lists_logged_in_users() {
+        let mut bytes = utmp_record("alice", "tty2");
+        bytes.extend(utmp_record("pesc", "pts/0"));
+        bytes.extend(utmp_record("alice", "pts/1"));
+        let mut dead = utmp_record("bob", "tty3");
+        dead[0] = 8; // DEAD_PROCESS: logged out
+        bytes.extend(dead);
+        bytes.extend([1, 2, 3]); // a torn record at the end
+        assert_eq!(parse_utmp(&bytes), vec!["alice", "pesc"]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("utmp");
+        std::fs::write(&f, &bytes).unwrap();
+        assert_eq!(other_users(&f, "pesc"), vec!["alice"]);
+        assert!(other_users(&dir.path().join("none"), "pesc").is_empty());
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        assert!(PolicyConfig::default().check().is_ok());
+        let c = PolicyConfig {
+            cpu_percent_limit: 0,
+            ..Default::default()
+        };
+        assert!(c.check().is_err());
+        let c = PolicyConfig {
+            concurrent_resources_percent: 101,
+            ..Default::default()
+        };
+        assert!(c.check().is_err());
+    }
+}
