@@ -59,6 +59,9 @@ pub struct NewRequest {
     /// Name of the domain the runs execute in (`None`: the node's default image).
     #[serde(default)]
     pub domain: Option<String>,
+    /// Memory and CPUs per run (`None`: the node's defaults).
+    #[serde(default)]
+    pub limits: crate::model::RunLimits,
     #[serde(default)]
     pub gpu: GpuNeeds,
     #[serde(default)]

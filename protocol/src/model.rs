@@ -284,6 +284,14 @@ pub struct GpuNeeds {
     pub min_capability: Option<f32>,
 }
 
+/// Resources one run may use (containers enforce them); unset: the node's
+/// defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunLimits {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
 /// What a user submits: run this process N times.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestSpec {
@@ -316,6 +324,8 @@ pub struct RequestSpec {
     /// it); `None`: the node's default.
     #[serde(default)]
     pub domain: Option<crate::domain::Domain>,
+    #[serde(default)]
+    pub limits: RunLimits,
     pub created_ms: u64,
 }
 
@@ -377,6 +387,18 @@ impl RequestSpec {
             return Err(Error::invalid(
                 "GPU minimum compute capability must be a number like 7.0 (between 1 and 20)",
             ));
+        }
+        if let Some(m) = self.limits.memory_mb
+            && !(16..=1 << 24).contains(&m)
+        {
+            return Err(Error::invalid(
+                "memory per run must be 16 MiB to 16 TiB (--memory-mb)",
+            ));
+        }
+        if let Some(c) = self.limits.cpus
+            && !(c.is_finite() && (0.01..=1024.0).contains(&c))
+        {
+            return Err(Error::invalid("CPUs per run must be 0.01 to 1024 (--cpus)"));
         }
         if self.parallel && self.repetitions > 1024 {
             return Err(Error::invalid(

@@ -72,6 +72,7 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
         shared_files: Vec::new(),
         inputs: Vec::new(),
         domain: None,
+        limits: Default::default(),
         gpu: GpuNeeds::default(),
         parallel: false,
         same_node: false,

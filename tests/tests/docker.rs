@@ -159,11 +159,31 @@ fn exit_codes_come_back_and_cancel_removes_the_container() {
     assert_eq!(runs(&v)[0]["exit_code"], 3, "{v}");
 
     let slow = write_file(tmp.path(), "slow.sh", "sleep 300\n");
-    let id = node.submit(&[&slow, "-n", "2"]);
+    // The request's own limits, not the node's defaults.
+    let id = node.submit(&[&slow, "-n", "2", "--memory-mb", "256", "--cpus", "0.5"]);
     node.wait_for(&id, Duration::from_secs(120), all_running(2));
     wait_containers(&node, 2);
+    for c in containers_of(&node.node_id()) {
+        assert_eq!(nano_cpus(&c), 500_000_000);
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
+                &c,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "268435456 512");
+    }
     assert!(node.cli(&["cancel", &id]).status.success());
     wait_containers(&node, 0);
+    let out = node.cli(&["submit", &slow, "--cpus", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CPUs per run"),
+        "{out:?}"
+    );
 }
 
 #[test]

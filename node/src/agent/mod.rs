@@ -695,6 +695,7 @@ impl Agent {
             inputs,
             restore,
             domain: spec.domain.clone(),
+            limits: spec.limits,
             copies: self
                 .s
                 .replication
@@ -1019,6 +1020,7 @@ impl Agent {
                 .collect::<ApiResult<Vec<_>>>()?,
             shared_files: n.shared_files,
             domain: n.domain.as_deref().map(|d| self.domain(d)).transpose()?,
+            limits: n.limits,
             gpu: n.gpu,
             parallel: n.parallel,
             same_node: n.same_node,

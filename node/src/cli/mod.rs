@@ -44,6 +44,12 @@ pub struct SubmitArgs {
     /// The domain (environment) the runs execute in (see `pesc domains`).
     #[arg(long, value_name = "NAME")]
     pub domain: Option<String>,
+    /// Memory per run in MiB (containers; default: the node's).
+    #[arg(long, value_name = "MIB")]
+    pub memory_mb: Option<u64>,
+    /// CPUs per run (containers; default: the node's).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
     /// Wait for every run to finish, with a progress bar; exit 1 if any failed.
     #[arg(long)]
     pub wait: bool,
@@ -114,6 +120,10 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
         rooms: vec![],
         shared_files: a.shared_files,
         domain: a.domain,
+        limits: pesc_protocol::model::RunLimits {
+            memory_mb: a.memory_mb,
+            cpus: a.cpus,
+        },
         gpu: Default::default(),
         parallel: false,
         same_node: false,

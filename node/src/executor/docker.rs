@@ -35,6 +35,8 @@ use super::{Executor, Exit, Job};
 pub const APP_DIR: &str = "/app";
 /// Label on every container of this node (for clean-up after a crash).
 const NODE_LABEL: &str = "pesc.node";
+/// Label with the CPUs a container was given (to cut and restore them).
+const CPUS_LABEL: &str = "pesc.cpus";
 /// How long a stopped program gets after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_millis(1000);
 
@@ -132,11 +134,11 @@ impl DockerExecutor {
     /// Removes the containers an earlier life of this node left (after
     /// `kill -9` or a power loss). Returns how many.
     pub async fn remove_orphans(&self) -> usize {
-        let ids = self.own_containers(true).await;
-        for id in &ids {
+        let all = self.own_containers(true).await;
+        for (id, _) in &all {
             self.remove(id).await;
         }
-        ids.len()
+        all.len()
     }
 
     async fn remove(&self, id: &str) {
@@ -146,45 +148,55 @@ impl DockerExecutor {
         }
     }
 
-    /// CPU limit of a run now (nano-CPUs; 0: none): the configured CPUs,
-    /// cut to the share while another user is at the desktop.
-    fn nano_cpus(&self) -> i64 {
-        let cpus = if self.cfg.cpus > 0.0 {
-            self.cfg.cpus
+    /// CPU limit of a run of `cpus` CPUs now (nano-CPUs; 0: none), cut to
+    /// the share while another user is at the desktop.
+    fn nano_cpus(&self, cpus: f64) -> i64 {
+        let base = if cpus > 0.0 {
+            cpus
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
         };
         match self.share.load(std::sync::atomic::Ordering::Relaxed) {
-            0 if self.cfg.cpus > 0.0 => (cpus * 1e9) as i64,
+            0 if cpus > 0.0 => (base * 1e9) as i64,
             0 => 0,
-            s => ((cpus * 1e9) as i64 * i64::from(s) / 100).max(10_000_000),
+            s => ((base * 1e9) as i64 * i64::from(s) / 100).max(10_000_000),
         }
     }
 
-    /// This node's containers now (ids).
-    async fn own_containers(&self, all: bool) -> Vec<String> {
+    /// This node's containers now: (id, CPUs it was given).
+    async fn own_containers(&self, all: bool) -> Vec<(String, f64)> {
         let filter = format!("{NODE_LABEL}={}", self.node);
         let opts = ListContainersOptionsBuilder::default()
             .all(all)
             .filters(&HashMap::from([("label".to_string(), vec![filter])]))
             .build();
-        self.docker
-            .list_containers(Some(opts))
-            .await
-            .map(|l| l.into_iter().filter_map(|c| c.id).collect())
-            .unwrap_or_default()
+        let list = self.docker.list_containers(Some(opts)).await;
+        list.map(|l| {
+            l.into_iter()
+                .filter_map(|c| {
+                    let cpus = c
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(CPUS_LABEL))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(self.cfg.cpus);
+                    Some((c.id?, cpus))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
-    fn host_config(&self, app_dir: &Path) -> HostConfig {
+    fn host_config(&self, app_dir: &Path, memory_mb: u64, cpus: f64) -> HostConfig {
         let c = &self.cfg;
         HostConfig {
             binds: Some(vec![format!("{}:{APP_DIR}", app_dir.display())]),
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             pids_limit: Some(c.pids),
-            memory: (c.memory_mb > 0).then_some((c.memory_mb as i64) << 20),
-            memory_swap: (c.memory_mb > 0).then_some((c.memory_mb as i64) << 20),
-            nano_cpus: Some(self.nano_cpus()),
+            memory: (memory_mb > 0).then_some((memory_mb as i64) << 20),
+            memory_swap: (memory_mb > 0).then_some((memory_mb as i64) << 20),
+            nano_cpus: Some(self.nano_cpus(cpus)),
             network_mode: Some(c.network.clone()),
             privileged: Some(false),
             // The output goes to the node through the attach stream only.
@@ -450,10 +462,9 @@ impl Executor for DockerExecutor {
             share.unwrap_or(0).min(100),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let nano = self.nano_cpus();
-        for id in self.own_containers(false).await {
+        for (id, cpus) in self.own_containers(false).await {
             let body = bollard::models::ContainerUpdateBody {
-                nano_cpus: Some(nano),
+                nano_cpus: Some(self.nano_cpus(cpus)),
                 ..Default::default()
             };
             if let Err(e) = self.docker.update_container(&id, body).await {
@@ -472,7 +483,12 @@ impl Executor for DockerExecutor {
             .clone()
             .unwrap_or_else(|| self.cfg.default_image.clone());
         self.ensure_image(&image).await?;
-        let labels = std::collections::HashMap::from([(NODE_LABEL.to_string(), self.node.clone())]);
+        let memory_mb = job.limits.memory_mb.unwrap_or(self.cfg.memory_mb);
+        let cpus = job.limits.cpus.unwrap_or(self.cfg.cpus);
+        let labels = HashMap::from([
+            (NODE_LABEL.to_string(), self.node.clone()),
+            (CPUS_LABEL.to_string(), cpus.to_string()),
+        ]);
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             cmd: Some(job.argv.clone()),
@@ -484,7 +500,7 @@ impl Executor for DockerExecutor {
             attach_stderr: Some(true),
             open_stdin: Some(false),
             tty: Some(false),
-            host_config: Some(self.host_config(&job.app_dir)),
+            host_config: Some(self.host_config(&job.app_dir, memory_mb, cpus)),
             ..Default::default()
         };
         let created = self

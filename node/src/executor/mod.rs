@@ -25,6 +25,8 @@ pub struct Job {
     pub stderr: PathBuf,
     /// The image to run in (Docker); `None`: the executor's default.
     pub image: Option<String>,
+    /// Memory and CPUs the request asks for (containers enforce them).
+    pub limits: pesc_protocol::model::RunLimits,
 }
 
 /// How the program ended.

@@ -43,6 +43,8 @@ pub struct AttemptJob {
     pub copies: usize,
     /// The environment to run in (its image is built here if need be).
     pub domain: Option<pesc_protocol::domain::Domain>,
+    /// Memory and CPUs per run, as the request asks.
+    pub limits: pesc_protocol::model::RunLimits,
 }
 
 /// How an attempt ended, as the runner saw it.
@@ -302,6 +304,7 @@ async fn attempt(
         stdout: stdout.clone(),
         stderr: stderr.clone(),
         image,
+        limits: job.limits,
     };
     let _ = events.send(RunnerEvent::Started {
         key: job.key.clone(),

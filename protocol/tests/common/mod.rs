@@ -34,6 +34,7 @@ pub fn spec(id: u8, owner: &str, repetitions: u32, retries: u32, created_ms: u64
         shared_files: vec![],
         inputs: vec![],
         domain: None,
+        limits: Default::default(),
         gpu: Default::default(),
         parallel: false,
         same_node: false,
