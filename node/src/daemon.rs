@@ -194,6 +194,12 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         replication: cfg.replication as usize,
         cache_bytes: cfg.cache_mb.saturating_mul(1 << 20),
         policy: cfg.policy.clone(),
+        gpus: {
+            let probe = crate::gpu::probe();
+            let found = probe.gpus();
+            tracing::info!("GPUs: {} ({})", found.len(), probe.describe());
+            probe
+        },
     };
     let (agent, handle, commands) = Agent::new(settings, store, runner.clone(), net)?;
     let stop_tx = handle.tx.clone();

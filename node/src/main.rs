@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod daemon;
 mod executor;
+mod gpu;
 mod grid_secret;
 mod identity;
 mod net;

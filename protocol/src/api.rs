@@ -171,6 +171,9 @@ pub struct GridNode {
     pub slots_free: Option<u32>,
     /// One-minute load average per CPU, from its last heartbeat.
     pub load: Option<f32>,
+    /// Its GPUs, from its last heartbeat.
+    #[serde(default)]
+    pub gpus: Vec<crate::model::Gpu>,
     /// Milliseconds since its last heartbeat was received.
     pub last_seen_ms_ago: Option<u64>,
 }

@@ -275,7 +275,22 @@ impl SharedFile {
     }
 }
 
-/// GPU needs of a request (used from the GPU issue on; validated already).
+/// One GPU of a node, as its driver reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub memory_total_mb: u64,
+    pub memory_free_mb: u64,
+    /// CUDA compute capability, e.g. 8.6.
+    pub capability: f32,
+    /// Memory used by each process on it (pid, MiB), when the driver says.
+    #[serde(default)]
+    pub processes: Option<Vec<(u32, u64)>>,
+}
+
+/// GPU needs of a request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuNeeds {
     /// Devices per run; 0 means no GPU.

@@ -133,7 +133,7 @@ pub fn first_queued(
 }
 
 /// What a node offers, as far as placement cares.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeCaps {
     /// Rooms the node belongs to (every node is in General).
     pub rooms: Vec<String>,
@@ -141,6 +141,8 @@ pub struct NodeCaps {
     pub gpus: u32,
     /// The node runs user code in containers (it can build domains).
     pub containers: bool,
+    /// The highest CUDA compute capability among its GPUs (0 without).
+    pub gpu_capability: f32,
 }
 
 /// Whether a node may run a request's ranks: it is in one of the request's
@@ -154,7 +156,13 @@ pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
             .iter()
             .any(|r| r == GENERAL_ROOM || caps.rooms.iter().any(|c| c == r))
     };
-    in_room && caps.gpus >= spec.gpu.count && (spec.domain.is_none() || caps.containers)
+    let gpus_fit = spec.gpu.count == 0
+        || (caps.gpus >= spec.gpu.count
+            && spec
+                .gpu
+                .min_capability
+                .is_none_or(|c| caps.gpu_capability >= c));
+    in_room && gpus_fit && (spec.domain.is_none() || caps.containers)
 }
 
 /// How long a node that lacks a request's shared files leaves its runs to
@@ -167,6 +175,48 @@ pub const INPUT_WAIT_MS: u64 = 1_000;
 /// seen the request for less than [`INPUT_WAIT_MS`].
 pub fn waits_for_inputs(lacks_inputs: bool, holder_alive: bool, seen_for_ms: u64) -> bool {
     lacks_inputs && holder_alive && seen_for_ms < INPUT_WAIT_MS
+}
+
+#[cfg(test)]
+mod eligibility_tests {
+    use super::*;
+    use crate::model::GpuNeeds;
+
+    fn spec(gpus: u32, min: Option<f32>, domain: bool) -> RequestSpec {
+        let mut s: RequestSpec = serde_json::from_value(serde_json::json!({
+            "id": "0000000000000001", "owner": "a", "repetitions": 1, "created_ms": 0,
+            "process": {"id": "0000000000000002", "name": "p", "kind": "file", "file_name": "m.py",
+                "code": "00".repeat(32), "size": 1, "language": "python", "entry": "m.py",
+                "entry_is_command": false, "owner": "a", "created_ms": 0}
+        }))
+        .unwrap();
+        s.gpu = GpuNeeds {
+            count: gpus,
+            min_capability: min,
+        };
+        if domain {
+            s.domain = Some(crate::domain::Domain::new("d", "FROM x\n", "", None, "a", 0).unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn gpus_capability_and_containers_decide_who_may_run_a_request() {
+        let plain = NodeCaps::default();
+        let gpu = NodeCaps {
+            gpus: 2,
+            gpu_capability: 8.6,
+            containers: true,
+            ..Default::default()
+        };
+        assert!(eligible(&spec(0, None, false), &plain));
+        assert!(!eligible(&spec(1, None, false), &plain));
+        assert!(eligible(&spec(2, Some(8.0), false), &gpu));
+        assert!(!eligible(&spec(3, None, false), &gpu));
+        assert!(!eligible(&spec(1, Some(9.0), false), &gpu));
+        assert!(!eligible(&spec(0, None, true), &plain));
+        assert!(eligible(&spec(0, None, true), &gpu));
+    }
 }
 
 #[cfg(test)]

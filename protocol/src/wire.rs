@@ -163,6 +163,9 @@ pub struct NodeStatus {
     pub load: f32,
     /// Addresses the node listens on, as multiaddrs.
     pub addrs: Vec<String>,
+    /// Its GPUs now.
+    #[serde(default)]
+    pub gpus: Vec<crate::model::Gpu>,
 }
 
 /// A node's heartbeat to a neighbour, and the neighbour's answer.

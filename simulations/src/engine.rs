@@ -144,6 +144,7 @@ impl Sim {
                     rooms: n.rooms.clone(),
                     gpus: n.gpus,
                     containers: true,
+                    gpu_capability: if n.gpus > 0 { 8.0 } else { 0.0 },
                 },
                 slots: n.slots,
                 speed: n.speed,

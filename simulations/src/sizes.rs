@@ -157,6 +157,7 @@ impl Sizes {
                 "/ip4/10.0.3.17/tcp/7373".into(),
                 "/ip6/fe80::17/tcp/7373".into(),
             ],
+            gpus: Vec::new(),
         };
         let beat = serde_json::to_vec(&Beat {
             node: writer.clone(),

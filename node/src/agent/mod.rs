@@ -164,6 +164,8 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// The desktop owner's policy.
     pub policy: crate::policy::PolicyConfig,
+    /// Where the node learns about its GPUs.
+    pub gpus: Box<dyn crate::gpu::GpuProbe>,
 }
 
 pub struct Agent {
@@ -214,6 +216,9 @@ pub struct Agent {
     cpu: Option<crate::policy::CpuSample>,
     /// The operating-system user this node runs as (not "another user").
     os_user: String,
+    /// This node's GPUs as last read, and which runs hold them.
+    gpus: Vec<pesc_protocol::model::Gpu>,
+    gpu_pool: crate::gpu::GpuPool<AttemptKey>,
 }
 
 /// A handle the API uses to reach the agent.
@@ -351,9 +356,12 @@ impl Agent {
                 rooms: Vec::new(),
                 gpus: 0,
                 containers: runner.executor.runs_containers(),
+                gpu_capability: 0.0,
             },
             paused: None,
             cpu: None,
+            gpus: Vec::new(),
+            gpu_pool: Default::default(),
             os_user: std::env::var("USER")
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_default(),
@@ -663,18 +671,33 @@ impl Agent {
         let Some(req) = self.requests.get_mut(&c.request) else {
             return;
         };
+        let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
+        let need = &req.doc.spec().gpu;
+        let gpus = if need.count > 0 {
+            match self
+                .gpu_pool
+                .take(&self.gpus, need.count, need.min_capability, &key)
+            {
+                Some(g) => g,
+                // Not enough free devices now: another pass, or another node.
+                None => return,
+            }
+        } else {
+            Vec::new()
+        };
         let Some(slot) = self.free_slots.pop() else {
+            self.gpu_pool.give_back(&key);
             return;
         };
         let attempt = Attempt::claim(c.rank, c.epoch, self.s.node.clone(), now_ms());
         if let Err(e) = req.doc.put_attempt(&attempt) {
             tracing::error!("cannot record a claim: {e}");
             self.free_slots.push(slot);
+            self.gpu_pool.give_back(&key);
             return;
         }
         req.dirty = true;
         let spec = req.doc.spec();
-        let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
         let (stop, stop_rx) = watch::channel(false);
         let inputs = spec
             .inputs
@@ -696,6 +719,7 @@ impl Agent {
             restore,
             domain: spec.domain.clone(),
             limits: spec.limits,
+            gpus,
             copies: self
                 .s
                 .replication
@@ -764,6 +788,7 @@ impl Agent {
                     return;
                 };
                 self.free_slots.push(r.slot);
+                self.gpu_pool.give_back(&key);
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping);
                 if a.state == AttemptState::Succeeded {
@@ -1028,9 +1053,9 @@ impl Agent {
             created_ms: now_ms(),
         };
         spec.validate()?;
-        if spec.gpu.count > 0 || spec.parallel || spec.same_node {
+        if spec.parallel || spec.same_node {
             return Err(ApiFailure::bad_request(
-                "GPU, parallel and same-node requests are not supported by this node yet",
+                "parallel and same-node requests are not supported by this node yet",
             ));
         }
         if let Some(room) = spec

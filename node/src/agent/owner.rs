@@ -44,3 +44,12 @@ impl Agent {
         self.paused = pause;
     }
 }
+
+impl Agent {
+    /// Reads the GPUs again (memory in use changes; a device may go).
+    pub(super) fn read_gpus(&mut self) {
+        self.gpus = self.s.gpus.gpus();
+        self.caps.gpus = self.gpus.len() as u32;
+        self.caps.gpu_capability = self.gpus.iter().map(|g| g.capability).fold(0.0, f32::max);
+    }
+}

@@ -505,6 +505,7 @@ impl Agent {
     pub(super) fn heartbeat(&mut self) {
         self.evict_if_due();
         self.apply_policy();
+        self.read_gpus();
         let now = self.mono();
         let members = self.members();
         self.members_n = members.len().max(1);
@@ -596,6 +597,7 @@ impl Agent {
             slots_free: self.free_slots.len() as u32,
             load: load_per_cpu(),
             addrs: self.repl.listen.clone(),
+            gpus: self.gpus.clone(),
         }
     }
 
@@ -655,6 +657,7 @@ impl Agent {
                     slots: status.as_ref().map(|s| s.slots).unwrap_or(n.slots),
                     slots_free: status.as_ref().map(|s| s.slots_free),
                     load: status.as_ref().map(|s| s.load),
+                    gpus: status.as_ref().map(|s| s.gpus.clone()).unwrap_or_default(),
                     last_seen_ms_ago: if me {
                         Some(0)
                     } else {

@@ -44,6 +44,12 @@ pub struct SubmitArgs {
     /// The domain (environment) the runs execute in (see `pesc domains`).
     #[arg(long, value_name = "NAME")]
     pub domain: Option<String>,
+    /// GPUs each run needs (whole devices, given to one run at a time).
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// Minimum CUDA compute capability of those GPUs, e.g. 8.0.
+    #[arg(long, value_name = "X.Y")]
+    pub gpu_capability: Option<f32>,
     /// Memory per run in MiB (containers; default: the node's).
     #[arg(long, value_name = "MIB")]
     pub memory_mb: Option<u64>,
@@ -124,7 +130,10 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
             memory_mb: a.memory_mb,
             cpus: a.cpus,
         },
-        gpu: Default::default(),
+        gpu: pesc_protocol::model::GpuNeeds {
+            count: a.gpus,
+            min_capability: a.gpu_capability,
+        },
         parallel: false,
         same_node: false,
         retries: a.retries,
@@ -419,8 +428,8 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<20} {:<10} {:>5} {:>5} {:>9}  ADDRESS",
-        "NAME", "SLOTS", "FREE", "LOAD", "SEEN"
+        "{:<20} {:<10} {:>5} {:>5} {:>5} {:>9}  ADDRESS",
+        "NAME", "SLOTS", "FREE", "LOAD", "GPUS", "SEEN"
     );
     for n in list {
         let name = if n.this_node {
@@ -435,11 +444,12 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
         };
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<20} {:<10} {:>5} {:>5} {:>9}  {}",
+            "{:<20} {:<10} {:>5} {:>5} {:>5} {:>9}  {}",
             name,
             format!("{} {}", n.slots, n.executor),
             opt(n.slots_free.map(|f| f.to_string())),
             opt(n.load.map(|l| format!("{l:.2}"))),
+            n.gpus.len(),
             seen,
             n.addrs.first().cloned().unwrap_or_else(|| "-".into())
         );

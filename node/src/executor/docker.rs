@@ -363,6 +363,22 @@ impl DockerExecutor {
     }
 }
 
+/// The devices a run holds, for the NVIDIA container runtime (`None`
+/// without GPUs: the container sees none).
+fn device_requests(
+    gpus: &[pesc_protocol::model::Gpu],
+) -> Option<Vec<bollard::models::DeviceRequest>> {
+    if gpus.is_empty() {
+        return None;
+    }
+    Some(vec![bollard::models::DeviceRequest {
+        driver: Some("nvidia".into()),
+        device_ids: Some(gpus.iter().map(|g| g.uuid.clone()).collect()),
+        capabilities: Some(vec![vec!["gpu".into()]]),
+        ..Default::default()
+    }])
+}
+
 /// The build context of a domain: a tar with its Dockerfile and requirements.txt.
 fn build_context(d: &Domain) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
@@ -500,7 +516,10 @@ impl Executor for DockerExecutor {
             attach_stderr: Some(true),
             open_stdin: Some(false),
             tty: Some(false),
-            host_config: Some(self.host_config(&job.app_dir, memory_mb, cpus)),
+            host_config: Some(HostConfig {
+                device_requests: device_requests(&job.gpus),
+                ..self.host_config(&job.app_dir, memory_mb, cpus)
+            }),
             ..Default::default()
         };
         let created = self

@@ -27,6 +27,19 @@ pub struct Job {
     pub image: Option<String>,
     /// Memory and CPUs the request asks for (containers enforce them).
     pub limits: pesc_protocol::model::RunLimits,
+    /// GPUs the run holds: only these are visible to it.
+    pub gpus: Vec<pesc_protocol::model::Gpu>,
+}
+
+impl Job {
+    /// `CUDA_VISIBLE_DEVICES` for the run: its devices, or none at all.
+    pub fn cuda_visible_devices(&self) -> String {
+        self.gpus
+            .iter()
+            .map(|g| g.index.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// How the program ended.

@@ -35,6 +35,7 @@ impl Executor for ProcessExecutor {
             .args(args)
             .current_dir(&job.app_dir)
             .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .env("CUDA_VISIBLE_DEVICES", job.cuda_visible_devices())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))

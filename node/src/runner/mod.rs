@@ -45,6 +45,8 @@ pub struct AttemptJob {
     pub domain: Option<pesc_protocol::domain::Domain>,
     /// Memory and CPUs per run, as the request asks.
     pub limits: pesc_protocol::model::RunLimits,
+    /// The GPUs this attempt holds.
+    pub gpus: Vec<pesc_protocol::model::Gpu>,
 }
 
 /// How an attempt ended, as the runner saw it.
@@ -305,6 +307,7 @@ async fn attempt(
         stderr: stderr.clone(),
         image,
         limits: job.limits,
+        gpus: job.gpus.clone(),
     };
     let _ = events.send(RunnerEvent::Started {
         key: job.key.clone(),

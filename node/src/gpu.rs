@@ -1,0 +1,207 @@
+//! A node's GPUs: what the driver reports (NVML through nvml-wrapper), and
+//! which runs hold which devices. A run gets whole devices to itself.
+//!
+//! The driver sits behind [`GpuProbe`]. On a machine without one, NVML does
+//! not load and the node has no GPUs. Tests (and machines whose driver is
+//! out of reach) can script the devices instead: `PESC_FAKE_GPUS=FILE`
+//! names a JSON list of [`Gpu`] records, read again at every look.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use pesc_protocol::model::Gpu;
+
+/// Where a node learns about its GPUs.
+pub trait GpuProbe: Send + Sync {
+    /// Every GPU now (empty without a driver).
+    fn gpus(&self) -> Vec<Gpu>;
+    /// What it is, for the log.
+    fn describe(&self) -> String;
+}
+
+/// The NVIDIA driver through NVML.
+pub struct Nvml(nvml_wrapper::Nvml);
+
+impl GpuProbe for Nvml {
+    fn gpus(&self) -> Vec<Gpu> {
+        let n = self.0.device_count().unwrap_or(0);
+        (0..n)
+            .filter_map(|i| {
+                let d = self.0.device_by_index(i).ok()?;
+                let mem = d.memory_info().ok()?;
+                let cap = d.cuda_compute_capability().ok()?;
+                let processes = d.running_compute_processes().ok().and_then(|ps| {
+                    ps.into_iter()
+                        .map(|p| match p.used_gpu_memory {
+                            nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => {
+                                Some((p.pid, b >> 20))
+                            }
+                            nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
+                        })
+                        .collect::<Option<Vec<_>>>()
+                });
+                Some(Gpu {
+                    index: d.index().unwrap_or(i),
+                    uuid: d.uuid().unwrap_or_default(),
+                    name: d.name().unwrap_or_default(),
+                    memory_total_mb: mem.total >> 20,
+                    memory_free_mb: mem.free >> 20,
+                    capability: cap.major as f32 + cap.minor as f32 / 10.0,
+                    processes,
+                })
+            })
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        let driver = self.0.sys_driver_version().unwrap_or_default();
+        format!("NVML (driver {driver})")
+    }
+}
+
+/// Devices scripted in a JSON file (a list of [`Gpu`]).
+pub struct Scripted(PathBuf);
+
+impl GpuProbe for Scripted {
+    fn gpus(&self) -> Vec<Gpu> {
+        match std::fs::read(&self.0).map(|b| serde_json::from_slice::<Vec<Gpu>>(&b)) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!("{} is not a list of GPUs: {e}", self.0.display());
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("scripted GPUs from {}", self.0.display())
+    }
+}
+
+/// No driver: no GPUs.
+pub struct NoGpus;
+
+impl GpuProbe for NoGpus {
+    fn gpus(&self) -> Vec<Gpu> {
+        Vec::new()
+    }
+    fn describe(&self) -> String {
+        "no GPU driver".into()
+    }
+}
+
+/// The probe for this machine: scripted when `PESC_FAKE_GPUS` says so, else
+/// NVML when the driver loads, else none.
+pub fn probe() -> Box<dyn GpuProbe> {
+    if let Some(p) = std::env::var_os("PESC_FAKE_GPUS") {
+        return Box::new(Scripted(PathBuf::from(p)));
+    }
+    match nvml_wrapper::Nvml::init() {
+        Ok(n) => Box::new(Nvml(n)),
+        Err(_) => Box::new(NoGpus),
+    }
+}
+
+/// Which of this node's GPUs each running attempt holds (by GPU index).
+#[derive(Debug)]
+pub struct GpuPool<K> {
+    held: HashMap<u32, K>,
+}
+
+impl<K> Default for GpuPool<K> {
+    fn default() -> Self {
+        GpuPool {
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + PartialEq> GpuPool<K> {
+    /// Gives `count` free devices of at least `min_capability` to `who`, or
+    /// nothing when there are not enough.
+    pub fn take(
+        &mut self,
+        gpus: &[Gpu],
+        count: u32,
+        min_capability: Option<f32>,
+        who: &K,
+    ) -> Option<Vec<Gpu>> {
+        let free: Vec<&Gpu> = gpus
+            .iter()
+            .filter(|g| !self.held.contains_key(&g.index))
+            .filter(|g| min_capability.is_none_or(|c| g.capability >= c))
+            .take(count as usize)
+            .collect();
+        if free.len() < count as usize {
+            return None;
+        }
+        for g in &free {
+            self.held.insert(g.index, who.clone());
+        }
+        Some(free.into_iter().cloned().collect())
+    }
+
+    /// Gives back what `who` held.
+    pub fn give_back(&mut self, who: &K) {
+        self.held.retain(|_, k| k != who);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, capability: f32) -> Gpu {
+        Gpu {
+            index,
+            uuid: format!("GPU-{index}"),
+            name: "Fake".into(),
+            memory_total_mb: 16384,
+            memory_free_mb: 16000,
+            capability,
+            processes: None,
+        }
+    }
+
+    #[test]
+    fn runs_get_whole_free_devices_of_the_capability_they_need() {
+        let gpus = [gpu(0, 7.5), gpu(1, 8.6), gpu(2, 8.6)];
+        let mut pool = GpuPool::default();
+        let a = pool.take(&gpus, 1, Some(8.0), &"a").unwrap();
+        assert_eq!(a[0].index, 1);
+        assert!(
+            pool.take(&gpus, 2, Some(8.0), &"b").is_none(),
+            "only one 8.x left"
+        );
+        let b = pool.take(&gpus, 2, None, &"b").unwrap();
+        assert_eq!(b.iter().map(|g| g.index).collect::<Vec<_>>(), vec![0, 2]);
+        assert!(pool.take(&gpus, 1, None, &"c").is_none());
+        pool.give_back(&"a");
+        assert_eq!(pool.take(&gpus, 1, None, &"c").unwrap()[0].index, 1);
+        assert!(
+            pool.take(&gpus, 1, None, &"d").is_none(),
+            "0 and 2 still held by b"
+        );
+    }
+
+    #[test]
+    fn scripted_devices_come_from_a_file_and_bad_files_mean_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gpus.json");
+        std::fs::write(&f, serde_json::to_vec(&vec![gpu(0, 8.0)]).unwrap()).unwrap();
+        let p = Scripted(f.clone());
+        assert_eq!(p.gpus().len(), 1);
+        std::fs::write(&f, b"{broken").unwrap();
+        assert!(p.gpus().is_empty());
+        assert!(Scripted(dir.path().join("none")).gpus().is_empty());
+    }
+
+    #[test]
+    fn without_a_driver_nvml_reports_nothing_and_breaks_nothing() {
+        // This machine has no NVIDIA driver: the real probe must say "none".
+        if std::env::var_os("PESC_FAKE_GPUS").is_none() && nvml_wrapper::Nvml::init().is_err() {
+            assert!(probe().gpus().is_empty());
+        }
+    }
+}

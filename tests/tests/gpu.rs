@@ -1,0 +1,84 @@
+//! GPUs through the scripted probe (`PESC_FAKE_GPUS`): no GPU here, so the
+//! driver's answers come from a file; everything after the probe — the
+//! report, placement, exclusive devices, what a run sees — is the real code.
+
+use std::time::Duration;
+
+use pesc_tests::{Node, runs, write_file, zip_text};
+use serde_json::{Value, json};
+
+fn finished(v: &Value) -> bool {
+    v["state"] == "succeeded" || v["state"] == "failed"
+}
+
+#[test]
+fn runs_get_their_own_gpus_and_requests_wait_for_matching_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gpus = tmp.path().join("gpus.json");
+    let dev = |i: u32| {
+        json!({"index": i, "uuid": format!("GPU-fake-{i}"), "name": "Fake A100",
+               "memory_total_mb": 40960, "memory_free_mb": 40000, "capability": 8.0})
+    };
+    std::fs::write(&gpus, serde_json::to_vec(&json!([dev(0), dev(1)])).unwrap()).unwrap();
+    // SAFETY: this test binary runs this one test; the node inherits the variable.
+    unsafe { std::env::set_var("PESC_FAKE_GPUS", &gpus) };
+    let node = Node::start(4).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = node.cli_json(&["nodes", "--json"]);
+        if v[0]["gpus"].as_array().map(Vec::len) == Some(2) {
+            assert_eq!(v[0]["gpus"][1]["name"], "Fake A100", "{v}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "GPUs not reported: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Six runs of one GPU each on 4 slots: never more than 2 at once, each
+    // seeing exactly its own device.
+    let prog = write_file(
+        tmp.path(),
+        "gpu.sh",
+        "echo \"$CUDA_VISIBLE_DEVICES $(date +%s.%N)\" > \"$PESC_OUTPUT_DIR/output.txt\"\n\
+         sleep 0.6\n\
+         echo \"$(date +%s.%N)\" >> \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    let id = node.submit(&[&prog, "-n", "6", "--gpus", "1"]);
+    let v = node.wait_for(&id, Duration::from_secs(60), finished);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    let mut spans = Vec::new();
+    for r in 0..6 {
+        let text = zip_text(&zip, &format!("output_rank_{r}/output.txt")).unwrap();
+        let w: Vec<&str> = text.split_whitespace().collect();
+        assert!(w[0] == "0" || w[0] == "1", "rank {r} saw {text:?}");
+        spans.push((w[1].parse::<f64>().unwrap(), w[2].parse::<f64>().unwrap()));
+    }
+    for (i, a) in spans.iter().enumerate() {
+        let overlapping = spans.iter().filter(|b| b.0 < a.1 && a.0 < b.1).count();
+        assert!(
+            overlapping <= 2,
+            "run {i} overlapped {overlapping} runs: {spans:?}"
+        );
+    }
+    // A run that asks for no GPU sees none.
+    let plain = write_file(
+        tmp.path(),
+        "plain.sh",
+        "echo \"[$CUDA_VISIBLE_DEVICES]\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    let id = node.submit(&[&plain, "-n", "1"]);
+    node.wait_for(&id, Duration::from_secs(30), finished);
+    let zip = node.results_zip(&id, &tmp.path().join("p"));
+    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "[]\n");
+    // More capability, or more devices, than the node has: left queued.
+    let big = node.submit(&[&plain, "-n", "1", "--gpus", "1", "--gpu-capability", "9.0"]);
+    let many = node.submit(&[&plain, "-n", "1", "--gpus", "3"]);
+    std::thread::sleep(Duration::from_secs(3));
+    for id in [&big, &many] {
+        let v = node.cli_json(&["status", id, "--json"]);
+        assert_eq!(runs(&v)[0]["state"], "queued", "{v}");
+    }
+}
