@@ -10,6 +10,8 @@
 # Images (tags are what tests/ and docs/ use):
 #   pesc-offline/python:bookworm   python3 (+ pip), sh
 #   pesc-offline/gcc:bookworm      python3, gcc, make, libc6-dev
+#   pesc-offline/r:bookworm        R (Rscript)
+#   pesc-offline/java:bookworm     Java 17 JDK (java, javac, jar)
 set -euo pipefail
 mirror="${PESC_MIRROR:-http://deb.debian.org/debian}"
 work="${PESC_IMAGE_WORK:-/var/tmp/pesc-offline-images}"
@@ -36,3 +38,5 @@ make_image() { # TAG PACKAGES
 
 make_image pesc-offline/python:bookworm python3,python3-pip
 make_image pesc-offline/gcc:bookworm python3,gcc,make,libc6-dev
+make_image pesc-offline/r:bookworm r-base-core
+make_image pesc-offline/java:bookworm default-jdk-headless

@@ -8,6 +8,12 @@ use pesc_tests::{Node, runs, write_file, zip_text};
 use serde_json::Value;
 
 const IMAGE: &str = "pesc-offline/python:bookworm";
+const OFFLINE_IMAGES: [&str; 4] = [
+    IMAGE,
+    "pesc-offline/gcc:bookworm",
+    "pesc-offline/r:bookworm",
+    "pesc-offline/java:bookworm",
+];
 const DOCKER_ARGS: [&str; 4] = ["--executor", "docker", "--docker-image", IMAGE];
 
 /// Whether the Docker tests can run: a daemon and the offline image. In CI
@@ -18,14 +24,18 @@ fn can_run() -> bool {
         eprintln!("skipped: PESC_SKIP_DOCKER is set");
         return false;
     }
-    let ok = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "no Docker daemon or no {IMAGE}: start dockerd and run scripts/offline-images.sh (or set PESC_SKIP_DOCKER=1)"
-    );
+    // Every base image the tests build on must be here: a missing one would
+    // send the daemon to a public registry.
+    for image in OFFLINE_IMAGES {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "no Docker daemon or no {image}: start dockerd and run scripts/offline-images.sh (or set PESC_SKIP_DOCKER=1)"
+        );
+    }
     true
 }
 
@@ -37,7 +47,9 @@ fn docker_node() -> Node {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("node.toml"),
-        "[docker.template_bases]\npython = \"pesc-offline/python:bookworm\"\ngcc = \"pesc-offline/gcc:bookworm\"\n",
+        "[docker.template_bases]\npython = \"pesc-offline/python:bookworm\"\n\
+         gcc = \"pesc-offline/gcc:bookworm\"\nr = \"pesc-offline/r:bookworm\"\n\
+         java = \"pesc-offline/java:bookworm\"\n",
     )
     .unwrap();
     Node::start_in(
@@ -505,4 +517,61 @@ fn another_user_at_the_desktop_slows_runs_and_stops_new_ones() {
         assert!(node.cli(&["cancel", id]).status.success());
     }
     wait_containers(&node, 0);
+}
+
+#[test]
+fn r_scripts_and_java_jars_run_in_their_domains() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tag = std::process::id();
+    let (r, java) = (format!("r-{tag}"), format!("java-{tag}"));
+    node.cli_json(&["domains", "add", &r, "--template", "R", "--json"]);
+    node.cli_json(&["domains", "add", &java, "--template", "Java", "--json"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let script = write_file(
+        tmp.path(),
+        "twice.R",
+        "rank <- as.integer(Sys.getenv(\"PESC_RANK\"))\n\
+         writeLines(as.character(rank * 2), file.path(Sys.getenv(\"PESC_OUTPUT_DIR\"), \"output.txt\"))\n",
+    );
+    let id = node.submit(&[&script, "-n", "3", "--domain", &r]);
+    let v = node.wait_for(&id, Duration::from_secs(300), finished);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "0\n2\n4\n");
+
+    // A runnable jar, compiled with the JDK of the offline image.
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_file(
+        &src,
+        "Main.java",
+        "import java.nio.file.*;\npublic class Main { public static void main(String[] a) throws Exception {\n\
+         int r = Integer.parseInt(System.getenv(\"PESC_RANK\"));\n\
+         Files.writeString(Path.of(System.getenv(\"PESC_OUTPUT_DIR\"), \"output.txt\"), \"java \" + (r + 10));\n} }\n",
+    );
+    let built = Command::new("docker")
+        .args(["run", "--rm", "-v"])
+        .arg(format!("{}:/w", src.display()))
+        .args([
+            "-w",
+            "/w",
+            "pesc-offline/java:bookworm",
+            "sh",
+            "-c",
+            "javac Main.java && jar cfe app.jar Main Main.class",
+        ])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let jar = src.join("app.jar");
+    let id = node.submit(&[jar.to_str().unwrap(), "-n", "2", "--domain", &java]);
+    let v = node.wait_for(&id, Duration::from_secs(300), finished);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
+    let zip = node.results_zip(&id, &tmp.path().join("j"));
+    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "java 10\njava 11\n");
+    remove_domain_images(&r);
+    remove_domain_images(&java);
 }

@@ -678,7 +678,9 @@ fn docker(repeat: usize, write: bool) -> Result<()> {
         ));
         let _ = Command::new("sh")
             .arg("-c")
-            .arg(format!("docker rmi -f $(docker images -q pesc-domain/{name}) >/dev/null 2>&1"))
+            .arg(format!(
+                "docker rmi -f $(docker images -q pesc-domain/{name}) >/dev/null 2>&1"
+            ))
             .status();
     }
     let table = format!(
