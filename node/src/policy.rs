@@ -24,6 +24,9 @@ pub struct PolicyConfig {
     pub concurrent_resources_percent: u32,
     /// Login records (utmp).
     pub utmp_path: PathBuf,
+    /// Runs share a GPU while their learned peak memory adds up to at most
+    /// this percentage of its memory.
+    pub gpu_percent_memory_limit: u32,
 }
 
 impl Default for PolicyConfig {
@@ -33,6 +36,7 @@ impl Default for PolicyConfig {
             check_concurrent_user: false,
             concurrent_resources_percent: 10,
             utmp_path: PathBuf::from("/var/run/utmp"),
+            gpu_percent_memory_limit: 90,
         }
     }
 }
@@ -41,6 +45,12 @@ impl PolicyConfig {
     pub fn check(&self) -> anyhow::Result<()> {
         if !(1..=100).contains(&self.cpu_percent_limit) {
             anyhow::bail!("cpu_percent_limit is {}: 1 to 100", self.cpu_percent_limit);
+        }
+        if !(1..=100).contains(&self.gpu_percent_memory_limit) {
+            anyhow::bail!(
+                "gpu_percent_memory_limit is {}: 1 to 100",
+                self.gpu_percent_memory_limit
+            );
         }
         if !(1..=100).contains(&self.concurrent_resources_percent) {
             anyhow::bail!(

@@ -56,11 +56,12 @@ fn runs_get_their_own_gpus_and_requests_wait_for_matching_ones() {
         assert!(w[0] == "0" || w[0] == "1", "rank {r} saw {text:?}");
         spans.push((w[1].parse::<f64>().unwrap(), w[2].parse::<f64>().unwrap()));
     }
+    // Runs going at the moment each one started.
     for (i, a) in spans.iter().enumerate() {
-        let overlapping = spans.iter().filter(|b| b.0 < a.1 && a.0 < b.1).count();
+        let going = spans.iter().filter(|b| b.0 <= a.0 && a.0 < b.1).count();
         assert!(
-            overlapping <= 2,
-            "run {i} overlapped {overlapping} runs: {spans:?}"
+            going <= 2,
+            "{going} runs going when run {i} started: {spans:?}"
         );
     }
     // A run that asks for no GPU sees none.
@@ -81,4 +82,70 @@ fn runs_get_their_own_gpus_and_requests_wait_for_matching_ones() {
         let v = node.cli_json(&["status", id, "--json"]);
         assert_eq!(runs(&v)[0]["state"], "queued", "{v}");
     }
+}
+
+#[test]
+fn runs_share_a_gpu_once_their_peak_memory_is_known() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gpus = tmp.path().join("gpus.json");
+    let write_gpus = |processes: Value| {
+        let dev = json!([{"index": 0, "uuid": "GPU-fake-0", "name": "Fake 16G",
+            "memory_total_mb": 16384, "memory_free_mb": 16000, "capability": 8.6,
+            "processes": processes}]);
+        std::fs::write(&gpus, serde_json::to_vec(&dev).unwrap()).unwrap();
+    };
+    write_gpus(json!([]));
+    // SAFETY: the variable is set before the node starts; nextest runs each
+    // test in its own process.
+    unsafe { std::env::set_var("PESC_FAKE_GPUS", &gpus) };
+    let node = Node::start(4).unwrap();
+    let pids = tmp.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let prog = write_file(
+        tmp.path(),
+        "train.sh",
+        "set -- $PESC_PARAMETERS\n\
+         echo $$ > \"$1/$PESC_REQUEST_ID-$PESC_RANK\"\n\
+         echo \"$CUDA_VISIBLE_DEVICES $(date +%s.%N)\" > \"$PESC_OUTPUT_DIR/output.txt\"\n\
+         sleep \"$2\"\n\
+         echo \"$(date +%s.%N)\" >> \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    let dir = pids.to_str().unwrap();
+    // The first run's peak is unknown: it gets the device to itself, and the
+    // driver (here, the script) shows its process using 4 000 MiB.
+    let first = node.submit(&[&prog, "-n", "1", "--gpus", "1", "--parameters", dir, "3"]);
+    let pid_file = pids.join(format!("{first}-0"));
+    let t0 = std::time::Instant::now();
+    while !pid_file.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    write_gpus(json!([[pid, 4000]]));
+    node.wait_for(&first, Duration::from_secs(30), finished);
+    assert!(node.log().contains("learned: 4000 MiB"), "{}", node.log());
+    write_gpus(json!([]));
+    // Four more of the same program: 3 × 4 000 MiB fit in 90 % of 16 GiB,
+    // a fourth does not.
+    let id = node.submit(&[&prog, "-n", "4", "--gpus", "1", "--parameters", dir, "2"]);
+    let v = node.wait_for(&id, Duration::from_secs(60), finished);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    let mut spans = Vec::new();
+    for r in 0..4 {
+        let text = zip_text(&zip, &format!("output_rank_{r}/output.txt")).unwrap();
+        let w: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(w[0], "0", "rank {r}: {text:?}");
+        spans.push((w[1].parse::<f64>().unwrap(), w[2].parse::<f64>().unwrap()));
+    }
+    let most = spans
+        .iter()
+        .map(|a| spans.iter().filter(|b| b.0 <= a.0 && a.0 < b.1).count())
+        .max()
+        .unwrap();
+    assert_eq!(most, 3, "runs on the one GPU at once: {spans:?}");
 }

@@ -219,6 +219,14 @@ pub struct Agent {
     /// This node's GPUs as last read, and which runs hold them.
     gpus: Vec<pesc_protocol::model::Gpu>,
     gpu_pool: crate::gpu::GpuPool<AttemptKey>,
+    /// Peak GPU memory (MiB) seen per program and domain ([`usage_key`]).
+    gpu_peaks: HashMap<String, u64>,
+}
+
+/// What GPU memory is learned for: the program and the domain it runs in.
+fn usage_key(spec: &RequestSpec) -> String {
+    let domain = spec.domain.as_ref().map_or("", |d| d.hash.as_str());
+    format!("{}/{domain}", spec.process.id)
 }
 
 /// A handle the API uses to reach the agent.
@@ -362,6 +370,7 @@ impl Agent {
             cpu: None,
             gpus: Vec::new(),
             gpu_pool: Default::default(),
+            gpu_peaks: HashMap::new(),
             os_user: std::env::var("USER")
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_default(),
@@ -674,10 +683,15 @@ impl Agent {
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
         let need = &req.doc.spec().gpu;
         let gpus = if need.count > 0 {
-            match self
-                .gpu_pool
-                .take(&self.gpus, need.count, need.min_capability, &key)
-            {
+            let peak = self.gpu_peaks.get(&usage_key(req.doc.spec())).copied();
+            match self.gpu_pool.take(
+                &self.gpus,
+                need.count,
+                need.min_capability,
+                &key,
+                peak,
+                self.s.policy.gpu_percent_memory_limit,
+            ) {
                 Some(g) => g,
                 // Not enough free devices now: another pass, or another node.
                 None => return,

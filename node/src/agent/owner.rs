@@ -46,9 +46,31 @@ impl Agent {
 }
 
 impl Agent {
-    /// Reads the GPUs again (memory in use changes; a device may go).
+    /// Reads the GPUs again (memory in use changes; a device may go), and
+    /// learns the peak memory of the runs it sees on them.
     pub(super) fn read_gpus(&mut self) {
         self.gpus = self.s.gpus.gpus();
+        for g in &self.gpus {
+            for (pid, mb) in g.processes.iter().flatten() {
+                let Some((req, _rank)) = crate::gpu::run_of_pid(*pid, self.s.node.as_str()) else {
+                    continue;
+                };
+                let Some(q) = req.parse().ok().and_then(|id| self.requests.get(&id)) else {
+                    continue;
+                };
+                let peak = self
+                    .gpu_peaks
+                    .entry(super::usage_key(q.doc.spec()))
+                    .or_default();
+                if *mb > *peak {
+                    *peak = *mb;
+                    tracing::info!(
+                        "GPU memory of {} learned: {mb} MiB",
+                        q.doc.spec().process.name
+                    );
+                }
+            }
+        }
         self.caps.gpus = self.gpus.len() as u32;
         self.caps.gpu_capability = self.gpus.iter().map(|g| g.capability).fold(0.0, f32::max);
     }
