@@ -575,3 +575,36 @@ fn r_scripts_and_java_jars_run_in_their_domains() {
     remove_domain_images(&r);
     remove_domain_images(&java);
 }
+
+#[test]
+fn shared_files_are_read_only_mounts_in_containers() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_file(tmp.path(), "data.csv", "x,y\n1,2\n");
+    assert!(node.cli(&["files", "add", &data]).status.success());
+    let prog = write_file(
+        tmp.path(),
+        "touch.sh",
+        "out=\"$PESC_OUTPUT_DIR/output.txt\"\n\
+         cat data.csv | wc -l > \"$out\"\n\
+         (echo 3,4 >> data.csv) 2>/dev/null && echo wrote >> \"$out\" || echo refused >> \"$out\"\n\
+         chmod 666 data.csv 2>/dev/null && echo chmod >> \"$out\" || echo kept >> \"$out\"\n\
+         rm -f data.csv 2>/dev/null; [ -f data.csv ] && echo still >> \"$out\" || echo gone >> \"$out\"\n",
+    );
+    let id = node.submit(&[&prog, "-n", "2", "--shared-file", "data.csv"]);
+    let v = node.wait_for(&id, Duration::from_secs(120), finished);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    for r in 0..2 {
+        let text = zip_text(&zip, &format!("output_rank_{r}/output.txt")).unwrap();
+        assert_eq!(text, "2\nrefused\nkept\nstill\n", "rank {r}");
+    }
+    // The node's copy is untouched.
+    let list = node.cli_json(&["files", "list", "--json"]);
+    let hash = list[0]["hash"].as_str().unwrap().to_string();
+    let blob = node.data_dir.join("blobs").join(&hash[..2]).join(&hash);
+    assert_eq!(std::fs::read_to_string(blob).unwrap(), "x,y\n1,2\n");
+}

@@ -516,9 +516,17 @@ impl Executor for DockerExecutor {
             attach_stderr: Some(true),
             open_stdin: Some(false),
             tty: Some(false),
-            host_config: Some(HostConfig {
-                device_requests: device_requests(&job.gpus),
-                ..self.host_config(&job.app_dir, memory_mb, cpus)
+            host_config: Some({
+                let mut h = self.host_config(&job.app_dir, memory_mb, cpus);
+                h.device_requests = device_requests(&job.gpus);
+                if let Some(b) = h.binds.as_mut() {
+                    b.extend(
+                        job.shared
+                            .iter()
+                            .map(|(host, name)| format!("{}:{APP_DIR}/{name}:ro", host.display())),
+                    );
+                }
+                h
             }),
             ..Default::default()
         };

@@ -29,6 +29,10 @@ pub struct Job {
     pub limits: pesc_protocol::model::RunLimits,
     /// GPUs the run holds: only these are visible to it.
     pub gpus: Vec<pesc_protocol::model::Gpu>,
+    /// Shared files: (the node's copy, the name the run sees). The process
+    /// executor finds private copies in the app dir already; containers
+    /// mount these read-only.
+    pub shared: Vec<(PathBuf, String)>,
 }
 
 impl Job {

@@ -1,7 +1,8 @@
 //! Shared files in a run's app dir.
 //!
 //! Every run sees each of its request's shared files read-only under its
-//! name. With the process executor the file is a private copy (made with
+//! name. In a container it is a read-only mount of the blob store's copy.
+//! With the process executor the file is a private copy (made with
 //! `copy_file_range`, a reflink where the filesystem can), because a plain
 //! process of the same user could write through a link into the node's only
 //! copy. The copy is kept for the slot's next run when its inode status shows

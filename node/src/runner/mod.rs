@@ -308,6 +308,11 @@ async fn attempt(
         image,
         limits: job.limits,
         gpus: job.gpus.clone(),
+        shared: job
+            .inputs
+            .iter()
+            .map(|(f, _)| (ctx.blobs.path(&f.hash), f.name.clone()))
+            .collect(),
     };
     let _ = events.send(RunnerEvent::Started {
         key: job.key.clone(),
@@ -482,7 +487,10 @@ fn prepare(
         }
         ProcessKind::Zip => archive::extract_zip(&code, &app)?,
     }
-    inputs::place(&ctx.blobs, slot_dir, &app, shared)?;
+    // Containers get read-only mounts of the blob store's copies instead.
+    if !ctx.executor.runs_containers() {
+        inputs::place(&ctx.blobs, slot_dir, &app, shared)?;
+    }
     Ok(())
 }
 
