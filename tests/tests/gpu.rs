@@ -131,7 +131,7 @@ fn runs_share_a_gpu_once_their_peak_memory_is_known() {
     write_gpus(json!([]));
     // Four more of the same program: 3 × 4 000 MiB fit in 90 % of 16 GiB,
     // a fourth does not.
-    let id = node.submit(&[&prog, "-n", "4", "--gpus", "1", "--parameters", dir, "2"]);
+    let id = node.submit(&[&prog, "-n", "4", "--gpus", "1", "--parameters", dir, "5"]);
     let v = node.wait_for(&id, Duration::from_secs(60), finished);
     assert_eq!(v["state"], "succeeded", "{v}");
     let zip = node.results_zip(&id, &tmp.path().join("r"));
