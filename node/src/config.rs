@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub cache_mb: u64,
     /// Largest shared file, in MiB.
     pub max_shared_file_mb: u64,
+    /// Rooms this node serves besides General (requests for a room run only
+    /// on its nodes).
+    pub rooms: Vec<String>,
     /// The desktop owner's policy: `cpu_percent_limit`,
     /// `check_concurrent_user`, `concurrent_resources_percent`.
     #[serde(flatten)]
@@ -90,6 +93,7 @@ impl Default for NodeConfig {
             checkpoint_interval_s: 60,
             cache_mb: 20 * 1024,
             max_shared_file_mb: 100 * 1024,
+            rooms: Vec::new(),
             policy: Default::default(),
             docker: Default::default(),
         }

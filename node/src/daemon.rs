@@ -126,6 +126,16 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     }
     cfg.docker.check().context("node.toml")?;
     cfg.policy.check().context("node.toml")?;
+    if let Some(r) = cfg
+        .rooms
+        .iter()
+        .find(|r| r.trim().is_empty() || r.len() > pesc_protocol::limits::MAX_NAME_BYTES)
+    {
+        bail!(
+            "node.toml: room name '{r}' must have 1 to {} bytes",
+            pesc_protocol::limits::MAX_NAME_BYTES
+        );
+    }
     let join: Option<JoinToken> = args
         .join
         .as_deref()
@@ -194,6 +204,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         replication: cfg.replication as usize,
         cache_bytes: cfg.cache_mb.saturating_mul(1 << 20),
         policy: cfg.policy.clone(),
+        rooms: cfg.rooms.clone(),
         gpus: {
             let probe = crate::gpu::probe();
             let found = probe.gpus();

@@ -80,23 +80,28 @@ impl std::fmt::Display for Pause {
     }
 }
 
-/// CPU counters: (busy, total) jiffies of the machine, and jiffies used by
-/// this node and its runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// CPU counters: (busy, total) jiffies of the machine, and the jiffies each
+/// process of this node and its runs has used (with its finished children).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuSample {
     pub busy: u64,
     pub total: u64,
-    pub ours: u64,
+    pub ours: std::collections::HashMap<u32, u64>,
 }
 
 /// Percentage of the machine's CPU that others used between two samples.
-pub fn others_percent(a: CpuSample, b: CpuSample) -> u32 {
+/// A process of ours counts what it used since `a` (all of it if it is new).
+pub fn others_percent(a: &CpuSample, b: &CpuSample) -> u32 {
     let total = b.total.saturating_sub(a.total);
     if total == 0 {
         return 0;
     }
     let busy = b.busy.saturating_sub(a.busy);
-    let ours = b.ours.saturating_sub(a.ours);
+    let ours: u64 = b
+        .ours
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(a.ours.get(pid).copied().unwrap_or(0)))
+        .sum();
     (busy.saturating_sub(ours) * 100 / total).min(100) as u32
 }
 
@@ -117,13 +122,14 @@ pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-/// utime + stime of a `/proc/PID/stat` line (fields 14 and 15; the command
-/// name in parentheses may hold spaces).
+/// utime + stime + cutime + cstime of a `/proc/PID/stat` line (fields 14
+/// to 17: the process and its children that ended; the command name in
+/// parentheses may hold spaces).
 pub fn parse_pid_cpu(text: &str) -> Option<u64> {
     let rest = &text[text.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ")": state is field 3, so utime (14) is index 11.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    (11..15).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }
 
 /// Reads the counters now: the machine, this process, and every process
@@ -131,24 +137,31 @@ pub fn parse_pid_cpu(text: &str) -> Option<u64> {
 pub fn sample(node_id: &str) -> Option<CpuSample> {
     let (busy, total) = parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)?;
     let needle = format!("PESC_NODE_ID={node_id}");
-    let mut ours = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_pid_cpu(&s))
-        .unwrap_or(0);
+    let mut ours = std::collections::HashMap::new();
+    let me = std::process::id();
+    let cpu_of = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_pid_cpu(&s))
+    };
+    if let Some(t) = cpu_of("self") {
+        ours.insert(me, t);
+    }
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            let name = e.file_name();
-            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
                 continue;
             }
             let Ok(env) = std::fs::read(e.path().join("environ")) else {
                 continue;
             };
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                ours += std::fs::read_to_string(e.path().join("stat"))
-                    .ok()
-                    .and_then(|s| parse_pid_cpu(&s))
-                    .unwrap_or(0);
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+                && let Some(t) = cpu_of(&pid.to_string())
+            {
+                ours.insert(pid, t);
             }
         }
     }
@@ -210,17 +223,22 @@ mod tests {
         let a = CpuSample {
             busy: 1000,
             total: 4000,
-            ours: 100,
+            ours: [(10, 100), (11, 50)].into(),
         };
-        // 200 jiffies elapsed, 150 busy, 120 of them ours: others 15 %.
+        // 200 jiffies elapsed, 150 busy; ours: pid 10 +60, pid 11 gone,
+        // pid 12 new with 60: others 30 of 200 = 15 %.
         let b = CpuSample {
             busy: 1150,
             total: 4200,
-            ours: 220,
+            ours: [(10, 160), (12, 60)].into(),
         };
-        assert_eq!(others_percent(a, b), 15);
-        assert_eq!(others_percent(b, b), 0);
-        assert_eq!(others_percent(b, a), 0, "counters going back read as idle");
+        assert_eq!(others_percent(&a, &b), 15);
+        assert_eq!(others_percent(&b, &b), 0);
+        assert_eq!(
+            others_percent(&b, &a),
+            0,
+            "counters going back read as idle"
+        );
     }
 
     #[test]
@@ -228,8 +246,8 @@ mod tests {
         let stat = "cpu  100 5 50 800 20 0 5 0 0 0\ncpu0 50 2 25 400 10 0 2 0 0 0\n";
         assert_eq!(parse_proc_stat(stat), Some((160, 980)));
         assert_eq!(parse_proc_stat("nothing"), None);
-        let pid = "123 (my prog (x)) S 1 2 3 4 5 6 7 8 9 10 31 17 0 0 20 0";
-        assert_eq!(parse_pid_cpu(pid), Some(48));
+        let pid = "123 (my prog (x)) S 1 2 3 4 5 6 7 8 9 10 31 17 5 2 20 0";
+        assert_eq!(parse_pid_cpu(pid), Some(55));
         assert_eq!(parse_pid_cpu("garbage"), None);
     }
 

@@ -166,6 +166,8 @@ pub struct Settings {
     pub policy: crate::policy::PolicyConfig,
     /// Where the node learns about its GPUs.
     pub gpus: Box<dyn crate::gpu::GpuProbe>,
+    /// Rooms this node serves besides General.
+    pub rooms: Vec<String>,
 }
 
 pub struct Agent {
@@ -267,6 +269,7 @@ impl Agent {
         net: NetHandle,
     ) -> Result<(Agent, AgentHandle, mpsc::Receiver<Command>)> {
         let actor = || actor_id(&s.node, rand::random());
+        let rooms = s.rooms.clone();
         let mut grid = None;
         let mut grid_saved = SavedDoc::default();
         let mut requests = BTreeMap::new();
@@ -361,7 +364,7 @@ impl Agent {
             after_commit: Vec::new(),
             stopping: None,
             caps: NodeCaps {
-                rooms: Vec::new(),
+                rooms,
                 gpus: 0,
                 containers: runner.executor.runs_containers(),
                 gpu_capability: 0.0,

@@ -19,7 +19,7 @@ impl Agent {
         }
         if p.cpu_percent_limit < 100 {
             let now = policy::sample(self.s.node.as_str());
-            if let (Some(a), Some(b)) = (self.cpu, now) {
+            if let (Some(a), Some(b)) = (&self.cpu, &now) {
                 let used = policy::others_percent(a, b);
                 if pause.is_none() && used > p.cpu_percent_limit {
                     pause = Some(Pause::Busy(used));
