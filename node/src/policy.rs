@@ -136,34 +136,18 @@ pub fn parse_pid_cpu(text: &str) -> Option<u64> {
 /// whose environment names this node (its runs, in containers too).
 pub fn sample(node_id: &str) -> Option<CpuSample> {
     let (busy, total) = parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)?;
-    let needle = format!("PESC_NODE_ID={node_id}");
-    let mut ours = std::collections::HashMap::new();
-    let me = std::process::id();
     let cpu_of = |pid: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| parse_pid_cpu(&s))
     };
+    let mut ours: std::collections::HashMap<u32, u64> =
+        crate::executor::process::processes_of(node_id)
+            .into_iter()
+            .filter_map(|pid| Some((pid, cpu_of(&pid.to_string())?)))
+            .collect();
     if let Some(t) = cpu_of("self") {
-        ours.insert(me, t);
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(env) = std::fs::read(e.path().join("environ")) else {
-                continue;
-            };
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
-                && let Some(t) = cpu_of(&pid.to_string())
-            {
-                ours.insert(pid, t);
-            }
-        }
+        ours.insert(std::process::id(), t);
     }
     Some(CpuSample { busy, total, ours })
 }

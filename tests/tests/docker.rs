@@ -100,6 +100,16 @@ fn all_running(n: usize) -> impl Fn(&Value) -> bool {
     move |v| runs(v).len() == n && runs(v).iter().all(|r| r["state"] == "running")
 }
 
+/// Submits `args`, waits for success, and returns the results' `output.txt`
+/// (every rank's, in rank order).
+fn run_for_output(node: &Node, args: &[&str], dir: &std::path::Path) -> String {
+    let id = node.submit(args);
+    let v = node.wait_for(&id, Duration::from_secs(300), finished);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
+    let zip = node.results_zip(&id, dir);
+    zip_text(&zip, "output.txt").unwrap()
+}
+
 fn finished(v: &Value) -> bool {
     v["state"] == "succeeded" || v["state"] == "failed"
 }
@@ -337,11 +347,12 @@ fn a_template_domain_is_built_once_and_runs_python_and_c() {
          char p[512]; snprintf(p, sizeof p, \"%s/output.txt\", getenv(\"PESC_OUTPUT_DIR\"));\n\
          FILE *f = fopen(p, \"w\"); fprintf(f, \"%d\", r * r); fclose(f); return 0; }\n",
     );
-    let id = node.submit(&[&src, "-n", "4", "--domain", &c]);
-    let v = node.wait_for(&id, Duration::from_secs(300), finished);
-    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
-    let zip = node.results_zip(&id, &tmp.path().join("r"));
-    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "0\n1\n4\n9\n");
+    let out = run_for_output(
+        &node,
+        &[&src, "-n", "4", "--domain", &c],
+        &tmp.path().join("r"),
+    );
+    assert_eq!(out, "0\n1\n4\n9\n");
     remove_domain_images(&py);
     remove_domain_images(&c);
 }
@@ -544,11 +555,11 @@ fn r_scripts_and_java_jars_run_in_their_domains() {
         "rank <- as.integer(Sys.getenv(\"PESC_RANK\"))\n\
          writeLines(as.character(rank * 2), file.path(Sys.getenv(\"PESC_OUTPUT_DIR\"), \"output.txt\"))\n",
     );
-    let id = node.submit(&[&script, "-n", "3", "--domain", &r]);
-    let v = node.wait_for(&id, Duration::from_secs(300), finished);
-    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
-    let zip = node.results_zip(&id, &tmp.path().join("r"));
-    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "0\n2\n4\n");
+    let args = [script.as_str(), "-n", "3", "--domain", &r];
+    assert_eq!(
+        run_for_output(&node, &args, &tmp.path().join("r")),
+        "0\n2\n4\n"
+    );
 
     // A runnable jar, compiled with the JDK of the offline image.
     let src = tmp.path().join("src");
@@ -575,11 +586,9 @@ fn r_scripts_and_java_jars_run_in_their_domains() {
         .unwrap();
     assert!(built.status.success(), "{built:?}");
     let jar = src.join("app.jar");
-    let id = node.submit(&[jar.to_str().unwrap(), "-n", "2", "--domain", &java]);
-    let v = node.wait_for(&id, Duration::from_secs(300), finished);
-    assert_eq!(v["state"], "succeeded", "{v}\n{}", node.log());
-    let zip = node.results_zip(&id, &tmp.path().join("j"));
-    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "java 10\njava 11\n");
+    let args = [jar.to_str().unwrap(), "-n", "2", "--domain", &java];
+    let out = run_for_output(&node, &args, &tmp.path().join("j"));
+    assert_eq!(out, "java 10\njava 11\n");
     remove_domain_images(&r);
     remove_domain_images(&java);
 }
