@@ -10,6 +10,7 @@ mod executor;
 mod gpu;
 mod grid_secret;
 mod identity;
+mod metrics;
 mod net;
 mod policy;
 mod runner;

@@ -333,6 +333,15 @@ impl NodeService for Service {
             .await?
     }
 
+    async fn metrics(&self) -> Result<String, ApiFailure> {
+        let m = self.agent.ask(Command::Metrics).await?;
+        let blobs = self.blobs.clone();
+        let (count, bytes, partial) = tokio::task::spawn_blocking(move || blobs.usage())
+            .await
+            .map_err(internal)?;
+        Ok(crate::metrics::prometheus(&m, count, bytes, partial))
+    }
+
     async fn create_domain(&self, d: NewDomain) -> Result<Domain, ApiFailure> {
         let bad = |e: pesc_protocol::error::Error| ApiFailure::bad_request(e.to_string());
         let (dockerfile, requirements, template) = match (&d.template, &d.dockerfile) {

@@ -211,3 +211,21 @@ pub struct TemplateInfo {
     pub base: String,
     pub packages: Vec<String>,
 }
+
+/// What `/metrics` reports, before it is written as Prometheus text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Runs of every request this node knows, by state.
+    pub runs: crate::run_view::RunCounts,
+    pub requests: u32,
+    pub slots: u32,
+    /// Attempts this node holds now (its leases).
+    pub leases: u32,
+    pub peers: u32,
+    /// (peer, document) pairs with changes not yet sent.
+    pub sync_pending: u32,
+    /// Whether the owner's policy keeps the node from taking runs.
+    pub paused: bool,
+    pub gpus: u32,
+    pub traffic: Traffic,
+}

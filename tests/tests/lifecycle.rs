@@ -293,3 +293,41 @@ echo "rank $PESC_RANK resumed at $start" > "$PESC_OUTPUT_DIR/output.txt"
         "rank 0 resumed at 5\nrank 1 resumed at 5\nrank 2 resumed at 5\n"
     );
 }
+
+#[test]
+fn metrics_count_runs_slots_and_blobs_in_prometheus_text() {
+    let node = Node::start(2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write_file(
+        tmp.path(),
+        "ok.sh",
+        "echo done > \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    let v = node.cli_json(&["submit", &prog, "-n", "3", "--wait", "--json"]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let url = node.api_base().replace("/api/v1", "/metrics");
+    let resp = reqwest::blocking::get(&url).unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = resp.text().unwrap();
+    for line in [
+        "pesc_runs{state=\"succeeded\"} 3",
+        "pesc_runs{state=\"queued\"} 0",
+        "pesc_requests 1",
+        "pesc_slots 2",
+        "pesc_leases 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    let blobs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pesc_blob_bytes{kind=\"kept\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(blobs > 0, "{text}");
+}

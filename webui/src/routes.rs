@@ -41,10 +41,22 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/health", get(|| async { "ok" }));
     Router::new()
         .nest("/api/v1", api)
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiFailure::not_found("no such API path; the API lives under /api/v1")
         })
         .with_state(svc)
+}
+
+async fn metrics(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    let text = svc.metrics().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 async fn node_info(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {

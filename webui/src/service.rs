@@ -81,4 +81,6 @@ pub trait NodeService: Send + Sync + 'static {
         follow: bool,
     ) -> Result<ByteStream, ApiFailure>;
     async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure>;
+    /// `/metrics`: Prometheus text exposition.
+    async fn metrics(&self) -> Result<String, ApiFailure>;
 }

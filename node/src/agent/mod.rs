@@ -77,6 +77,7 @@ pub enum Command {
     /// Records a domain (checked already) in the grid.
     PutDomain(Domain, Reply<ApiResult<Domain>>),
     Domains(Reply<Vec<Domain>>),
+    Metrics(Reply<pesc_protocol::api::Metrics>),
     Domain(String, Reply<ApiResult<Domain>>),
     /// The node is stopping: stop this node's runs (their programs get
     /// SIGTERM, then a last checkpoint snapshot is taken), record them as
@@ -991,6 +992,9 @@ impl Agent {
                 self.grid_dirty = true;
                 let _ = reply.send(r);
             }
+            Command::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
             Command::Domains(reply) => {
                 let mut v = self.grid.domains().unwrap_or_default();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1128,6 +1132,32 @@ impl Agent {
             (Some(_), Some(_)) => Err(ApiFailure::bad_request(format!(
                 "'{prefix}' matches several requests: give more digits"
             ))),
+        }
+    }
+
+    fn metrics(&self) -> pesc_protocol::api::Metrics {
+        let now = self.mono();
+        let mut runs = RunCounts::default();
+        for (id, q) in &self.requests {
+            let c = q.doc.counts(|a: &Attempt| self.is_live(id, a, now));
+            runs.total += c.total;
+            runs.queued += c.queued;
+            runs.claimed += c.claimed;
+            runs.running += c.running;
+            runs.succeeded += c.succeeded;
+            runs.failed += c.failed;
+            runs.cancelled += c.cancelled;
+        }
+        pesc_protocol::api::Metrics {
+            runs,
+            requests: self.requests.len() as u32,
+            slots: self.s.slots,
+            leases: self.running.len() as u32,
+            peers: self.repl.connected.len() as u32,
+            sync_pending: self.repl.pending() as u32,
+            paused: self.paused.is_some(),
+            gpus: self.gpus.len() as u32,
+            traffic: self.net.stats.snapshot(),
         }
     }
 

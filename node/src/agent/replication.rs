@@ -60,6 +60,14 @@ pub struct Replication {
     pub listen: Vec<String>,
 }
 
+impl Replication {
+    /// (peer, document) pairs with changes not yet sent, and documents
+    /// changed since the last round.
+    pub fn pending(&self) -> usize {
+        self.due.len() + self.changed.len()
+    }
+}
+
 impl Agent {
     pub(super) fn net_event(&mut self, ev: NetEvent) {
         match ev {

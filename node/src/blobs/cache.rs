@@ -76,6 +76,14 @@ impl BlobStore {
         out
     }
 
+    /// Blobs kept and their bytes (trees included; downloads in progress
+    /// apart), and the bytes of downloads in progress.
+    pub fn usage(&self) -> (usize, u64, u64) {
+        let entries = self.entries();
+        let bytes = entries.iter().map(|e| e.bytes).sum();
+        (entries.len(), bytes, self.partials.disk_bytes())
+    }
+
     /// Evicts least recently used blobs until the store holds at most
     /// `limit` bytes, never one in `keep`.
     pub fn evict(&self, limit: u64, keep: &HashSet<BlobHash>) -> Result<Eviction> {
