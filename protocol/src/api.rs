@@ -93,6 +93,11 @@ pub struct RunInfo {
     /// The rank's newest checkpoint snapshot, if any.
     #[serde(default)]
     pub checkpoint: Option<BlobHash>,
+    /// What the program last reported (`PESC_PROGRESS_FILE`).
+    #[serde(default)]
+    pub progress: Option<u8>,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// A request as the API shows it.

@@ -64,6 +64,10 @@ pub fn header_env(ctx: &RunContext) -> Vec<(String, String)> {
         kv("PESC_REQUEST_ID", ctx.request_id.clone()),
         kv("PESC_ATTEMPT", ctx.attempt.to_string()),
         kv("PESC_NODE_ID", ctx.node_id.clone()),
+        kv(
+            crate::progress::ENV,
+            format!("{}/{}", ctx.app_dir, crate::progress::FILE_NAME),
+        ),
         kv("RANK", ctx.rank.to_string()),
         kv("WORLD_SIZE", ctx.world_size.to_string()),
         // Every rank is alone on its node unless the request is a gang on one node.

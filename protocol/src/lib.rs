@@ -20,6 +20,7 @@ pub mod lease;
 pub mod limits;
 pub mod liveness;
 pub mod model;
+pub mod progress;
 pub mod run_view;
 pub mod schedule;
 pub mod wire;

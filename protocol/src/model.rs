@@ -514,6 +514,10 @@ pub struct Attempt {
     /// The latest snapshot of the run's `checkpoint/` dir, and who holds it.
     pub checkpoint: Option<BlobHash>,
     pub checkpoint_holders: Vec<NodeId>,
+    /// What the program last said of its progress (percent, 0 to 100) and
+    /// its last message (see [`crate::progress`]).
+    pub progress: Option<u8>,
+    pub message: Option<String>,
 }
 
 impl Attempt {
@@ -534,6 +538,8 @@ impl Attempt {
             replicas: Vec::new(),
             checkpoint: None,
             checkpoint_holders: Vec::new(),
+            progress: None,
+            message: None,
         }
     }
 

@@ -331,3 +331,27 @@ fn metrics_count_runs_slots_and_blobs_in_prometheus_text() {
         .unwrap();
     assert!(blobs > 0, "{text}");
 }
+
+#[test]
+fn programs_report_progress_and_messages_through_a_file() {
+    let node = Node::start(1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write_file(
+        tmp.path(),
+        "steps.sh",
+        "echo 'loading data' >> \"$PESC_PROGRESS_FILE\"\n\
+         echo '50 half way' >> \"$PESC_PROGRESS_FILE\"\n\
+         sleep 3\n\
+         echo '100% done' >> \"$PESC_PROGRESS_FILE\"\n",
+    );
+    let id = node.submit(&[&prog, "-n", "1"]);
+    let v = node.wait_for(&id, Duration::from_secs(30), |v| {
+        runs(v)[0]["progress"] == 50 && runs(v)[0]["state"] == "running"
+    });
+    assert_eq!(runs(&v)[0]["message"], "half way", "{v}");
+    let v = node.wait_for(&id, Duration::from_secs(30), |v| v["state"] == "succeeded");
+    assert_eq!(runs(&v)[0]["progress"], 100, "{v}");
+    assert_eq!(runs(&v)[0]["message"], "done", "{v}");
+    let table = stdout(&node.cli(&["status", &id]));
+    assert!(table.contains("100%") && table.contains("done"), "{table}");
+}

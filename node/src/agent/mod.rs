@@ -142,7 +142,12 @@ struct Running {
     stopping: Option<(AttemptState, String)>,
     /// `attempt` has changes not yet in the document.
     unwritten: bool,
+    /// When progress was last put in the document (monotonic ms).
+    progress_written: Option<u64>,
 }
+
+/// Progress reports go into the documents at most this often per run.
+const PROGRESS_EVERY_MS: u64 = 5_000;
 
 struct Req {
     doc: RequestDoc,
@@ -753,6 +758,7 @@ impl Agent {
                 stop,
                 stopping: None,
                 unwritten: false,
+                progress_written: None,
             },
         );
         tokio::spawn(run_attempt(
@@ -772,6 +778,25 @@ impl Agent {
                 }
             }
             RunnerEvent::Holding { hash } => self.record_holding(&hash),
+            RunnerEvent::Progress {
+                key,
+                percent,
+                message,
+            } => {
+                let now = self.mono();
+                if let Some(r) = self.running.get_mut(&key) {
+                    r.attempt.progress = percent.or(r.attempt.progress);
+                    r.attempt.message = message.or(r.attempt.message.take());
+                    // Into the document at most every few seconds: every
+                    // node receives each write.
+                    if r.progress_written
+                        .is_none_or(|t| now >= t + PROGRESS_EVERY_MS)
+                    {
+                        r.progress_written = Some(now);
+                        r.unwritten = true;
+                    }
+                }
+            }
             RunnerEvent::Building { key } => {
                 if let Some(r) = self.running.get_mut(&key) {
                     let name = self
@@ -1184,6 +1209,8 @@ impl Agent {
                         duration_ms: a.and_then(|a| a.duration_ms()),
                         output: a.and_then(|a| a.output),
                         reason: a.and_then(|a| a.reason.clone()),
+                        progress: a.and_then(|a| a.progress),
+                        message: a.and_then(|a| a.message.clone()),
                         replicas: a.map(|a| a.replicas.clone()).unwrap_or_default(),
                         checkpoint: q.doc.latest_checkpoint(rank).and_then(|a| a.checkpoint),
                     }

@@ -306,8 +306,8 @@ fn print_request(r: &RequestInfo, runs: bool) {
     );
     if let (true, Some(list)) = (runs, &r.runs) {
         println!(
-            "{:>6}  {:<9}  {:>7}  {:>4}  {:>10}  NODE / REASON",
-            "RANK", "STATE", "ATTEMPT", "EXIT", "DURATION"
+            "{:>6}  {:<9}  {:>7}  {:>4}  {:>10}  {:>4}  NODE / REASON / MESSAGE",
+            "RANK", "STATE", "ATTEMPT", "EXIT", "DURATION", "PROG"
         );
         for run in list {
             let node = run
@@ -317,10 +317,10 @@ fn print_request(r: &RequestInfo, runs: bool) {
                 .unwrap_or_default();
             let reason = match run.state {
                 RunState::Failed | RunState::Cancelled => run.reason.clone().unwrap_or_default(),
-                _ => String::new(),
+                _ => run.message.clone().unwrap_or_default(),
             };
             println!(
-                "{:>6}  {:<9}  {:>7}  {:>4}  {:>10}  {} {}",
+                "{:>6}  {:<9}  {:>7}  {:>4}  {:>10}  {:>4}  {} {}",
                 run.rank,
                 run.state.as_str(),
                 run.attempt.map(|a| a.to_string()).unwrap_or_default(),
@@ -328,6 +328,7 @@ fn print_request(r: &RequestInfo, runs: bool) {
                 run.duration_ms
                     .map(|d| format!("{:.2}s", d as f64 / 1000.0))
                     .unwrap_or_default(),
+                run.progress.map(|p| format!("{p}%")).unwrap_or_default(),
                 node,
                 reason
             );

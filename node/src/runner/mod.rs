@@ -94,6 +94,12 @@ pub enum RunnerEvent {
     Building {
         key: AttemptKey,
     },
+    /// What the program last wrote to its progress file.
+    Progress {
+        key: AttemptKey,
+        percent: Option<u8>,
+        message: Option<String>,
+    },
     Started {
         key: AttemptKey,
     },
@@ -326,8 +332,15 @@ async fn attempt(
         events.clone(),
         done_rx,
     ));
+    let progress = tokio::spawn(watch_progress(
+        app_dir.join(pesc_protocol::progress::FILE_NAME),
+        job.key.clone(),
+        events.clone(),
+        done_tx.subscribe(),
+    ));
     let run = ctx.executor.run(exec_job, stop.clone()).await;
     let _ = done_tx.send(true);
+    let _ = progress.await;
     let mut last_snapshot = snapshots.await.unwrap_or_default();
     // Stopped or failed: a last snapshot, so the next attempt loses nothing.
     let succeeded = matches!(run, Ok(Exit::Code(0)));
@@ -404,6 +417,55 @@ async fn attempt(
             checkpoint: final_checkpoint,
         }),
     }
+}
+
+/// While the program runs: its progress file read every second, what
+/// changed sent to the agent; read once more when it ends.
+async fn watch_progress(
+    path: PathBuf,
+    key: AttemptKey,
+    events: mpsc::UnboundedSender<RunnerEvent>,
+    mut done: watch::Receiver<bool>,
+) {
+    let mut last = (None, None);
+    loop {
+        let ended = tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+            _ = done.changed() => true,
+        };
+        if let Some(report) = read_progress(&path).await
+            && report != last
+        {
+            last = report.clone();
+            let _ = events.send(RunnerEvent::Progress {
+                key: key.clone(),
+                percent: report.0,
+                message: report.1,
+            });
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+/// The last report in a progress file (its last 64 KiB).
+async fn read_progress(path: &Path) -> Option<(Option<u8>, Option<String>)> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await.ok()?;
+    let len = f.metadata().await.ok()?.len();
+    let from = len.saturating_sub(64 * 1024);
+    f.seek(std::io::SeekFrom::Start(from)).await.ok()?;
+    let mut buf = Vec::new();
+    f.take(64 * 1024).read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    // A cut first line is not a line.
+    let text = if from > 0 {
+        text.split_once('\n').map_or("", |(_, rest)| rest)
+    } else {
+        &text
+    };
+    Some(pesc_protocol::progress::last_report(text))
 }
 
 /// How long a finished run waits for peers to keep its results before it

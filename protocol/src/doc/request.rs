@@ -320,6 +320,8 @@ fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
         replicas: node_list(get_str(doc, obj, "replicas")?),
         checkpoint: hash("checkpoint")?,
         checkpoint_holders: node_list(get_str(doc, obj, "checkpoint_holders")?),
+        progress: get_u64(doc, obj, "progress")?.and_then(|p| u8::try_from(p.min(100)).ok()),
+        message: get_str(doc, obj, "message")?,
     })
 }
 
@@ -379,5 +381,10 @@ fn write_attempt(
     field!(checkpoint, |v: &Option<BlobHash>| v
         .map(|h| automerge::ScalarValue::from(h.to_hex())));
     field!(checkpoint_holders, |v: &Vec<NodeId>| node_list_value(v));
+    field!(progress, |v: &Option<u8>| v
+        .map(|p| automerge::ScalarValue::Uint(p.into())));
+    field!(message, |v: &Option<String>| v
+        .clone()
+        .map(automerge::ScalarValue::from));
     Ok(())
 }
