@@ -224,6 +224,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         owner: cfg.user.clone(),
         tmp_dir,
         template_bases: cfg.docker.template_bases.clone(),
+        started_ms: crate::agent::now_ms(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await

@@ -40,6 +40,8 @@ pub struct Service {
     pub tmp_dir: PathBuf,
     /// Base images this node puts in templates, by family (`[docker.template_bases]`).
     pub template_bases: std::collections::HashMap<String, String>,
+    /// When this node started (wall ms): tells a page that the node restarted.
+    pub started_ms: u64,
 }
 
 impl Service {
@@ -331,6 +333,71 @@ impl NodeService for Service {
         self.agent
             .ask(|r| Command::File(name.to_string(), r))
             .await?
+    }
+
+    async fn events(&self, since: u64) -> Result<ByteStream, ApiFailure> {
+        // The stream begins with `hello` (this node's version now and its
+        // start time, so a page can tell a restarted node) and, when the
+        // changes after `since` are gone, `reset`: load everything again.
+        struct State {
+            agent: crate::agent::AgentHandle,
+            last: u64,
+            hello: bool,
+        }
+        let agent = self.agent.clone();
+        let started = self.started_ms;
+        let first = agent.ask(|r| Command::Events(since, r)).await?;
+        let mut head = format!(
+            "event: hello\ndata: {{\"version\":{},\"node_started_ms\":{started}}}\n\n",
+            first.current
+        );
+        let last = if first.complete {
+            head.push_str(&sse_lines(&first.events));
+            first.events.last().map_or(since, |e| e.0).max(since)
+        } else {
+            head.push_str(&format!(
+                "id: {}\nevent: reset\ndata: {{}}\n\n",
+                first.current
+            ));
+            first.current
+        };
+        let state = State {
+            agent,
+            last,
+            hello: true,
+        };
+        let stream = futures_util::stream::unfold((state, head), |(mut st, head)| async move {
+            if st.hello {
+                st.hello = false;
+                return Some((Ok(Bytes::from(head)), (st, String::new())));
+            }
+            let mut versions = st.agent.versions.clone();
+            loop {
+                let page = st.agent.ask(|r| Command::Events(st.last, r)).await.ok()?;
+                if !page.complete {
+                    st.last = page.current;
+                    let text = format!("id: {}\nevent: reset\ndata: {{}}\n\n", page.current);
+                    return Some((Ok(Bytes::from(text)), (st, String::new())));
+                }
+                if let Some(e) = page.events.last() {
+                    st.last = e.0;
+                    return Some((
+                        Ok(Bytes::from(sse_lines(&page.events))),
+                        (st, String::new()),
+                    ));
+                }
+                // Nothing new: wait for a change, with a comment now and
+                // then so proxies keep the connection.
+                match tokio::time::timeout(Duration::from_secs(15), versions.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        return Some((Ok(Bytes::from_static(b": ping\n\n")), (st, String::new())));
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
     }
 
     async fn metrics(&self) -> Result<String, ApiFailure> {
@@ -691,4 +758,14 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// Server-sent event lines for request changes: `id` is the version.
+fn sse_lines(events: &[(u64, RequestId)]) -> String {
+    events
+        .iter()
+        .map(|(v, id)| {
+            format!("id: {v}\nevent: request\ndata: {{\"request\":\"{id}\",\"version\":{v}}}\n\n")
+        })
+        .collect()
 }

@@ -355,3 +355,77 @@ fn programs_report_progress_and_messages_through_a_file() {
     let table = stdout(&node.cli(&["status", &id]));
     assert!(table.contains("100%") && table.contains("done"), "{table}");
 }
+
+/// Reads server-sent events until `stop` says so; returns (id, event, data).
+fn read_events(
+    resp: &mut reqwest::blocking::Response,
+    mut stop: impl FnMut(&[(u64, String, String)]) -> bool,
+) -> Vec<(u64, String, String)> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(resp);
+    let (mut got, mut id, mut event, mut data) = (Vec::new(), 0, String::new(), String::new());
+    let mut line = String::new();
+    while !stop(&got) {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if let Some(v) = l.strip_prefix("id: ") {
+            id = v.parse().unwrap();
+        } else if let Some(v) = l.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = l.strip_prefix("data: ") {
+            data = v.to_string();
+        } else if l.is_empty() && !event.is_empty() {
+            got.push((id, std::mem::take(&mut event), std::mem::take(&mut data)));
+        }
+    }
+    got
+}
+
+#[test]
+fn events_stream_every_change_and_resume_after_the_last_id() {
+    let node = Node::start(2).unwrap();
+    let api = node.http();
+    let anon = reqwest::blocking::get(format!("{}/events", node.api_base())).unwrap();
+    assert_eq!(anon.status(), 401);
+    let mut resp = api.get("/events?since=0").send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write_file(tmp.path(), "ok.sh", "sleep 0.2\n");
+    let id = node.submit(&[&prog, "-n", "4"]);
+    let seen = |evs: &[(u64, String, String)]| evs.iter().filter(|e| e.2.contains(&id)).count();
+    let evs = read_events(&mut resp, |evs| seen(evs) >= 3);
+    assert_eq!(evs[0].1, "hello", "{evs:?}");
+    let mine: Vec<u64> = evs
+        .iter()
+        .filter(|e| e.2.contains(&id))
+        .map(|e| e.0)
+        .collect();
+    assert!(mine.windows(2).all(|w| w[0] < w[1]), "ids go up: {mine:?}");
+    node.wait_for(&id, Duration::from_secs(30), |v| v["state"] == "succeeded");
+    // Reconnect after the first change seen: the later ones come again, and
+    // nothing from before.
+    let after = mine[0];
+    let mut again = api.get(&format!("/events?since={after}")).send().unwrap();
+    let replay = read_events(&mut again, |evs| seen(evs) >= 2);
+    let ids: Vec<u64> = replay
+        .iter()
+        .filter(|e| e.1 == "request")
+        .map(|e| e.0)
+        .collect();
+    assert!(
+        !ids.is_empty() && ids.iter().all(|i| *i > after),
+        "{replay:?}"
+    );
+    assert!(
+        ids.contains(&mine[1]),
+        "the change after {after} is replayed: {replay:?}"
+    );
+    // An id this node never gave: start over.
+    let mut future = api.get("/events?since=999999").send().unwrap();
+    let evs = read_events(&mut future, |evs| evs.len() >= 2);
+    assert_eq!(evs[1].1, "reset", "{evs:?}");
+}

@@ -29,6 +29,7 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/domains", get(list_domains).post(create_domain))
         .route("/domains/{name}", get(get_domain))
         .route("/templates", get(templates))
+        .route("/events", get(events))
         .route("/requests", get(list_requests).post(create_request))
         .route("/requests/{id}", get(get_request))
         .route("/requests/{id}/cancel", post(cancel_request))
@@ -46,6 +47,32 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
             ApiFailure::not_found("no such API path; the API lives under /api/v1")
         })
         .with_state(svc)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+}
+
+/// Server-sent events; `since` (or the `Last-Event-ID` a reconnecting
+/// browser sends) resumes after that id.
+async fn events(
+    State(svc): Svc,
+    headers: axum::http::HeaderMap,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiFailure> {
+    let Query(q) =
+        q.map_err(|e| ApiFailure::bad_request(format!("bad events query ({e}); give ?since=ID")))?;
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let stream = svc.events(q.since.or(last).unwrap_or(0)).await?;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiFailure::internal(e.to_string()))
 }
 
 async fn metrics(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {

@@ -81,6 +81,9 @@ pub trait NodeService: Send + Sync + 'static {
         follow: bool,
     ) -> Result<ByteStream, ApiFailure>;
     async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure>;
+    /// `/api/v1/events`: server-sent events, one per request change after
+    /// version `since` (and every one after, as they happen).
+    async fn events(&self, since: u64) -> Result<ByteStream, ApiFailure>;
     /// `/metrics`: Prometheus text exposition.
     async fn metrics(&self) -> Result<String, ApiFailure>;
 }

@@ -78,6 +78,8 @@ pub enum Command {
     PutDomain(Domain, Reply<ApiResult<Domain>>),
     Domains(Reply<Vec<Domain>>),
     Metrics(Reply<pesc_protocol::api::Metrics>),
+    /// Request changes after this version (the event stream).
+    Events(u64, Reply<EventsPage>),
     Domain(String, Reply<ApiResult<Domain>>),
     /// The node is stopping: stop this node's runs (their programs get
     /// SIGTERM, then a last checkpoint snapshot is taken), record them as
@@ -229,6 +231,22 @@ pub struct Agent {
     gpu_pool: crate::gpu::GpuPool<AttemptKey>,
     /// Peak GPU memory (MiB) seen per program and domain ([`usage_key`]).
     gpu_peaks: HashMap<String, u64>,
+    /// The last request changes, by version: what `/api/v1/events` replays.
+    event_log: std::collections::VecDeque<(u64, RequestId)>,
+}
+
+/// Request changes kept for clients that reconnect to the event stream.
+const EVENT_LOG: usize = 10_000;
+
+/// Request changes after a version, for the event stream.
+pub struct EventsPage {
+    /// (version, request) in order.
+    pub events: Vec<(u64, RequestId)>,
+    /// The newest version now.
+    pub current: u64,
+    /// False when changes after `since` were dropped already (or `since`
+    /// is from an earlier life of this node): the client must reload.
+    pub complete: bool,
 }
 
 /// What GPU memory is learned for: the program and the domain it runs in.
@@ -380,6 +398,7 @@ impl Agent {
             gpus: Vec::new(),
             gpu_pool: Default::default(),
             gpu_peaks: HashMap::new(),
+            event_log: Default::default(),
             os_user: std::env::var("USER")
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_default(),
@@ -906,6 +925,10 @@ impl Agent {
             changed = true;
             self.version += 1;
             q.version = self.version;
+            self.event_log.push_back((self.version, id.clone()));
+            if self.event_log.len() > EVENT_LOG {
+                self.event_log.pop_front();
+            }
             let doc = &mut q.doc;
             writes.extend(q.saved.next_write(format!("req/{id}"), |full| {
                 if full {
@@ -1016,6 +1039,22 @@ impl Agent {
                     .map_err(ApiFailure::from);
                 self.grid_dirty = true;
                 let _ = reply.send(r);
+            }
+            Command::Events(since, reply) => {
+                // Every change after `since` is still in the log.
+                let complete = since <= self.version
+                    && self.event_log.front().is_none_or(|e| since + 1 >= e.0);
+                let events = self
+                    .event_log
+                    .iter()
+                    .filter(|e| e.0 > since)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(EventsPage {
+                    events,
+                    current: self.version,
+                    complete,
+                });
             }
             Command::Metrics(reply) => {
                 let _ = reply.send(self.metrics());
