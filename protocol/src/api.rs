@@ -113,6 +113,9 @@ pub struct RequestInfo {
     pub parameters: Vec<String>,
     pub created_ms: u64,
     pub counts: RunCounts,
+    /// Why its queued runs wait, in plain words (while some do).
+    #[serde(default)]
+    pub waiting: Option<String>,
     /// Bumped whenever anything about the request changes (for long polls).
     pub version: u64,
     /// Per-rank detail; left out of lists.

@@ -165,6 +165,81 @@ pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
     in_room && gpus_fit && (spec.domain.is_none() || caps.containers)
 }
 
+/// What one node offers now, as far as a waiting run is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeOffer {
+    pub name: String,
+    pub caps: NodeCaps,
+    pub slots_free: u32,
+    /// The owner's policy keeps it from taking runs.
+    pub paused: bool,
+}
+
+/// Why a request's queued runs are not running, in plain words, from what
+/// this node knows of the others (its own state and its neighbours'
+/// heartbeats).
+pub fn why_waiting(spec: &RequestSpec, nodes: &[NodeOffer]) -> String {
+    let rooms = spec.effective_rooms();
+    let in_room: Vec<&NodeOffer> = nodes
+        .iter()
+        .filter(|n| {
+            rooms
+                .iter()
+                .any(|r| r == GENERAL_ROOM || n.caps.rooms.iter().any(|c| c == r))
+        })
+        .collect();
+    if in_room.is_empty() {
+        return format!("no node known here serves room {}", rooms.join(" or "));
+    }
+    let g = &spec.gpu;
+    let with_gpus: Vec<&NodeOffer> = in_room
+        .iter()
+        .copied()
+        .filter(|n| {
+            g.count == 0
+                || (n.caps.gpus >= g.count
+                    && g.min_capability.is_none_or(|c| n.caps.gpu_capability >= c))
+        })
+        .collect();
+    if with_gpus.is_empty() {
+        let cap = g
+            .min_capability
+            .map(|c| format!(" of compute capability ≥ {c}"))
+            .unwrap_or_default();
+        return format!(
+            "no node in room {} has {} GPU(s){cap}",
+            rooms.join(" or "),
+            g.count
+        );
+    }
+    let able: Vec<&NodeOffer> = with_gpus
+        .iter()
+        .copied()
+        .filter(|n| spec.domain.is_none() || n.caps.containers)
+        .collect();
+    if able.is_empty() {
+        return "it needs a domain (a container image) and no node that could run it runs Docker"
+            .into();
+    }
+    let open: Vec<&&NodeOffer> = able.iter().filter(|n| !n.paused).collect();
+    if open.is_empty() {
+        return format!(
+            "every node that can run it is in use by its owner ({})",
+            able.iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if open.iter().all(|n| n.slots_free == 0) {
+        return format!(
+            "every node that can run it is busy ({} node(s), no free slot)",
+            open.len()
+        );
+    }
+    "a node with a free slot will take it at its next look".into()
+}
+
 /// How long a node that lacks a request's shared files leaves its runs to
 /// nodes that already hold them (when one of those is alive), so inputs are
 /// not copied to a new node while a node that has them could start at once.
@@ -198,6 +273,54 @@ mod eligibility_tests {
             s.domain = Some(crate::domain::Domain::new("d", "FROM x\n", "", None, "a", 0).unwrap());
         }
         s
+    }
+
+    #[test]
+    fn waiting_runs_say_what_no_node_offers() {
+        let node = |name: &str, caps: NodeCaps, free: u32, paused: bool| NodeOffer {
+            name: name.into(),
+            caps,
+            slots_free: free,
+            paused,
+        };
+        let gpu = NodeCaps {
+            gpus: 1,
+            gpu_capability: 7.5,
+            containers: true,
+            ..Default::default()
+        };
+        let plain = NodeCaps::default();
+        let mut roomy = spec(0, None, false);
+        roomy.rooms = vec!["stats".into()];
+        assert_eq!(
+            why_waiting(&roomy, &[node("a", plain.clone(), 1, false)]),
+            "no node known here serves room stats"
+        );
+        assert_eq!(
+            why_waiting(
+                &spec(1, Some(8.0), false),
+                &[node("a", gpu.clone(), 1, false)]
+            ),
+            "no node in room General has 1 GPU(s) of compute capability ≥ 8"
+        );
+        assert!(
+            why_waiting(&spec(0, None, true), &[node("a", plain.clone(), 1, false)])
+                .contains("runs Docker")
+        );
+        assert!(
+            why_waiting(
+                &spec(1, None, false),
+                &[node("lab-3", gpu.clone(), 1, true)]
+            )
+            .contains("in use by its owner (lab-3)")
+        );
+        assert!(
+            why_waiting(&spec(0, None, false), &[node("a", plain.clone(), 0, false)])
+                .contains("busy (1 node(s)")
+        );
+        assert!(
+            why_waiting(&spec(0, None, false), &[node("a", plain, 2, false)]).contains("free slot")
+        );
     }
 
     #[test]

@@ -166,6 +166,32 @@ pub struct NodeStatus {
     /// Its GPUs now.
     #[serde(default)]
     pub gpus: Vec<crate::model::Gpu>,
+    /// Rooms it serves besides General.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// It runs user code in containers.
+    #[serde(default)]
+    pub containers: bool,
+    /// The owner's policy keeps it from taking runs now.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl NodeStatus {
+    /// What it offers a waiting run.
+    pub fn offer(&self) -> crate::schedule::NodeOffer {
+        crate::schedule::NodeOffer {
+            name: self.name.clone(),
+            caps: crate::schedule::NodeCaps {
+                rooms: self.rooms.clone(),
+                gpus: self.gpus.len() as u32,
+                containers: self.containers,
+                gpu_capability: self.gpus.iter().map(|g| g.capability).fold(0.0, f32::max),
+            },
+            slots_free: self.slots_free,
+            paused: self.paused,
+        }
+    }
 }
 
 /// A node's heartbeat to a neighbour, and the neighbour's answer.

@@ -158,6 +158,9 @@ impl Sizes {
                 "/ip6/fe80::17/tcp/7373".into(),
             ],
             gpus: Vec::new(),
+            rooms: Vec::new(),
+            containers: true,
+            paused: false,
         };
         let beat = serde_json::to_vec(&Beat {
             node: writer.clone(),

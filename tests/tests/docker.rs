@@ -420,6 +420,10 @@ fn a_node_without_docker_leaves_domain_runs_to_others() {
     std::thread::sleep(Duration::from_secs(3));
     let v = node.cli_json(&["status", &id, "--json"]);
     assert_eq!(runs(&v)[0]["state"], "queued", "{v}");
+    assert!(
+        v["waiting"].as_str().unwrap().contains("runs Docker"),
+        "{v}"
+    );
     // An unknown domain is refused at submit.
     let out = node.cli(&["submit", &prog, "--domain", "nope"]);
     assert!(!out.status.success());

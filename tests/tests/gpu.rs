@@ -82,6 +82,17 @@ fn runs_get_their_own_gpus_and_requests_wait_for_matching_ones() {
         let v = node.cli_json(&["status", id, "--json"]);
         assert_eq!(runs(&v)[0]["state"], "queued", "{v}");
     }
+    // And they say why, in plain words.
+    let v = node.cli_json(&["status", &big, "--json"]);
+    assert_eq!(
+        v["waiting"], "no node in room General has 1 GPU(s) of compute capability ≥ 9",
+        "{v}"
+    );
+    let text = pesc_tests::stdout(&node.cli(&["status", &many]));
+    assert!(
+        text.contains("waiting: no node in room General has 3 GPU(s)"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -1266,10 +1266,29 @@ impl Agent {
             repetitions: spec.repetitions,
             parameters: spec.parameters.clone(),
             created_ms: spec.created_ms,
+            waiting: (counts.queued > 0 && !q.doc.is_cancelled()).then(|| self.why_waiting(spec)),
             counts,
             version: q.version,
             runs,
         })
+    }
+
+    /// Why a request's queued runs wait, from this node and the nodes it
+    /// hears from.
+    fn why_waiting(&self, spec: &RequestSpec) -> String {
+        let mut offers = vec![pesc_protocol::schedule::NodeOffer {
+            name: self.s.name.clone(),
+            caps: self.caps.clone(),
+            slots_free: self.free_slots.len() as u32,
+            paused: self.paused.is_some(),
+        }];
+        offers.extend(
+            self.repl
+                .live_statuses()
+                .filter(|(n, _)| !self.liveness.is_down(n))
+                .map(|(_, s)| s.offer()),
+        );
+        pesc_protocol::schedule::why_waiting(spec, &offers)
     }
 
     fn cancel(&mut self, prefix: &str) -> ApiResult<RequestInfo> {

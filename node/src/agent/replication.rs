@@ -66,6 +66,12 @@ impl Replication {
     pub fn pending(&self) -> usize {
         self.due.len() + self.changed.len()
     }
+
+    /// The last status heard from each node this one exchanges heartbeats
+    /// with.
+    pub fn live_statuses(&self) -> impl Iterator<Item = (&NodeId, &NodeStatus)> {
+        self.live.iter().map(|(n, (s, _))| (n, s))
+    }
 }
 
 impl Agent {
@@ -606,6 +612,9 @@ impl Agent {
             load: load_per_cpu(),
             addrs: self.repl.listen.clone(),
             gpus: self.gpus.clone(),
+            rooms: self.caps.rooms.clone(),
+            containers: self.caps.containers,
+            paused: self.paused.is_some(),
         }
     }
 

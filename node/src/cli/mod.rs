@@ -304,6 +304,9 @@ fn print_request(r: &RequestInfo, runs: bool) {
         r.counts.total,
         r.counts.failed
     );
+    if let Some(w) = &r.waiting {
+        println!("waiting: {w}");
+    }
     if let (true, Some(list)) = (runs, &r.runs) {
         println!(
             "{:>6}  {:<9}  {:>7}  {:>4}  {:>10}  {:>4}  NODE / REASON / MESSAGE",
