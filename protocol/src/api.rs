@@ -8,6 +8,7 @@ use crate::run_view::RunCounts;
 
 /// Query of `POST /api/v1/processes` (the body is the file or zip itself).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadProcess {
     /// Display name; defaults to the file name.
     pub name: Option<String>,
@@ -29,6 +30,7 @@ fn default_kind() -> ProcessKind {
 
 /// Query of `POST /api/v1/files` (the body is the file itself).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadFile {
     /// The name runs see the file under in their app dir, e.g. `data.csv`.
     pub name: String,
@@ -36,6 +38,7 @@ pub struct UploadFile {
 
 /// A shared file as `GET /api/v1/files` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SharedFileInfo {
     #[serde(flatten)]
     pub file: SharedFile,
@@ -47,6 +50,7 @@ pub struct SharedFileInfo {
 
 /// Body of `POST /api/v1/requests`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewRequest {
     pub process: ProcessId,
     pub repetitions: u32,
@@ -74,6 +78,7 @@ pub struct NewRequest {
 
 /// One rank as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunInfo {
     pub rank: u32,
     pub state: RunState,
@@ -102,6 +107,7 @@ pub struct RunInfo {
 
 /// A request as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RequestInfo {
     pub id: RequestId,
     pub state: RequestState,
@@ -125,6 +131,7 @@ pub struct RequestInfo {
 
 /// `GET /api/v1/node`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     pub id: NodeId,
     pub name: String,
@@ -150,6 +157,7 @@ pub struct NodeInfo {
 /// Payload bytes sent and received per channel (without the transport's
 /// framing and encryption overhead).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Traffic {
     pub sync_sent: u64,
     pub sync_received: u64,
@@ -165,6 +173,7 @@ pub struct Traffic {
 
 /// One node of the grid, as `GET /api/v1/nodes` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GridNode {
     pub id: NodeId,
     pub name: String,
@@ -191,6 +200,7 @@ pub type ProcessInfo = Process;
 
 /// The error body every failed API call returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
 }
@@ -198,6 +208,7 @@ pub struct ApiError {
 /// A new domain: from a template (plus extra packages), or from a
 /// Dockerfile (plus an optional requirements.txt).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewDomain {
     pub name: String,
     #[serde(default)]
@@ -212,6 +223,7 @@ pub struct NewDomain {
 
 /// A template that ships in the binary, as this node would render it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TemplateInfo {
     pub name: String,
     pub description: String,
@@ -222,6 +234,7 @@ pub struct TemplateInfo {
 
 /// What `/metrics` reports, before it is written as Prometheus text.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Metrics {
     /// Runs of every request this node knows, by state.
     pub runs: crate::run_view::RunCounts,

@@ -14,6 +14,7 @@ pub const MAX_DOMAIN_TEXT: usize = 64 * 1024;
 /// An execution environment, as recorded in the grid document and embedded
 /// in each request that uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Domain {
     pub name: String,
     pub dockerfile: String,

@@ -158,3 +158,30 @@ mod tests {
         assert_eq!(serde_json::from_str::<BlobHash>(&json).unwrap(), h);
     }
 }
+
+/// Ids and hashes are strings in the API.
+#[cfg(feature = "openapi")]
+mod schemas {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    macro_rules! string_schema {
+        ($($t:ty => $desc:literal),*) => {$(
+            impl utoipa::PartialSchema for $t {
+                fn schema() -> RefOr<Schema> {
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some($desc))
+                        .into()
+                }
+            }
+            impl utoipa::ToSchema for $t {}
+        )*};
+    }
+    string_schema!(
+        super::NodeId => "a node's libp2p peer id",
+        super::RequestId => "16 lowercase hex digits",
+        super::ProcessId => "16 lowercase hex digits",
+        super::BlobHash => "BLAKE3 hash, 64 lowercase hex digits"
+    );
+}

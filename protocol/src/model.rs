@@ -14,6 +14,7 @@ pub const GENERAL_ROOM: &str = "General";
 
 /// A named group of nodes; room admins decide who may use it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Room {
     pub name: String,
     /// Public rooms are open to every user of the grid.
@@ -32,6 +33,7 @@ impl Room {
 /// The language a process is written in: decides how its entry is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Language {
     Python,
     R,
@@ -117,6 +119,7 @@ impl FromStr for Language {
 /// How a process's code is packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProcessKind {
     /// One file, placed in the app dir under `file_name`.
     File,
@@ -126,6 +129,7 @@ pub enum ProcessKind {
 
 /// The user's code: a blob plus how to start it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Process {
     pub id: ProcessId,
     pub name: String,
@@ -246,6 +250,7 @@ pub fn safe_relative_path(p: &str) -> Result<String> {
 /// An input file uploaded once and fetched by nodes on demand; runs see it
 /// read-only in their app dir under `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SharedFile {
     pub name: String,
     pub hash: BlobHash,
@@ -277,6 +282,7 @@ impl SharedFile {
 
 /// One GPU of a node, as its driver reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Gpu {
     pub index: u32,
     pub uuid: String,
@@ -292,6 +298,7 @@ pub struct Gpu {
 
 /// GPU needs of a request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpuNeeds {
     /// Devices per run; 0 means no GPU.
     pub count: u32,
@@ -302,6 +309,7 @@ pub struct GpuNeeds {
 /// Resources one run may use (containers enforce them); unset: the node's
 /// defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunLimits {
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
@@ -571,6 +579,7 @@ pub fn parse_attempt_key(key: &str) -> Result<(u32, u32, NodeId)> {
 /// The state of one run (rank), derived from its attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RunState {
     Queued,
     Claimed,
@@ -602,6 +611,7 @@ impl RunState {
 /// The state of a whole request, from its runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RequestState {
     Queued,
     Running,

@@ -209,6 +209,7 @@ pub fn should_abandon(
 
 /// Counts of runs per state, and the request state they add up to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunCounts {
     pub total: u32,
     pub queued: u32,

@@ -200,3 +200,48 @@ fn every_bad_input_gets_a_clear_4xx_and_nothing_is_lost() {
     let procs: Vec<Value> = api.get("/processes").send().unwrap().json().unwrap();
     assert_eq!(procs.len(), 1, "only the good process is registered");
 }
+
+#[test]
+fn the_openapi_document_is_open_and_every_other_call_needs_the_token() {
+    let node = Node::start(1).unwrap();
+    let base = node.api_base();
+    let anon = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let doc: serde_json::Value = anon
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15, "{}", paths.len());
+    for (path, ops) in paths {
+        let url = format!(
+            "{}{}",
+            base.trim_end_matches("/api/v1"),
+            path.replace("{id}", "0123456789abcdef")
+                .replace("{rank}", "0")
+                .replace("{name}", "x")
+        );
+        for method in ops.as_object().unwrap().keys() {
+            let req = match method.as_str() {
+                "get" => anon.get(&url),
+                "post" => anon.post(&url),
+                m => panic!("method {m}"),
+            };
+            let status = req.send().unwrap().status().as_u16();
+            let open = path.ends_with("/health");
+            if open {
+                assert_eq!(status, 200, "{method} {path}");
+            } else {
+                assert_eq!(
+                    status, 401,
+                    "{method} {path} answered {status} without a token"
+                );
+            }
+        }
+    }
+}

@@ -39,7 +39,8 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
             svc.clone(),
             require_token,
         ))
-        .route("/health", get(|| async { "ok" }));
+        .route("/health", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
@@ -73,6 +74,13 @@ async fn events(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .map_err(|e| ApiFailure::internal(e.to_string()))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
 }
 
 async fn metrics(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {

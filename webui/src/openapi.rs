@@ -1,0 +1,246 @@
+//! The OpenAPI document of `/api/v1`, served at `/api/v1/openapi.json`.
+//!
+//! Each route of [`crate::routes::router`] is described here by a function
+//! carrying its `#[utoipa::path]`; the bodies are the protocol crate's own
+//! types (their schemas are derived from the code). A test checks that every
+//! route the router serves is in the document.
+
+// The functions below exist only to carry their `#[utoipa::path]`.
+#![allow(dead_code)]
+
+use pesc_protocol::api::{
+    ApiError, GridNode, NewDomain, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, TemplateInfo,
+};
+use pesc_protocol::domain::Domain;
+use pesc_protocol::model::Process;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "PESC node API",
+        description = "Every node of a PESC grid serves this API. Every call but `/health` and \
+            this document needs `Authorization: Bearer TOKEN` (the token is in the node's data \
+            dir, `api-token`); without it the answer is 401. Errors are JSON: `{\"error\": \"…\"}`."
+    ),
+    paths(
+        node, nodes, list_processes, upload_process, list_files, upload_file, fetch_file,
+        list_domains, create_domain, get_domain, templates, events, list_requests,
+        create_request, get_request, cancel_request, logs, results, health
+    ),
+    components(schemas(ApiError)),
+    modifiers(&BearerToken)
+)]
+pub struct ApiDoc;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        api.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "token",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The document as JSON.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+#[utoipa::path(get, path = "/api/v1/node", responses(
+    (status = 200, description = "This node", body = NodeInfo),
+    (status = 401, description = "No or wrong token", body = ApiError)))]
+fn node() {}
+
+#[utoipa::path(get, path = "/api/v1/nodes", responses(
+    (status = 200, description = "The grid's nodes with their live state", body = Vec<GridNode>),
+    (status = 401, body = ApiError)))]
+fn nodes() {}
+
+#[utoipa::path(get, path = "/api/v1/processes", responses(
+    (status = 200, description = "Uploaded processes", body = Vec<Process>),
+    (status = 401, body = ApiError)))]
+fn list_processes() {}
+
+#[utoipa::path(post, path = "/api/v1/processes",
+    params(
+        ("file_name" = String, Query, description = "The uploaded file's name, e.g. main.py or project.zip"),
+        ("kind" = Option<String>, Query, description = "file or zip"),
+        ("language" = Option<String>, Query, description = "python, r, java, c or shell"),
+        ("entry" = Option<String>, Query, description = "The entry file inside a zip"),
+        ("command" = Option<String>, Query, description = "A whole command line instead of an entry"),
+        ("name" = Option<String>, Query, description = "Display name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The file or zip itself"),
+    responses(
+        (status = 201, description = "The stored process", body = Process),
+        (status = 400, description = "Bad upload (broken zip, unsafe path, too large…)", body = ApiError),
+        (status = 401, body = ApiError)))]
+fn upload_process() {}
+
+#[utoipa::path(get, path = "/api/v1/files", responses(
+    (status = 200, description = "Shared files", body = Vec<SharedFileInfo>),
+    (status = 401, body = ApiError)))]
+fn list_files() {}
+
+#[utoipa::path(post, path = "/api/v1/files",
+    params(("name" = String, Query, description = "The name runs see the file under")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "The shared file", body = SharedFileInfo),
+        (status = 400, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn upload_file() {}
+
+#[utoipa::path(post, path = "/api/v1/files/{name}/fetch",
+    params(("name" = String, Path, description = "A shared file's name")),
+    responses(
+        (status = 200, description = "This node now keeps a copy", body = SharedFileInfo),
+        (status = 404, body = ApiError),
+        (status = 503, description = "No node can give it", body = ApiError),
+        (status = 401, body = ApiError)))]
+fn fetch_file() {}
+
+#[utoipa::path(get, path = "/api/v1/domains", responses(
+    (status = 200, description = "Domains", body = Vec<Domain>),
+    (status = 401, body = ApiError)))]
+fn list_domains() {}
+
+#[utoipa::path(post, path = "/api/v1/domains", request_body = NewDomain, responses(
+    (status = 201, description = "The domain, checked", body = Domain),
+    (status = 400, description = "A Dockerfile that cannot work, an unknown template…", body = ApiError),
+    (status = 401, body = ApiError)))]
+fn create_domain() {}
+
+#[utoipa::path(get, path = "/api/v1/domains/{name}",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, body = Domain),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn get_domain() {}
+
+#[utoipa::path(get, path = "/api/v1/templates", responses(
+    (status = 200, description = "Templates, with this node's base images", body = Vec<TemplateInfo>),
+    (status = 401, body = ApiError)))]
+fn templates() {}
+
+#[utoipa::path(get, path = "/api/v1/events",
+    params(("since" = Option<u64>, Query, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "Server-sent events: hello, request, reset",
+            content_type = "text/event-stream", body = String),
+        (status = 401, body = ApiError)))]
+fn events() {}
+
+#[utoipa::path(get, path = "/api/v1/requests", responses(
+    (status = 200, description = "Every request, without runs", body = Vec<RequestInfo>),
+    (status = 401, body = ApiError)))]
+fn list_requests() {}
+
+#[utoipa::path(post, path = "/api/v1/requests", request_body = NewRequest, responses(
+    (status = 201, description = "The request", body = RequestInfo),
+    (status = 400, description = "Nonsense parameters", body = ApiError),
+    (status = 404, description = "Unknown process, shared file or domain", body = ApiError),
+    (status = 401, body = ApiError)))]
+fn create_request() {}
+
+#[utoipa::path(get, path = "/api/v1/requests/{id}",
+    params(
+        ("id" = String, Path, description = "A request id or a unique prefix"),
+        ("runs" = Option<bool>, Query, description = "Include the runs (default true)"),
+        ("since_version" = Option<u64>, Query, description = "Long poll: wait for a newer version"),
+        ("timeout_ms" = Option<u64>, Query, description = "Longest wait of the long poll")),
+    responses(
+        (status = 200, body = RequestInfo),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn get_request() {}
+
+#[utoipa::path(post, path = "/api/v1/requests/{id}/cancel",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The cancelled request", body = RequestInfo),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn cancel_request() {}
+
+#[utoipa::path(get, path = "/api/v1/requests/{id}/runs/{rank}/logs",
+    params(
+        ("id" = String, Path),
+        ("rank" = u32, Path),
+        ("stream" = Option<String>, Query, description = "stdout (default) or stderr"),
+        ("follow" = Option<bool>, Query, description = "Stay open until the run ends")),
+    responses(
+        (status = 200, description = "The log", content_type = "text/plain", body = String),
+        (status = 400, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn logs() {}
+
+#[utoipa::path(get, path = "/api/v1/requests/{id}/results",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The results zip", content_type = "application/zip", body = Vec<u8>),
+        (status = 409, description = "The request still runs", body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn results() {}
+
+#[utoipa::path(get, path = "/api/v1/health", security(()), responses(
+    (status = 200, description = "The node answers", content_type = "text/plain", body = String)))]
+fn health() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_in_the_document() {
+        let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let routes = include_str!("routes.rs");
+        let mut n = 0;
+        for line in routes.lines() {
+            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+                continue;
+            };
+            let path = rest.split('"').next().unwrap();
+            if path == "/metrics" {
+                continue;
+            }
+            let full = format!("/api/v1{path}");
+            if full == "/api/v1/openapi.json" {
+                continue;
+            }
+            assert!(
+                paths.contains_key(&full),
+                "{full} is not in the OpenAPI document"
+            );
+            n += 1;
+        }
+        assert!(n >= 15, "only {n} routes found");
+        // Schemas come from the code.
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for s in [
+            "RequestInfo",
+            "RunInfo",
+            "NewRequest",
+            "Domain",
+            "GridNode",
+            "Gpu",
+        ] {
+            assert!(schemas.contains_key(s), "no schema {s}");
+        }
+    }
+}
