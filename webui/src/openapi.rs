@@ -163,6 +163,7 @@ fn create_request() {}
         ("timeout_ms" = Option<u64>, Query, description = "Longest wait of the long poll")),
     responses(
         (status = 200, body = RequestInfo),
+        (status = 400, description = "Not a request id (16 hex digits, or a prefix)", body = ApiError),
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
 fn get_request() {}
@@ -171,6 +172,7 @@ fn get_request() {}
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The cancelled request", body = RequestInfo),
+        (status = 400, description = "Not a request id (16 hex digits, or a prefix)", body = ApiError),
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
 fn cancel_request() {}
@@ -182,7 +184,7 @@ fn cancel_request() {}
         ("stream" = Option<String>, Query, description = "stdout (default) or stderr"),
         ("follow" = Option<bool>, Query, description = "Stay open until the run ends")),
     responses(
-        (status = 200, description = "The log", content_type = "text/plain", body = String),
+        (status = 200, description = "The log", content_type = "text/plain; charset=utf-8", body = String),
         (status = 400, body = ApiError),
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
@@ -193,6 +195,7 @@ fn logs() {}
     responses(
         (status = 200, description = "The results zip", content_type = "application/zip", body = Vec<u8>),
         (status = 409, description = "The request still runs", body = ApiError),
+        (status = 400, description = "Not a request id (16 hex digits, or a prefix)", body = ApiError),
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
 fn results() {}
