@@ -319,48 +319,17 @@ async fn pick_executor(
         ExecutorChoice::Docker => connect().await.context(
             "--executor docker: is the Docker daemon running? (or use --executor process)",
         ),
-        ExecutorChoice::Auto => {
-            if docker_answers().await {
-                match connect().await {
-                    Ok(d) => {
-                        tracing::info!("a Docker daemon answers: runs go in containers");
-                        Ok(d)
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "a Docker daemon answers but cannot be used ({e:#}): using the process executor"
-                        );
-                        Ok(Arc::new(ProcessExecutor))
-                    }
-                }
-            } else {
-                tracing::info!("no Docker daemon answers: using the process executor");
+        ExecutorChoice::Auto => match connect().await {
+            Ok(d) => {
+                tracing::info!("a Docker daemon answers: runs go in containers");
+                Ok(d)
+            }
+            Err(e) => {
+                tracing::info!("no usable Docker daemon ({e:#}): using the process executor");
                 Ok(Arc::new(ProcessExecutor))
             }
-        }
+        },
     }
-}
-
-/// Whether a Docker daemon answers `GET /_ping` on its Unix socket.
-async fn docker_answers() -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let path = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
-        .unwrap_or_else(|| "/var/run/docker.sock".into());
-    let attempt = async {
-        let mut s = tokio::net::UnixStream::connect(&path).await.ok()?;
-        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        Some(buf[..n].starts_with(b"HTTP/1.0 200") || buf[..n].starts_with(b"HTTP/1.1 200"))
-    };
-    matches!(
-        tokio::time::timeout(std::time::Duration::from_secs(2), attempt).await,
-        Ok(Some(true))
-    )
 }
 
 async fn shutdown_signal() {

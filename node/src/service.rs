@@ -337,66 +337,49 @@ impl NodeService for Service {
 
     async fn events(&self, since: u64) -> Result<ByteStream, ApiFailure> {
         // The stream begins with `hello` (this node's version now and its
-        // start time, so a page can tell a restarted node) and, when the
-        // changes after `since` are gone, `reset`: load everything again.
+        // start time, so a page can tell a restarted node); then the changes
+        // after `since`, or `reset` when they are gone: load everything again.
         struct State {
             agent: crate::agent::AgentHandle,
+            versions: tokio::sync::watch::Receiver<u64>,
             last: u64,
-            hello: bool,
         }
-        let agent = self.agent.clone();
-        let started = self.started_ms;
-        let first = agent.ask(|r| Command::Events(since, r)).await?;
-        let mut head = format!(
-            "event: hello\ndata: {{\"version\":{},\"node_started_ms\":{started}}}\n\n",
-            first.current
+        let mut versions = self.agent.versions.clone();
+        let hello = format!(
+            "event: hello\ndata: {{\"version\":{},\"node_started_ms\":{}}}\n\n",
+            *versions.borrow_and_update(),
+            self.started_ms
         );
-        let last = if first.complete {
-            head.push_str(&sse_lines(&first.events));
-            first.events.last().map_or(since, |e| e.0).max(since)
-        } else {
-            head.push_str(&format!(
-                "id: {}\nevent: reset\ndata: {{}}\n\n",
-                first.current
-            ));
-            first.current
-        };
         let state = State {
-            agent,
-            last,
-            hello: true,
+            agent: self.agent.clone(),
+            versions,
+            last: since,
         };
-        let stream = futures_util::stream::unfold((state, head), |(mut st, head)| async move {
-            if st.hello {
-                st.hello = false;
-                return Some((Ok(Bytes::from(head)), (st, String::new())));
-            }
-            let mut versions = st.agent.versions.clone();
+        let changes = futures_util::stream::unfold(state, |mut st| async move {
             loop {
+                // Seen before asking: a change made after the answer wakes us.
+                st.versions.borrow_and_update();
                 let page = st.agent.ask(|r| Command::Events(st.last, r)).await.ok()?;
                 if !page.complete {
                     st.last = page.current;
                     let text = format!("id: {}\nevent: reset\ndata: {{}}\n\n", page.current);
-                    return Some((Ok(Bytes::from(text)), (st, String::new())));
+                    return Some((Ok(Bytes::from(text)), st));
                 }
                 if let Some(e) = page.events.last() {
                     st.last = e.0;
-                    return Some((
-                        Ok(Bytes::from(sse_lines(&page.events))),
-                        (st, String::new()),
-                    ));
+                    return Some((Ok(Bytes::from(sse_lines(&page.events))), st));
                 }
                 // Nothing new: wait for a change, with a comment now and
                 // then so proxies keep the connection.
-                match tokio::time::timeout(Duration::from_secs(15), versions.changed()).await {
+                match tokio::time::timeout(Duration::from_secs(15), st.versions.changed()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => return None,
-                    Err(_) => {
-                        return Some((Ok(Bytes::from_static(b": ping\n\n")), (st, String::new())));
-                    }
+                    Err(_) => return Some((Ok(Bytes::from_static(b": ping\n\n")), st)),
                 }
             }
         });
+        let stream =
+            futures_util::stream::once(async move { Ok(Bytes::from(hello)) }).chain(changes);
         Ok(Box::pin(stream))
     }
 

@@ -112,14 +112,16 @@ impl DockerExecutor {
     /// Connects to the local daemon (`DOCKER_HOST` or the default socket) and
     /// agrees on an API version. Fails when no daemon answers.
     pub async fn connect(node: &str, cfg: DockerConfig) -> Result<Self> {
-        let docker = Docker::connect_with_local_defaults()
-            .context("connecting to the Docker daemon")?
-            .negotiate_version()
+        let docker =
+            Docker::connect_with_local_defaults().context("connecting to the Docker daemon")?;
+        let answer = async {
+            let d = docker.negotiate_version().await?;
+            d.ping().await?;
+            Ok::<_, bollard::errors::Error>(d)
+        };
+        let docker = tokio::time::timeout(Duration::from_secs(3), answer)
             .await
-            .context("the Docker daemon does not answer")?;
-        docker
-            .ping()
-            .await
+            .map_err(|_| anyhow!("the Docker daemon does not answer within 3 s"))?
             .context("the Docker daemon does not answer")?;
         Ok(DockerExecutor {
             docker,
