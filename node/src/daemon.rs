@@ -197,7 +197,6 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         node: node.clone(),
         name: cfg.name.clone(),
         slots: cfg.slots,
-        user: cfg.user.clone(),
         lease_ttl_ms: cfg.lease_ttl_ms,
         data_dir: data_dir.clone(),
         grid_id: grid_id.clone(),
@@ -225,6 +224,8 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         tmp_dir,
         template_bases: cfg.docker.template_bases.clone(),
         started_ms: crate::agent::now_ms(),
+        session_key: blake3::derive_key("pesc session cookies v1", &secret.psk),
+        data_dir: data_dir.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await

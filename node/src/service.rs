@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use pesc_protocol::access::{AccessChange, AccessState, ApiToken, User};
 use pesc_protocol::api::{
     NewDomain, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, TemplateInfo, UploadFile,
     UploadProcess,
@@ -42,6 +43,10 @@ pub struct Service {
     pub template_bases: std::collections::HashMap<String, String>,
     /// When this node started (wall ms): tells a page that the node restarted.
     pub started_ms: u64,
+    /// Signs session cookies (derived from the grid key).
+    pub session_key: [u8; 32],
+    /// The data dir: the join token is read from it when asked for.
+    pub data_dir: PathBuf,
 }
 
 impl Service {
@@ -182,6 +187,36 @@ fn preview(files: &[String]) -> String {
 impl NodeService for Service {
     fn api_token(&self) -> &str {
         &self.token
+    }
+
+    fn node_owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn session_key(&self) -> [u8; 32] {
+        self.session_key
+    }
+
+    fn join_token(&self) -> String {
+        crate::grid_secret::token(&self.data_dir)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|e| format!("(no join token: {e})"))
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<User>, ApiFailure> {
+        self.agent.ask(|r| Command::User(name.to_string(), r)).await?
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<ApiToken>, ApiFailure> {
+        self.agent.ask(|r| Command::Token(id.to_string(), r)).await?
+    }
+
+    async fn access(&self) -> Result<AccessState, ApiFailure> {
+        self.agent.ask(Command::Access).await?
+    }
+
+    async fn change_access(&self, change: AccessChange) -> Result<(), ApiFailure> {
+        self.agent.ask(|r| Command::ChangeAccess(change, r)).await?
     }
 
     async fn nodes(&self) -> Result<Vec<pesc_protocol::api::GridNode>, ApiFailure> {
@@ -335,7 +370,7 @@ impl NodeService for Service {
             .await?
     }
 
-    async fn events(&self, since: u64) -> Result<ByteStream, ApiFailure> {
+    async fn events(&self, since: u64, owner: Option<String>) -> Result<ByteStream, ApiFailure> {
         // The stream begins with `hello` (this node's version now and its
         // start time, so a page can tell a restarted node); then the changes
         // after `since`, or `reset` when they are gone: load everything again.
@@ -343,6 +378,7 @@ impl NodeService for Service {
             agent: crate::agent::AgentHandle,
             versions: tokio::sync::watch::Receiver<u64>,
             last: u64,
+            owner: Option<String>,
         }
         let mut versions = self.agent.versions.clone();
         let hello = format!(
@@ -354,20 +390,32 @@ impl NodeService for Service {
             agent: self.agent.clone(),
             versions,
             last: since,
+            owner,
         };
         let changes = futures_util::stream::unfold(state, |mut st| async move {
             loop {
                 // Seen before asking: a change made after the answer wakes us.
                 st.versions.borrow_and_update();
-                let page = st.agent.ask(|r| Command::Events(st.last, r)).await.ok()?;
+                let owner = st.owner.clone();
+                let page = st
+                    .agent
+                    .ask(|r| Command::Events(st.last, owner, r))
+                    .await
+                    .ok()?;
                 if !page.complete {
                     st.last = page.current;
                     let text = format!("id: {}\nevent: reset\ndata: {{}}\n\n", page.current);
                     return Some((Ok(Bytes::from(text)), st));
                 }
-                if let Some(e) = page.events.last() {
-                    st.last = e.0;
+                if let Some(scanned) = page.scanned {
+                    st.last = scanned;
+                }
+                if !page.events.is_empty() {
                     return Some((Ok(Bytes::from(sse_lines(&page.events))), st));
+                }
+                if page.scanned.is_some() {
+                    // Only others' changes: look again before waiting.
+                    continue;
                 }
                 // Nothing new: wait for a change, with a comment now and
                 // then so proxies keep the connection.
@@ -454,8 +502,14 @@ impl NodeService for Service {
             .collect())
     }
 
-    async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure> {
-        self.agent.ask(|r| Command::Submit(req, r)).await?
+    async fn create_request(
+        &self,
+        req: NewRequest,
+        owner: &str,
+    ) -> Result<RequestInfo, ApiFailure> {
+        self.agent
+            .ask(|r| Command::Submit(req, owner.to_string(), r))
+            .await?
     }
 
     async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure> {

@@ -103,6 +103,21 @@ pub struct RunInfo {
     pub progress: Option<u8>,
     #[serde(default)]
     pub message: Option<String>,
+    /// Every attempt of the rank, oldest first (the run map draws them).
+    #[serde(default)]
+    pub history: Vec<AttemptSpan>,
+}
+
+/// One attempt of a run: where and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptSpan {
+    pub epoch: u32,
+    pub node: NodeId,
+    pub state: crate::model::AttemptState,
+    pub claimed_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
 }
 
 /// A request as the API shows it.
@@ -249,4 +264,98 @@ pub struct Metrics {
     pub paused: bool,
     pub gpus: u32,
     pub traffic: Traffic,
+}
+
+/// `POST /api/v1/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+/// `GET /api/v1/me`: who the caller is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Me {
+    pub user: String,
+    pub role: crate::access::Role,
+    /// The token to send as `X-CSRF-Token` with a session cookie.
+    #[serde(default)]
+    pub csrf: Option<String>,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewUser {
+    pub name: String,
+    pub password: String,
+    pub role: crate::access::Role,
+}
+
+/// `PATCH /api/v1/users/{name}`: what to change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserChange {
+    #[serde(default)]
+    pub role: Option<crate::access::Role>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// An account as the API shows it (never the password hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserInfo {
+    pub name: String,
+    pub role: crate::access::Role,
+    pub created_ms: u64,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewToken {
+    #[serde(default)]
+    pub label: String,
+}
+
+/// A new API token: shown once, the grid keeps only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedToken {
+    pub token: String,
+    pub info: crate::access::ApiToken,
+}
+
+/// `POST /api/v1/rooms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewRoom {
+    pub name: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub admins: Vec<String>,
+}
+
+/// A room with the nodes in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RoomInfo {
+    pub room: crate::model::Room,
+    /// Nodes a room admin put in the room (General holds every node).
+    pub nodes: Vec<NodeId>,
+    /// Whether the caller manages this room.
+    pub manage: bool,
+}
+
+/// `GET /api/v1/grid/join-token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JoinInfo {
+    pub token: String,
+    /// What to run on a desktop to add it.
+    pub command: String,
 }

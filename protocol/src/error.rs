@@ -8,6 +8,10 @@ pub enum Error {
     /// A field of a request, process or id that a user gave is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (a room not open to them, someone
+    /// else's request).
+    #[error("{0}")]
+    Forbidden(String),
     /// A document (local or from a peer) does not follow the schema.
     #[error("malformed document: {0}")]
     Document(String),

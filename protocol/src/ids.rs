@@ -46,6 +46,10 @@ macro_rules! hex_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+            /// The first 8 digits, for display.
+            pub fn short(&self) -> &str {
+                &self.0[..8]
+            }
         }
 
         impl FromStr for $name {

@@ -8,6 +8,7 @@
 //! There is no tokio, no socket and no clock in this crate: the node drives it
 //! with real time and I/O, the simulator with virtual ones.
 
+pub mod access;
 pub mod api;
 pub mod blob_tree;
 pub mod doc;

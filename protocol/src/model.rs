@@ -19,6 +19,12 @@ pub struct Room {
     pub name: String,
     /// Public rooms are open to every user of the grid.
     pub public: bool,
+    /// Users who manage the room: its users and its nodes.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Users who may send runs to the room (besides its admins).
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 impl Room {
@@ -26,6 +32,8 @@ impl Room {
         Room {
             name: GENERAL_ROOM.to_string(),
             public: true,
+            admins: Vec::new(),
+            users: Vec::new(),
         }
     }
 }
@@ -445,6 +453,7 @@ impl RequestSpec {
 /// that made it, so its fields never conflict between replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AttemptState {
     /// The node claimed the run and is preparing it.
     Claimed,

@@ -64,11 +64,15 @@ fn grids_started_apart_merge_into_one() {
     g1.put_room(&Room {
         name: "Lab1".into(),
         public: false,
+        admins: vec![],
+        users: vec![],
     })
     .unwrap();
     g2.put_room(&Room {
         name: "Lab2".into(),
         public: false,
+        admins: vec![],
+        users: vec![],
     })
     .unwrap();
     let p = spec(1, "ana", 1, 0, 0).process;
@@ -80,6 +84,42 @@ fn grids_started_apart_merge_into_one() {
     names.sort();
     assert_eq!(names, vec!["General", "Lab1", "Lab2"]);
     assert_eq!(g1.process(&p.id).unwrap(), Some(p));
+}
+
+#[test]
+fn accounts_tokens_and_placements_made_on_different_nodes_merge() {
+    use pesc_protocol::access::{AccessChange, ApiToken, Role, User};
+    let mut g1 = GridDoc::genesis("grid-y", actor("a", 0)).unwrap();
+    let mut g2 = GridDoc::genesis("grid-y", actor("b", 0)).unwrap();
+    let ana = User {
+        name: "ana".into(),
+        role: Role::Admin,
+        password_hash: "$argon2id$x".into(),
+        created_ms: 1,
+    };
+    g1.change_access(&AccessChange::PutUser(ana.clone())).unwrap();
+    let t = ApiToken {
+        id: "ab".repeat(32),
+        user: "ana".into(),
+        label: "cli".into(),
+        created_ms: 2,
+    };
+    g2.change_access(&AccessChange::PutToken(t.clone())).unwrap();
+    g2.change_access(&AccessChange::PlaceNode(NodeId::new("n1"), Some("Lab".into())))
+        .unwrap();
+    g1.commit();
+    g2.commit();
+    g1.merge(&mut g2).unwrap();
+    let a = g1.access().unwrap();
+    assert_eq!(a.users, vec![ana]);
+    assert_eq!(g1.token(&t.id).unwrap(), Some(t.clone()));
+    assert_eq!(a.placement(&NodeId::new("n1")), Some("Lab"));
+    // Taking the node out and revoking the token remove the entries.
+    g1.change_access(&AccessChange::PlaceNode(NodeId::new("n1"), None))
+        .unwrap();
+    g1.change_access(&AccessChange::RemoveToken(t.id.clone())).unwrap();
+    let a = g1.access().unwrap();
+    assert!(a.placements.is_empty() && a.tokens.is_empty());
 }
 
 #[test]

@@ -22,6 +22,12 @@ impl ApiFailure {
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
     }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, m)
+    }
     pub fn not_found(m: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, m)
     }
@@ -51,6 +57,7 @@ impl From<pesc_protocol::Error> for ApiFailure {
     fn from(e: pesc_protocol::Error) -> Self {
         match e {
             pesc_protocol::Error::Invalid(m) => ApiFailure::bad_request(m),
+            pesc_protocol::Error::Forbidden(m) => ApiFailure::forbidden(m),
             other => ApiFailure::internal(other.to_string()),
         }
     }

@@ -1,13 +1,15 @@
-//! PESC's HTTP surface: the JSON API under `/api/v1` (pages come later).
+//! PESC's HTTP surface: the JSON API under `/api/v1` and the web UI.
 //!
 //! The router knows nothing about how a node works: it talks to it through
 //! the [`NodeService`] trait, which the node implements.
 
+mod accounts;
 mod auth;
 mod error;
 mod openapi;
 mod routes;
 mod service;
+mod ui;
 
 pub use error::ApiFailure;
 pub use routes::router;

@@ -8,9 +8,13 @@
 // The functions below exist only to carry their `#[utoipa::path]`.
 #![allow(dead_code)]
 
+use pesc_protocol::access::ApiToken;
 use pesc_protocol::api::{
-    ApiError, GridNode, NewDomain, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, TemplateInfo,
+    ApiError, CreatedToken, GridNode, JoinInfo, Login, Me, NewDomain, NewRequest, NewRoom,
+    NewToken, NewUser, NodeInfo, RequestInfo, RoomInfo, SharedFileInfo, TemplateInfo, UserChange,
+    UserInfo,
 };
+use pesc_protocol::model::Room;
 use pesc_protocol::domain::Domain;
 use pesc_protocol::model::Process;
 use utoipa::OpenApi;
@@ -19,14 +23,20 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "PESC node API",
-        description = "Every node of a PESC grid serves this API. Every call but `/health` and \
-            this document needs `Authorization: Bearer TOKEN` (the token is in the node's data \
-            dir, `api-token`); without it the answer is 401. Errors are JSON: `{\"error\": \"…\"}`."
+        description = "Every node of a PESC grid serves this API. Every call but `/health`, \
+            `POST /login` and this document needs a session (the `pesc_session` cookie from \
+            `POST /login`; calls that change something then also need the `X-CSRF-Token` header) \
+            or `Authorization: Bearer TOKEN` (a user's API token, or the node's own, file \
+            `api-token` in its data dir); without either the answer is 401. Errors are JSON: \
+            `{\"error\": \"…\"}`."
     ),
     paths(
         node, nodes, list_processes, upload_process, list_files, upload_file, fetch_file,
         list_domains, create_domain, get_domain, templates, events, list_requests,
-        create_request, get_request, cancel_request, logs, results, health
+        create_request, get_request, cancel_request, logs, results, health, login, logout, me,
+        list_users, create_user, change_user, list_tokens, create_token, delete_token,
+        list_rooms, create_room, get_room, add_room_admin, remove_room_admin, add_room_user,
+        remove_room_user, place_node, unplace_node, join_token
     ),
     components(schemas(ApiError)),
     modifiers(&BearerToken)
@@ -204,6 +214,125 @@ fn results() {}
     (status = 200, description = "The node answers", content_type = "text/plain", body = String)))]
 fn health() {}
 
+#[utoipa::path(post, path = "/api/v1/login", security(()), request_body = Login, responses(
+    (status = 200, description = "Logged in: the `pesc_session` cookie is set", body = Me),
+    (status = 400, body = ApiError),
+    (status = 401, description = "Wrong user name or password", body = ApiError),
+    (status = 429, description = "Too many failed logins for this name lately", body = ApiError)))]
+fn login() {}
+
+#[utoipa::path(post, path = "/api/v1/logout", responses(
+    (status = 204, description = "The session cookie is cleared"),
+    (status = 401, body = ApiError)))]
+fn logout() {}
+
+#[utoipa::path(get, path = "/api/v1/me", responses(
+    (status = 200, description = "Who calls (with the CSRF token of a session)", body = Me),
+    (status = 401, body = ApiError)))]
+fn me() {}
+
+#[utoipa::path(get, path = "/api/v1/users", responses(
+    (status = 200, description = "Every account (admins only)", body = Vec<UserInfo>),
+    (status = 403, body = ApiError),
+    (status = 401, body = ApiError)))]
+fn list_users() {}
+
+#[utoipa::path(post, path = "/api/v1/users", request_body = NewUser, responses(
+    (status = 201, description = "Account made (admins only)", body = UserInfo),
+    (status = 400, body = ApiError),
+    (status = 403, body = ApiError),
+    (status = 409, description = "The name is taken", body = ApiError),
+    (status = 401, body = ApiError)))]
+fn create_user() {}
+
+#[utoipa::path(patch, path = "/api/v1/users/{name}", params(("name" = String, Path)),
+    request_body = UserChange, responses(
+    (status = 200, description = "Changed (admins: anyone; users: their own password)", body = UserInfo),
+    (status = 400, body = ApiError),
+    (status = 403, body = ApiError),
+    (status = 404, body = ApiError),
+    (status = 409, description = "It would leave the grid without an admin", body = ApiError),
+    (status = 401, body = ApiError)))]
+fn change_user() {}
+
+#[utoipa::path(get, path = "/api/v1/tokens", responses(
+    (status = 200, description = "The caller's API tokens (hashes only)", body = Vec<ApiToken>),
+    (status = 401, body = ApiError)))]
+fn list_tokens() {}
+
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = NewToken, responses(
+    (status = 201, description = "A new token, shown once", body = CreatedToken),
+    (status = 400, body = ApiError),
+    (status = 401, body = ApiError)))]
+fn create_token() {}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", params(("id" = String, Path)), responses(
+    (status = 204, description = "Revoked"),
+    (status = 404, body = ApiError),
+    (status = 401, body = ApiError)))]
+fn delete_token() {}
+
+#[utoipa::path(get, path = "/api/v1/rooms", responses(
+    (status = 200, description = "The rooms open to the caller, with their nodes", body = Vec<RoomInfo>),
+    (status = 401, body = ApiError)))]
+fn list_rooms() {}
+
+#[utoipa::path(post, path = "/api/v1/rooms", request_body = NewRoom, responses(
+    (status = 201, description = "Room made (admins only)", body = Room),
+    (status = 400, body = ApiError),
+    (status = 403, body = ApiError),
+    (status = 409, body = ApiError),
+    (status = 401, body = ApiError)))]
+fn create_room() {}
+
+#[utoipa::path(get, path = "/api/v1/rooms/{name}", params(("name" = String, Path)), responses(
+    (status = 200, body = RoomInfo),
+    (status = 404, description = "No such room open to the caller", body = ApiError),
+    (status = 401, body = ApiError)))]
+fn get_room() {}
+
+macro_rules! member_path {
+    ($f:ident, $m:ident, $path:literal, $what:literal) => {
+        #[utoipa::path($m, path = $path,
+            params(("name" = String, Path), ("user" = String, Path)),
+            responses(
+                (status = 200, description = $what, body = Room),
+                (status = 400, body = ApiError),
+                (status = 403, body = ApiError),
+                (status = 404, body = ApiError),
+                (status = 401, body = ApiError)))]
+        fn $f() {}
+    };
+}
+member_path!(add_room_admin, put, "/api/v1/rooms/{name}/admins/{user}", "Made room admin (admins only)");
+member_path!(remove_room_admin, delete, "/api/v1/rooms/{name}/admins/{user}", "No longer room admin (admins only)");
+member_path!(add_room_user, put, "/api/v1/rooms/{name}/users/{user}", "May use the room (room admins)");
+member_path!(remove_room_user, delete, "/api/v1/rooms/{name}/users/{user}", "May no longer use the room (room admins)");
+
+#[utoipa::path(put, path = "/api/v1/rooms/{name}/nodes/{node}",
+    params(("name" = String, Path), ("node" = String, Path, description = "Node id or name")),
+    responses(
+        (status = 204, description = "The node is in the room (moving it from another room needs admin of both)"),
+        (status = 403, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn place_node() {}
+
+#[utoipa::path(delete, path = "/api/v1/rooms/{name}/nodes/{node}",
+    params(("name" = String, Path), ("node" = String, Path, description = "Node id or name")),
+    responses(
+        (status = 204, description = "The node left the room"),
+        (status = 403, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn unplace_node() {}
+
+#[utoipa::path(get, path = "/api/v1/grid/join-token", responses(
+    (status = 200, description = "What adds a desktop to this grid (admins only)", body = JoinInfo),
+    (status = 403, body = ApiError),
+    (status = 401, body = ApiError)))]
+fn join_token() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,10 +341,10 @@ mod tests {
     fn every_route_is_in_the_document() {
         let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        let routes = include_str!("routes.rs");
+        let routes = [include_str!("routes.rs"), include_str!("accounts.rs")].concat();
         let mut n = 0;
-        for line in routes.lines() {
-            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+        for chunk in routes.split(".route(").skip(1) {
+            let Some(rest) = chunk.trim_start().strip_prefix('"') else {
                 continue;
             };
             let path = rest.split('"').next().unwrap();
@@ -232,7 +361,7 @@ mod tests {
             );
             n += 1;
         }
-        assert!(n >= 15, "only {n} routes found");
+        assert!(n >= 25, "only {n} routes found");
         // Schemas come from the code.
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for s in [

@@ -12,14 +12,19 @@ use futures_util::TryStreamExt;
 use pesc_protocol::api::{NewDomain, NewRequest, UploadFile, UploadProcess};
 use serde::Deserialize;
 
-use crate::auth::require_token;
+use crate::auth::{AppState, AuthState, Caller, authenticate};
 use crate::error::ApiFailure;
 use crate::service::{LogStream, NodeService};
 
-type Svc = State<Arc<dyn NodeService>>;
+type Svc = State<AppState>;
+type Who = axum::Extension<Caller>;
 
-/// The whole HTTP surface of a node.
+/// The whole HTTP surface of a node: the API and the pages.
 pub fn router(svc: Arc<dyn NodeService>) -> Router {
+    let st = AppState {
+        auth: Arc::new(AuthState::new(svc.session_key())),
+        svc,
+    };
     let api = Router::new()
         .route("/node", get(node_info))
         .route("/nodes", get(nodes))
@@ -35,19 +40,20 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/requests/{id}/cancel", post(cancel_request))
         .route("/requests/{id}/runs/{rank}/logs", get(logs))
         .route("/requests/{id}/results", get(results))
+        .merge(crate::accounts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
-            svc.clone(),
-            require_token,
+            st.clone(),
+            authenticate,
         ))
+        .route("/login", post(crate::accounts::login))
         .route("/health", get(|| async { "ok" }))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async { ApiFailure::not_found("no such API path") });
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiFailure::not_found("no such API path; the API lives under /api/v1")
-        })
-        .with_state(svc)
+        .merge(crate::ui::routes(st.clone()))
+        .with_state(st)
 }
 
 #[derive(Deserialize)]
@@ -58,7 +64,8 @@ struct EventsQuery {
 /// Server-sent events; `since` (or the `Last-Event-ID` a reconnecting
 /// browser sends) resumes after that id.
 async fn events(
-    State(svc): Svc,
+    State(st): Svc,
+    axum::Extension(c): Who,
     headers: axum::http::HeaderMap,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiFailure> {
@@ -68,7 +75,8 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let stream = svc.events(q.since.or(last).unwrap_or(0)).await?;
+    let owner = (!c.who.sees_all()).then(|| c.who.user.clone());
+    let stream = st.svc.events(q.since.or(last).unwrap_or(0), owner).await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -83,8 +91,8 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    let text = svc.metrics().await?;
+async fn metrics(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    let text = st.svc.metrics().await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -94,20 +102,20 @@ async fn metrics(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
     ))
 }
 
-async fn node_info(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.node_info().await?))
+async fn node_info(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(st.svc.node_info().await?))
 }
 
-async fn nodes(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.nodes().await?))
+async fn nodes(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(st.svc.nodes().await?))
 }
 
-async fn list_processes(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.list_processes().await?))
+async fn list_processes(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(st.svc.list_processes().await?))
 }
 
 async fn upload_process(
-    State(svc): Svc,
+    State(st): Svc,
     meta: Result<Query<UploadProcess>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiFailure> {
@@ -117,16 +125,16 @@ async fn upload_process(
         ))
     })?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let p = svc.upload_process(meta, Box::pin(stream)).await?;
+    let p = st.svc.upload_process(meta, Box::pin(stream)).await?;
     Ok((StatusCode::CREATED, Json(p)))
 }
 
-async fn list_files(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.list_files().await?))
+async fn list_files(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(st.svc.list_files().await?))
 }
 
 async fn upload_file(
-    State(svc): Svc,
+    State(st): Svc,
     meta: Result<Query<UploadFile>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiFailure> {
@@ -136,52 +144,84 @@ async fn upload_file(
         ))
     })?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let f = svc.upload_file(meta, Box::pin(stream)).await?;
+    let f = st.svc.upload_file(meta, Box::pin(stream)).await?;
     Ok((StatusCode::CREATED, Json(f)))
 }
 
 async fn fetch_file(
-    State(svc): Svc,
+    State(st): Svc,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.fetch_file(&name).await?))
+    Ok(Json(st.svc.fetch_file(&name).await?))
 }
 
-async fn list_requests(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.list_requests().await?))
+async fn list_requests(
+    State(st): Svc,
+    axum::Extension(c): Who,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let mut all = st.svc.list_requests().await?;
+    all.retain(|r| c.who.may_see_request(&r.owner));
+    Ok(Json(all))
 }
 
-async fn list_domains(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.list_domains().await?))
+/// A request the caller may see (others' look like missing ones).
+pub(crate) async fn visible_request(
+    st: &AppState,
+    c: &Caller,
+    id: &str,
+) -> Result<pesc_protocol::api::RequestInfo, ApiFailure> {
+    let r = st.svc.get_request(id, false, None, 0).await?;
+    if !c.who.may_see_request(&r.owner) {
+        return Err(ApiFailure::not_found(format!(
+            "request {id} does not exist, or is not yours"
+        )));
+    }
+    Ok(r)
+}
+
+async fn list_domains(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(st.svc.list_domains().await?))
 }
 
 async fn get_domain(
-    State(svc): Svc,
+    State(st): Svc,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.get_domain(&name).await?))
+    Ok(Json(st.svc.get_domain(&name).await?))
 }
 
-async fn templates(State(svc): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.templates().await?))
+async fn templates(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(st.svc.templates().await?))
 }
 
 async fn create_domain(
-    State(svc): Svc,
+    State(st): Svc,
+    axum::Extension(c): Who,
     body: Result<Json<NewDomain>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let Json(d) =
         body.map_err(|e| ApiFailure::bad_request(format!("bad domain body: {}", e.body_text())))?;
-    Ok((StatusCode::CREATED, Json(svc.create_domain(d).await?)))
+    if !c.who.sees_all() {
+        return Err(ApiFailure::forbidden(
+            "only operators and admins make domains: ask one to add it",
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(st.svc.create_domain(d).await?)))
 }
 
 async fn create_request(
-    State(svc): Svc,
+    State(st): Svc,
+    axum::Extension(c): Who,
     body: Result<Json<NewRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let Json(req) =
         body.map_err(|e| ApiFailure::bad_request(format!("bad request body: {}", e.body_text())))?;
-    Ok((StatusCode::CREATED, Json(svc.create_request(req).await?)))
+    let access = st.svc.access().await?;
+    pesc_protocol::access::check_request_rooms(&c.who, &req.rooms, &access.rooms)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(st.svc.create_request(req, &c.who.user).await?),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -201,22 +241,32 @@ fn default_wait() -> u64 {
 }
 
 async fn get_request(
-    State(svc): Svc,
+    State(st): Svc,
+    axum::Extension(c): Who,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
+    visible_request(&st, &c, &id).await?;
     let timeout = q.timeout_ms.min(120_000);
     Ok(Json(
-        svc.get_request(&id, q.runs, q.since_version, timeout)
+        st.svc.get_request(&id, q.runs, q.since_version, timeout)
             .await?,
     ))
 }
 
 async fn cancel_request(
-    State(svc): Svc,
+    State(st): Svc,
+    axum::Extension(c): Who,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(svc.cancel_request(&id).await?))
+    let r = visible_request(&st, &c, &id).await?;
+    if !c.who.may_cancel_request(&r.owner) {
+        return Err(ApiFailure::forbidden(format!(
+            "request {id} is {}'s: only they or an admin may cancel it",
+            r.owner
+        )));
+    }
+    Ok(Json(st.svc.cancel_request(&id).await?))
 }
 
 #[derive(Deserialize)]
@@ -232,11 +282,13 @@ fn stdout() -> LogStream {
 }
 
 async fn logs(
-    State(svc): Svc,
+    State(st): Svc,
+    axum::Extension(c): Who,
     Path((id, rank)): Path<(String, u32)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiFailure> {
-    let s = svc.logs(&id, rank, q.stream, q.follow).await?;
+    visible_request(&st, &c, &id).await?;
+    let s = st.svc.logs(&id, rank, q.stream, q.follow).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(s),
@@ -244,8 +296,13 @@ async fn logs(
         .into_response())
 }
 
-async fn results(State(svc): Svc, Path(id): Path<String>) -> Result<Response, ApiFailure> {
-    let r = svc.results(&id).await?;
+async fn results(
+    State(st): Svc,
+    axum::Extension(c): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiFailure> {
+    visible_request(&st, &c, &id).await?;
+    let r = st.svc.results(&id).await?;
     let stream = tokio_util::io::ReaderStream::new(r.file);
     Ok((
         [

@@ -4,6 +4,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use pesc_protocol::access::{AccessChange, AccessState, ApiToken, User};
 use pesc_protocol::api::{
     GridNode, NewDomain, NewRequest, NodeInfo, RequestInfo, SharedFileInfo, TemplateInfo,
     UploadFile, UploadProcess,
@@ -34,8 +35,20 @@ pub struct ResultsFile {
 /// What the node offers the API. Ids may be given as unique prefixes.
 #[async_trait::async_trait]
 pub trait NodeService: Send + Sync + 'static {
-    /// The token every `/api/v1` call must carry.
+    /// The node's own API token (file `api-token`): acts as an admin.
     fn api_token(&self) -> &str;
+    /// The user name the node's own token acts as.
+    fn node_owner(&self) -> &str;
+    /// Key that signs session cookies: the same on every node of the grid.
+    fn session_key(&self) -> [u8; 32];
+    /// The token that adds a desktop to this grid (`pesc node --join …`).
+    fn join_token(&self) -> String;
+    async fn user(&self, name: &str) -> Result<Option<User>, ApiFailure>;
+    /// An API token by its id (the hash of the token).
+    async fn token(&self, id: &str) -> Result<Option<ApiToken>, ApiFailure>;
+    /// Users, tokens, rooms and room placements.
+    async fn access(&self) -> Result<AccessState, ApiFailure>;
+    async fn change_access(&self, change: AccessChange) -> Result<(), ApiFailure>;
     async fn node_info(&self) -> Result<NodeInfo, ApiFailure>;
     /// Every node of the grid with its live state.
     async fn nodes(&self) -> Result<Vec<GridNode>, ApiFailure>;
@@ -60,7 +73,12 @@ pub trait NodeService: Send + Sync + 'static {
     async fn list_domains(&self) -> Result<Vec<Domain>, ApiFailure>;
     async fn get_domain(&self, name: &str) -> Result<Domain, ApiFailure>;
     async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiFailure>;
-    async fn create_request(&self, req: NewRequest) -> Result<RequestInfo, ApiFailure>;
+    /// Makes a request for `owner` (rooms were checked already).
+    async fn create_request(
+        &self,
+        req: NewRequest,
+        owner: &str,
+    ) -> Result<RequestInfo, ApiFailure>;
     async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure>;
     /// One request. With `since_version`, waits up to `timeout_ms` until its
     /// version is newer or it is finished (a long poll).
@@ -83,7 +101,8 @@ pub trait NodeService: Send + Sync + 'static {
     async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure>;
     /// `/api/v1/events`: server-sent events, one per request change after
     /// version `since` (and every one after, as they happen).
-    async fn events(&self, since: u64) -> Result<ByteStream, ApiFailure>;
+    /// With `owner`, only that user's requests.
+    async fn events(&self, since: u64, owner: Option<String>) -> Result<ByteStream, ApiFailure>;
     /// `/metrics`: Prometheus text exposition.
     async fn metrics(&self) -> Result<String, ApiFailure>;
 }

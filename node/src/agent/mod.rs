@@ -46,7 +46,13 @@ const TICK: Duration = Duration::from_millis(500);
 pub enum Command {
     RegisterProcess(Process, Reply<ApiResult<Process>>),
     Processes(Reply<Vec<Process>>),
-    Submit(NewRequest, Reply<ApiResult<RequestInfo>>),
+    /// A new request for this user.
+    Submit(NewRequest, String, Reply<ApiResult<RequestInfo>>),
+    /// Users, tokens, rooms and placements.
+    Access(Reply<ApiResult<pesc_protocol::access::AccessState>>),
+    ChangeAccess(pesc_protocol::access::AccessChange, Reply<ApiResult<()>>),
+    User(String, Reply<ApiResult<Option<pesc_protocol::access::User>>>),
+    Token(String, Reply<ApiResult<Option<pesc_protocol::access::ApiToken>>>),
     List(Reply<Vec<RequestInfo>>),
     Get {
         id: String,
@@ -78,8 +84,9 @@ pub enum Command {
     PutDomain(Domain, Reply<ApiResult<Domain>>),
     Domains(Reply<Vec<Domain>>),
     Metrics(Reply<pesc_protocol::api::Metrics>),
-    /// Request changes after this version (the event stream).
-    Events(u64, Reply<EventsPage>),
+    /// Request changes after this version (the event stream); with an
+    /// owner, only changes to that user's requests.
+    Events(u64, Option<String>, Reply<EventsPage>),
     Domain(String, Reply<ApiResult<Domain>>),
     /// The node is stopping: stop this node's runs (their programs get
     /// SIGTERM, then a last checkpoint snapshot is taken), record them as
@@ -162,7 +169,6 @@ pub struct Settings {
     pub node: NodeId,
     pub name: String,
     pub slots: u32,
-    pub user: String,
     pub lease_ttl_ms: u64,
     pub data_dir: PathBuf,
     pub grid_id: String,
@@ -242,6 +248,8 @@ const EVENT_LOG: usize = 10_000;
 pub struct EventsPage {
     /// (version, request) in order.
     pub events: Vec<(u64, RequestId)>,
+    /// The newest change looked at (shown or filtered out).
+    pub scanned: Option<u64>,
     /// The newest version now.
     pub current: u64,
     /// False when changes after `since` were dropped already (or `since`
@@ -372,7 +380,7 @@ impl Agent {
         for req in requests.values() {
             observe_claims(&mut sightings, &s.node, &req.doc, 0);
         }
-        let agent = Agent {
+        let mut agent = Agent {
             sightings,
             races_lost: 0,
             claims_paused_until: 0,
@@ -417,6 +425,7 @@ impl Agent {
             net,
             repl: replication::Replication::default(),
         };
+        agent.refresh_rooms();
         Ok((agent, AgentHandle { tx, versions }, rx))
     }
 
@@ -960,7 +969,24 @@ impl Agent {
             Command::Processes(reply) => {
                 let _ = reply.send(self.grid.processes().unwrap_or_default());
             }
-            Command::Submit(n, reply) => match self.submit(n) {
+            Command::Access(reply) => {
+                let _ = reply.send(self.grid.access().map_err(ApiFailure::from));
+            }
+            Command::ChangeAccess(c, reply) => {
+                let r = self.grid.change_access(&c).map_err(ApiFailure::from);
+                if r.is_ok() {
+                    self.grid_dirty = true;
+                    self.refresh_rooms();
+                }
+                let _ = reply.send(r);
+            }
+            Command::User(name, reply) => {
+                let _ = reply.send(self.grid.user(&name).map_err(ApiFailure::from));
+            }
+            Command::Token(id, reply) => {
+                let _ = reply.send(self.grid.token(&id).map_err(ApiFailure::from));
+            }
+            Command::Submit(n, owner, reply) => match self.submit(n, owner) {
                 // Answer once the request is on disk here and on one peer, so an
                 // accepted request survives a crash of this node.
                 Ok(info) => self.replicate_then_reply(info, reply),
@@ -1040,18 +1066,30 @@ impl Agent {
                 self.grid_dirty = true;
                 let _ = reply.send(r);
             }
-            Command::Events(since, reply) => {
+            Command::Events(since, owner, reply) => {
                 // Every change after `since` is still in the log.
                 let complete = since <= self.version
                     && self.event_log.front().is_none_or(|e| since + 1 >= e.0);
-                let events = self
+                let after: Vec<(u64, RequestId)> = self
                     .event_log
                     .iter()
                     .filter(|e| e.0 > since)
                     .cloned()
                     .collect();
+                let scanned = after.last().map(|e| e.0);
+                let events = after
+                    .into_iter()
+                    .filter(|(_, id)| {
+                        owner.as_ref().is_none_or(|o| {
+                            self.requests
+                                .get(id)
+                                .is_some_and(|q| &q.doc.spec().owner == o)
+                        })
+                    })
+                    .collect();
                 let _ = reply.send(EventsPage {
                     events,
+                    scanned,
                     current: self.version,
                     complete,
                 });
@@ -1100,6 +1138,18 @@ impl Agent {
         }
     }
 
+    /// The rooms this node serves: those in its node.toml and the one a
+    /// room admin put it in.
+    fn refresh_rooms(&mut self) {
+        let mut rooms = self.s.rooms.clone();
+        if let Ok(Some(r)) = self.grid.placement(&self.s.node)
+            && !rooms.contains(&r)
+        {
+            rooms.push(r);
+        }
+        self.caps.rooms = rooms;
+    }
+
     fn file_info(&self, file: SharedFile) -> SharedFileInfo {
         let holders = self.grid.holders(&file.hash).unwrap_or_default();
         SharedFileInfo {
@@ -1109,7 +1159,7 @@ impl Agent {
         }
     }
 
-    fn submit(&mut self, n: NewRequest) -> ApiResult<RequestInfo> {
+    fn submit(&mut self, n: NewRequest, owner: String) -> ApiResult<RequestInfo> {
         let process = self.grid.process(&n.process).map_err(ApiFailure::from)?.ok_or_else(|| {
             ApiFailure::not_found(format!(
                 "process {} does not exist: upload it first (pesc submit PATH, or POST /api/v1/processes)",
@@ -1118,7 +1168,7 @@ impl Agent {
         })?;
         let spec = RequestSpec {
             id: RequestId::from_bytes(rand::random()),
-            owner: self.s.user.clone(),
+            owner,
             process,
             repetitions: n.repetitions,
             parameters: n.parameters,
@@ -1143,13 +1193,14 @@ impl Agent {
                 "parallel and same-node requests are not supported by this node yet",
             ));
         }
+        let rooms = self.grid.rooms().map_err(ApiFailure::from)?;
         if let Some(room) = spec
             .rooms
             .iter()
-            .find(|r| r.as_str() != pesc_protocol::model::GENERAL_ROOM)
+            .find(|r| !rooms.iter().any(|x| &x.name == *r))
         {
             return Err(ApiFailure::bad_request(format!(
-                "room '{room}' does not exist; use General"
+                "room '{room}' does not exist"
             )));
         }
         let doc = RequestDoc::create(spec.clone(), actor_id(&self.s.node, rand::random()))?;
@@ -1252,6 +1303,19 @@ impl Agent {
                         message: a.and_then(|a| a.message.clone()),
                         replicas: a.map(|a| a.replicas.clone()).unwrap_or_default(),
                         checkpoint: q.doc.latest_checkpoint(rank).and_then(|a| a.checkpoint),
+                        history: q
+                            .doc
+                            .attempts_of(rank)
+                            .iter()
+                            .map(|a| pesc_protocol::api::AttemptSpan {
+                                epoch: a.epoch,
+                                node: a.node.clone(),
+                                state: a.state,
+                                claimed_ms: a.claimed_ms,
+                                started_ms: a.started_ms,
+                                finished_ms: a.finished_ms,
+                            })
+                            .collect(),
                     }
                 })
                 .collect()

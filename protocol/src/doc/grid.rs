@@ -7,6 +7,7 @@ use super::SCHEMA;
 use super::fields::*;
 use crate::error::{Error, Result};
 use crate::ids::{BlobHash, NodeId, ProcessId, RequestId};
+use crate::access::{ApiToken, User};
 use crate::model::{Process, Room, SharedFile};
 
 /// What the grid document says about a request, so every node finds its document.
@@ -40,7 +41,9 @@ pub struct GridDoc {
 /// `files`: shared files by name; `holders`: `HASH.NODE` for every node that
 /// keeps a whole copy of a shared file (each node writes only its own keys);
 /// `domains`: execution environments by name.
-const MAPS: [&str; 7] = [
+/// `users`: accounts by name; `tokens`: API tokens by the hash of the
+/// token; `placements`: the named room each node was put in by a room admin.
+const MAPS: [&str; 10] = [
     "rooms",
     "processes",
     "requests",
@@ -48,6 +51,9 @@ const MAPS: [&str; 7] = [
     "files",
     "holders",
     "domains",
+    "users",
+    "tokens",
+    "placements",
 ];
 
 impl GridDoc {
@@ -197,6 +203,108 @@ impl GridDoc {
             .take_while(|item| item.key.starts_with(&prefix))
             .map(|item| NodeId::new(&item.key[prefix.len()..]))
             .collect())
+    }
+
+    pub fn put_user(&mut self, u: &User) -> Result<()> {
+        let o = self.obj("users")?;
+        put_json(&mut self.doc, &o, &u.name, u)
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        get_json(&self.doc, &self.obj("users")?, name)
+    }
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        Ok(json_entries(&self.doc, &self.obj("users")?)?
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect())
+    }
+
+    pub fn put_token(&mut self, t: &ApiToken) -> Result<()> {
+        let o = self.obj("tokens")?;
+        put_json(&mut self.doc, &o, &t.id, t)
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<ApiToken>> {
+        get_json(&self.doc, &self.obj("tokens")?, id)
+    }
+
+    pub fn tokens(&self) -> Result<Vec<ApiToken>> {
+        Ok(json_entries(&self.doc, &self.obj("tokens")?)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    pub fn remove_token(&mut self, id: &str) -> Result<bool> {
+        self.remove("tokens", id)
+    }
+
+    /// Puts a node in a named room (or takes it out with None).
+    pub fn place_node(&mut self, node: &NodeId, room: Option<&str>) -> Result<()> {
+        use automerge::transaction::Transactable;
+        let o = self.obj("placements")?;
+        match room {
+            Some(r) => self.doc.put(&o, node.as_str(), r)?,
+            None => {
+                self.remove("placements", node.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The named room a node was put in, if any.
+    pub fn placement(&self, node: &NodeId) -> Result<Option<String>> {
+        get_str(&self.doc, &self.obj("placements")?, node.as_str())
+    }
+
+    /// Every node put in a named room.
+    pub fn placements(&self) -> Result<Vec<(NodeId, String)>> {
+        use automerge::ReadDoc;
+        let o = self.obj("placements")?;
+        Ok(self
+            .doc
+            .map_range(&o, ..)
+            .filter_map(|item| match item.value {
+                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(r)) => {
+                    Some((NodeId::new(item.key.as_ref()), r.to_string()))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The access part of the document.
+    pub fn access(&self) -> Result<crate::access::AccessState> {
+        Ok(crate::access::AccessState {
+            users: self.users()?,
+            tokens: self.tokens()?,
+            rooms: self.rooms()?,
+            placements: self.placements()?,
+        })
+    }
+
+    /// Applies a change to the access part.
+    pub fn change_access(&mut self, c: &crate::access::AccessChange) -> Result<()> {
+        use crate::access::AccessChange::*;
+        match c {
+            PutUser(u) => self.put_user(u),
+            PutToken(t) => self.put_token(t),
+            RemoveToken(id) => self.remove_token(id).map(|_| ()),
+            PutRoom(r) => self.put_room(r),
+            PlaceNode(n, r) => self.place_node(n, r.as_deref()),
+        }
+    }
+
+    fn remove(&mut self, map: &str, key: &str) -> Result<bool> {
+        use automerge::transaction::Transactable;
+        let o = self.obj(map)?;
+        if get_scalar(&self.doc, &o, key)?.is_none() {
+            return Ok(false);
+        }
+        self.doc.delete(&o, key)?;
+        Ok(true)
     }
 
     /// The grid id written at genesis (None for documents older than it).

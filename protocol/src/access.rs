@@ -1,0 +1,275 @@
+//! Accounts, roles and who may do what: pure rules the API applies.
+//!
+//! Users and their API tokens live in the grid document, so an account works
+//! on every node. Rooms say which users may send runs to which nodes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::limits::MAX_NAME_BYTES;
+use crate::model::{GENERAL_ROOM, Room};
+
+/// PESC's three audiences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Role {
+    /// Submits requests and sees their own.
+    User,
+    /// Also manages domains and sees every request and node.
+    Operator,
+    /// Everything: users, rooms, every request, the join token.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "user" => Ok(Role::User),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(Error::invalid(format!(
+                "unknown role '{s}': use admin, operator or user"
+            ))),
+        }
+    }
+}
+
+/// An account, as the grid document keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    /// Argon2id, PHC string format.
+    pub password_hash: String,
+    pub created_ms: u64,
+}
+
+/// An API token: the grid keeps only a hash of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiToken {
+    /// Hex BLAKE3 hash of the token (also its id).
+    pub id: String,
+    pub user: String,
+    pub label: String,
+    pub created_ms: u64,
+}
+
+/// Who makes a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub role: Role,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+    /// Sees every request and node (admins and operators).
+    pub fn sees_all(&self) -> bool {
+        self.role >= Role::Operator
+    }
+    /// May see a request made by `owner`.
+    pub fn may_see_request(&self, owner: &str) -> bool {
+        self.sees_all() || self.user == owner
+    }
+    /// May cancel a request made by `owner`: its owner, or an admin.
+    pub fn may_cancel_request(&self, owner: &str) -> bool {
+        self.is_admin() || self.user == owner
+    }
+    /// May send runs to this room.
+    pub fn may_use_room(&self, room: &Room) -> bool {
+        room.public || self.is_admin() || self.is_room_admin(room) || room.users.contains(&self.user)
+    }
+    /// Manages the room's users and nodes.
+    pub fn is_room_admin(&self, room: &Room) -> bool {
+        self.is_admin() || room.admins.contains(&self.user)
+    }
+    /// May put a node that is now in `from` (a named room, or none) into `to`.
+    pub fn may_place_node(&self, from: Option<&Room>, to: &Room) -> bool {
+        self.is_room_admin(to) && from.is_none_or(|f| self.is_room_admin(f))
+    }
+}
+
+/// Everything about access the grid document holds.
+#[derive(Debug, Clone, Default)]
+pub struct AccessState {
+    pub users: Vec<User>,
+    pub tokens: Vec<ApiToken>,
+    pub rooms: Vec<Room>,
+    /// The named room each placed node is in.
+    pub placements: Vec<(crate::NodeId, String)>,
+}
+
+impl AccessState {
+    pub fn room(&self, name: &str) -> Option<&Room> {
+        self.rooms.iter().find(|r| r.name == name)
+    }
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+    pub fn placement(&self, node: &crate::NodeId) -> Option<&str> {
+        self.placements
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, r)| r.as_str())
+    }
+}
+
+/// A change to the access part of the grid document.
+#[derive(Debug, Clone)]
+pub enum AccessChange {
+    PutUser(User),
+    PutToken(ApiToken),
+    RemoveToken(String),
+    PutRoom(Room),
+    /// Puts a node in a named room, or takes it out of its room.
+    PlaceNode(crate::NodeId, Option<String>),
+}
+
+/// Checks a user or room name: short, printable, no separators that
+/// would confuse a URL or a document key.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Error::invalid(format!(
+            "the {what} name must be 1 to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    {
+        return Err(Error::invalid(format!(
+            "the {what} name '{name}' may hold only letters, digits and - _ . @"
+        )));
+    }
+    Ok(())
+}
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+pub fn check_password(p: &str) -> Result<()> {
+    if p.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Error::invalid(format!(
+            "the password must have at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    if p.len() > 1024 {
+        return Err(Error::invalid("the password is longer than 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// The rooms a request may name: each must exist and be open to the user.
+pub fn check_request_rooms(who: &Principal, wanted: &[String], rooms: &[Room]) -> Result<()> {
+    for name in wanted {
+        if name == GENERAL_ROOM {
+            continue;
+        }
+        let Some(room) = rooms.iter().find(|r| &r.name == name) else {
+            return Err(Error::invalid(format!("room '{name}' does not exist")));
+        };
+        if !who.may_use_room(room) {
+            return Err(Error::Forbidden(format!(
+                "room '{name}' is not open to {}: ask one of its admins ({})",
+                who.user,
+                if room.admins.is_empty() {
+                    "the grid admins".to_string()
+                } else {
+                    room.admins.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(user: &str, role: Role) -> Principal {
+        Principal {
+            user: user.into(),
+            role,
+        }
+    }
+
+    fn room(name: &str, admins: &[&str], users: &[&str]) -> Room {
+        Room {
+            name: name.into(),
+            public: false,
+            admins: admins.iter().map(|s| s.to_string()).collect(),
+            users: users.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn rooms_are_open_to_their_users_admins_and_grid_admins() {
+        let lab = room("lab", &["ana"], &["bob"]);
+        assert!(p("bob", Role::User).may_use_room(&lab));
+        assert!(p("ana", Role::User).may_use_room(&lab));
+        assert!(p("root", Role::Admin).may_use_room(&lab));
+        assert!(!p("eve", Role::Operator).may_use_room(&lab));
+        assert!(p("eve", Role::User).may_use_room(&Room::general()));
+    }
+
+    #[test]
+    fn moving_a_node_needs_admin_of_both_rooms() {
+        let a = room("a", &["ana"], &[]);
+        let b = room("b", &["bob"], &[]);
+        assert!(p("ana", Role::User).may_place_node(None, &a));
+        assert!(!p("ana", Role::User).may_place_node(Some(&b), &a));
+        assert!(!p("bob", Role::User).may_place_node(Some(&b), &a));
+        let both = room("c", &["ana"], &[]);
+        assert!(p("ana", Role::User).may_place_node(Some(&both), &a));
+        assert!(p("root", Role::Admin).may_place_node(Some(&b), &a));
+    }
+
+    #[test]
+    fn requests_are_seen_by_owner_and_operators_and_cancelled_by_owner_and_admins() {
+        assert!(p("bob", Role::User).may_see_request("bob"));
+        assert!(!p("bob", Role::User).may_see_request("ana"));
+        assert!(p("op", Role::Operator).may_see_request("ana"));
+        assert!(!p("op", Role::Operator).may_cancel_request("ana"));
+        assert!(p("root", Role::Admin).may_cancel_request("ana"));
+    }
+
+    #[test]
+    fn request_rooms_must_exist_and_be_open() {
+        let rooms = vec![Room::general(), room("lab", &["ana"], &[])];
+        let bob = p("bob", Role::User);
+        assert!(check_request_rooms(&bob, &["General".into()], &rooms).is_ok());
+        assert!(matches!(
+            check_request_rooms(&bob, &["lab".into()], &rooms),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            check_request_rooms(&bob, &["nope".into()], &rooms),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn names_and_passwords_are_checked() {
+        assert!(check_name("user", "ana.silva@ufpe").is_ok());
+        assert!(check_name("user", "a/b").is_err());
+        assert!(check_name("user", "").is_err());
+        assert!(check_password("short").is_err());
+        assert!(check_password("long enough").is_ok());
+    }
+}

@@ -1,0 +1,530 @@
+//! `/api/v1` for accounts, API tokens, rooms and the join token.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use axum::{Extension, Json, Router};
+use pesc_protocol::NodeId;
+use pesc_protocol::access::{
+    AccessChange, AccessState, ApiToken, Principal, Role, User, check_name, check_password,
+};
+use pesc_protocol::api::{
+    CreatedToken, JoinInfo, Login, Me, NewRoom, NewToken, NewUser, RoomInfo, UserChange, UserInfo,
+};
+use pesc_protocol::model::{GENERAL_ROOM, Room};
+
+use crate::auth::{
+    AppState, Caller, SESSION_SECS, hash_password, new_token, session_cookie, token_id,
+    unix_now, verify_password,
+};
+use crate::error::ApiFailure;
+
+type St = State<AppState>;
+type Who = Extension<Caller>;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/logout", post(logout))
+        .route("/me", get(me))
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{name}", patch(change_user))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(delete_token))
+        .route("/rooms", get(list_rooms).post(create_room))
+        .route("/rooms/{name}", get(get_room))
+        .route(
+            "/rooms/{name}/admins/{user}",
+            put(add_room_admin).delete(remove_room_admin),
+        )
+        .route(
+            "/rooms/{name}/users/{user}",
+            put(add_room_user).delete(remove_room_user),
+        )
+        .route(
+            "/rooms/{name}/nodes/{node}",
+            put(place_node).delete(unplace_node),
+        )
+        .route("/grid/join-token", get(join_token))
+}
+
+fn body<T>(
+    b: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    what: &str,
+) -> Result<T, ApiFailure> {
+    b.map(|Json(x)| x)
+        .map_err(|e| ApiFailure::bad_request(format!("bad {what}: {}", e.body_text())))
+}
+
+fn need_admin(c: &Caller, what: &str) -> Result<(), ApiFailure> {
+    if c.who.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiFailure::forbidden(format!("only admins {what}")))
+    }
+}
+
+/// Checks a user and password; starts a session.
+pub(crate) async fn login(
+    State(st): St,
+    b: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiFailure> {
+    let l = body(b, "login body")?;
+    let (value, user) = start_session(&st, &l.user, &l.password).await?;
+    let me = Me {
+        user: user.name,
+        role: user.role,
+        csrf: Some(st.auth.csrf_for(&value)),
+    };
+    Ok(([(header::SET_COOKIE, session_cookie(&value))], Json(me)).into_response())
+}
+
+/// The signed session value for a user whose password is right.
+pub(crate) async fn start_session(
+    st: &AppState,
+    name: &str,
+    password: &str,
+) -> Result<(String, User), ApiFailure> {
+    st.auth.check_login_rate(name)?;
+    let user = st.svc.user(name).await?;
+    // Unknown users cost a hash too, so timing does not tell who exists.
+    let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| {
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Wm3KDuRyB4S8dT0aEUpDmnQ7N30pbGgJV6U3mHZ20Hk".into()
+    });
+    let ok = verify_password(password.to_string(), hash).await;
+    match user {
+        Some(u) if ok => {
+            st.auth.login_succeeded(name);
+            let value = st.auth.session_value(&u, unix_now() + SESSION_SECS);
+            Ok((value, u))
+        }
+        _ => {
+            st.auth.login_failed(name);
+            Err(ApiFailure::unauthorized("wrong user name or password"))
+        }
+    }
+}
+
+async fn logout() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, session_cookie(""))],
+    )
+        .into_response()
+}
+
+async fn me(Extension(c): Who) -> Json<Me> {
+    Json(Me {
+        user: c.who.user,
+        role: c.who.role,
+        csrf: c.csrf,
+    })
+}
+
+fn info(u: &User) -> UserInfo {
+    UserInfo {
+        name: u.name.clone(),
+        role: u.role,
+        created_ms: u.created_ms,
+    }
+}
+
+async fn list_users(State(st): St, Extension(c): Who) -> Result<Json<Vec<UserInfo>>, ApiFailure> {
+    need_admin(&c, "list users")?;
+    let a = st.svc.access().await?;
+    Ok(Json(a.users.iter().map(info).collect()))
+}
+
+/// Makes an account (checks the name and password, refuses a taken name).
+pub(crate) async fn add_user(st: &AppState, n: NewUser) -> Result<User, ApiFailure> {
+    check_name("user", &n.name)?;
+    check_password(&n.password)?;
+    if st.svc.user(&n.name).await?.is_some() {
+        return Err(ApiFailure::conflict(format!(
+            "user '{}' exists already",
+            n.name
+        )));
+    }
+    let u = User {
+        name: n.name,
+        role: n.role,
+        password_hash: hash_password(n.password).await?,
+        created_ms: unix_now() * 1000,
+    };
+    st.svc.change_access(AccessChange::PutUser(u.clone())).await?;
+    Ok(u)
+}
+
+async fn create_user(
+    State(st): St,
+    Extension(c): Who,
+    b: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    need_admin(&c, "add users")?;
+    let u = add_user(&st, body(b, "user body")?).await?;
+    Ok((StatusCode::CREATED, Json(info(&u))))
+}
+
+/// Admins change anyone's role or password; a user changes their own password.
+pub(crate) async fn apply_user_change(
+    st: &AppState,
+    who: &Principal,
+    name: &str,
+    ch: UserChange,
+) -> Result<User, ApiFailure> {
+    let mut u = st
+        .svc
+        .user(name)
+        .await?
+        .ok_or_else(|| ApiFailure::not_found(format!("no user '{name}'")))?;
+    if !who.is_admin() && (who.user != name || ch.role.is_some()) {
+        return Err(ApiFailure::forbidden(
+            "only admins change roles or other users' passwords",
+        ));
+    }
+    if let Some(role) = ch.role {
+        if u.role == Role::Admin && role != Role::Admin {
+            let a = st.svc.access().await?;
+            if a.users.iter().filter(|x| x.role == Role::Admin).count() <= 1 {
+                return Err(ApiFailure::conflict(
+                    "this is the last admin: make another admin first",
+                ));
+            }
+        }
+        u.role = role;
+    }
+    if let Some(p) = ch.password {
+        check_password(&p)?;
+        u.password_hash = hash_password(p).await?;
+    }
+    st.svc.change_access(AccessChange::PutUser(u.clone())).await?;
+    Ok(u)
+}
+
+async fn change_user(
+    State(st): St,
+    Extension(c): Who,
+    Path(name): Path<String>,
+    b: Result<Json<UserChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<UserInfo>, ApiFailure> {
+    let ch = body(b, "user change")?;
+    let u = apply_user_change(&st, &c.who, &name, ch).await?;
+    Ok(Json(info(&u)))
+}
+
+async fn list_tokens(
+    State(st): St,
+    Extension(c): Who,
+) -> Result<Json<Vec<ApiToken>>, ApiFailure> {
+    let a = st.svc.access().await?;
+    Ok(Json(
+        a.tokens.into_iter().filter(|t| t.user == c.who.user).collect(),
+    ))
+}
+
+/// A new API token for the caller.
+pub(crate) async fn make_token(
+    st: &AppState,
+    who: &Principal,
+    label: String,
+) -> Result<CreatedToken, ApiFailure> {
+    if st.svc.user(&who.user).await?.is_none() {
+        return Err(ApiFailure::bad_request(format!(
+            "'{}' has no account: API tokens belong to accounts (the node's own token needs none)",
+            who.user
+        )));
+    }
+    if label.len() > 200 {
+        return Err(ApiFailure::bad_request("the label is longer than 200 bytes"));
+    }
+    let token = new_token();
+    let t = ApiToken {
+        id: token_id(&token),
+        user: who.user.clone(),
+        label,
+        created_ms: unix_now() * 1000,
+    };
+    st.svc.change_access(AccessChange::PutToken(t.clone())).await?;
+    Ok(CreatedToken { token, info: t })
+}
+
+async fn create_token(
+    State(st): St,
+    Extension(c): Who,
+    b: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let n = body(b, "token body")?;
+    Ok((StatusCode::CREATED, Json(make_token(&st, &c.who, n.label).await?)))
+}
+
+/// Revokes one of the caller's tokens (admins: anyone's).
+pub(crate) async fn revoke_token(
+    st: &AppState,
+    who: &Principal,
+    id: &str,
+) -> Result<(), ApiFailure> {
+    let t = st
+        .svc
+        .token(id)
+        .await?
+        .filter(|t| who.is_admin() || t.user == who.user)
+        .ok_or_else(|| ApiFailure::not_found(format!("you have no token {id}")))?;
+    st.svc.change_access(AccessChange::RemoveToken(t.id)).await
+}
+
+async fn delete_token(
+    State(st): St,
+    Extension(c): Who,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiFailure> {
+    revoke_token(&st, &c.who, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The rooms the caller may use (admins: all), with their nodes.
+pub(crate) fn visible_rooms(a: &AccessState, who: &Principal) -> Vec<RoomInfo> {
+    let mut rooms: Vec<RoomInfo> = a
+        .rooms
+        .iter()
+        .filter(|r| who.may_use_room(r))
+        .map(|r| RoomInfo {
+            nodes: a
+                .placements
+                .iter()
+                .filter(|(_, p)| p == &r.name)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            manage: r.name != GENERAL_ROOM && who.is_room_admin(r),
+            room: r.clone(),
+        })
+        .collect();
+    rooms.sort_by(|a, b| {
+        (a.room.name != GENERAL_ROOM, &a.room.name).cmp(&(b.room.name != GENERAL_ROOM, &b.room.name))
+    });
+    rooms
+}
+
+async fn list_rooms(
+    State(st): St,
+    Extension(c): Who,
+) -> Result<Json<Vec<RoomInfo>>, ApiFailure> {
+    Ok(Json(visible_rooms(&st.svc.access().await?, &c.who)))
+}
+
+async fn get_room(
+    State(st): St,
+    Extension(c): Who,
+    Path(name): Path<String>,
+) -> Result<Json<RoomInfo>, ApiFailure> {
+    visible_rooms(&st.svc.access().await?, &c.who)
+        .into_iter()
+        .find(|r| r.room.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiFailure::not_found(format!("no room '{name}' open to you")))
+}
+
+/// Makes a room (admins only).
+pub(crate) async fn add_room(st: &AppState, who: &Principal, n: NewRoom) -> Result<Room, ApiFailure> {
+    if !who.is_admin() {
+        return Err(ApiFailure::forbidden("only admins make rooms"));
+    }
+    check_name("room", &n.name)?;
+    let a = st.svc.access().await?;
+    if a.room(&n.name).is_some() {
+        return Err(ApiFailure::conflict(format!("room '{}' exists already", n.name)));
+    }
+    for u in &n.admins {
+        if a.user(u).is_none() {
+            return Err(ApiFailure::bad_request(format!("no user '{u}' to make room admin")));
+        }
+    }
+    let r = Room {
+        name: n.name,
+        public: n.public,
+        admins: n.admins,
+        users: Vec::new(),
+    };
+    st.svc.change_access(AccessChange::PutRoom(r.clone())).await?;
+    Ok(r)
+}
+
+async fn create_room(
+    State(st): St,
+    Extension(c): Who,
+    b: Result<Json<NewRoom>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let r = add_room(&st, &c.who, body(b, "room body")?).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// Which list of a room an edit touches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Member {
+    Admin,
+    User,
+}
+
+/// Adds or removes a room admin (grid admins) or a room user (room admins).
+pub(crate) async fn edit_member(
+    st: &AppState,
+    who: &Principal,
+    room: &str,
+    user: &str,
+    list: Member,
+    present: bool,
+) -> Result<Room, ApiFailure> {
+    let a = st.svc.access().await?;
+    let mut r = a
+        .room(room)
+        .filter(|r| r.name != GENERAL_ROOM)
+        .cloned()
+        .ok_or_else(|| {
+            ApiFailure::not_found(format!(
+                "no room '{room}' to change (General is open to everyone)"
+            ))
+        })?;
+    let allowed = match list {
+        Member::Admin => who.is_admin(),
+        Member::User => who.is_room_admin(&r),
+    };
+    if !allowed {
+        return Err(ApiFailure::forbidden(match list {
+            Member::Admin => "only admins name room admins".to_string(),
+            Member::User => format!("only admins of room '{room}' change its users"),
+        }));
+    }
+    if present && a.user(user).is_none() {
+        return Err(ApiFailure::bad_request(format!("no user '{user}'")));
+    }
+    let v = match list {
+        Member::Admin => &mut r.admins,
+        Member::User => &mut r.users,
+    };
+    v.retain(|u| u != user);
+    if present {
+        v.push(user.to_string());
+    }
+    st.svc.change_access(AccessChange::PutRoom(r.clone())).await?;
+    Ok(r)
+}
+
+async fn add_room_admin(
+    State(st): St,
+    Extension(c): Who,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<Json<Room>, ApiFailure> {
+    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::Admin, true).await?))
+}
+
+async fn remove_room_admin(
+    State(st): St,
+    Extension(c): Who,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<Json<Room>, ApiFailure> {
+    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::Admin, false).await?))
+}
+
+async fn add_room_user(
+    State(st): St,
+    Extension(c): Who,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<Json<Room>, ApiFailure> {
+    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::User, true).await?))
+}
+
+async fn remove_room_user(
+    State(st): St,
+    Extension(c): Who,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<Json<Room>, ApiFailure> {
+    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::User, false).await?))
+}
+
+/// Puts a node in a room (or, with None, takes it out of `room`). Moving
+/// a node out of another named room needs admin of that room too.
+pub(crate) async fn move_node(
+    st: &AppState,
+    who: &Principal,
+    room: &str,
+    node: &str,
+    put_in: bool,
+) -> Result<(), ApiFailure> {
+    let a = st.svc.access().await?;
+    let target = a
+        .room(room)
+        .filter(|r| r.name != GENERAL_ROOM)
+        .ok_or_else(|| {
+            ApiFailure::not_found(format!(
+                "no room '{room}' (every node is in General already)"
+            ))
+        })?;
+    let nodes = st.svc.nodes().await?;
+    let Some(n) = nodes
+        .iter()
+        .find(|n| n.id.as_str() == node || n.name == node)
+    else {
+        return Err(ApiFailure::not_found(format!("no node '{node}' in this grid")));
+    };
+    let id: NodeId = n.id.clone();
+    let current = a.placement(&id).and_then(|r| a.room(r));
+    if put_in {
+        let from = current.filter(|c| c.name != target.name);
+        if !who.may_place_node(from, target) {
+            return Err(ApiFailure::forbidden(match from {
+                Some(f) => format!(
+                    "node {} is in room '{}': moving it to '{}' needs admin of both rooms",
+                    n.name, f.name, target.name
+                ),
+                None => format!("only admins of room '{}' add nodes to it", target.name),
+            }));
+        }
+        st.svc
+            .change_access(AccessChange::PlaceNode(id, Some(target.name.clone())))
+            .await
+    } else {
+        if !who.is_room_admin(target) {
+            return Err(ApiFailure::forbidden(format!(
+                "only admins of room '{}' take nodes out of it",
+                target.name
+            )));
+        }
+        if current.is_none_or(|c| c.name != target.name) {
+            return Err(ApiFailure::not_found(format!(
+                "node {} is not in room '{}'",
+                n.name, target.name
+            )));
+        }
+        st.svc.change_access(AccessChange::PlaceNode(id, None)).await
+    }
+}
+
+async fn place_node(
+    State(st): St,
+    Extension(c): Who,
+    Path((room, node)): Path<(String, String)>,
+) -> Result<StatusCode, ApiFailure> {
+    move_node(&st, &c.who, &room, &node, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unplace_node(
+    State(st): St,
+    Extension(c): Who,
+    Path((room, node)): Path<(String, String)>,
+) -> Result<StatusCode, ApiFailure> {
+    move_node(&st, &c.who, &room, &node, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) fn join_info(st: &AppState) -> JoinInfo {
+    let token = st.svc.join_token();
+    JoinInfo {
+        command: format!("pesc node --join {token}"),
+        token,
+    }
+}
+
+async fn join_token(State(st): St, Extension(c): Who) -> Result<Json<JoinInfo>, ApiFailure> {
+    need_admin(&c, "see the join token")?;
+    Ok(Json(join_info(&st)))
+}

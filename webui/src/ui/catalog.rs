@@ -1,0 +1,182 @@
+//! Domains, processes and shared files.
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use pesc_protocol::api::NewDomain;
+use serde::Deserialize;
+
+use super::{Flash, Page, back, csrf_field, failed, fmt_bytes, layout, when};
+use crate::auth::AppState;
+use crate::error::ApiFailure;
+
+type St = State<AppState>;
+
+pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
+    let (domains, templates, nodes) = match tokio::try_join!(
+        st.svc.list_domains(),
+        st.svc.templates(),
+        st.svc.nodes()
+    ) {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
+    let docker: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.executor == "docker")
+        .map(|n| n.name.as_str())
+        .collect();
+    let body = html! {
+        p { "A domain is an execution environment: a Dockerfile (from a template plus packages, or your own). "
+            "Each node with Docker builds its image the first time a run needs it, and keeps it. "
+            @if docker.is_empty() { b { "No node of this grid runs Docker now: requests naming a domain will wait." } }
+            @else { "Nodes that build domains: " (docker.join(", ")) "." } }
+        table {
+            thead { tr { th { "Name" } th { "Image tag" } th { "Template" } th { "By" } th { "Created" } th { "Dockerfile" } } }
+            tbody {
+                @for d in &domains {
+                    tr {
+                        td { (d.name) }
+                        td { code { (d.image_tag()) } }
+                        td { (d.template.as_deref().unwrap_or("own Dockerfile")) }
+                        td { (d.owner) }
+                        td { (when(d.created_ms)) }
+                        td { details { summary { "show" } pre { (d.dockerfile) } @if !d.requirements.is_empty() { pre { (d.requirements) } } } }
+                    }
+                }
+            }
+        }
+        @if p.who().sees_all() {
+            h2 { "New domain" }
+            form.card method="post" action="/domains" {
+                (csrf_field(&p))
+                label { "Name " input name="name" required pattern="[A-Za-z0-9._-]+"; }
+                label { "Template "
+                    select name="template" {
+                        option value="" { "— my own Dockerfile below —" }
+                        @for t in &templates { option value=(t.name) { (t.name) ": " (t.description) " (" (t.base) ")" } }
+                    }
+                }
+                label { "Extra packages (space or comma separated) " input name="packages" placeholder="numpy scipy"; }
+                label { "Own Dockerfile " textarea name="dockerfile" rows="6" placeholder="FROM python:3.12-slim" {} }
+                label { "requirements.txt (optional) " textarea name="requirements" rows="3" {} }
+                button type="submit" { "Save domain" }
+            }
+        } @else {
+            p { "Operators and admins add domains." }
+        }
+    };
+    layout(&p, "Domains", &flash, body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DomainForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    template: String,
+    #[serde(default)]
+    packages: String,
+    #[serde(default)]
+    dockerfile: String,
+    #[serde(default)]
+    requirements: String,
+}
+
+pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm>) -> Response {
+    if let Err(r) = p.check_csrf(&f.csrf) {
+        return *r;
+    }
+    let r = async {
+        if !p.who().sees_all() {
+            return Err(ApiFailure::forbidden("only operators and admins make domains"));
+        }
+        let nonempty = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+        let d = NewDomain {
+            name: f.name.trim().to_string(),
+            template: nonempty(f.template),
+            packages: f
+                .packages
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            dockerfile: nonempty(f.dockerfile),
+            requirements: nonempty(f.requirements),
+        };
+        let d = st.svc.create_domain(d).await?;
+        Ok(format!("Domain {} saved (image {}).", d.name, d.image_tag()))
+    }
+    .await;
+    back("/domains", r)
+}
+
+pub(crate) async fn processes_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
+    let list = match st.svc.list_processes().await {
+        Ok(l) => l,
+        Err(e) => return failed(e),
+    };
+    let body = html! {
+        p { "Programs uploaded to the grid (a file, or a zip with an entry). Upload a new one from "
+            a href="/requests/new" { "New request" } ", or with " code { "pesc submit" } "." }
+        table {
+            thead { tr { th { "Name" } th { "Id" } th { "Language" } th { "Entry" } th { "Size" } th { "By" } th { "Uploaded" } } }
+            tbody {
+                @for pr in &list {
+                    tr {
+                        td { (pr.name) }
+                        td { code { (pr.id.short()) } }
+                        td { (pr.language.as_str()) }
+                        td { code { (pr.entry) } }
+                        td { (fmt_bytes(pr.size)) }
+                        td { (pr.owner) }
+                        td { (when(pr.created_ms)) }
+                    }
+                }
+            }
+        }
+    };
+    layout(&p, "Processes", &flash, body).into_response()
+}
+
+pub(crate) async fn files_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
+    let (files, nodes) = match tokio::try_join!(st.svc.list_files(), st.svc.nodes()) {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
+    let names: HashMap<&str, &str> = nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.name.as_str()))
+        .collect();
+    let body = html! {
+        p { "Shared files are inputs many runs read (data sets, models). Runs see them read-only in their app dir; each node fetches a file once, from the nodes that hold it." }
+        table {
+            thead { tr { th { "Name" } th { "Size" } th { "BLAKE3" } th { "Held by" } th { "By" } th { "Added" } } }
+            tbody {
+                @for f in &files {
+                    tr {
+                        td { (f.file.name) }
+                        td { (fmt_bytes(f.file.size)) }
+                        td { code title=(f.file.hash.to_hex()) { (f.file.hash.to_hex()[..16]) "…" } }
+                        td { @for (i, h) in f.holders.iter().enumerate() { @if i > 0 { ", " } (names.get(h.as_str()).copied().unwrap_or(h.as_str())) } }
+                        td { (f.file.owner) }
+                        td { (when(f.file.created_ms)) }
+                    }
+                }
+            }
+        }
+        h2 { "Add a shared file" }
+        form #file-upload.card {
+            label { "File " input type="file" name="file" required; }
+            label { "Name runs see it under (default: the file's name) " input name="name"; }
+            div.upload-progress hidden { progress max="100" value="0" {} span {} }
+            p.flash.error role="alert" hidden {}
+            button type="submit" { "Upload" }
+        }
+    };
+    layout(&p, "Shared files", &flash, body).into_response()
+}

@@ -1,0 +1,311 @@
+//! The request page's run map (nodes × time, one bar per attempt) and
+//! PESC's statistics table, drawn from a request's runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use pesc_protocol::api::RequestInfo;
+use pesc_protocol::model::AttemptState;
+
+/// Per node: attempts that succeeded and their mean duration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStats {
+    pub node: String,
+    pub runs: u32,
+    pub mean_ms: u64,
+}
+
+/// PESC's statistics of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub per_node: Vec<NodeStats>,
+    /// From the first start to the last end (or `now`).
+    pub makespan_ms: u64,
+    /// Σ of the successful runs' durations.
+    pub total_run_ms: u64,
+    /// Σ run time / makespan.
+    pub speedup: f64,
+}
+
+/// One bar of the run map.
+struct Bar {
+    rank: u32,
+    epoch: u32,
+    node: String,
+    state: AttemptState,
+    from: u64,
+    to: u64,
+}
+
+fn bars(r: &RequestInfo, name: &dyn Fn(&str) -> String, now_ms: u64) -> Vec<Bar> {
+    let mut out = Vec::new();
+    for run in r.runs.iter().flatten() {
+        for a in &run.history {
+            let from = a.started_ms.unwrap_or(a.claimed_ms);
+            let to = a.finished_ms.unwrap_or(now_ms).max(from);
+            out.push(Bar {
+                rank: run.rank,
+                epoch: a.epoch,
+                node: name(a.node.as_str()),
+                state: a.state,
+                from,
+                to,
+            });
+        }
+    }
+    out
+}
+
+pub fn stats(r: &RequestInfo, name: &dyn Fn(&str) -> String, now_ms: u64) -> Stats {
+    let bars = bars(r, name, now_ms);
+    let mut per: BTreeMap<String, (u32, u64)> = BTreeMap::new();
+    let mut total = 0;
+    for b in bars.iter().filter(|b| b.state == AttemptState::Succeeded) {
+        let e = per.entry(b.node.clone()).or_default();
+        e.0 += 1;
+        e.1 += b.to - b.from;
+        total += b.to - b.from;
+    }
+    let start = bars.iter().map(|b| b.from).min();
+    let end = bars.iter().map(|b| b.to).max();
+    let makespan = match (start, end) {
+        (Some(s), Some(e)) => e - s,
+        _ => 0,
+    };
+    Stats {
+        per_node: per
+            .into_iter()
+            .map(|(node, (runs, sum))| NodeStats {
+                node,
+                runs,
+                mean_ms: sum / u64::from(runs.max(1)),
+            })
+            .collect(),
+        makespan_ms: makespan,
+        total_run_ms: total,
+        speedup: if makespan > 0 {
+            total as f64 / makespan as f64
+        } else {
+            0.0
+        },
+    }
+}
+
+fn color(s: AttemptState) -> &'static str {
+    match s {
+        AttemptState::Succeeded => "#2e7d32",
+        AttemptState::Running | AttemptState::Claimed => "#1565c0",
+        AttemptState::Failed | AttemptState::Error => "#c62828",
+        AttemptState::Lost | AttemptState::Yielded => "#ef6c00",
+        AttemptState::Cancelled => "#757575",
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The run map as SVG: a row per node, a bar per attempt (reassigned ones
+/// orange, failed red), time along x from the first start.
+pub fn gantt_svg(r: &RequestInfo, name: &dyn Fn(&str) -> String, now_ms: u64) -> String {
+    let bars = bars(r, name, now_ms);
+    if bars.is_empty() {
+        return String::new();
+    }
+    let mut nodes: Vec<&str> = bars.iter().map(|b| b.node.as_str()).collect();
+    nodes.sort();
+    nodes.dedup();
+    let t0 = bars.iter().map(|b| b.from).min().unwrap_or(0);
+    let t1 = bars.iter().map(|b| b.to).max().unwrap_or(t0).max(t0 + 1);
+    let (left, width, row, top) = (140.0, 760.0, 26.0, 10.0);
+    let height = top + row * nodes.len() as f64 + 30.0;
+    let x = |t: u64| left + (t - t0) as f64 / (t1 - t0) as f64 * width;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg class="gantt" role="img" aria-label="run map" viewBox="0 0 {w} {height}" width="100%" xmlns="http://www.w3.org/2000/svg">"##,
+        w = left + width + 10.0
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let y = top + row * i as f64;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end" font-size="12">{}</text><line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/>"##,
+            left - 6.0,
+            y + row * 0.65,
+            esc(n),
+            left + width,
+            y + row,
+            y + row
+        );
+    }
+    for b in &bars {
+        let i = nodes.iter().position(|n| *n == b.node).unwrap_or(0);
+        let y = top + row * i as f64 + 3.0;
+        let (x0, x1) = (x(b.from), x(b.to));
+        let _ = write!(
+            s,
+            r##"<rect class="bar {state:?}" x="{x0:.1}" y="{y:.1}" width="{w:.1}" height="{h}" fill="{c}" fill-opacity="0.85" stroke="#fff"><title>rank {rank}, attempt {epoch}, {state:?}, {dur}</title></rect>"##,
+            w = (x1 - x0).max(1.5),
+            h = row - 6.0,
+            c = color(b.state),
+            rank = b.rank,
+            epoch = b.epoch,
+            state = b.state,
+            dur = super::fmt_duration(b.to - b.from),
+        );
+        if x1 - x0 > 22.0 {
+            let _ = write!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#fff">{}</text>"##,
+                x0 + 3.0,
+                y + row * 0.5,
+                b.rank
+            );
+        }
+    }
+    let axis_y = top + row * nodes.len() as f64 + 16.0;
+    for k in 0..=4 {
+        let t = t0 + (t1 - t0) * k / 4;
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="{axis_y}" font-size="11" text-anchor="middle">{}</text>"##,
+            x(t),
+            super::fmt_duration(t - t0)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// Runs per node as a bar chart (SVG).
+pub fn stats_svg(st: &Stats) -> String {
+    if st.per_node.is_empty() {
+        return String::new();
+    }
+    let max = st.per_node.iter().map(|n| n.runs).max().unwrap_or(1).max(1);
+    let (left, width, row) = (140.0, 400.0, 22.0);
+    let height = row * st.per_node.len() as f64 + 8.0;
+    let mut s = format!(
+        r##"<svg class="stats" role="img" aria-label="runs per node" viewBox="0 0 {} {height}" width="100%" xmlns="http://www.w3.org/2000/svg">"##,
+        left + width + 60.0
+    );
+    for (i, n) in st.per_node.iter().enumerate() {
+        let y = row * i as f64 + 4.0;
+        let w = width * f64::from(n.runs) / f64::from(max);
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end" font-size="12">{}</text><rect x="{left}" y="{y}" width="{w:.1}" height="{}" fill="#1565c0"/><text x="{:.1}" y="{}" font-size="12">{}</text>"##,
+            left - 6.0,
+            y + row * 0.6,
+            esc(&n.node),
+            row - 6.0,
+            left + w + 4.0,
+            y + row * 0.6,
+            n.runs
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pesc_protocol::api::{AttemptSpan, RunInfo};
+    use pesc_protocol::model::{Language, RequestState, RunState};
+    use pesc_protocol::{NodeId, ProcessId, RequestId};
+
+    fn span(epoch: u32, node: &str, state: AttemptState, from: u64, to: u64) -> AttemptSpan {
+        AttemptSpan {
+            epoch,
+            node: NodeId::new(node),
+            state,
+            claimed_ms: from,
+            started_ms: Some(from),
+            finished_ms: Some(to),
+        }
+    }
+
+    fn run(rank: u32, history: Vec<AttemptSpan>) -> RunInfo {
+        RunInfo {
+            rank,
+            state: RunState::Succeeded,
+            node: None,
+            attempt: None,
+            attempts: history.len() as u32,
+            exit_code: Some(0),
+            started_ms: None,
+            finished_ms: None,
+            duration_ms: None,
+            output: None,
+            reason: None,
+            replicas: vec![],
+            checkpoint: None,
+            progress: None,
+            message: None,
+            history,
+        }
+    }
+
+    fn request(runs: Vec<RunInfo>) -> RequestInfo {
+        RequestInfo {
+            id: RequestId::from_bytes([1; 8]),
+            state: RequestState::Succeeded,
+            owner: "ana".into(),
+            process: ProcessId::from_bytes([2; 8]),
+            process_name: "p".into(),
+            language: Language::Python,
+            repetitions: runs.len() as u32,
+            parameters: vec![],
+            created_ms: 0,
+            counts: Default::default(),
+            waiting: None,
+            version: 1,
+            runs: Some(runs),
+        }
+    }
+
+    #[test]
+    fn statistics_follow_pesc_table() {
+        // Two nodes; rank 1 was lost on b and redone on a.
+        let r = request(vec![
+            run(0, vec![span(1, "a", AttemptState::Succeeded, 1000, 5000)]),
+            run(
+                1,
+                vec![
+                    span(1, "b", AttemptState::Lost, 1000, 3000),
+                    span(2, "a", AttemptState::Succeeded, 5000, 7000),
+                ],
+            ),
+            run(2, vec![span(1, "b", AttemptState::Succeeded, 3000, 9000)]),
+        ]);
+        let s = stats(&r, &|n| n.to_uppercase(), 10_000);
+        assert_eq!(s.makespan_ms, 8000);
+        assert_eq!(s.total_run_ms, 4000 + 2000 + 6000);
+        assert!((s.speedup - 1.5).abs() < 1e-9);
+        assert_eq!(
+            s.per_node,
+            vec![
+                NodeStats { node: "A".into(), runs: 2, mean_ms: 3000 },
+                NodeStats { node: "B".into(), runs: 1, mean_ms: 6000 },
+            ]
+        );
+        let svg = gantt_svg(&r, &|n| n.to_uppercase(), 10_000);
+        // One bar per attempt, the lost one among them.
+        assert_eq!(svg.matches("<rect class=\"bar").count(), 4);
+        assert!(svg.contains("rank 1, attempt 1, Lost"));
+        assert!(svg.contains(">A</text>") && svg.contains(">B</text>"));
+        assert_eq!(stats_svg(&s).matches("<rect").count(), 2);
+    }
+
+    #[test]
+    fn nothing_started_draws_nothing() {
+        let r = request(vec![run(0, vec![])]);
+        assert_eq!(gantt_svg(&r, &|n| n.to_string(), 0), "");
+        assert_eq!(stats(&r, &|n| n.to_string(), 0).speedup, 0.0);
+    }
+}

@@ -1,0 +1,167 @@
+//! Logging in and out, and the first run's setup of the grid's admin.
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use pesc_protocol::access::Role;
+use pesc_protocol::api::NewUser;
+use serde::Deserialize;
+
+use super::{Flash, Page, bare, failed};
+use crate::accounts::{add_user, start_session};
+use crate::auth::{AppState, constant_time_eq, session_cookie};
+
+#[derive(Deserialize, Default)]
+pub(crate) struct LoginQuery {
+    #[serde(default)]
+    next: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Where to go after logging in: only paths of this site.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        _ => "/".into(),
+    }
+}
+
+fn login_markup(next: &str, error: Option<&str>, user: &str) -> Markup {
+    bare(
+        "Log in",
+        html! {
+            @if let Some(e) = error { p.flash.error role="alert" { (e) } }
+            form.card method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label { "User" input name="user" value=(user) required autofocus autocomplete="username"; }
+                label { "Password" input type="password" name="password" required autocomplete="current-password"; }
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+pub(crate) async fn login_page(State(st): State<AppState>, q: Query<LoginQuery>) -> Response {
+    if st.svc.access().await.is_ok_and(|a| a.users.is_empty()) {
+        return Redirect::to("/setup").into_response();
+    }
+    let next = safe_next(q.next.as_deref());
+    login_markup(&next, q.error.as_deref(), "").into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    user: String,
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+pub(crate) async fn login_form(State(st): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    let next = safe_next(f.next.as_deref());
+    match start_session(&st, &f.user, &f.password).await {
+        Ok((value, _)) => (
+            [(header::SET_COOKIE, session_cookie(&value))],
+            Redirect::to(&next),
+        )
+            .into_response(),
+        Err(e) => (e.status, login_markup(&next, Some(&e.message), &f.user)).into_response(),
+    }
+}
+
+pub(crate) async fn logout_form(p: Page, Form(f): Form<CsrfOnly>) -> Response {
+    if let Err(r) = p.check_csrf(&f.csrf) {
+        return *r;
+    }
+    (
+        [(header::SET_COOKIE, session_cookie(""))],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct SetupQuery {
+    #[serde(default)]
+    code: Option<String>,
+}
+
+fn setup_markup(code: &str, error: Option<&str>) -> Markup {
+    bare(
+        "Set up PESC",
+        html! {
+            p { "This grid has no accounts yet. Make its first admin. The setup code is this node's API token: "
+                "the node printed a link with it when it started, and it is in the file "
+                code { "api-token" } " of the node's data dir." }
+            @if let Some(e) = error { p.flash.error role="alert" { (e) } }
+            form.card method="post" action="/setup" {
+                label { "Setup code" input name="code" value=(code) required; }
+                label { "Admin user name" input name="user" required autocomplete="username"; }
+                label { "Password (8 characters or more)" input type="password" name="password" minlength="8" required autocomplete="new-password"; }
+                button type="submit" { "Create the admin" }
+            }
+        },
+    )
+}
+
+pub(crate) async fn setup_page(State(st): State<AppState>, q: Query<SetupQuery>) -> Response {
+    if st.svc.access().await.is_ok_and(|a| !a.users.is_empty()) {
+        return Redirect::to("/login").into_response();
+    }
+    setup_markup(q.code.as_deref().unwrap_or(""), None).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SetupForm {
+    code: String,
+    user: String,
+    password: String,
+}
+
+pub(crate) async fn setup_form(State(st): State<AppState>, Form(f): Form<SetupForm>) -> Response {
+    let a = match st.svc.access().await {
+        Ok(a) => a,
+        Err(e) => return failed(e),
+    };
+    if !a.users.is_empty() {
+        return Redirect::to("/login?error=The+grid+has+an+admin+already%3A+log+in").into_response();
+    }
+    if !constant_time_eq(f.code.trim().as_bytes(), st.svc.api_token().as_bytes()) {
+        return (
+            StatusCode::FORBIDDEN,
+            setup_markup(&f.code, Some("Wrong setup code: it is the node's API token (file api-token in its data dir).")),
+        )
+            .into_response();
+    }
+    let new = NewUser {
+        name: f.user.clone(),
+        password: f.password.clone(),
+        role: Role::Admin,
+    };
+    if let Err(e) = add_user(&st, new).await {
+        return (e.status, setup_markup(&f.code, Some(&e.message))).into_response();
+    }
+    match start_session(&st, &f.user, &f.password).await {
+        Ok((value, _)) => (
+            [(header::SET_COOKIE, session_cookie(&value))],
+            Redirect::to("/?ok=Welcome%21+You+are+the+grid%27s+admin."),
+        )
+            .into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+impl Flash {
+    pub(crate) fn none() -> Self {
+        Flash::default()
+    }
+}
