@@ -255,6 +255,10 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         runner.executor.name(),
         data_dir.display()
     );
+    tracing::info!(
+        "web UI: http://{addr}/ (a new grid asks there for its first admin; the setup code is in {})",
+        data_dir.join("api-token").display()
+    );
     match joined {
         Joined::Created => tracing::info!(
             "created grid {grid_id}. To add a desktop, run there: pesc node --join {} (print it again with `pesc grid token`)",

@@ -359,6 +359,84 @@ impl Api {
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
     }
+    pub fn put(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+    pub fn patch(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http
+            .patch(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+    pub fn delete(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+    /// The same node's API with another token.
+    pub fn with_token(&self, token: &str) -> Api {
+        Api {
+            base: self.base.clone(),
+            token: token.to_string(),
+            http: self.http.clone(),
+        }
+    }
+    /// Makes an account (with the caller's rights) and an API token for
+    /// it; returns the API as that user.
+    pub fn add_user(&self, name: &str, role: &str) -> Api {
+        let r = self
+            .post("/users")
+            .json(&serde_json::json!({"name": name, "password": format!("{name}-password"), "role": role}))
+            .send()
+            .expect("POST /users");
+        assert_eq!(r.status(), 201, "adding {name}: {}", r.text().unwrap_or_default());
+        let (cookie, csrf) = self.login(name, &format!("{name}-password"));
+        let t: serde_json::Value = self
+            .http
+            .post(format!("{}/tokens", self.base))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&serde_json::json!({"label": "tests"}))
+            .send()
+            .expect("POST /tokens")
+            .json()
+            .expect("token json");
+        self.with_token(t["token"].as_str().expect("a token"))
+    }
+    /// Logs in: (the Cookie header value, the CSRF token).
+    pub fn login(&self, name: &str, password: &str) -> (String, String) {
+        let r = self
+            .http
+            .post(format!("{}/login", self.base))
+            .json(&serde_json::json!({"user": name, "password": password}))
+            .send()
+            .expect("POST /login");
+        assert_eq!(r.status(), 200, "login {name}");
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("cookie value")
+            .to_string();
+        let me: serde_json::Value = r.json().expect("me");
+        (cookie, me["csrf"].as_str().expect("csrf").to_string())
+    }
+    /// Uploads a one-file shell process and asks for `n` runs of it.
+    pub fn submit_script(&self, script: &str, n: u32, rooms: &[&str]) -> reqwest::blocking::Response {
+        let p: serde_json::Value = self
+            .post("/processes?file_name=job.sh&language=shell")
+            .body(script.to_string())
+            .send()
+            .expect("upload")
+            .json()
+            .expect("process json");
+        self.post("/requests")
+            .json(&serde_json::json!({"process": p["id"], "repetitions": n, "rooms": rooms}))
+            .send()
+            .expect("POST /requests")
+    }
 }
 
 /// Reads one file of a zip archive as text.

@@ -13,7 +13,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Finds the node of `data_dir` through its `api.addr` and `api-token`.
+    /// Finds the node of `data_dir` through its `api.addr`; authenticates
+    /// with `PESC_TOKEN` or the node's `api-token`.
     pub fn from_data_dir(data_dir: &Path) -> Result<Self> {
         let addr = std::fs::read_to_string(data_dir.join("api.addr")).with_context(|| {
             format!(
@@ -21,8 +22,17 @@ impl Client {
                 data_dir.display()
             )
         })?;
-        let token = std::fs::read_to_string(data_dir.join("api-token"))
-            .with_context(|| format!("cannot read the API token in {}", data_dir.display()))?;
+        // A user's own token (from the Tokens page) acts as that user;
+        // without one, the node's token acts as its admin.
+        let token = match std::env::var("PESC_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => t,
+            _ => std::fs::read_to_string(data_dir.join("api-token")).with_context(|| {
+                format!(
+                    "cannot read the API token in {} (or set PESC_TOKEN to your own)",
+                    data_dir.display()
+                )
+            })?,
+        };
         Ok(Client {
             http: reqwest::Client::builder().no_proxy().build()?,
             base: format!("http://{}/api/v1", addr.trim()),

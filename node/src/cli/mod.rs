@@ -41,6 +41,9 @@ pub struct SubmitArgs {
     /// A shared file every run needs (see `pesc files add`); repeat for more.
     #[arg(long = "shared-file", value_name = "NAME")]
     pub shared_files: Vec<String>,
+    /// A room whose nodes may run it (default: General); repeat for more.
+    #[arg(long = "room", value_name = "NAME")]
+    pub rooms: Vec<String>,
     /// The domain (environment) the runs execute in (see `pesc domains`).
     #[arg(long, value_name = "NAME")]
     pub domain: Option<String>,
@@ -123,7 +126,7 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
         process: process.id,
         repetitions: a.repetitions,
         parameters: a.parameters,
-        rooms: vec![],
+        rooms: a.rooms,
         shared_files: a.shared_files,
         domain: a.domain,
         limits: pesc_protocol::model::RunLimits {

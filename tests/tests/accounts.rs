@@ -1,0 +1,301 @@
+//! Accounts, sessions, API tokens, rooms and who may do what, through the
+//! HTTP API of real nodes.
+
+use std::time::{Duration, Instant};
+
+use pesc_tests::Node;
+use pesc_tests::grid::Grid;
+use serde_json::{Value, json};
+
+fn status(r: reqwest::blocking::Response) -> (u16, Value) {
+    let s = r.status().as_u16();
+    (s, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn sessions_tokens_passwords_and_roles() {
+    let node = Node::start(1).unwrap();
+    let admin = node.http(); // the node's own token acts as an admin
+    let ana = admin.add_user("ana", "user");
+    admin.add_user("root", "admin");
+
+    // Bad input is refused with a reason.
+    let (s, e) = status(
+        admin
+            .post("/users")
+            .json(&json!({"name": "x", "password": "short", "role": "user"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("at least 8"), "{e}");
+    let (s, _) = status(
+        admin
+            .post("/users")
+            .json(&json!({"name": "a/b", "password": "long enough", "role": "user"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = status(
+        admin
+            .post("/users")
+            .json(&json!({"name": "ana", "password": "long enough", "role": "user"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 409, "a taken name");
+    let (s, _) = status(
+        admin
+            .post("/users")
+            .json(&json!({"name": "z", "password": "long enough", "role": "king"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 400, "an unknown role");
+
+    // A token acts as its user.
+    let me: Value = ana.get("/me").send().unwrap().json().unwrap();
+    assert_eq!((me["user"].as_str(), me["role"].as_str()), (Some("ana"), Some("user")));
+    let (s, _) = status(ana.get("/users").send().unwrap());
+    assert_eq!(s, 403, "users do not list users");
+    let (s, _) = status(ana.patch("/users/ana").json(&json!({"role": "admin"})).send().unwrap());
+    assert_eq!(s, 403, "users do not promote themselves");
+
+    // Sessions: a cookie, and the CSRF token for changes.
+    let (cookie, csrf) = ana.login("ana", "ana-password");
+    let http = &ana.http;
+    let me: Value = http
+        .get(format!("{}/me", ana.base))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(me["user"], "ana");
+    assert_eq!(me["csrf"], csrf.as_str());
+    let no_csrf = http
+        .post(format!("{}/tokens", ana.base))
+        .header("cookie", &cookie)
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(no_csrf.status(), 403, "a cookie call that changes something needs CSRF");
+    let t: Value = http
+        .post(format!("{}/tokens", ana.base))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"label": "laptop"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let laptop = ana.with_token(t["token"].as_str().unwrap());
+    assert_eq!(laptop.get("/me").send().unwrap().status(), 200);
+    let mine: Vec<Value> = ana.get("/tokens").send().unwrap().json().unwrap();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(mine.iter().all(|t| t["user"] == "ana" && t.get("token").is_none()));
+    let tampered = cookie.replace('~', "~0");
+    let bad = http
+        .get(format!("{}/me", ana.base))
+        .header("cookie", &tampered)
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 401, "a changed cookie is refused");
+
+    // Revoking a token ends it.
+    let id = t["info"]["id"].as_str().unwrap();
+    assert_eq!(ana.delete(&format!("/tokens/{id}")).send().unwrap().status(), 204);
+    assert_eq!(laptop.get("/me").send().unwrap().status(), 401);
+
+    // Changing the password ends the sessions made with the old one.
+    let r = http
+        .patch(format!("{}/users/ana", ana.base))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"password": "a new password"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let old = http
+        .get(format!("{}/me", ana.base))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap();
+    assert_eq!(old.status(), 401);
+    ana.login("ana", "a new password");
+
+    // Admins change roles, but never leave the grid without an admin.
+    let (s, _) = status(admin.patch("/users/ana").json(&json!({"role": "operator"})).send().unwrap());
+    assert_eq!(s, 200);
+    let (s, e) = status(admin.patch("/users/root").json(&json!({"role": "user"})).send().unwrap());
+    assert_eq!(s, 409, "{e}");
+
+    // Logins are rate-limited per name: after 5 failures even the right
+    // password waits.
+    let login = |pw: &str| {
+        admin
+            .http
+            .post(format!("{}/login", admin.base))
+            .json(&json!({"user": "root", "password": pw}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for _ in 0..5 {
+        assert_eq!(login("wrong password"), 401);
+    }
+    assert_eq!(login("root-password"), 429);
+    let (s, e) = status(
+        admin
+            .http
+            .post(format!("{}/login", admin.base))
+            .json(&json!({"user": "nobody", "password": "whatever1"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 401, "{e}");
+    assert_eq!(e["error"], "wrong user name or password");
+}
+
+/// Polls a request until it is finished (bounded).
+fn wait_done(api: &pesc_tests::Api, id: &str, timeout: Duration) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let v: Value = api.get(&format!("/requests/{id}")).send().unwrap().json().unwrap();
+        if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")) {
+            return v;
+        }
+        assert!(t0.elapsed() < timeout, "not finished: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
+    let grid = Grid::loopback(2, 2, &[]).unwrap();
+    let admin = grid.nodes[0].http();
+    let n1_id = grid.nodes[1].node_id();
+    let ana = admin.add_user("ana", "user");
+    let bob = admin.add_user("bob", "user");
+    let eve = admin.add_user("eve", "user");
+    let carl = admin.add_user("carl", "user");
+    let op = admin.add_user("op", "operator");
+
+    // Only admins make rooms and name room admins.
+    let (s, _) = status(bob.post("/rooms").json(&json!({"name": "lab"})).send().unwrap());
+    assert_eq!(s, 403);
+    let (s, r) = status(
+        admin
+            .post("/rooms")
+            .json(&json!({"name": "lab", "admins": ["ana"]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 201, "{r}");
+    let (s, _) = status(
+        admin
+            .post("/rooms")
+            .json(&json!({"name": "lab2", "admins": ["carl"]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 201);
+    let (s, _) = status(ana.put("/rooms/lab/admins/bob").send().unwrap());
+    assert_eq!(s, 403, "room admins do not name room admins");
+
+    // A user sees the rooms open to them.
+    let names = |api: &pesc_tests::Api| -> Vec<String> {
+        let v: Vec<Value> = api.get("/rooms").send().unwrap().json().unwrap();
+        v.iter().map(|r| r["room"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(&ana), ["General", "lab"]);
+    assert_eq!(names(&bob), ["General"]);
+    assert_eq!(bob.get("/rooms/lab").send().unwrap().status(), 404);
+
+    // A room not open to the user refuses their requests.
+    let (s, e) = status(bob.submit_script("echo hi\n", 1, &["lab"]));
+    assert_eq!(s, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("not open to bob"), "{e}");
+    let (s, _) = status(bob.submit_script("echo hi\n", 1, &["nowhere"]));
+    assert_eq!(s, 400);
+
+    // The room admin lets bob in; others cannot.
+    let (s, _) = status(eve.put("/rooms/lab/users/eve").send().unwrap());
+    assert_eq!(s, 403);
+    let (s, _) = status(ana.put("/rooms/lab/users/bob").send().unwrap());
+    assert_eq!(s, 200);
+    assert_eq!(names(&bob), ["General", "lab"]);
+
+    // The room admin puts node n1 in the room; bob's runs go only there.
+    let (s, e) = status(ana.put("/rooms/lab/nodes/n1").send().unwrap());
+    assert_eq!(s, 204, "{e}");
+    let (s, req) = status(bob.submit_script("sleep 0.3; echo ran\n", 6, &["lab"]));
+    assert_eq!(s, 201, "{req}");
+    let id = req["id"].as_str().unwrap().to_string();
+    let done = wait_done(&bob, &id, Duration::from_secs(90));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    for run in done["runs"].as_array().unwrap() {
+        assert_eq!(run["node"].as_str(), Some(n1_id.as_str()), "a run left the room: {run}");
+    }
+
+    // Moving a node between rooms needs admin of both.
+    let (s, e) = status(ana.put("/rooms/lab2/nodes/n1").send().unwrap());
+    assert_eq!(s, 403, "ana is not admin of lab2: {e}");
+    let (s, e) = status(carl.put("/rooms/lab2/nodes/n1").send().unwrap());
+    assert_eq!(s, 403, "carl is not admin of lab: {e}");
+    assert!(e["error"].as_str().unwrap().contains("admin of both"), "{e}");
+    let (s, _) = status(admin.put("/rooms/lab2/nodes/n1").send().unwrap());
+    assert_eq!(s, 204);
+    let lab: Value = ana.get("/rooms/lab").send().unwrap().json().unwrap();
+    assert_eq!(lab["nodes"], json!([]));
+
+    // Users see and cancel only their own requests; operators see all;
+    // admins cancel any.
+    let (_, slow) = status(bob.submit_script("sleep 30\n", 2, &[]));
+    let slow = slow["id"].as_str().unwrap().to_string();
+    let listed = |api: &pesc_tests::Api| -> Vec<String> {
+        let v: Vec<Value> = api.get("/requests").send().unwrap().json().unwrap();
+        v.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(listed(&bob).len(), 2);
+    assert!(listed(&eve).is_empty());
+    assert_eq!(listed(&op).len(), 2);
+    assert_eq!(eve.get(&format!("/requests/{slow}")).send().unwrap().status(), 404);
+    assert_eq!(
+        eve.get(&format!("/requests/{id}/results")).send().unwrap().status(),
+        404
+    );
+    assert_eq!(
+        eve.post(&format!("/requests/{slow}/cancel")).send().unwrap().status(),
+        404
+    );
+    assert_eq!(op.get(&format!("/requests/{slow}")).send().unwrap().status(), 200);
+    assert_eq!(
+        op.post(&format!("/requests/{slow}/cancel")).send().unwrap().status(),
+        403
+    );
+    let (s, c) = status(admin.post(&format!("/requests/{slow}/cancel")).send().unwrap());
+    assert_eq!(s, 200, "{c}");
+    let (_, own) = status(bob.submit_script("sleep 30\n", 1, &[]));
+    let own = own["id"].as_str().unwrap();
+    assert_eq!(bob.post(&format!("/requests/{own}/cancel")).send().unwrap().status(), 200);
+
+    // The join token is for admins.
+    assert_eq!(bob.get("/grid/join-token").send().unwrap().status(), 403);
+    let j: Value = admin.get("/grid/join-token").send().unwrap().json().unwrap();
+    assert!(j["command"].as_str().unwrap().starts_with("pesc node --join "), "{j}");
+
+    // Operators make domains, users do not.
+    let d = json!({"name": "py", "template": "python"});
+    assert_eq!(bob.post("/domains").json(&d).send().unwrap().status(), 403);
+
+    // Accounts made on one node work on the other.
+    let other = grid.nodes[1].http().with_token(&bob.token);
+    let t0 = Instant::now();
+    while other.get("/me").send().unwrap().status() != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "bob's token never reached n1");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
