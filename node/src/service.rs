@@ -204,11 +204,15 @@ impl NodeService for Service {
     }
 
     async fn user(&self, name: &str) -> Result<Option<User>, ApiFailure> {
-        self.agent.ask(|r| Command::User(name.to_string(), r)).await?
+        self.agent
+            .ask(|r| Command::User(name.to_string(), r))
+            .await?
     }
 
     async fn token(&self, id: &str) -> Result<Option<ApiToken>, ApiFailure> {
-        self.agent.ask(|r| Command::Token(id.to_string(), r)).await?
+        self.agent
+            .ask(|r| Command::Token(id.to_string(), r))
+            .await?
     }
 
     async fn access(&self) -> Result<AccessState, ApiFailure> {

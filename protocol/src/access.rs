@@ -92,7 +92,10 @@ impl Principal {
     }
     /// May send runs to this room.
     pub fn may_use_room(&self, room: &Room) -> bool {
-        room.public || self.is_admin() || self.is_room_admin(room) || room.users.contains(&self.user)
+        room.public
+            || self.is_admin()
+            || self.is_room_admin(room)
+            || room.users.contains(&self.user)
     }
     /// Manages the room's users and nodes.
     pub fn is_room_admin(&self, room: &Room) -> bool {

@@ -97,16 +97,21 @@ fn accounts_tokens_and_placements_made_on_different_nodes_merge() {
         password_hash: "$argon2id$x".into(),
         created_ms: 1,
     };
-    g1.change_access(&AccessChange::PutUser(ana.clone())).unwrap();
+    g1.change_access(&AccessChange::PutUser(ana.clone()))
+        .unwrap();
     let t = ApiToken {
         id: "ab".repeat(32),
         user: "ana".into(),
         label: "cli".into(),
         created_ms: 2,
     };
-    g2.change_access(&AccessChange::PutToken(t.clone())).unwrap();
-    g2.change_access(&AccessChange::PlaceNode(NodeId::new("n1"), Some("Lab".into())))
+    g2.change_access(&AccessChange::PutToken(t.clone()))
         .unwrap();
+    g2.change_access(&AccessChange::PlaceNode(
+        NodeId::new("n1"),
+        Some("Lab".into()),
+    ))
+    .unwrap();
     g1.commit();
     g2.commit();
     g1.merge(&mut g2).unwrap();
@@ -117,7 +122,8 @@ fn accounts_tokens_and_placements_made_on_different_nodes_merge() {
     // Taking the node out and revoking the token remove the entries.
     g1.change_access(&AccessChange::PlaceNode(NodeId::new("n1"), None))
         .unwrap();
-    g1.change_access(&AccessChange::RemoveToken(t.id.clone())).unwrap();
+    g1.change_access(&AccessChange::RemoveToken(t.id.clone()))
+        .unwrap();
     let a = g1.access().unwrap();
     assert!(a.placements.is_empty() && a.tokens.is_empty());
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod grid;
+pub mod webdriver;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -390,7 +391,12 @@ impl Api {
             .json(&serde_json::json!({"name": name, "password": format!("{name}-password"), "role": role}))
             .send()
             .expect("POST /users");
-        assert_eq!(r.status(), 201, "adding {name}: {}", r.text().unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            201,
+            "adding {name}: {}",
+            r.text().unwrap_or_default()
+        );
         let (cookie, csrf) = self.login(name, &format!("{name}-password"));
         let t: serde_json::Value = self
             .http
@@ -424,7 +430,12 @@ impl Api {
         (cookie, me["csrf"].as_str().expect("csrf").to_string())
     }
     /// Uploads a one-file shell process and asks for `n` runs of it.
-    pub fn submit_script(&self, script: &str, n: u32, rooms: &[&str]) -> reqwest::blocking::Response {
+    pub fn submit_script(
+        &self,
+        script: &str,
+        n: u32,
+        rooms: &[&str],
+    ) -> reqwest::blocking::Response {
         let p: serde_json::Value = self
             .post("/processes?file_name=job.sh&language=shell")
             .body(script.to_string())

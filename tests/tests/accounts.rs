@@ -56,10 +56,18 @@ fn sessions_tokens_passwords_and_roles() {
 
     // A token acts as its user.
     let me: Value = ana.get("/me").send().unwrap().json().unwrap();
-    assert_eq!((me["user"].as_str(), me["role"].as_str()), (Some("ana"), Some("user")));
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str()),
+        (Some("ana"), Some("user"))
+    );
     let (s, _) = status(ana.get("/users").send().unwrap());
     assert_eq!(s, 403, "users do not list users");
-    let (s, _) = status(ana.patch("/users/ana").json(&json!({"role": "admin"})).send().unwrap());
+    let (s, _) = status(
+        ana.patch("/users/ana")
+            .json(&json!({"role": "admin"}))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(s, 403, "users do not promote themselves");
 
     // Sessions: a cookie, and the CSRF token for changes.
@@ -80,7 +88,11 @@ fn sessions_tokens_passwords_and_roles() {
         .json(&json!({}))
         .send()
         .unwrap();
-    assert_eq!(no_csrf.status(), 403, "a cookie call that changes something needs CSRF");
+    assert_eq!(
+        no_csrf.status(),
+        403,
+        "a cookie call that changes something needs CSRF"
+    );
     let t: Value = http
         .post(format!("{}/tokens", ana.base))
         .header("cookie", &cookie)
@@ -94,7 +106,10 @@ fn sessions_tokens_passwords_and_roles() {
     assert_eq!(laptop.get("/me").send().unwrap().status(), 200);
     let mine: Vec<Value> = ana.get("/tokens").send().unwrap().json().unwrap();
     assert_eq!(mine.len(), 2, "{mine:?}");
-    assert!(mine.iter().all(|t| t["user"] == "ana" && t.get("token").is_none()));
+    assert!(
+        mine.iter()
+            .all(|t| t["user"] == "ana" && t.get("token").is_none())
+    );
     let tampered = cookie.replace('~', "~0");
     let bad = http
         .get(format!("{}/me", ana.base))
@@ -105,7 +120,13 @@ fn sessions_tokens_passwords_and_roles() {
 
     // Revoking a token ends it.
     let id = t["info"]["id"].as_str().unwrap();
-    assert_eq!(ana.delete(&format!("/tokens/{id}")).send().unwrap().status(), 204);
+    assert_eq!(
+        ana.delete(&format!("/tokens/{id}"))
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
     assert_eq!(laptop.get("/me").send().unwrap().status(), 401);
 
     // Changing the password ends the sessions made with the old one.
@@ -126,9 +147,21 @@ fn sessions_tokens_passwords_and_roles() {
     ana.login("ana", "a new password");
 
     // Admins change roles, but never leave the grid without an admin.
-    let (s, _) = status(admin.patch("/users/ana").json(&json!({"role": "operator"})).send().unwrap());
+    let (s, _) = status(
+        admin
+            .patch("/users/ana")
+            .json(&json!({"role": "operator"}))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(s, 200);
-    let (s, e) = status(admin.patch("/users/root").json(&json!({"role": "user"})).send().unwrap());
+    let (s, e) = status(
+        admin
+            .patch("/users/root")
+            .json(&json!({"role": "user"}))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(s, 409, "{e}");
 
     // Logins are rate-limited per name: after 5 failures even the right
@@ -163,7 +196,12 @@ fn sessions_tokens_passwords_and_roles() {
 fn wait_done(api: &pesc_tests::Api, id: &str, timeout: Duration) -> Value {
     let t0 = Instant::now();
     loop {
-        let v: Value = api.get(&format!("/requests/{id}")).send().unwrap().json().unwrap();
+        let v: Value = api
+            .get(&format!("/requests/{id}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")) {
             return v;
         }
@@ -184,7 +222,12 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
     let op = admin.add_user("op", "operator");
 
     // Only admins make rooms and name room admins.
-    let (s, _) = status(bob.post("/rooms").json(&json!({"name": "lab"})).send().unwrap());
+    let (s, _) = status(
+        bob.post("/rooms")
+            .json(&json!({"name": "lab"}))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(s, 403);
     let (s, r) = status(
         admin
@@ -208,7 +251,9 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
     // A user sees the rooms open to them.
     let names = |api: &pesc_tests::Api| -> Vec<String> {
         let v: Vec<Value> = api.get("/rooms").send().unwrap().json().unwrap();
-        v.iter().map(|r| r["room"]["name"].as_str().unwrap().to_string()).collect()
+        v.iter()
+            .map(|r| r["room"]["name"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(names(&ana), ["General", "lab"]);
     assert_eq!(names(&bob), ["General"]);
@@ -217,7 +262,10 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
     // A room not open to the user refuses their requests.
     let (s, e) = status(bob.submit_script("echo hi\n", 1, &["lab"]));
     assert_eq!(s, 403, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("not open to bob"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("not open to bob"),
+        "{e}"
+    );
     let (s, _) = status(bob.submit_script("echo hi\n", 1, &["nowhere"]));
     assert_eq!(s, 400);
 
@@ -237,7 +285,11 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
     let done = wait_done(&bob, &id, Duration::from_secs(90));
     assert_eq!(done["state"], "succeeded", "{done}");
     for run in done["runs"].as_array().unwrap() {
-        assert_eq!(run["node"].as_str(), Some(n1_id.as_str()), "a run left the room: {run}");
+        assert_eq!(
+            run["node"].as_str(),
+            Some(n1_id.as_str()),
+            "a run left the room: {run}"
+        );
     }
 
     // Moving a node between rooms needs admin of both.
@@ -245,7 +297,10 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
     assert_eq!(s, 403, "ana is not admin of lab2: {e}");
     let (s, e) = status(carl.put("/rooms/lab2/nodes/n1").send().unwrap());
     assert_eq!(s, 403, "carl is not admin of lab: {e}");
-    assert!(e["error"].as_str().unwrap().contains("admin of both"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("admin of both"),
+        "{e}"
+    );
     let (s, _) = status(admin.put("/rooms/lab2/nodes/n1").send().unwrap());
     assert_eq!(s, 204);
     let lab: Value = ana.get("/rooms/lab").send().unwrap().json().unwrap();
@@ -257,35 +312,80 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
     let slow = slow["id"].as_str().unwrap().to_string();
     let listed = |api: &pesc_tests::Api| -> Vec<String> {
         let v: Vec<Value> = api.get("/requests").send().unwrap().json().unwrap();
-        v.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+        v.iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(listed(&bob).len(), 2);
     assert!(listed(&eve).is_empty());
     assert_eq!(listed(&op).len(), 2);
-    assert_eq!(eve.get(&format!("/requests/{slow}")).send().unwrap().status(), 404);
     assert_eq!(
-        eve.get(&format!("/requests/{id}/results")).send().unwrap().status(),
+        eve.get(&format!("/requests/{slow}"))
+            .send()
+            .unwrap()
+            .status(),
         404
     );
     assert_eq!(
-        eve.post(&format!("/requests/{slow}/cancel")).send().unwrap().status(),
+        eve.get(&format!("/requests/{id}/results"))
+            .send()
+            .unwrap()
+            .status(),
         404
     );
-    assert_eq!(op.get(&format!("/requests/{slow}")).send().unwrap().status(), 200);
     assert_eq!(
-        op.post(&format!("/requests/{slow}/cancel")).send().unwrap().status(),
+        eve.post(&format!("/requests/{slow}/cancel"))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        op.get(&format!("/requests/{slow}"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        op.post(&format!("/requests/{slow}/cancel"))
+            .send()
+            .unwrap()
+            .status(),
         403
     );
-    let (s, c) = status(admin.post(&format!("/requests/{slow}/cancel")).send().unwrap());
+    let (s, c) = status(
+        admin
+            .post(&format!("/requests/{slow}/cancel"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(s, 200, "{c}");
     let (_, own) = status(bob.submit_script("sleep 30\n", 1, &[]));
     let own = own["id"].as_str().unwrap();
-    assert_eq!(bob.post(&format!("/requests/{own}/cancel")).send().unwrap().status(), 200);
+    assert_eq!(
+        bob.post(&format!("/requests/{own}/cancel"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 
     // The join token is for admins.
     assert_eq!(bob.get("/grid/join-token").send().unwrap().status(), 403);
-    let j: Value = admin.get("/grid/join-token").send().unwrap().json().unwrap();
-    assert!(j["command"].as_str().unwrap().starts_with("pesc node --join "), "{j}");
+    let j: Value = admin
+        .get("/grid/join-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        j["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("pesc node --join "),
+        "{j}"
+    );
 
     // Operators make domains, users do not.
     let d = json!({"name": "py", "template": "python"});
@@ -295,7 +395,10 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
     let other = grid.nodes[1].http().with_token(&bob.token);
     let t0 = Instant::now();
     while other.get("/me").send().unwrap().status() != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "bob's token never reached n1");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "bob's token never reached n1"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

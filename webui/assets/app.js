@@ -151,15 +151,18 @@ function fileUploadForm() {
   });
 }
 
+// Cancel buttons live in regions the server re-renders: listen on the document.
 function cancelButtons() {
-  document.querySelectorAll("[data-cancel]").forEach((b) => b.addEventListener("click", async () => {
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("[data-cancel]");
+    if (!b) return;
     if (!confirm("Cancel this request? Runs in progress are stopped.")) return;
     b.disabled = true;
     try {
       await api("POST", "/api/v1/requests/" + b.dataset.cancel + "/cancel");
-      b.textContent = "Cancelled";
+      b.textContent = "Cancelling…";
     } catch (e) { alert(e.message); b.disabled = false; }
-  }));
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {

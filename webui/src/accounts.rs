@@ -15,8 +15,8 @@ use pesc_protocol::api::{
 use pesc_protocol::model::{GENERAL_ROOM, Room};
 
 use crate::auth::{
-    AppState, Caller, SESSION_SECS, hash_password, new_token, session_cookie, token_id,
-    unix_now, verify_password,
+    AppState, Caller, SESSION_SECS, hash_password, new_token, session_cookie, token_id, unix_now,
+    verify_password,
 };
 use crate::error::ApiFailure;
 
@@ -151,7 +151,9 @@ pub(crate) async fn add_user(st: &AppState, n: NewUser) -> Result<User, ApiFailu
         password_hash: hash_password(n.password).await?,
         created_ms: unix_now() * 1000,
     };
-    st.svc.change_access(AccessChange::PutUser(u.clone())).await?;
+    st.svc
+        .change_access(AccessChange::PutUser(u.clone()))
+        .await?;
     Ok(u)
 }
 
@@ -197,7 +199,9 @@ pub(crate) async fn apply_user_change(
         check_password(&p)?;
         u.password_hash = hash_password(p).await?;
     }
-    st.svc.change_access(AccessChange::PutUser(u.clone())).await?;
+    st.svc
+        .change_access(AccessChange::PutUser(u.clone()))
+        .await?;
     Ok(u)
 }
 
@@ -212,13 +216,13 @@ async fn change_user(
     Ok(Json(info(&u)))
 }
 
-async fn list_tokens(
-    State(st): St,
-    Extension(c): Who,
-) -> Result<Json<Vec<ApiToken>>, ApiFailure> {
+async fn list_tokens(State(st): St, Extension(c): Who) -> Result<Json<Vec<ApiToken>>, ApiFailure> {
     let a = st.svc.access().await?;
     Ok(Json(
-        a.tokens.into_iter().filter(|t| t.user == c.who.user).collect(),
+        a.tokens
+            .into_iter()
+            .filter(|t| t.user == c.who.user)
+            .collect(),
     ))
 }
 
@@ -235,7 +239,9 @@ pub(crate) async fn make_token(
         )));
     }
     if label.len() > 200 {
-        return Err(ApiFailure::bad_request("the label is longer than 200 bytes"));
+        return Err(ApiFailure::bad_request(
+            "the label is longer than 200 bytes",
+        ));
     }
     let token = new_token();
     let t = ApiToken {
@@ -244,7 +250,9 @@ pub(crate) async fn make_token(
         label,
         created_ms: unix_now() * 1000,
     };
-    st.svc.change_access(AccessChange::PutToken(t.clone())).await?;
+    st.svc
+        .change_access(AccessChange::PutToken(t.clone()))
+        .await?;
     Ok(CreatedToken { token, info: t })
 }
 
@@ -254,7 +262,10 @@ async fn create_token(
     b: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let n = body(b, "token body")?;
-    Ok((StatusCode::CREATED, Json(make_token(&st, &c.who, n.label).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(make_token(&st, &c.who, n.label).await?),
+    ))
 }
 
 /// Revokes one of the caller's tokens (admins: anyone's).
@@ -299,15 +310,13 @@ pub(crate) fn visible_rooms(a: &AccessState, who: &Principal) -> Vec<RoomInfo> {
         })
         .collect();
     rooms.sort_by(|a, b| {
-        (a.room.name != GENERAL_ROOM, &a.room.name).cmp(&(b.room.name != GENERAL_ROOM, &b.room.name))
+        (a.room.name != GENERAL_ROOM, &a.room.name)
+            .cmp(&(b.room.name != GENERAL_ROOM, &b.room.name))
     });
     rooms
 }
 
-async fn list_rooms(
-    State(st): St,
-    Extension(c): Who,
-) -> Result<Json<Vec<RoomInfo>>, ApiFailure> {
+async fn list_rooms(State(st): St, Extension(c): Who) -> Result<Json<Vec<RoomInfo>>, ApiFailure> {
     Ok(Json(visible_rooms(&st.svc.access().await?, &c.who)))
 }
 
@@ -324,18 +333,27 @@ async fn get_room(
 }
 
 /// Makes a room (admins only).
-pub(crate) async fn add_room(st: &AppState, who: &Principal, n: NewRoom) -> Result<Room, ApiFailure> {
+pub(crate) async fn add_room(
+    st: &AppState,
+    who: &Principal,
+    n: NewRoom,
+) -> Result<Room, ApiFailure> {
     if !who.is_admin() {
         return Err(ApiFailure::forbidden("only admins make rooms"));
     }
     check_name("room", &n.name)?;
     let a = st.svc.access().await?;
     if a.room(&n.name).is_some() {
-        return Err(ApiFailure::conflict(format!("room '{}' exists already", n.name)));
+        return Err(ApiFailure::conflict(format!(
+            "room '{}' exists already",
+            n.name
+        )));
     }
     for u in &n.admins {
         if a.user(u).is_none() {
-            return Err(ApiFailure::bad_request(format!("no user '{u}' to make room admin")));
+            return Err(ApiFailure::bad_request(format!(
+                "no user '{u}' to make room admin"
+            )));
         }
     }
     let r = Room {
@@ -344,7 +362,9 @@ pub(crate) async fn add_room(st: &AppState, who: &Principal, n: NewRoom) -> Resu
         admins: n.admins,
         users: Vec::new(),
     };
-    st.svc.change_access(AccessChange::PutRoom(r.clone())).await?;
+    st.svc
+        .change_access(AccessChange::PutRoom(r.clone()))
+        .await?;
     Ok(r)
 }
 
@@ -404,7 +424,9 @@ pub(crate) async fn edit_member(
     if present {
         v.push(user.to_string());
     }
-    st.svc.change_access(AccessChange::PutRoom(r.clone())).await?;
+    st.svc
+        .change_access(AccessChange::PutRoom(r.clone()))
+        .await?;
     Ok(r)
 }
 
@@ -413,7 +435,9 @@ async fn add_room_admin(
     Extension(c): Who,
     Path((room, user)): Path<(String, String)>,
 ) -> Result<Json<Room>, ApiFailure> {
-    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::Admin, true).await?))
+    Ok(Json(
+        edit_member(&st, &c.who, &room, &user, Member::Admin, true).await?,
+    ))
 }
 
 async fn remove_room_admin(
@@ -421,7 +445,9 @@ async fn remove_room_admin(
     Extension(c): Who,
     Path((room, user)): Path<(String, String)>,
 ) -> Result<Json<Room>, ApiFailure> {
-    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::Admin, false).await?))
+    Ok(Json(
+        edit_member(&st, &c.who, &room, &user, Member::Admin, false).await?,
+    ))
 }
 
 async fn add_room_user(
@@ -429,7 +455,9 @@ async fn add_room_user(
     Extension(c): Who,
     Path((room, user)): Path<(String, String)>,
 ) -> Result<Json<Room>, ApiFailure> {
-    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::User, true).await?))
+    Ok(Json(
+        edit_member(&st, &c.who, &room, &user, Member::User, true).await?,
+    ))
 }
 
 async fn remove_room_user(
@@ -437,7 +465,9 @@ async fn remove_room_user(
     Extension(c): Who,
     Path((room, user)): Path<(String, String)>,
 ) -> Result<Json<Room>, ApiFailure> {
-    Ok(Json(edit_member(&st, &c.who, &room, &user, Member::User, false).await?))
+    Ok(Json(
+        edit_member(&st, &c.who, &room, &user, Member::User, false).await?,
+    ))
 }
 
 /// Puts a node in a room (or, with None, takes it out of `room`). Moving
@@ -463,7 +493,9 @@ pub(crate) async fn move_node(
         .iter()
         .find(|n| n.id.as_str() == node || n.name == node)
     else {
-        return Err(ApiFailure::not_found(format!("no node '{node}' in this grid")));
+        return Err(ApiFailure::not_found(format!(
+            "no node '{node}' in this grid"
+        )));
     };
     let id: NodeId = n.id.clone();
     let current = a.placement(&id).and_then(|r| a.room(r));
@@ -494,7 +526,9 @@ pub(crate) async fn move_node(
                 n.name, target.name
             )));
         }
-        st.svc.change_access(AccessChange::PlaceNode(id, None)).await
+        st.svc
+            .change_access(AccessChange::PlaceNode(id, None))
+            .await
     }
 }
 

@@ -14,9 +14,9 @@ use pesc_protocol::api::{
     NewToken, NewUser, NodeInfo, RequestInfo, RoomInfo, SharedFileInfo, TemplateInfo, UserChange,
     UserInfo,
 };
-use pesc_protocol::model::Room;
 use pesc_protocol::domain::Domain;
 use pesc_protocol::model::Process;
+use pesc_protocol::model::Room;
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -294,20 +294,40 @@ fn get_room() {}
 macro_rules! member_path {
     ($f:ident, $m:ident, $path:literal, $what:literal) => {
         #[utoipa::path($m, path = $path,
-            params(("name" = String, Path), ("user" = String, Path)),
-            responses(
-                (status = 200, description = $what, body = Room),
-                (status = 400, body = ApiError),
-                (status = 403, body = ApiError),
-                (status = 404, body = ApiError),
-                (status = 401, body = ApiError)))]
+                    params(("name" = String, Path), ("user" = String, Path)),
+                    responses(
+                        (status = 200, description = $what, body = Room),
+                        (status = 400, body = ApiError),
+                        (status = 403, body = ApiError),
+                        (status = 404, body = ApiError),
+                        (status = 401, body = ApiError)))]
         fn $f() {}
     };
 }
-member_path!(add_room_admin, put, "/api/v1/rooms/{name}/admins/{user}", "Made room admin (admins only)");
-member_path!(remove_room_admin, delete, "/api/v1/rooms/{name}/admins/{user}", "No longer room admin (admins only)");
-member_path!(add_room_user, put, "/api/v1/rooms/{name}/users/{user}", "May use the room (room admins)");
-member_path!(remove_room_user, delete, "/api/v1/rooms/{name}/users/{user}", "May no longer use the room (room admins)");
+member_path!(
+    add_room_admin,
+    put,
+    "/api/v1/rooms/{name}/admins/{user}",
+    "Made room admin (admins only)"
+);
+member_path!(
+    remove_room_admin,
+    delete,
+    "/api/v1/rooms/{name}/admins/{user}",
+    "No longer room admin (admins only)"
+);
+member_path!(
+    add_room_user,
+    put,
+    "/api/v1/rooms/{name}/users/{user}",
+    "May use the room (room admins)"
+);
+member_path!(
+    remove_room_user,
+    delete,
+    "/api/v1/rooms/{name}/users/{user}",
+    "May no longer use the room (room admins)"
+);
 
 #[utoipa::path(put, path = "/api/v1/rooms/{name}/nodes/{node}",
     params(("name" = String, Path), ("node" = String, Path, description = "Node id or name")),

@@ -249,7 +249,8 @@ async fn get_request(
     visible_request(&st, &c, &id).await?;
     let timeout = q.timeout_ms.min(120_000);
     Ok(Json(
-        st.svc.get_request(&id, q.runs, q.since_version, timeout)
+        st.svc
+            .get_request(&id, q.runs, q.since_version, timeout)
             .await?,
     ))
 }

@@ -74,11 +74,8 @@ pub trait NodeService: Send + Sync + 'static {
     async fn get_domain(&self, name: &str) -> Result<Domain, ApiFailure>;
     async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiFailure>;
     /// Makes a request for `owner` (rooms were checked already).
-    async fn create_request(
-        &self,
-        req: NewRequest,
-        owner: &str,
-    ) -> Result<RequestInfo, ApiFailure>;
+    async fn create_request(&self, req: NewRequest, owner: &str)
+    -> Result<RequestInfo, ApiFailure>;
     async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure>;
     /// One request. With `since_version`, waits up to `timeout_ms` until its
     /// version is newer or it is finished (a long poll).

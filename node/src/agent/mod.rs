@@ -51,8 +51,14 @@ pub enum Command {
     /// Users, tokens, rooms and placements.
     Access(Reply<ApiResult<pesc_protocol::access::AccessState>>),
     ChangeAccess(pesc_protocol::access::AccessChange, Reply<ApiResult<()>>),
-    User(String, Reply<ApiResult<Option<pesc_protocol::access::User>>>),
-    Token(String, Reply<ApiResult<Option<pesc_protocol::access::ApiToken>>>),
+    User(
+        String,
+        Reply<ApiResult<Option<pesc_protocol::access::User>>>,
+    ),
+    Token(
+        String,
+        Reply<ApiResult<Option<pesc_protocol::access::ApiToken>>>,
+    ),
     List(Reply<Vec<RequestInfo>>),
     Get {
         id: String,

@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::SCHEMA;
 use super::fields::*;
+use crate::access::{ApiToken, User};
 use crate::error::{Error, Result};
 use crate::ids::{BlobHash, NodeId, ProcessId, RequestId};
-use crate::access::{ApiToken, User};
 use crate::model::{Process, Room, SharedFile};
 
 /// What the grid document says about a request, so every node finds its document.

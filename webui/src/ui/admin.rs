@@ -95,7 +95,10 @@ pub(crate) async fn room_form(State(st): St, p: Page, Form(f): Form<RoomForm>) -
     let n = NewRoom {
         name: f.name.trim().to_string(),
         public: f.public.is_some(),
-        admins: Some(f.admin).filter(|a| !a.is_empty()).into_iter().collect(),
+        admins: Some(f.admin)
+            .filter(|a| !a.is_empty())
+            .into_iter()
+            .collect(),
     };
     let r = add_room(&st, p.who(), n)
         .await
@@ -134,7 +137,11 @@ pub(crate) async fn member_form(
                 "{} {} {} room {room}.",
                 f.user,
                 if add { "added to" } else { "removed from" },
-                if list == Member::Admin { "the admins of" } else { "the users of" }
+                if list == Member::Admin {
+                    "the admins of"
+                } else {
+                    "the users of"
+                }
             )
         });
     back("/rooms", r)
@@ -158,15 +165,13 @@ pub(crate) async fn node_form(
         return *r;
     }
     let add = f.action == "add";
-    let r = move_node(&st, p.who(), &room, &f.node, add)
-        .await
-        .map(|_| {
-            format!(
-                "Node {} {} room {room}.",
-                f.node.chars().take(12).collect::<String>(),
-                if add { "put in" } else { "taken out of" }
-            )
-        });
+    let r = move_node(&st, p.who(), &room, &f.node, add).await.map(|_| {
+        format!(
+            "Node {} {} room {room}.",
+            f.node.chars().take(12).collect::<String>(),
+            if add { "put in" } else { "taken out of" }
+        )
+    });
     back("/rooms", r)
 }
 
@@ -206,7 +211,10 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
 
 pub(crate) async fn users_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
     if !p.who().is_admin() {
-        return super::error_page(axum::http::StatusCode::FORBIDDEN, "Only admins manage users.");
+        return super::error_page(
+            axum::http::StatusCode::FORBIDDEN,
+            "Only admins manage users.",
+        );
     }
     let access = match st.svc.access().await {
         Ok(a) => a,
@@ -312,7 +320,14 @@ pub(crate) async fn user_change_form(
         Ok(format!("User {} saved ({}).", u.name, u.role.as_str()))
     }
     .await;
-    back(if p.who().is_admin() { "/users" } else { "/tokens" }, r)
+    back(
+        if p.who().is_admin() {
+            "/users"
+        } else {
+            "/tokens"
+        },
+        r,
+    )
 }
 
 #[derive(Deserialize, Default)]

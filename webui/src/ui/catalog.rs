@@ -16,14 +16,11 @@ use crate::error::ApiFailure;
 type St = State<AppState>;
 
 pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
-    let (domains, templates, nodes) = match tokio::try_join!(
-        st.svc.list_domains(),
-        st.svc.templates(),
-        st.svc.nodes()
-    ) {
-        Ok(x) => x,
-        Err(e) => return failed(e),
-    };
+    let (domains, templates, nodes) =
+        match tokio::try_join!(st.svc.list_domains(), st.svc.templates(), st.svc.nodes()) {
+            Ok(x) => x,
+            Err(e) => return failed(e),
+        };
     let docker: Vec<&str> = nodes
         .iter()
         .filter(|n| n.executor == "docker")
@@ -93,7 +90,9 @@ pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm
     }
     let r = async {
         if !p.who().sees_all() {
-            return Err(ApiFailure::forbidden("only operators and admins make domains"));
+            return Err(ApiFailure::forbidden(
+                "only operators and admins make domains",
+            ));
         }
         let nonempty = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
         let d = NewDomain {
@@ -109,7 +108,11 @@ pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm
             requirements: nonempty(f.requirements),
         };
         let d = st.svc.create_domain(d).await?;
-        Ok(format!("Domain {} saved (image {}).", d.name, d.image_tag()))
+        Ok(format!(
+            "Domain {} saved (image {}).",
+            d.name,
+            d.image_tag()
+        ))
     }
     .await;
     back("/domains", r)

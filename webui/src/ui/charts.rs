@@ -115,13 +115,41 @@ pub fn gantt_svg(r: &RequestInfo, name: &dyn Fn(&str) -> String, now_ms: u64) ->
     if bars.is_empty() {
         return String::new();
     }
-    let mut nodes: Vec<&str> = bars.iter().map(|b| b.node.as_str()).collect();
-    nodes.sort();
-    nodes.dedup();
+    // A node runs several attempts at once: each gets a lane of the
+    // node's row, the first lane free when it starts.
+    let mut order: Vec<usize> = (0..bars.len()).collect();
+    order.sort_by_key(|&i| (&bars[i].node, bars[i].from, bars[i].rank));
+    let mut rows: Vec<(String, u64)> = Vec::new(); // (node, busy until)
+    let mut row_of = vec![0usize; bars.len()];
+    for i in order {
+        let b = &bars[i];
+        let free = rows
+            .iter()
+            .position(|(n, until)| *n == b.node && *until <= b.from);
+        let r = match free {
+            Some(r) => r,
+            None => {
+                // Keep a node's lanes together.
+                let at = rows
+                    .iter()
+                    .rposition(|(n, _)| *n == b.node)
+                    .map_or(rows.len(), |p| p + 1);
+                rows.insert(at, (b.node.clone(), 0));
+                for x in row_of.iter_mut() {
+                    if *x >= at {
+                        *x += 1;
+                    }
+                }
+                at
+            }
+        };
+        rows[r].1 = b.to;
+        row_of[i] = r;
+    }
     let t0 = bars.iter().map(|b| b.from).min().unwrap_or(0);
     let t1 = bars.iter().map(|b| b.to).max().unwrap_or(t0).max(t0 + 1);
     let (left, width, row, top) = (140.0, 760.0, 26.0, 10.0);
-    let height = top + row * nodes.len() as f64 + 30.0;
+    let height = top + row * rows.len() as f64 + 30.0;
     let x = |t: u64| left + (t - t0) as f64 / (t1 - t0) as f64 * width;
     let mut s = String::new();
     let _ = write!(
@@ -129,22 +157,29 @@ pub fn gantt_svg(r: &RequestInfo, name: &dyn Fn(&str) -> String, now_ms: u64) ->
         r##"<svg class="gantt" role="img" aria-label="run map" viewBox="0 0 {w} {height}" width="100%" xmlns="http://www.w3.org/2000/svg">"##,
         w = left + width + 10.0
     );
-    for (i, n) in nodes.iter().enumerate() {
+    for (i, (n, _)) in rows.iter().enumerate() {
         let y = top + row * i as f64;
+        let first = i == 0 || rows[i - 1].0 != *n;
+        let last = i + 1 == rows.len() || rows[i + 1].0 != *n;
         let _ = write!(
             s,
-            r##"<text x="{}" y="{}" text-anchor="end" font-size="12">{}</text><line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/>"##,
+            r##"<text x="{}" y="{}" text-anchor="end" font-size="12">{}</text>"##,
             left - 6.0,
             y + row * 0.65,
-            esc(n),
-            left + width,
-            y + row,
-            y + row
+            if first { esc(n) } else { String::new() },
         );
+        if last {
+            let _ = write!(
+                s,
+                r##"<line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="#bbb"/>"##,
+                left + width,
+                y + row,
+                y + row
+            );
+        }
     }
-    for b in &bars {
-        let i = nodes.iter().position(|n| *n == b.node).unwrap_or(0);
-        let y = top + row * i as f64 + 3.0;
+    for (k, b) in bars.iter().enumerate() {
+        let y = top + row * row_of[k] as f64 + 3.0;
         let (x0, x1) = (x(b.from), x(b.to));
         let _ = write!(
             s,
@@ -167,12 +202,17 @@ pub fn gantt_svg(r: &RequestInfo, name: &dyn Fn(&str) -> String, now_ms: u64) ->
             );
         }
     }
-    let axis_y = top + row * nodes.len() as f64 + 16.0;
+    let axis_y = top + row * rows.len() as f64 + 16.0;
     for k in 0..=4 {
         let t = t0 + (t1 - t0) * k / 4;
+        let anchor = match k {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
         let _ = write!(
             s,
-            r##"<text x="{:.1}" y="{axis_y}" font-size="11" text-anchor="middle">{}</text>"##,
+            r##"<text x="{:.1}" y="{axis_y}" font-size="11" text-anchor="{anchor}">{}</text>"##,
             x(t),
             super::fmt_duration(t - t0)
         );
@@ -290,8 +330,16 @@ mod tests {
         assert_eq!(
             s.per_node,
             vec![
-                NodeStats { node: "A".into(), runs: 2, mean_ms: 3000 },
-                NodeStats { node: "B".into(), runs: 1, mean_ms: 6000 },
+                NodeStats {
+                    node: "A".into(),
+                    runs: 2,
+                    mean_ms: 3000
+                },
+                NodeStats {
+                    node: "B".into(),
+                    runs: 1,
+                    mean_ms: 6000
+                },
             ]
         );
         let svg = gantt_svg(&r, &|n| n.to_uppercase(), 10_000);
@@ -299,6 +347,22 @@ mod tests {
         assert_eq!(svg.matches("<rect class=\"bar").count(), 4);
         assert!(svg.contains("rank 1, attempt 1, Lost"));
         assert!(svg.contains(">A</text>") && svg.contains(">B</text>"));
+        // a ran ranks 0 and 1 one after the other (one lane); b's two
+        // attempts did not overlap either: two rows in all.
+        assert_eq!(svg.matches("stroke=\"#bbb\"").count(), 2);
+        // Four attempts at once on one node: four lanes.
+        let busy = request(
+            (0..4)
+                .map(|r| run(r, vec![span(1, "a", AttemptState::Succeeded, 0, 1000)]))
+                .collect(),
+        );
+        let svg = gantt_svg(&busy, &|n| n.to_string(), 1000);
+        let ys: std::collections::BTreeSet<&str> = svg
+            .split("<rect class=\"bar")
+            .skip(1)
+            .map(|r| r.split("y=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        assert_eq!(ys.len(), 4, "{svg}");
         assert_eq!(stats_svg(&s).matches("<rect").count(), 2);
     }
 

@@ -10,14 +10,42 @@ use super::{Flash, Page, error_page, layout, trusted};
 
 /// (slug, title, Markdown).
 const PAGES: &[(&str, &str, &str)] = &[
-    ("user-guide", "User guide", include_str!("../../../docs/user-guide.md")),
-    ("operator-guide", "Operator guide", include_str!("../../../docs/operator-guide.md")),
-    ("admin-guide", "Admin guide", include_str!("../../../docs/admin-guide.md")),
-    ("how-tos", "How-tos", include_str!("../../../docs/how-tos.md")),
-    ("header-snippets", "Reading the header (snippets)", include_str!("../../../docs/header-snippets.md")),
+    (
+        "user-guide",
+        "User guide",
+        include_str!("../../../docs/user-guide.md"),
+    ),
+    (
+        "operator-guide",
+        "Operator guide",
+        include_str!("../../../docs/operator-guide.md"),
+    ),
+    (
+        "admin-guide",
+        "Admin guide",
+        include_str!("../../../docs/admin-guide.md"),
+    ),
+    (
+        "how-tos",
+        "How-tos",
+        include_str!("../../../docs/how-tos.md"),
+    ),
+    (
+        "header-snippets",
+        "Reading the header (snippets)",
+        include_str!("../../../docs/header-snippets.md"),
+    ),
     ("api", "API guide", include_str!("../../../docs/api.md")),
-    ("architecture", "Architecture", include_str!("../../../docs/architecture.md")),
-    ("performance", "Performance", include_str!("../../../docs/performance.md")),
+    (
+        "architecture",
+        "Architecture",
+        include_str!("../../../docs/architecture.md"),
+    ),
+    (
+        "performance",
+        "Performance",
+        include_str!("../../../docs/performance.md"),
+    ),
 ];
 
 pub(crate) async fn index(p: Page, flash: Query<Flash>) -> Response {
@@ -65,7 +93,13 @@ pub(crate) async fn page(p: Page, Path(slug): Path<String>, flash: Query<Flash>)
     let Some((_, title, md)) = PAGES.iter().find(|(s, _, _)| *s == slug) else {
         return error_page(StatusCode::NOT_FOUND, &format!("No guide named '{slug}'."));
     };
-    layout(&p, title, &flash, html! { article.doc { (trusted(render(md))) } }).into_response()
+    layout(
+        &p,
+        title,
+        &flash,
+        html! { article.doc { (trusted(render(md))) } },
+    )
+    .into_response()
 }
 
 /// Every path of `/api/v1` with its methods, summary and answers.

@@ -10,12 +10,12 @@ mod docs;
 mod requests;
 mod session;
 
+use axum::Router;
 use axum::extract::{FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use pesc_protocol::access::Principal;
 
@@ -36,7 +36,10 @@ pub(crate) fn routes(_st: AppState) -> Router<AppState> {
         .route("/requests/{id}", get(requests::request_page))
         .route("/requests/{id}/fragment", get(requests::request_fragment))
         .route("/requests/{id}/output.txt", get(requests::output_txt))
-        .route("/domains", get(catalog::domains_page).post(catalog::domain_form))
+        .route(
+            "/domains",
+            get(catalog::domains_page).post(catalog::domain_form),
+        )
         .route("/processes", get(catalog::processes_page))
         .route("/files", get(catalog::files_page))
         .route("/rooms", get(admin::rooms_page).post(admin::room_form))

@@ -6,7 +6,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use maud::{Markup, html};
 use pesc_protocol::api::{GridNode, RequestInfo};
 
@@ -15,7 +14,6 @@ use super::{Flash, Page, failed, fmt_duration, layout, trusted, when};
 use crate::accounts::visible_rooms;
 use crate::auth::AppState;
 use crate::error::ApiFailure;
-use crate::service::LogStream;
 
 type St = State<AppState>;
 
@@ -35,7 +33,6 @@ fn progress_bar(r: &RequestInfo) -> Markup {
         span.pct { (pct) "%" }
     }
 }
-
 
 async fn dashboard_body(st: &AppState, p: &Page) -> Result<Markup, ApiFailure> {
     let mut reqs = st.svc.list_requests().await?;
@@ -221,7 +218,17 @@ async fn request_body(st: &AppState, p: &Page, id: &str) -> Result<Markup, ApiFa
     let now = now_ms();
     let s = stats(&r, &name, now);
     let gantt = gantt_svg(&r, &name, now);
+    let can_cancel = p.who().may_cancel_request(&r.owner);
     Ok(html! {
+        p.actions {
+            @if r.state.is_terminal() || r.counts.succeeded > 0 {
+                a.button href={ "/api/v1/requests/" (r.id) "/results" } download { "Download all results (zip)" }
+                " " a.button href={ "/requests/" (r.id) "/output.txt" } download { "Download output.txt" }
+            }
+            @if can_cancel && !r.state.is_terminal() {
+                " " button.danger data-cancel=(r.id) { "Cancel request" }
+            }
+        }
         div.summary {
             (super::badge(r.state.as_str())) " "
             (progress_bar(&r))
@@ -237,7 +244,7 @@ async fn request_body(st: &AppState, p: &Page, id: &str) -> Result<Markup, ApiFa
                         td { (run.rank) }
                         td { (super::badge(run.state.as_str())) }
                         td { @if let Some(n) = &run.node { (name(n.as_str())) } }
-                        td { @if let Some(a) = run.attempt { (a) } " of " (run.attempts) }
+                        td { @if let Some(a) = run.attempt { (a + 1) " of " (run.attempts) } }
                         td { @if let Some(d) = run.duration_ms { (fmt_duration(d)) } }
                         td { @if let Some(c) = run.exit_code { (c) } }
                         td { @if let Some(pc) = run.progress { progress max="100" value=(pc) {} " " (pc) "%" } }
@@ -283,18 +290,10 @@ pub(crate) async fn request_page(
         Ok(b) => b,
         Err(e) => return failed(e),
     };
-    let can_cancel = p.who().may_cancel_request(&r.owner);
     let content = html! {
         p.meta { "Process " b { (r.process_name) } " (" (r.language.as_str()) "), " (r.repetitions) " repetition(s)"
             @if !r.parameters.is_empty() { ", parameters " code { (r.parameters.join(" ")) } }
             ", by " (r.owner) ", " (when(r.created_ms)) }
-        p.actions {
-            a.button href={ "/api/v1/requests/" (r.id) "/results" } download { "Download all results (zip)" }
-            " " a.button href={ "/requests/" (r.id) "/output.txt" } download { "Download output.txt" }
-            @if can_cancel && !r.state.is_terminal() {
-                " " button.danger data-cancel=(r.id) { "Cancel request" }
-            }
-        }
         div #request data-live={ "/requests/" (r.id) "/fragment" } data-request=(r.id) { (body) }
     };
     layout(&p, &format!("Request {}", r.id.short()), &flash, content).into_response()
@@ -307,44 +306,43 @@ pub(crate) async fn request_fragment(State(st): St, p: Page, Path(id): Path<Stri
     }
 }
 
-/// PESC's `output.txt`: every rank's standard output, in rank order.
+/// PESC's `output.txt`: every rank's `output/output.txt`, in rank order,
+/// taken from the results archive.
 pub(crate) async fn output_txt(State(st): St, p: Page, Path(id): Path<String>) -> Response {
     let r = match visible(&st, &p, &id).await {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
-    let svc = st.svc.clone();
-    let ranks = r.repetitions;
-    let rid = r.id.to_string();
-    let stream = futures_util::stream::iter(0..ranks)
-        .then(move |rank| {
-            let svc = svc.clone();
-            let rid = rid.clone();
-            async move {
-                let head = futures_util::stream::once(async move {
-                    Ok::<_, std::io::Error>(bytes::Bytes::from(format!("===== rank {rank} =====\n")))
-                });
-                let body = match svc.logs(&rid, rank, LogStream::Stdout, false).await {
-                    Ok(s) => s,
-                    Err(e) => Box::pin(futures_util::stream::once(async move {
-                        Ok(bytes::Bytes::from(format!("({})\n", e.message)))
-                    })),
-                };
-                head.chain(body)
-                    .chain(futures_util::stream::once(async { Ok(bytes::Bytes::from("\n")) }))
-            }
-        })
-        .flatten();
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"output-{}.txt\"", r.id.short()),
-            ),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    let file = match st.svc.results(r.id.as_str()).await {
+        Ok(f) => f.file.into_std().await,
+        Err(e) => return failed(e),
+    };
+    let text = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let mut z = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
+        let mut entry = z.by_name("output.txt").map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        entry.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    })
+    .await;
+    match text {
+        Ok(Ok(bytes)) => (
+            StatusCode::OK,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8".to_string(),
+                ),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"output-{}.txt\"", r.id.short()),
+                ),
+            ],
+            Body::from(bytes),
+        )
+            .into_response(),
+        Ok(Err(e)) => failed(ApiFailure::internal(format!("reading the results: {e}"))),
+        Err(e) => failed(ApiFailure::internal(e.to_string())),
+    }
 }

@@ -133,7 +133,8 @@ pub(crate) async fn setup_form(State(st): State<AppState>, Form(f): Form<SetupFo
         Err(e) => return failed(e),
     };
     if !a.users.is_empty() {
-        return Redirect::to("/login?error=The+grid+has+an+admin+already%3A+log+in").into_response();
+        return Redirect::to("/login?error=The+grid+has+an+admin+already%3A+log+in")
+            .into_response();
     }
     if !constant_time_eq(f.code.trim().as_bytes(), st.svc.api_token().as_bytes()) {
         return (
