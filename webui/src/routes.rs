@@ -244,8 +244,13 @@ async fn get_request(
     State(st): Svc,
     axum::Extension(c): Who,
     Path(id): Path<String>,
-    Query(q): Query<GetQuery>,
+    q: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiFailure> {
+    let Query(q) = q.map_err(|e| {
+        ApiFailure::bad_request(format!(
+            "bad query ({e}); give runs=true|false, since_version=N, timeout_ms=N"
+        ))
+    })?;
     visible_request(&st, &c, &id).await?;
     let timeout = q.timeout_ms.min(120_000);
     Ok(Json(
@@ -285,9 +290,17 @@ fn stdout() -> LogStream {
 async fn logs(
     State(st): Svc,
     axum::Extension(c): Who,
-    Path((id, rank)): Path<(String, u32)>,
-    Query(q): Query<LogQuery>,
+    Path((id, rank)): Path<(String, String)>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiFailure> {
+    let rank: u32 = rank
+        .parse()
+        .map_err(|_| ApiFailure::bad_request(format!("'{rank}' is not a rank (0, 1, 2, …)")))?;
+    let Query(q) = q.map_err(|e| {
+        ApiFailure::bad_request(format!(
+            "bad query ({e}); give stream=stdout|stderr and follow=true|false"
+        ))
+    })?;
     visible_request(&st, &c, &id).await?;
     let s = st.svc.logs(&id, rank, q.stream, q.follow).await?;
     Ok((
