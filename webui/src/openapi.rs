@@ -294,13 +294,13 @@ fn get_room() {}
 macro_rules! member_path {
     ($f:ident, $m:ident, $path:literal, $what:literal) => {
         #[utoipa::path($m, path = $path,
-                            params(("name" = String, Path), ("user" = String, Path)),
-                            responses(
-                                (status = 200, description = $what, body = Room),
-                                (status = 400, body = ApiError),
-                                (status = 403, body = ApiError),
-                                (status = 404, body = ApiError),
-                                (status = 401, body = ApiError)))]
+                                    params(("name" = String, Path), ("user" = String, Path)),
+                                    responses(
+                                        (status = 200, description = $what, body = Room),
+                                        (status = 400, body = ApiError),
+                                        (status = 403, body = ApiError),
+                                        (status = 404, body = ApiError),
+                                        (status = 401, body = ApiError)))]
         fn $f() {}
     };
 }
