@@ -235,6 +235,7 @@ impl NodeService for Service {
         &self,
         meta: UploadProcess,
         body: ByteStream,
+        owner: &str,
     ) -> Result<Process, ApiFailure> {
         let file_name = safe_relative_path(&meta.file_name)
             .map_err(|e| ApiFailure::bad_request(format!("file_name {e}")))?;
@@ -308,7 +309,7 @@ impl NodeService for Service {
             language,
             entry,
             entry_is_command,
-            owner: self.owner.clone(),
+            owner: owner.to_string(),
             created_ms: now_ms(),
         };
         self.agent.ask(|r| Command::RegisterProcess(p, r)).await?
@@ -322,6 +323,7 @@ impl NodeService for Service {
         &self,
         meta: UploadFile,
         body: ByteStream,
+        owner: &str,
     ) -> Result<SharedFileInfo, ApiFailure> {
         if let Err(e) = SharedFile::check_name(&meta.name) {
             drain_body(body).await;
@@ -340,7 +342,7 @@ impl NodeService for Service {
             name: meta.name,
             hash,
             size,
-            owner: self.owner.clone(),
+            owner: owner.to_string(),
             created_ms: now_ms(),
         };
         self.agent.ask(|r| Command::PutFile(f, r)).await?
@@ -444,7 +446,7 @@ impl NodeService for Service {
         Ok(crate::metrics::prometheus(&m, count, bytes, partial))
     }
 
-    async fn create_domain(&self, d: NewDomain) -> Result<Domain, ApiFailure> {
+    async fn create_domain(&self, d: NewDomain, owner: &str) -> Result<Domain, ApiFailure> {
         let bad = |e: pesc_protocol::error::Error| ApiFailure::bad_request(e.to_string());
         let (dockerfile, requirements, template) = match (&d.template, &d.dockerfile) {
             (Some(t), None) => {
@@ -477,7 +479,7 @@ impl NodeService for Service {
             &dockerfile,
             &requirements,
             template,
-            &self.owner,
+            owner,
             crate::agent::now_ms(),
         )
         .map_err(bad)?;

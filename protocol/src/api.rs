@@ -206,6 +206,9 @@ pub struct GridNode {
     /// Its GPUs, from its last heartbeat.
     #[serde(default)]
     pub gpus: Vec<crate::model::Gpu>,
+    /// Domain images it built, is building or failed to build (by domain hash).
+    #[serde(default)]
+    pub builds: Vec<crate::model::DomainBuild>,
     /// Milliseconds since its last heartbeat was received.
     pub last_seen_ms_ago: Option<u64>,
 }

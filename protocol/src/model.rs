@@ -9,6 +9,24 @@ use crate::error::{Error, Result};
 use crate::ids::{BlobHash, NodeId, ProcessId, RequestId};
 use crate::limits::*;
 
+/// Where a node stands with a domain's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum BuildState {
+    Building,
+    Built,
+    Failed,
+}
+
+/// A domain image on one node (by the domain's hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DomainBuild {
+    pub hash: String,
+    pub state: BuildState,
+}
+
 /// Name of the public room every node and user belongs to by default.
 pub const GENERAL_ROOM: &str = "General";
 

@@ -175,6 +175,9 @@ pub struct NodeStatus {
     /// The owner's policy keeps it from taking runs now.
     #[serde(default)]
     pub paused: bool,
+    /// Domain images it built or is building.
+    #[serde(default)]
+    pub builds: Vec<crate::model::DomainBuild>,
 }
 
 impl NodeStatus {

@@ -161,6 +161,7 @@ impl Sizes {
             rooms: Vec::new(),
             containers: true,
             paused: false,
+            builds: Vec::new(),
         };
         let beat = serde_json::to_vec(&Beat {
             node: writer.clone(),

@@ -292,6 +292,11 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
         );
     }
 
+    // What bob uploaded is his.
+    let procs: Vec<Value> = admin.get("/processes").send().unwrap().json().unwrap();
+    assert!(procs.iter().any(|p| p["owner"] == "bob"), "{procs:?}");
+    assert_eq!(done["owner"], "bob");
+
     // Moving a node between rooms needs admin of both.
     let (s, e) = status(ana.put("/rooms/lab2/nodes/n1").send().unwrap());
     assert_eq!(s, 403, "ana is not admin of lab2: {e}");

@@ -337,6 +337,20 @@ fn a_template_domain_is_built_once_and_runs_python_and_c() {
     let id = node.submit(&[&prog, "-n", "1", "--domain", &py]);
     node.wait_for(&id, Duration::from_secs(120), finished);
     assert_eq!(builds(), 1, "rebuilt an unchanged domain");
+    // The node reports the image as built (the Domains page shows it).
+    let hash = node.cli_json(&["domains", "show", &py, "--json"])["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nodes: serde_json::Value = node.http().get("/nodes").send().unwrap().json().unwrap();
+    let mine = &nodes[0]["builds"];
+    assert!(
+        mine.as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["hash"] == hash.as_str() && b["state"] == "built"),
+        "{nodes}"
+    );
 
     // C compiled inside its domain (gcc is in the image, not needed on the node).
     let src = write_file(

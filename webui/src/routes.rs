@@ -116,6 +116,7 @@ async fn list_processes(State(st): Svc) -> Result<impl IntoResponse, ApiFailure>
 
 async fn upload_process(
     State(st): Svc,
+    axum::Extension(c): Who,
     meta: Result<Query<UploadProcess>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiFailure> {
@@ -125,7 +126,10 @@ async fn upload_process(
         ))
     })?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let p = st.svc.upload_process(meta, Box::pin(stream)).await?;
+    let p = st
+        .svc
+        .upload_process(meta, Box::pin(stream), &c.who.user)
+        .await?;
     Ok((StatusCode::CREATED, Json(p)))
 }
 
@@ -135,6 +139,7 @@ async fn list_files(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
 
 async fn upload_file(
     State(st): Svc,
+    axum::Extension(c): Who,
     meta: Result<Query<UploadFile>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiFailure> {
@@ -144,7 +149,10 @@ async fn upload_file(
         ))
     })?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let f = st.svc.upload_file(meta, Box::pin(stream)).await?;
+    let f = st
+        .svc
+        .upload_file(meta, Box::pin(stream), &c.who.user)
+        .await?;
     Ok((StatusCode::CREATED, Json(f)))
 }
 
@@ -206,7 +214,10 @@ async fn create_domain(
             "only operators and admins make domains: ask one to add it",
         ));
     }
-    Ok((StatusCode::CREATED, Json(st.svc.create_domain(d).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(st.svc.create_domain(d, &c.who.user).await?),
+    ))
 }
 
 async fn create_request(

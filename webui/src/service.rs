@@ -52,10 +52,12 @@ pub trait NodeService: Send + Sync + 'static {
     async fn node_info(&self) -> Result<NodeInfo, ApiFailure>;
     /// Every node of the grid with its live state.
     async fn nodes(&self) -> Result<Vec<GridNode>, ApiFailure>;
+    /// Stores a process uploaded by `owner` (streamed).
     async fn upload_process(
         &self,
         meta: UploadProcess,
         body: ByteStream,
+        owner: &str,
     ) -> Result<Process, ApiFailure>;
     async fn list_processes(&self) -> Result<Vec<Process>, ApiFailure>;
     /// Stores a shared file (streamed) under a name runs will see.
@@ -63,13 +65,14 @@ pub trait NodeService: Send + Sync + 'static {
         &self,
         meta: UploadFile,
         body: ByteStream,
+        owner: &str,
     ) -> Result<SharedFileInfo, ApiFailure>;
     async fn list_files(&self) -> Result<Vec<SharedFileInfo>, ApiFailure>;
     /// Makes the answering node keep a copy of a shared file (fetching it
     /// from the nodes that have it).
     async fn fetch_file(&self, name: &str) -> Result<SharedFileInfo, ApiFailure>;
     /// Makes (or replaces) a domain, checked.
-    async fn create_domain(&self, d: NewDomain) -> Result<Domain, ApiFailure>;
+    async fn create_domain(&self, d: NewDomain, owner: &str) -> Result<Domain, ApiFailure>;
     async fn list_domains(&self) -> Result<Vec<Domain>, ApiFailure>;
     async fn get_domain(&self, name: &str) -> Result<Domain, ApiFailure>;
     async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiFailure>;

@@ -20,7 +20,9 @@ use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo, SharedFileI
 use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id};
 use pesc_protocol::lease::{LeaseKey, Sightings};
 use pesc_protocol::liveness::{FAR_TAKEOVER_DELAY_MS, Liveness, takeover_delay_ms};
-use pesc_protocol::model::{Attempt, AttemptState, Process, RequestSpec, RunState, SharedFile};
+use pesc_protocol::model::{
+    Attempt, AttemptState, BuildState, Process, RequestSpec, RunState, SharedFile,
+};
 use pesc_protocol::run_view::{Abandon, RunCounts, should_abandon};
 use pesc_protocol::schedule::{
     Candidate, INPUT_WAIT_MS, NodeCaps, eligible, first_queued, pick, scan_start, waits_for_inputs,
@@ -38,6 +40,9 @@ use pesc_protocol::domain::Domain;
 
 type Reply<T> = oneshot::Sender<T>;
 type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Domain images a node reports at most.
+const MAX_BUILDS_SHOWN: usize = 64;
 
 /// Housekeeping period when nothing else happens.
 const TICK: Duration = Duration::from_millis(500);
@@ -245,6 +250,9 @@ pub struct Agent {
     gpu_peaks: HashMap<String, u64>,
     /// The last request changes, by version: what `/api/v1/events` replays.
     event_log: std::collections::VecDeque<(u64, RequestId)>,
+    /// Domain images this node built or builds, by domain hash (sent in
+    /// heartbeats: the Domains page shows them per node).
+    builds: BTreeMap<String, BuildState>,
 }
 
 /// Request changes kept for clients that reconnect to the event stream.
@@ -413,6 +421,7 @@ impl Agent {
             gpu_pool: Default::default(),
             gpu_peaks: HashMap::new(),
             event_log: Default::default(),
+            builds: BTreeMap::new(),
             os_user: std::env::var("USER")
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_default(),
@@ -832,6 +841,7 @@ impl Agent {
                 }
             }
             RunnerEvent::Building { key } => {
+                self.set_build(&key, |_| Some(BuildState::Building));
                 if let Some(r) = self.running.get_mut(&key) {
                     let name = self
                         .requests
@@ -850,6 +860,7 @@ impl Agent {
                 }
             }
             RunnerEvent::Started { key } => {
+                self.set_build(&key, |_| Some(BuildState::Built));
                 let Some(r) = self.running.get_mut(&key) else {
                     return;
                 };
@@ -861,6 +872,10 @@ impl Agent {
                 r.unwritten = true;
             }
             RunnerEvent::Finished { key, outcome } => {
+                // Ended while its image was still being built: the build failed.
+                self.set_build(&key, |s| {
+                    (s == Some(BuildState::Building)).then_some(BuildState::Failed)
+                });
                 let Some(r) = self.running.remove(&key) else {
                     return;
                 };
@@ -880,6 +895,27 @@ impl Agent {
                     self.request_finished(&key.0);
                 }
             }
+        }
+    }
+
+    /// Updates what this node says of the image of an attempt's domain.
+    fn set_build(
+        &mut self,
+        key: &AttemptKey,
+        f: impl FnOnce(Option<BuildState>) -> Option<BuildState>,
+    ) {
+        let Some(hash) = self
+            .requests
+            .get(&key.0)
+            .and_then(|q| q.doc.spec().domain.as_ref().map(|d| d.hash.clone()))
+        else {
+            return;
+        };
+        if let Some(s) = f(self.builds.get(&hash).copied()) {
+            if self.builds.len() >= MAX_BUILDS_SHOWN && !self.builds.contains_key(&hash) {
+                self.builds.pop_first();
+            }
+            self.builds.insert(hash, s);
         }
     }
 

@@ -616,6 +616,14 @@ impl Agent {
             rooms: self.caps.rooms.clone(),
             containers: self.caps.containers,
             paused: self.paused.is_some(),
+            builds: self
+                .builds
+                .iter()
+                .map(|(hash, state)| pesc_protocol::model::DomainBuild {
+                    hash: hash.clone(),
+                    state: *state,
+                })
+                .collect(),
         }
     }
 
@@ -676,6 +684,10 @@ impl Agent {
                     slots_free: status.as_ref().map(|s| s.slots_free),
                     load: status.as_ref().map(|s| s.load),
                     gpus: status.as_ref().map(|s| s.gpus.clone()).unwrap_or_default(),
+                    builds: status
+                        .as_ref()
+                        .map(|s| s.builds.clone())
+                        .unwrap_or_default(),
                     last_seen_ms_ago: if me {
                         Some(0)
                     } else {

@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 use pesc_protocol::api::NewDomain;
+use pesc_protocol::model::BuildState;
 use serde::Deserialize;
 
 use super::{Flash, Page, back, csrf_field, failed, fmt_bytes, layout, when};
@@ -32,7 +33,7 @@ pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) ->
             @if docker.is_empty() { b { "No node of this grid runs Docker now: requests naming a domain will wait." } }
             @else { "Nodes that build domains: " (docker.join(", ")) "." } }
         table {
-            thead { tr { th { "Name" } th { "Image tag" } th { "Template" } th { "By" } th { "Created" } th { "Dockerfile" } } }
+            thead { tr { th { "Name" } th { "Image tag" } th { "Template" } th { "By" } th { "Created" } th { "Built on" } th { "Dockerfile" } } }
             tbody {
                 @for d in &domains {
                     tr {
@@ -41,6 +42,17 @@ pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) ->
                         td { (d.template.as_deref().unwrap_or("own Dockerfile")) }
                         td { (d.owner) }
                         td { (when(d.created_ms)) }
+                        td.builds {
+                            @for n in &nodes {
+                                @for b in n.builds.iter().filter(|b| b.hash == d.hash) {
+                                    div { (n.name) " " (super::badge(match b.state {
+                                        BuildState::Building => "building",
+                                        BuildState::Built => "built",
+                                        BuildState::Failed => "failed",
+                                    })) }
+                                }
+                            }
+                        }
                         td { details { summary { "show" } pre { (d.dockerfile) } @if !d.requirements.is_empty() { pre { (d.requirements) } } } }
                     }
                 }
@@ -107,7 +119,7 @@ pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm
             dockerfile: nonempty(f.dockerfile),
             requirements: nonempty(f.requirements),
         };
-        let d = st.svc.create_domain(d).await?;
+        let d = st.svc.create_domain(d, &p.who().user).await?;
         Ok(format!(
             "Domain {} saved (image {}).",
             d.name,
