@@ -138,10 +138,20 @@ impl Browser {
         Ok(v.as_array().map_or(0, Vec::len))
     }
 
+    /// Clicks an element; looks it up again if the page re-rendered it in
+    /// between (live regions do).
     pub fn click(&self, css: &str) -> Result<()> {
-        let e = self.find(css)?;
-        self.raw("POST", &format!("/element/{}/click", e.id), None)?;
-        Ok(())
+        let mut tries = 0;
+        loop {
+            let e = self.find(css)?;
+            match self.raw("POST", &format!("/element/{}/click", e.id), None) {
+                Err(err) if tries < 10 && err.to_string().contains("stale element") => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => return r.map(|_| ()),
+            }
+        }
     }
 
     /// Types into a field (for a file input: the file's path).

@@ -96,13 +96,13 @@ fn a_user_runs_the_integral_example_from_the_browser() {
         true
     );
     assert_eq!(b.url().unwrap(), page);
-    assert!(b.text(".summary").unwrap().contains("10 done"));
+    b.wait_text(".summary", "10 done").unwrap();
     assert_eq!(
         b.count("svg.gantt rect.bar").unwrap(),
         10,
         "one bar per attempt"
     );
-    assert!(b.text("table.stats").unwrap().contains("Speedup"));
+    b.wait_text("table.stats", "Speedup").unwrap();
     b.screenshot("04-request-done").unwrap();
 
     // Download all results and output.txt, as the page's links do.
