@@ -519,3 +519,31 @@ pub fn utmp_login(user: &str, line: &str) -> Vec<u8> {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+/// Reads server-sent events until `stop` says so; returns (id, event, data).
+pub fn read_events(
+    resp: &mut reqwest::blocking::Response,
+    mut stop: impl FnMut(&[(u64, String, String)]) -> bool,
+) -> Vec<(u64, String, String)> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(resp);
+    let (mut got, mut id, mut event, mut data) = (Vec::new(), 0, String::new(), String::new());
+    let mut line = String::new();
+    while !stop(&got) {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if let Some(v) = l.strip_prefix("id: ") {
+            id = v.parse().unwrap();
+        } else if let Some(v) = l.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = l.strip_prefix("data: ") {
+            data = v.to_string();
+        } else if l.is_empty() && !event.is_empty() {
+            got.push((id, std::mem::take(&mut event), std::mem::take(&mut data)));
+        }
+    }
+    got
+}

@@ -376,6 +376,18 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
         200
     );
 
+    // The event stream tells a user of their own requests only.
+    let (_, mine) = status(eve.submit_script("echo mine\n", 1, &[]));
+    let mine = mine["id"].as_str().unwrap().to_string();
+    let mut stream = eve.get("/events?since=0").send().unwrap();
+    let evs = pesc_tests::read_events(&mut stream, |evs| evs.iter().any(|e| e.2.contains(&mine)));
+    assert!(
+        evs.iter()
+            .all(|e| !e.2.contains(&id) && !e.2.contains(&slow)),
+        "eve heard of bob's requests: {evs:?}"
+    );
+    drop(stream);
+
     // The join token is for admins.
     assert_eq!(bob.get("/grid/join-token").send().unwrap().status(), 403);
     let j: Value = admin

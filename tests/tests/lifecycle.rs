@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pesc_tests::{Node, runs, stdout, write_file, zip_text};
+use pesc_tests::{Node, read_events, runs, stdout, write_file, zip_text};
 use serde_json::Value;
 
 fn count(v: &Value, state: &str) -> usize {
@@ -354,34 +354,6 @@ fn programs_report_progress_and_messages_through_a_file() {
     assert_eq!(runs(&v)[0]["message"], "done", "{v}");
     let table = stdout(&node.cli(&["status", &id]));
     assert!(table.contains("100%") && table.contains("done"), "{table}");
-}
-
-/// Reads server-sent events until `stop` says so; returns (id, event, data).
-fn read_events(
-    resp: &mut reqwest::blocking::Response,
-    mut stop: impl FnMut(&[(u64, String, String)]) -> bool,
-) -> Vec<(u64, String, String)> {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::new(resp);
-    let (mut got, mut id, mut event, mut data) = (Vec::new(), 0, String::new(), String::new());
-    let mut line = String::new();
-    while !stop(&got) {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        let l = line.trim_end();
-        if let Some(v) = l.strip_prefix("id: ") {
-            id = v.parse().unwrap();
-        } else if let Some(v) = l.strip_prefix("event: ") {
-            event = v.to_string();
-        } else if let Some(v) = l.strip_prefix("data: ") {
-            data = v.to_string();
-        } else if l.is_empty() && !event.is_empty() {
-            got.push((id, std::mem::take(&mut event), std::mem::take(&mut data)));
-        }
-    }
-    got
 }
 
 #[test]
