@@ -97,11 +97,13 @@ impl FromStr for JoinToken {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lowercase hex of bytes.
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from hex (None unless every pair of digits parses).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

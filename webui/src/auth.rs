@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use pesc_protocol::access::{Principal, User};
+use pesc_protocol::join::{hex, unhex};
 
 use crate::error::ApiFailure;
 use crate::service::NodeService;
@@ -143,20 +144,6 @@ fn fingerprint(password_hash: &str) -> String {
     blake3::hash(password_hash.as_bytes()).to_hex()[..12].to_string()
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() || a.is_empty() {
         return false;
@@ -166,10 +153,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The hash the grid keeps of an API token (also the token's id).
 pub fn token_id(token: &str) -> String {
-    blake3::derive_key("pesc api token v1", token.as_bytes())
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    hex(&blake3::derive_key("pesc api token v1", token.as_bytes()))
 }
 
 /// A new random API token.

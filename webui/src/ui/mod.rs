@@ -171,14 +171,7 @@ pub(crate) fn layout(p: &Page, title: &str, flash: &Flash, content: Markup) -> M
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="csrf" content=(p.csrf());
-                title { (title) " · PESC" }
-                link rel="stylesheet" href="/assets/app.css";
-                script src="/assets/app.js" defer {}
-            }
+            (head(title, Some(p.csrf())))
             body {
                 header.top {
                     a.brand href="/" { "PESC" }
@@ -202,17 +195,26 @@ pub(crate) fn layout(p: &Page, title: &str, flash: &Flash, content: Markup) -> M
     }
 }
 
+/// A page's head; pages for logged-in callers carry the CSRF token and the script.
+fn head(title: &str, csrf: Option<&str>) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            @if let Some(c) = csrf { meta name="csrf" content=(c); }
+            title { (title) " · PESC" }
+            link rel="stylesheet" href="/assets/app.css";
+            @if csrf.is_some() { script src="/assets/app.js" defer {} }
+        }
+    }
+}
+
 /// A page for someone not logged in (login, setup).
 pub(crate) fn bare(title: &str, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · PESC" }
-                link rel="stylesheet" href="/assets/app.css";
-            }
+            (head(title, None))
             body.bare { main { h1 { (title) } (content) } }
         }
     }
