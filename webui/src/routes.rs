@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::auth::{AppState, AuthState, Caller, authenticate};
 use crate::error::ApiFailure;
 use crate::service::{LogStream, NodeService};
+use pesc_protocol::access::Principal;
 
 type Svc = State<AppState>;
 type Who = axum::Extension<Caller>;
@@ -52,7 +53,7 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
-        .merge(crate::ui::routes(st.clone()))
+        .merge(crate::ui::routes())
         .with_state(st)
 }
 
@@ -175,11 +176,20 @@ async fn list_requests(
 /// A request the caller may see (others' look like missing ones).
 pub(crate) async fn visible_request(
     st: &AppState,
-    c: &Caller,
+    who: &Principal,
     id: &str,
+    with_runs: bool,
 ) -> Result<pesc_protocol::api::RequestInfo, ApiFailure> {
-    let r = st.svc.get_request(id, false, None, 0).await?;
-    if !c.who.may_see_request(&r.owner) {
+    let r = st.svc.get_request(id, with_runs, None, 0).await?;
+    only_visible(who, id, r)
+}
+
+fn only_visible(
+    who: &Principal,
+    id: &str,
+    r: pesc_protocol::api::RequestInfo,
+) -> Result<pesc_protocol::api::RequestInfo, ApiFailure> {
+    if !who.may_see_request(&r.owner) {
         return Err(ApiFailure::not_found(format!(
             "request {id} does not exist, or is not yours"
         )));
@@ -262,13 +272,13 @@ async fn get_request(
             "bad query ({e}); give runs=true|false, since_version=N, timeout_ms=N"
         ))
     })?;
-    visible_request(&st, &c, &id).await?;
+    // Asked once; someone else's request is refused after the wait.
     let timeout = q.timeout_ms.min(120_000);
-    Ok(Json(
-        st.svc
-            .get_request(&id, q.runs, q.since_version, timeout)
-            .await?,
-    ))
+    let r = st
+        .svc
+        .get_request(&id, q.runs, q.since_version, timeout)
+        .await?;
+    Ok(Json(only_visible(&c.who, &id, r)?))
 }
 
 async fn cancel_request(
@@ -276,7 +286,7 @@ async fn cancel_request(
     axum::Extension(c): Who,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    let r = visible_request(&st, &c, &id).await?;
+    let r = visible_request(&st, &c.who, &id, false).await?;
     if !c.who.may_cancel_request(&r.owner) {
         return Err(ApiFailure::forbidden(format!(
             "request {id} is {}'s: only they or an admin may cancel it",
@@ -312,7 +322,7 @@ async fn logs(
             "bad query ({e}); give stream=stdout|stderr and follow=true|false"
         ))
     })?;
-    visible_request(&st, &c, &id).await?;
+    visible_request(&st, &c.who, &id, false).await?;
     let s = st.svc.logs(&id, rank, q.stream, q.follow).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -326,7 +336,7 @@ async fn results(
     axum::Extension(c): Who,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    visible_request(&st, &c, &id).await?;
+    visible_request(&st, &c.who, &id, false).await?;
     let r = st.svc.results(&id).await?;
     let stream = tokio_util::io::ReaderStream::new(r.file);
     Ok((

@@ -1,7 +1,5 @@
 //! Rooms, nodes, users and API tokens.
 
-use std::collections::HashMap;
-
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -24,10 +22,7 @@ pub(crate) async fn rooms_page(State(st): St, p: Page, flash: Query<Flash>) -> R
         Ok(x) => x,
         Err(e) => return failed(e),
     };
-    let names: HashMap<&str, &str> = nodes
-        .iter()
-        .map(|n| (n.id.as_str(), n.name.as_str()))
-        .collect();
+    let names = super::node_names(&nodes);
     let rooms = visible_rooms(&access, p.who());
     let users: Vec<&str> = access.users.iter().map(|u| u.name.as_str()).collect();
     let body = html! {
@@ -330,15 +325,7 @@ pub(crate) async fn user_change_form(
     )
 }
 
-#[derive(Deserialize, Default)]
-pub(crate) struct TokenShown {
-    #[serde(default)]
-    ok: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-pub(crate) async fn tokens_page(State(st): St, p: Page, q: Query<TokenShown>) -> Response {
+pub(crate) async fn tokens_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
     let access = match st.svc.access().await {
         Ok(a) => a,
         Err(e) => return failed(e),
@@ -348,10 +335,6 @@ pub(crate) async fn tokens_page(State(st): St, p: Page, q: Query<TokenShown>) ->
         .iter()
         .filter(|t| t.user == p.who().user)
         .collect();
-    let flash = Flash {
-        ok: q.ok.clone(),
-        error: q.error.clone(),
-    };
     let body = html! {
         p { "API tokens let the CLI and scripts act as you: " code { "PESC_TOKEN=… pesc submit ." }
             " The grid keeps only a hash of each token, so a token is shown once, when it is made." }
@@ -400,7 +383,7 @@ pub(crate) async fn token_form(State(st): St, p: Page, Form(f): Form<TokenForm>)
         Ok(t) => layout(
             &p,
             "Your new API token",
-            &Flash::none(),
+            &Flash::default(),
             html! {
                 p { "Copy it now: it is not shown again." }
                 pre.token { (t.token) }

@@ -1,7 +1,5 @@
 //! Domains, processes and shared files.
 
-use std::collections::HashMap;
-
 use axum::Form;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -163,10 +161,7 @@ pub(crate) async fn files_page(State(st): St, p: Page, flash: Query<Flash>) -> R
         Ok(x) => x,
         Err(e) => return failed(e),
     };
-    let names: HashMap<&str, &str> = nodes
-        .iter()
-        .map(|n| (n.id.as_str(), n.name.as_str()))
-        .collect();
+    let names = super::node_names(&nodes);
     let body = html! {
         p { "Shared files are inputs many runs read (data sets, models). Runs see them read-only in their app dir; each node fetches a file once, from the nodes that hold it." }
         table {

@@ -10,6 +10,8 @@ mod docs;
 mod requests;
 mod session;
 
+use std::collections::HashMap;
+
 use axum::Router;
 use axum::extract::{FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
@@ -25,7 +27,7 @@ use crate::error::ApiFailure;
 const CSS: &str = include_str!("../../assets/app.css");
 const JS: &str = include_str!("../../assets/app.js");
 
-pub(crate) fn routes(_st: AppState) -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(requests::dashboard))
         .route("/fragments/dashboard", get(requests::dashboard_fragment))
@@ -234,6 +236,14 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
 /// A failed call, as a page.
 pub(crate) fn failed(e: ApiFailure) -> Response {
     error_page(e.status, &e.message)
+}
+
+/// Node names by id, for showing nodes by name.
+pub(crate) fn node_names(nodes: &[pesc_protocol::api::GridNode]) -> HashMap<&str, &str> {
+    nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.name.as_str()))
+        .collect()
 }
 
 pub(crate) fn badge(s: &str) -> Markup {

@@ -1,7 +1,5 @@
 //! Dashboard, the new-request form and the request page.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -14,6 +12,7 @@ use super::{Flash, Page, failed, fmt_duration, layout, trusted, when};
 use crate::accounts::visible_rooms;
 use crate::auth::AppState;
 use crate::error::ApiFailure;
+use crate::routes::visible_request;
 
 type St = State<AppState>;
 
@@ -189,10 +188,7 @@ pub(crate) async fn new_page(State(st): St, p: Page, flash: Query<Flash>) -> Res
 
 /// A run's node, by name where known.
 fn namer(nodes: &[GridNode]) -> impl Fn(&str) -> String + '_ {
-    let names: HashMap<&str, &str> = nodes
-        .iter()
-        .map(|n| (n.id.as_str(), n.name.as_str()))
-        .collect();
+    let names = super::node_names(nodes);
     move |id: &str| {
         names
             .get(id)
@@ -201,23 +197,12 @@ fn namer(nodes: &[GridNode]) -> impl Fn(&str) -> String + '_ {
     }
 }
 
-async fn visible(st: &AppState, p: &Page, id: &str) -> Result<RequestInfo, ApiFailure> {
-    let r = st.svc.get_request(id, true, None, 0).await?;
-    if !p.who().may_see_request(&r.owner) {
-        return Err(ApiFailure::not_found(format!(
-            "request {id} does not exist, or is not yours"
-        )));
-    }
-    Ok(r)
-}
-
-async fn request_body(st: &AppState, p: &Page, id: &str) -> Result<Markup, ApiFailure> {
-    let r = visible(st, p, id).await?;
+async fn request_body(st: &AppState, p: &Page, r: &RequestInfo) -> Result<Markup, ApiFailure> {
     let nodes = st.svc.nodes().await?;
     let name = namer(&nodes);
     let now = now_ms();
-    let s = stats(&r, &name, now);
-    let gantt = gantt_svg(&r, &name, now);
+    let s = stats(r, &name, now);
+    let gantt = gantt_svg(r, &name, now);
     let can_cancel = p.who().may_cancel_request(&r.owner);
     Ok(html! {
         p.actions {
@@ -231,7 +216,7 @@ async fn request_body(st: &AppState, p: &Page, id: &str) -> Result<Markup, ApiFa
         }
         div.summary {
             (super::badge(r.state.as_str())) " "
-            (progress_bar(&r))
+            (progress_bar(r))
             span { " " (r.counts.succeeded) " done · " (r.counts.running) " running · "
                 (r.counts.queued + r.counts.claimed) " waiting · " (r.counts.failed) " failed · " (r.counts.cancelled) " cancelled" }
         }
@@ -282,11 +267,11 @@ pub(crate) async fn request_page(
     Path(id): Path<String>,
     flash: Query<Flash>,
 ) -> Response {
-    let r = match visible(&st, &p, &id).await {
+    let r = match visible_request(&st, p.who(), &id, true).await {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
-    let body = match request_body(&st, &p, &id).await {
+    let body = match request_body(&st, &p, &r).await {
         Ok(b) => b,
         Err(e) => return failed(e),
     };
@@ -300,7 +285,11 @@ pub(crate) async fn request_page(
 }
 
 pub(crate) async fn request_fragment(State(st): St, p: Page, Path(id): Path<String>) -> Response {
-    match request_body(&st, &p, &id).await {
+    let r = match visible_request(&st, p.who(), &id, true).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    match request_body(&st, &p, &r).await {
         Ok(b) => b.into_response(),
         Err(e) => failed(e),
     }
@@ -309,7 +298,7 @@ pub(crate) async fn request_fragment(State(st): St, p: Page, Path(id): Path<Stri
 /// PESC's `output.txt`: every rank's `output/output.txt`, in rank order,
 /// taken from the results archive.
 pub(crate) async fn output_txt(State(st): St, p: Page, Path(id): Path<String>) -> Response {
-    let r = match visible(&st, &p, &id).await {
+    let r = match visible_request(&st, p.who(), &id, false).await {
         Ok(r) => r,
         Err(e) => return failed(e),
     };

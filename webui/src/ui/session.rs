@@ -9,7 +9,7 @@ use pesc_protocol::access::Role;
 use pesc_protocol::api::NewUser;
 use serde::Deserialize;
 
-use super::{Flash, Page, bare, failed};
+use super::{Page, bare, failed};
 use crate::accounts::{add_user, start_session};
 use crate::auth::{AppState, constant_time_eq, session_cookie};
 
@@ -158,11 +158,5 @@ pub(crate) async fn setup_form(State(st): State<AppState>, Form(f): Form<SetupFo
         )
             .into_response(),
         Err(e) => failed(e),
-    }
-}
-
-impl Flash {
-    pub(crate) fn none() -> Self {
-        Flash::default()
     }
 }
