@@ -100,7 +100,18 @@ pub fn extract_zip(zip_path: &Path, dest: &Path) -> Result<()> {
 
 /// Packs every regular file under `dir` into a zip written to `w`
 /// (links and special files are skipped). Returns the number of files.
+///
+/// `dir` was filled by user code: nothing here follows a link. `dir` itself
+/// must be a real directory, and each file is opened without following a
+/// link and checked to be a regular file after opening, so a link planted
+/// at `dir`, in it, or swapped in while packing cannot make the node pack
+/// a file from outside.
 pub fn pack_dir<W: Write + Seek>(dir: &Path, w: W) -> Result<usize> {
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory (a link?)", dir.display());
+    }
     let mut z = ZipWriter::new(w);
     let opts = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
@@ -109,6 +120,7 @@ pub fn pack_dir<W: Write + Seek>(dir: &Path, w: W) -> Result<usize> {
     let mut entries: Vec<_> = walkdir::WalkDir::new(dir)
         .min_depth(1)
         .follow_links(false)
+        .follow_root_links(false)
         .into_iter()
         .collect::<Result<_, _>>()
         .with_context(|| format!("reading {}", dir.display()))?;
@@ -122,10 +134,12 @@ pub fn pack_dir<W: Write + Seek>(dir: &Path, w: W) -> Result<usize> {
         if e.file_type().is_dir() {
             z.add_directory(rel, opts)?;
         } else if e.file_type().is_file() {
+            let Some(mut f) = crate::confined::open_beneath(dir, Path::new(&rel))? else {
+                continue;
+            };
             use std::os::unix::fs::PermissionsExt;
-            let mode = e.metadata()?.permissions().mode() & 0o777;
+            let mode = f.metadata()?.permissions().mode() & 0o777;
             z.start_file(rel, opts.unix_permissions(mode))?;
-            let mut f = File::open(e.path())?;
             io::copy(&mut f, &mut z)?;
             n += 1;
         }

@@ -15,7 +15,7 @@ pub const DEFAULT_API_PORT: u16 = 7372;
 pub enum ExecutorChoice {
     /// Docker when a daemon answers, otherwise plain processes.
     Auto,
-    /// Plain child processes (not isolated).
+    /// Sandboxed child processes (own uid, Landlock, namespaces, limits).
     Process,
     /// Docker containers.
     Docker,
@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub policy: crate::policy::PolicyConfig,
     /// Containers: default image, limits per run, network.
     pub docker: crate::executor::DockerConfig,
+    /// The process executor's sandbox: slot uids, extra readable paths, limits.
+    pub sandbox: crate::executor::SandboxConfig,
 }
 
 /// Default port for peers.
@@ -96,6 +98,7 @@ impl Default for NodeConfig {
             rooms: Vec::new(),
             policy: Default::default(),
             docker: Default::default(),
+            sandbox: Default::default(),
         }
     }
 }

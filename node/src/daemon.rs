@@ -14,7 +14,7 @@ use crate::agent::{Agent, Command, Settings};
 use crate::blobs::BlobStore;
 use crate::config::{ExecutorChoice, NodeConfig};
 use crate::executor::{
-    DockerConfig, DockerExecutor, Executor, ProcessExecutor, process::kill_orphans,
+    DockerConfig, DockerExecutor, Executor, Sandbox, SandboxConfig, process::kill_orphans,
 };
 use crate::grid_secret::{self, Joined};
 use crate::identity;
@@ -72,8 +72,7 @@ pub struct NodeArgs {
 }
 
 pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    crate::data_dir::secure(&data_dir)?;
     let mut cfg = NodeConfig::load_or_init(&data_dir)?;
     if let Some(a) = args.api {
         cfg.api = a;
@@ -158,7 +157,14 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     let key = identity::load_or_create_key(&data_dir)?;
     let node = identity::node_id(&key);
     let token = identity::load_or_create_token(&data_dir)?;
-    let executor = pick_executor(cfg.executor, node.as_str(), &cfg.docker).await?;
+    let executor = pick_executor(
+        cfg.executor,
+        node.as_str(),
+        &cfg.docker,
+        &cfg.sandbox,
+        &data_dir.join("work").join("probe"),
+    )
+    .await?;
     let orphans = kill_orphans(node.as_str());
     if orphans > 0 {
         tracing::warn!("stopped {orphans} process(es) left running by this node's previous life");
@@ -245,14 +251,15 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     let label = if runner.executor.isolated() {
         ""
     } else {
-        " (runs are NOT isolated: plain processes)"
+        " (runs are NOT isolated: plain processes that can read this node's data)"
     };
     tracing::info!(
-        "node {} ({}) ready: API on http://{addr}/api/v1, {} slot(s), executor {}{label}, data in {}",
+        "node {} ({}) ready: API on http://{addr}/api/v1, {} slot(s), executor {}, isolation {}{label}, data in {}",
         cfg.name,
         node,
         cfg.slots,
         runner.executor.name(),
+        runner.executor.isolation().describe(),
         data_dir.display()
     );
     tracing::info!(
@@ -310,7 +317,13 @@ async fn pick_executor(
     choice: ExecutorChoice,
     node: &str,
     docker: &DockerConfig,
+    sandbox: &SandboxConfig,
+    scratch: &std::path::Path,
 ) -> Result<Arc<dyn Executor>> {
+    let sandboxed = || async {
+        let s = Sandbox::probe(sandbox.clone(), scratch).await?;
+        anyhow::Ok(Arc::new(s) as Arc<dyn Executor>)
+    };
     let connect = || async {
         let d = DockerExecutor::connect(node, docker.clone()).await?;
         let gone = d.remove_orphans().await;
@@ -320,7 +333,7 @@ async fn pick_executor(
         anyhow::Ok(Arc::new(d) as Arc<dyn Executor>)
     };
     match choice {
-        ExecutorChoice::Process => Ok(Arc::new(ProcessExecutor)),
+        ExecutorChoice::Process => sandboxed().await,
         ExecutorChoice::Docker => connect().await.context(
             "--executor docker: is the Docker daemon running? (or use --executor process)",
         ),
@@ -331,7 +344,7 @@ async fn pick_executor(
             }
             Err(e) => {
                 tracing::info!("no usable Docker daemon ({e:#}): using the process executor");
-                Ok(Arc::new(ProcessExecutor))
+                sandboxed().await
             }
         },
     }

@@ -5,7 +5,9 @@ mod archive;
 mod blobs;
 mod cli;
 mod config;
+mod confined;
 mod daemon;
+mod data_dir;
 mod executor;
 mod gpu;
 mod grid_secret;
@@ -106,6 +108,11 @@ fn keep_block_buffers() {
 }
 
 fn main() {
+    // The sandbox launcher: before anything else (no threads, no runtime).
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(executor::sandbox::spec::LAUNCH_ARG)) {
+        executor::sandbox::launch::main(&args.next().unwrap_or_default());
+    }
     let cli = Cli::parse();
     let is_node = matches!(cli.cmd, Cmd::Node(_));
     if is_node {

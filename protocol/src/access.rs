@@ -115,6 +115,8 @@ pub struct AccessState {
     pub rooms: Vec<Room>,
     /// The named room each placed node is in.
     pub placements: Vec<(crate::NodeId, String)>,
+    /// The grid's minimum isolation level: nodes below it take no runs.
+    pub min_isolation: crate::isolation::IsolationLevel,
 }
 
 impl AccessState {
@@ -141,6 +143,8 @@ pub enum AccessChange {
     PutRoom(Room),
     /// Puts a node in a named room, or takes it out of its room.
     PlaceNode(crate::NodeId, Option<String>),
+    /// Sets the grid's minimum isolation level (admins only).
+    SetMinIsolation(crate::isolation::IsolationLevel),
 }
 
 /// Checks a user or room name: short, printable, no separators that

@@ -152,8 +152,11 @@ pub struct NodeInfo {
     pub name: String,
     pub version: String,
     pub executor: String,
-    /// Whether runs are isolated (containers) or plain processes.
+    /// Whether runs are isolated (containers or the sandbox) or plain processes.
     pub isolated: bool,
+    /// How runs are walled in: `containers`, `sandbox (what it has)` or `none`.
+    #[serde(default)]
+    pub isolation: String,
     pub slots: u32,
     pub slots_busy: u32,
     pub data_dir: String,
@@ -198,6 +201,12 @@ pub struct GridNode {
     pub connected: bool,
     pub addrs: Vec<String>,
     pub executor: String,
+    /// How it walls runs in: `containers`, `sandbox (what it has)` or `none`.
+    #[serde(default)]
+    pub isolation: String,
+    /// It may take runs: its isolation meets the grid's minimum.
+    #[serde(default)]
+    pub meets_minimum: bool,
     pub slots: u32,
     /// From its last heartbeat (None if none was heard since this node started).
     pub slots_free: Option<u32>,
@@ -361,4 +370,13 @@ pub struct JoinInfo {
     pub token: String,
     /// What to run on a desktop to add it.
     pub command: String,
+}
+
+/// `GET`/`PUT /api/v1/grid/settings`: grid-wide settings (admins change them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GridSettings {
+    /// Nodes whose isolation is below this take no runs (`none`,
+    /// `sandbox` — the default — or `containers`).
+    pub min_isolation: crate::isolation::IsolationLevel,
 }

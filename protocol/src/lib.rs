@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod header;
 pub mod ids;
+pub mod isolation;
 pub mod join;
 pub mod lease;
 pub mod limits;

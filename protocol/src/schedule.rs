@@ -9,6 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crate::ids::{NodeId, RequestId};
+use crate::isolation::IsolationLevel;
 use crate::model::{GENERAL_ROOM, RequestSpec};
 
 /// A run this node could claim now.
@@ -141,14 +142,22 @@ pub struct NodeCaps {
     pub gpus: u32,
     /// The node runs user code in containers (it can build domains).
     pub containers: bool,
+    /// How it walls runs in.
+    pub isolation: IsolationLevel,
+    /// The grid's minimum isolation, as this node's grid document says.
+    pub min_isolation: IsolationLevel,
     /// The highest CUDA compute capability among its GPUs (0 without).
     pub gpu_capability: f32,
 }
 
-/// Whether a node may run a request's ranks: it is in one of the request's
-/// rooms (none given means General), has the GPUs each run needs, and runs
-/// containers if the request names a domain.
+/// Whether a node may run a request's ranks: its isolation meets the grid's
+/// minimum, it is in one of the request's rooms (none given means General),
+/// has the GPUs each run needs, and runs containers if the request names a
+/// domain.
 pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
+    if !caps.isolation.meets(caps.min_isolation) {
+        return false;
+    }
     let in_room = if spec.rooms.is_empty() {
         true
     } else {
@@ -190,6 +199,24 @@ pub fn why_waiting(spec: &RequestSpec, nodes: &[NodeOffer]) -> String {
         .collect();
     if in_room.is_empty() {
         return format!("no node known here serves room {}", rooms.join(" or "));
+    }
+    let (in_room, below): (Vec<&NodeOffer>, Vec<&NodeOffer>) = in_room
+        .into_iter()
+        .partition(|n| n.caps.isolation.meets(n.caps.min_isolation));
+    if in_room.is_empty() {
+        let min = below
+            .first()
+            .map(|n| n.caps.min_isolation)
+            .unwrap_or_default();
+        return format!(
+            "no node in room {} isolates runs as well as the grid's minimum ({min}): {}",
+            rooms.join(" or "),
+            below
+                .iter()
+                .map(|n| format!("{} has {}", n.name, n.caps.isolation))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let g = &spec.gpu;
     let with_gpus: Vec<&NodeOffer> = in_room
@@ -320,6 +347,36 @@ mod eligibility_tests {
         );
         assert!(
             why_waiting(&spec(0, None, false), &[node("a", plain, 2, false)]).contains("free slot")
+        );
+    }
+
+    #[test]
+    fn a_node_below_the_grids_minimum_isolation_runs_nothing_and_says_so() {
+        let bare = NodeCaps {
+            isolation: IsolationLevel::None,
+            ..Default::default()
+        };
+        assert!(!eligible(&spec(0, None, false), &bare));
+        let lenient = NodeCaps {
+            min_isolation: IsolationLevel::None,
+            ..bare.clone()
+        };
+        assert!(eligible(&spec(0, None, false), &lenient));
+        let strict = NodeCaps {
+            min_isolation: IsolationLevel::Containers,
+            ..Default::default()
+        };
+        assert!(!eligible(&spec(0, None, false), &strict));
+        let offer = |name: &str, caps: NodeCaps| NodeOffer {
+            name: name.into(),
+            caps,
+            slots_free: 1,
+            paused: false,
+        };
+        let why = why_waiting(&spec(0, None, false), &[offer("lab-1", bare)]);
+        assert_eq!(
+            why,
+            "no node in room General isolates runs as well as the grid's minimum (sandbox): lab-1 has none"
         );
     }
 

@@ -172,6 +172,12 @@ pub struct NodeStatus {
     /// It runs user code in containers.
     #[serde(default)]
     pub containers: bool,
+    /// How it walls runs in.
+    #[serde(default)]
+    pub isolation: crate::isolation::IsolationLevel,
+    /// What its isolation has, in words ("uid per slot, landlock 7, …").
+    #[serde(default)]
+    pub isolation_detail: String,
     /// The owner's policy keeps it from taking runs now.
     #[serde(default)]
     pub paused: bool,
@@ -189,6 +195,9 @@ impl NodeStatus {
                 rooms: self.rooms.clone(),
                 gpus: self.gpus.len() as u32,
                 containers: self.containers,
+                isolation: self.isolation,
+                // The grid's minimum is the reader's to fill in.
+                min_isolation: Default::default(),
                 gpu_capability: self.gpus.iter().map(|g| g.capability).fold(0.0, f32::max),
             },
             slots_free: self.slots_free,

@@ -145,6 +145,7 @@ impl Sim {
                     gpus: n.gpus,
                     containers: true,
                     gpu_capability: if n.gpus > 0 { 8.0 } else { 0.0 },
+                    ..Default::default()
                 },
                 slots: n.slots,
                 speed: n.speed,

@@ -160,6 +160,8 @@ impl Sizes {
             gpus: Vec::new(),
             rooms: Vec::new(),
             containers: true,
+            isolation: pesc_protocol::isolation::IsolationLevel::Containers,
+            isolation_detail: "containers".into(),
             paused: false,
             builds: Vec::new(),
         };

@@ -10,7 +10,8 @@ use pesc_protocol::access::{
     AccessChange, AccessState, ApiToken, Principal, Role, User, check_name, check_password,
 };
 use pesc_protocol::api::{
-    CreatedToken, JoinInfo, Login, Me, NewRoom, NewToken, NewUser, RoomInfo, UserChange, UserInfo,
+    CreatedToken, GridSettings, JoinInfo, Login, Me, NewRoom, NewToken, NewUser, RoomInfo,
+    UserChange, UserInfo,
 };
 use pesc_protocol::model::{GENERAL_ROOM, Room};
 
@@ -46,6 +47,7 @@ pub(crate) fn routes() -> Router<AppState> {
             put(place_node).delete(unplace_node),
         )
         .route("/grid/join-token", get(join_token))
+        .route("/grid/settings", get(grid_settings).put(set_grid_settings))
 }
 
 fn body<T>(
@@ -561,4 +563,37 @@ pub(crate) fn join_info(st: &AppState) -> JoinInfo {
 async fn join_token(State(st): St, Extension(c): Who) -> Result<Json<JoinInfo>, ApiFailure> {
     need_admin(&c, "see the join token")?;
     Ok(Json(join_info(&st)))
+}
+
+async fn grid_settings(State(st): St) -> Result<Json<GridSettings>, ApiFailure> {
+    let a = st.svc.access().await?;
+    Ok(Json(GridSettings {
+        min_isolation: a.min_isolation,
+    }))
+}
+
+async fn set_grid_settings(
+    State(st): St,
+    Extension(c): Who,
+    b: Result<Json<GridSettings>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<GridSettings>, ApiFailure> {
+    let g = body(b, "grid settings")?;
+    change_grid_settings(&st, &c.who, &g).await?;
+    Ok(Json(g))
+}
+
+/// Changes the grid's settings: admins only (the API and the Nodes page).
+pub(crate) async fn change_grid_settings(
+    st: &AppState,
+    who: &Principal,
+    g: &GridSettings,
+) -> Result<(), ApiFailure> {
+    if !who.is_admin() {
+        return Err(ApiFailure::forbidden(
+            "only admins change the grid's settings",
+        ));
+    }
+    st.svc
+        .change_access(AccessChange::SetMinIsolation(g.min_isolation))
+        .await
 }

@@ -10,9 +10,9 @@
 
 use pesc_protocol::access::ApiToken;
 use pesc_protocol::api::{
-    ApiError, CreatedToken, GridNode, JoinInfo, Login, Me, NewDomain, NewRequest, NewRoom,
-    NewToken, NewUser, NodeInfo, RequestInfo, RoomInfo, SharedFileInfo, TemplateInfo, UserChange,
-    UserInfo,
+    ApiError, CreatedToken, GridNode, GridSettings, JoinInfo, Login, Me, NewDomain, NewRequest,
+    NewRoom, NewToken, NewUser, NodeInfo, RequestInfo, RoomInfo, SharedFileInfo, TemplateInfo,
+    UserChange, UserInfo,
 };
 use pesc_protocol::domain::Domain;
 use pesc_protocol::model::Process;
@@ -36,7 +36,8 @@ use utoipa::OpenApi;
         create_request, get_request, cancel_request, logs, results, health, login, logout, me,
         list_users, create_user, change_user, list_tokens, create_token, delete_token,
         list_rooms, create_room, get_room, add_room_admin, remove_room_admin, add_room_user,
-        remove_room_user, place_node, unplace_node, join_token
+        remove_room_user, place_node, unplace_node, join_token, grid_settings,
+        set_grid_settings
     ),
     components(schemas(ApiError)),
     modifiers(&BearerToken)
@@ -352,6 +353,18 @@ fn unplace_node() {}
     (status = 403, body = ApiError),
     (status = 401, body = ApiError)))]
 fn join_token() {}
+
+#[utoipa::path(get, path = "/api/v1/grid/settings", responses(
+    (status = 200, description = "Grid-wide settings", body = GridSettings),
+    (status = 401, body = ApiError)))]
+fn grid_settings() {}
+
+#[utoipa::path(put, path = "/api/v1/grid/settings", request_body = GridSettings, responses(
+    (status = 200, description = "The settings now (admins only)", body = GridSettings),
+    (status = 400, body = ApiError),
+    (status = 403, body = ApiError),
+    (status = 401, body = ApiError)))]
+fn set_grid_settings() {}
 
 #[cfg(test)]
 mod tests {

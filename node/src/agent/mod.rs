@@ -357,6 +357,7 @@ impl Agent {
             name: s.name.clone(),
             slots: s.slots,
             executor: runner.executor.name().to_string(),
+            isolation: runner.executor.isolation().describe(),
             addrs: Vec::new(),
         })?;
         let grid_dirty = grid.commit() || fresh_grid;
@@ -413,6 +414,8 @@ impl Agent {
                 rooms,
                 gpus: 0,
                 containers: runner.executor.runs_containers(),
+                isolation: runner.executor.isolation().level(),
+                min_isolation: grid.min_isolation(),
                 gpu_capability: 0.0,
             },
             paused: None,
@@ -1060,6 +1063,7 @@ impl Agent {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     executor: self.runner.executor.name().to_string(),
                     isolated: self.runner.executor.isolated(),
+                    isolation: self.runner.executor.isolation().describe(),
                     slots: self.s.slots,
                     slots_busy: self.running.len() as u32,
                     data_dir: self.s.data_dir.display().to_string(),
@@ -1190,6 +1194,7 @@ impl Agent {
             rooms.push(r);
         }
         self.caps.rooms = rooms;
+        self.caps.min_isolation = self.grid.min_isolation();
     }
 
     fn file_info(&self, file: SharedFile) -> SharedFileInfo {
@@ -1392,7 +1397,11 @@ impl Agent {
             self.repl
                 .live_statuses()
                 .filter(|(n, _)| !self.liveness.is_down(n))
-                .map(|(_, s)| s.offer()),
+                .map(|(_, s)| {
+                    let mut o = s.offer();
+                    o.caps.min_isolation = self.caps.min_isolation;
+                    o
+                }),
         );
         pesc_protocol::schedule::why_waiting(spec, &offers)
     }
@@ -1510,6 +1519,15 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
         a.reason = Some(why);
         return;
     }
+    if let (Some(exit), None, Some(why)) = (o.exit, &o.error, o.refused) {
+        a.state = AttemptState::Failed;
+        a.exit_code = Some(match exit {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        });
+        a.reason = Some(why);
+        return;
+    }
     match (o.exit, o.error) {
         (_, Some(err)) => {
             a.state = AttemptState::Error;
@@ -1530,13 +1548,28 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
             a.state = AttemptState::Failed;
             a.exit_code = Some(128 + s);
             a.output = o.output;
-            a.reason = Some(format!("the program was killed by signal {s}"));
+            a.reason = Some(signal_reason(s));
         }
         (None, None) => {
             a.state = AttemptState::Error;
             a.reason = Some("the executor reported nothing".into());
         }
     }
+}
+
+/// Why a program killed by `sig` ended, in words: the signals a node's
+/// limits send say which limit.
+fn signal_reason(sig: i32) -> String {
+    let why = match sig {
+        libc::SIGXFSZ => {
+            " (SIGXFSZ: it wrote a file larger than this node allows, [sandbox] file_size_mb)"
+        }
+        libc::SIGXCPU => " (SIGXCPU: it used more CPU time than allowed)",
+        libc::SIGKILL => " (SIGKILL: stopped, or out of memory)",
+        libc::SIGSEGV => " (SIGSEGV: it crashed)",
+        _ => "",
+    };
+    format!("the program was killed by signal {sig}{why}")
 }
 
 /// Records when each claim of another node was first seen.

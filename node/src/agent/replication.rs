@@ -615,6 +615,8 @@ impl Agent {
             gpus: self.gpus.clone(),
             rooms: self.caps.rooms.clone(),
             containers: self.caps.containers,
+            isolation: self.caps.isolation,
+            isolation_detail: self.runner.executor.isolation().describe(),
             paused: self.paused.is_some(),
             builds: self
                 .builds
@@ -680,6 +682,15 @@ impl Agent {
                         .unwrap_or(n.addrs),
                     name: status.as_ref().map(|s| s.name.clone()).unwrap_or(n.name),
                     executor: n.executor,
+                    isolation: status
+                        .as_ref()
+                        .map(|s| s.isolation_detail.clone())
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or(n.isolation),
+                    meets_minimum: status
+                        .as_ref()
+                        .map(|s| s.isolation.meets(self.caps.min_isolation))
+                        .unwrap_or(true),
                     slots: status.as_ref().map(|s| s.slots).unwrap_or(n.slots),
                     slots_free: status.as_ref().map(|s| s.slots_free),
                     load: status.as_ref().map(|s| s.load),

@@ -460,6 +460,12 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
             seen,
             n.addrs.first().cloned().unwrap_or_else(|| "-".into())
         );
+        let below = if n.meets_minimum {
+            ""
+        } else {
+            " — below the grid's minimum: takes no runs"
+        };
+        println!("{:<20} isolation: {}{below}", "", n.isolation);
     }
     Ok(0)
 }

@@ -459,8 +459,8 @@ impl Executor for DockerExecutor {
         "docker"
     }
 
-    fn isolated(&self) -> bool {
-        true
+    fn isolation(&self) -> super::Isolation {
+        super::Isolation::Containers
     }
 
     fn app_dir_in_run(&self, _host: &Path) -> PathBuf {

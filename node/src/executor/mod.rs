@@ -1,15 +1,16 @@
-//! Executors run one prepared attempt: the process executor (plain child
-//! processes) and the Docker executor (one container per attempt), behind
+//! Executors run one prepared attempt: the process executor (sandboxed
+//! child processes) and the Docker executor (one container per attempt), behind
 //! the same trait and the same run contract.
 
 pub mod docker;
 pub mod process;
+pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 
 pub use docker::{DockerConfig, DockerExecutor};
 use pesc_protocol::domain::Domain;
-pub use process::ProcessExecutor;
+pub use sandbox::{Sandbox, SandboxConfig};
 use tokio::sync::watch;
 
 /// A prepared attempt, ready to start.
@@ -33,6 +34,10 @@ pub struct Job {
     /// executor finds private copies in the app dir already; containers
     /// mount these read-only.
     pub shared: Vec<(PathBuf, String)>,
+    /// The node slot the attempt runs in (the sandbox's uid follows it).
+    pub slot: usize,
+    /// The run may use the network (parallel requests); otherwise it has none.
+    pub network: bool,
 }
 
 impl Job {
@@ -53,6 +58,37 @@ pub enum Exit {
     Signal(i32),
 }
 
+/// How well an executor walls user code in, weakest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Isolation {
+    /// Plain processes of the node's own user.
+    None,
+    /// The process executor's sandbox, with what it has.
+    Sandbox(String),
+    /// Containers.
+    Containers,
+}
+
+impl Isolation {
+    /// The level's name: `none`, `sandbox` or `containers`.
+    pub fn level(&self) -> pesc_protocol::isolation::IsolationLevel {
+        use pesc_protocol::isolation::IsolationLevel as L;
+        match self {
+            Isolation::None => L::None,
+            Isolation::Sandbox(_) => L::Sandbox,
+            Isolation::Containers => L::Containers,
+        }
+    }
+
+    /// As users see it: "sandbox (uid per slot, landlock 7, namespaces, rlimits)".
+    pub fn describe(&self) -> String {
+        match self {
+            Isolation::Sandbox(d) => format!("sandbox ({d})"),
+            other => other.level().to_string(),
+        }
+    }
+}
+
 /// Runs jobs. `stop` turning true asks for the job to be stopped at once
 /// (cancel, lost lease): the executor kills everything the job started.
 #[async_trait::async_trait]
@@ -60,7 +96,11 @@ pub trait Executor: Send + Sync + 'static {
     /// Name shown to users (`process`, `docker`).
     fn name(&self) -> &'static str;
     /// Whether user code is isolated from the host.
-    fn isolated(&self) -> bool;
+    fn isolated(&self) -> bool {
+        self.isolation() != Isolation::None
+    }
+    /// How user code is walled in on this node.
+    fn isolation(&self) -> Isolation;
     /// Where the program sees the app dir at `host` (the header and
     /// environment name this path).
     fn app_dir_in_run(&self, host: &Path) -> PathBuf {

@@ -16,10 +16,11 @@ use super::{AttemptKey, RunnerCtx, RunnerEvent, has_entries, replicate};
 /// What a checkpoint dir looks like (paths, sizes, modification times), to
 /// tell whether it changed since the last snapshot without reading it.
 pub fn signature(dir: &Path) -> Option<Vec<(String, u64, u128)>> {
-    if !has_entries(dir) {
+    if !super::is_real_dir(dir) || !has_entries(dir) {
         return None;
     }
     let mut sig: Vec<(String, u64, u128)> = walkdir::WalkDir::new(dir)
+        .follow_root_links(false)
         .into_iter()
         .flatten()
         .filter_map(|e| {

@@ -55,6 +55,9 @@ pub struct RunnerOutcome {
     pub exit: Option<Exit>,
     /// Set when the attempt could not be prepared, started or stored.
     pub error: Option<String>,
+    /// Set when what the program left behind broke a rule (output/ replaced
+    /// by a link): the attempt failed, and it was the program's doing.
+    pub refused: Option<String>,
     pub output: Option<BlobHash>,
     pub stdout: Option<BlobHash>,
     pub stderr: Option<BlobHash>,
@@ -70,6 +73,7 @@ impl RunnerOutcome {
         RunnerOutcome {
             exit: None,
             error: Some(e.to_string()),
+            refused: None,
             output: None,
             stdout: None,
             stderr: None,
@@ -319,6 +323,8 @@ async fn attempt(
             .iter()
             .map(|(f, _)| (ctx.blobs.path(&f.hash), f.name.clone()))
             .collect(),
+        slot: job.slot,
+        network: false,
     };
     let _ = events.send(RunnerEvent::Started {
         key: job.key.clone(),
@@ -369,11 +375,23 @@ async fn attempt(
                 .map(|m| m.len() <= SMALL_FS_WORK)
                 .unwrap_or(true)
         });
+    let refused = match std::fs::symlink_metadata(app_dir.join("output")) {
+        Ok(m) if !m.is_dir() => Some(
+            "the program replaced output/ with something that is not a directory (a link?): nothing of it was kept"
+                .to_string(),
+        ),
+        _ => None,
+    };
+    let pack = refused.is_none();
     let stored = fs_work(
         small,
         move || -> Result<(Option<BlobHash>, Option<BlobHash>, Option<BlobHash>)> {
             let output_dir = app_dir.join("output");
-            let output = pack_output(&ctx2.blobs, &output_dir)?;
+            let output = if pack {
+                pack_output(&ctx2.blobs, &output_dir)?
+            } else {
+                None
+            };
             let out = adopt_log(&ctx2.blobs, &stdout)?;
             let err = adopt_log(&ctx2.blobs, &stderr)?;
             // The checkpoint stays with the rank for its next attempt.
@@ -401,6 +419,7 @@ async fn attempt(
         Ok(exit) => Ok(RunnerOutcome {
             exit: Some(exit),
             error: None,
+            refused,
             output,
             stdout,
             stderr,
@@ -410,6 +429,7 @@ async fn attempt(
         Err(e) => Ok(RunnerOutcome {
             exit: None,
             error: Some(format!("{e:#}")),
+            refused: None,
             output: None,
             stdout,
             stderr,
@@ -449,10 +469,14 @@ async fn watch_progress(
     }
 }
 
-/// The last report in a progress file (its last 64 KiB).
+/// The last report in a progress file (its last 64 KiB). The file is the
+/// run's: opened without following a link, skipped unless it is a regular
+/// file (a FIFO there must not hang the node).
 async fn read_progress(path: &Path) -> Option<(Option<u8>, Option<String>)> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(path).await.ok()?;
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    let f = crate::confined::open_beneath(dir, Path::new(name)).ok()??;
+    let mut f = tokio::fs::File::from_std(f);
     let len = f.metadata().await.ok()?.len();
     let from = len.saturating_sub(64 * 1024);
     f.seek(std::io::SeekFrom::Start(from)).await.ok()?;
@@ -599,7 +623,7 @@ fn empty_dir(dir: &Path) -> Result<()> {
 }
 
 fn pack_output(blobs: &BlobStore, dir: &Path) -> Result<Option<BlobHash>> {
-    if !dir.is_dir() {
+    if !is_real_dir(dir) {
         return Ok(None);
     }
     if !has_entries(dir) {

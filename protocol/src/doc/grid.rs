@@ -27,6 +27,9 @@ pub struct NodeRecord {
     pub name: String,
     pub slots: u32,
     pub executor: String,
+    /// How it walls runs in (`containers`, `sandbox (…)`, `none`).
+    #[serde(default)]
+    pub isolation: String,
     /// Where the node listened when it last started (multiaddrs), so peers
     /// that know the grid can find it again without mDNS.
     #[serde(default)]
@@ -282,6 +285,7 @@ impl GridDoc {
             tokens: self.tokens()?,
             rooms: self.rooms()?,
             placements: self.placements()?,
+            min_isolation: self.min_isolation(),
         })
     }
 
@@ -294,7 +298,25 @@ impl GridDoc {
             RemoveToken(id) => self.remove_token(id).map(|_| ()),
             PutRoom(r) => self.put_room(r),
             PlaceNode(n, r) => self.place_node(n, r.as_deref()),
+            SetMinIsolation(l) => self.set_min_isolation(*l),
         }
+    }
+
+    /// The grid's minimum isolation level (`sandbox` when never set; a
+    /// value this version cannot read counts as `sandbox` too, never as
+    /// less). Merge law: last writer wins (one register at the root).
+    pub fn min_isolation(&self) -> crate::isolation::IsolationLevel {
+        get_str(&self.doc, &ROOT, "min_isolation")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn set_min_isolation(&mut self, l: crate::isolation::IsolationLevel) -> Result<()> {
+        use automerge::transaction::Transactable;
+        self.doc.put(ROOT, "min_isolation", l.as_str())?;
+        Ok(())
     }
 
     fn remove(&mut self, map: &str, key: &str) -> Result<bool> {

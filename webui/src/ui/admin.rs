@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 use pesc_protocol::access::Role;
 use pesc_protocol::api::{NewRoom, NewUser, UserChange};
+use pesc_protocol::isolation::IsolationLevel;
 use serde::Deserialize;
 
 use super::{Flash, Page, back, csrf_field, failed, layout, when};
@@ -182,9 +183,22 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                 p { "Run this on the new desktop (it joins this grid and finds the others on the LAN):" }
                 pre.join-command { (join_info(&st).command) }
             }
+            section.card.isolation {
+                h2 { "Minimum isolation" }
+                p { "Nodes that wall runs in less than this take no runs: " code { "sandbox" } " (the default: each run in its own uid, Landlock and namespaces), " code { "containers" } " (Docker only), or " code { "none" } " (plain processes that can read the node's data: only for grids whose every user is trusted)." }
+                form.inline method="post" action="/nodes/isolation" {
+                    (csrf_field(&p))
+                    select name="min_isolation" {
+                        @for l in [IsolationLevel::None, IsolationLevel::Sandbox, IsolationLevel::Containers] {
+                            option value=(l.as_str()) selected[l == access.min_isolation] { (l.as_str()) }
+                        }
+                    }
+                    button type="submit" { "Save" }
+                }
+            }
         }
         table.nodes {
-            thead { tr { th { "Node" } th { "State" } th { "Room" } th { "Executor" } th { "Slots (free)" } th { "Load" } th { "GPUs" } th { "Last heard" } } }
+            thead { tr { th { "Node" } th { "State" } th { "Room" } th { "Executor" } th { "Isolation" } th { "Slots (free)" } th { "Load" } th { "GPUs" } th { "Last heard" } } }
             tbody {
                 @for n in &nodes {
                     tr data-node=(n.id) {
@@ -192,6 +206,7 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                         td { @if n.this_node || n.connected { (super::badge("online")) } @else { (super::badge("offline")) } }
                         td { (access.placement(&n.id).unwrap_or("General")) }
                         td { (n.executor) }
+                        td { (n.isolation) @if !n.meets_minimum { br; (super::badge("below minimum")) } }
                         td { (n.slots) @if let Some(f) = n.slots_free { " (" (f) " free)" } }
                         td { @if let Some(l) = n.load { (format!("{:.0}%", l * 100.0)) } }
                         td { @for g in &n.gpus { div { (g.name) " (" (g.memory_total_mb) " MiB, capability " (g.capability) ")" } } }
@@ -202,6 +217,33 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
         }
     };
     layout(&p, "Nodes", &flash, body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct IsolationForm {
+    csrf: String,
+    min_isolation: String,
+}
+
+pub(crate) async fn isolation_form(
+    State(st): St,
+    p: Page,
+    Form(f): Form<IsolationForm>,
+) -> Response {
+    if let Err(r) = p.check_csrf(&f.csrf) {
+        return *r;
+    }
+    let r = match f.min_isolation.parse::<IsolationLevel>() {
+        Ok(l) => crate::accounts::change_grid_settings(
+            &st,
+            p.who(),
+            &pesc_protocol::api::GridSettings { min_isolation: l },
+        )
+        .await
+        .map(|_| format!("The grid's minimum isolation is now {l}.")),
+        Err(e) => Err(crate::ApiFailure::bad_request(e.to_string())),
+    };
+    back("/nodes", r)
 }
 
 pub(crate) async fn users_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {

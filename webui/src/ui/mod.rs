@@ -48,6 +48,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/rooms/{name}/members", post(admin::member_form))
         .route("/rooms/{name}/nodes", post(admin::node_form))
         .route("/nodes", get(admin::nodes_page))
+        .route("/nodes/isolation", post(admin::isolation_form))
         .route("/users", get(admin::users_page).post(admin::user_form))
         .route("/users/{name}", post(admin::user_change_form))
         .route("/tokens", get(admin::tokens_page).post(admin::token_form))

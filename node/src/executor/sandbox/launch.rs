@@ -1,0 +1,376 @@
+//! The sandbox launcher: `pesc __sandbox-exec SPEC` (started by the node,
+//! never by users) turns itself into one attempt's program behind every wall
+//! the spec asks for.
+//!
+//! It runs as a fresh, single-threaded process, so everything between its
+//! `fork`s and the final `exec` is ordinary code. Three processes when the
+//! run gets namespaces of its own:
+//! - the *launcher* (the node's child, a process group of its own) makes the
+//!   namespaces, forks the init, waits for it and ends the way the program
+//!   ended, so the node sees the program's exit code or signal;
+//! - the *init* (PID 1 of the run's PID namespace) builds the run's root,
+//!   forks the program, passes SIGTERM on to every process of the run, and
+//!   when the program ends, ends — and the kernel kills whatever the program
+//!   left behind, `setsid` and double-forked children included;
+//! - the *program*: its limits, the slot's uid, no new privileges, Landlock,
+//!   a clean environment, then `exec`.
+//!
+//! Without namespaces (an unprivileged node on a kernel that refuses user
+//! namespaces) the launcher becomes the program directly.
+//!
+//! Standard input is the report pipe: a setup failure is written there as
+//! one line and the launcher exits 125; the pipe closes unread when the
+//! program starts (close-on-exec), which tells the node it started.
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use super::spec::{APP_IN_RUN, LaunchSpec};
+use super::{landlock_rules, rootfs};
+
+/// Exit code of a launcher that could not start the program.
+pub const SETUP_FAILED: i32 = 125;
+
+/// The report pipe (standard input when the launcher starts).
+const REPORT_FD: i32 = 0;
+
+/// Entry point: never returns.
+pub fn main(spec_json: &OsStr) -> ! {
+    let spec: LaunchSpec = match serde_json::from_slice(spec_json.as_bytes()) {
+        Ok(s) => s,
+        Err(e) => fail(REPORT_FD, &format!("unreadable sandbox spec: {e}")),
+    };
+    if spec.namespaces {
+        launcher(&spec)
+    } else {
+        let app = spec.app_dir.clone();
+        let e = program(&spec, &app, REPORT_FD);
+        fail(REPORT_FD, &e)
+    }
+}
+
+/// Writes `msg` to the report pipe and exits with [`SETUP_FAILED`].
+fn fail(fd: i32, msg: &str) -> ! {
+    let line = format!("{msg}\n");
+    // SAFETY: writing a buffer we own to a file descriptor; then exiting
+    // without running destructors (some processes here are forks).
+    unsafe {
+        libc::write(fd, line.as_ptr().cast(), line.len());
+        libc::_exit(SETUP_FAILED)
+    }
+}
+
+fn errno_text(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// The launcher: namespaces, the init, and the program's ending mirrored.
+fn launcher(spec: &LaunchSpec) -> ! {
+    // SAFETY (whole function): plain system calls on values we own; this
+    // process is single-threaded, so forking here is ordinary.
+    unsafe {
+        let (uid, gid) = (libc::getuid(), libc::getgid());
+        let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
+        if !spec.network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        if spec.user_namespace {
+            flags |= libc::CLONE_NEWUSER;
+        }
+        if libc::unshare(flags) != 0 {
+            fail(REPORT_FD, &errno_text("cannot make the run's namespaces"));
+        }
+        if spec.user_namespace
+            && let Err(e) = map_ids(uid, gid)
+        {
+            fail(REPORT_FD, &e);
+        }
+        // The node stops a run with SIGTERM to this process group: the init
+        // passes it on; the launcher stays to report how the program ended.
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        let mut status_pipe = [0i32; 2];
+        if libc::pipe2(status_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            fail(REPORT_FD, &errno_text("pipe"));
+        }
+        match libc::fork() {
+            -1 => fail(REPORT_FD, &errno_text("cannot fork the run's init")),
+            0 => {
+                libc::close(status_pipe[0]);
+                init(spec, status_pipe[1])
+            }
+            init_pid => {
+                libc::close(status_pipe[1]);
+                quiet_stdin();
+                let mut st = 0;
+                while libc::waitpid(init_pid, &mut st, 0) < 0 {
+                    if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                        break;
+                    }
+                }
+                let mut raw = [0u8; 4];
+                let got = libc::read(status_pipe[0], raw.as_mut_ptr().cast(), 4);
+                let program_status = if got == 4 {
+                    i32::from_ne_bytes(raw)
+                } else {
+                    // The init died before the program ended: killed with it.
+                    st
+                };
+                mirror(program_status)
+            }
+        }
+    }
+}
+
+/// Maps the node's uid and gid to themselves in the new user namespace.
+fn map_ids(uid: u32, gid: u32) -> Result<(), String> {
+    let write = |path: &str, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1"))
+}
+
+/// Standard input becomes /dev/null: the report pipe must close once the
+/// program has started.
+fn quiet_stdin() {
+    // SAFETY: opening /dev/null and moving it onto fd 0.
+    unsafe {
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::close(fd);
+        }
+    }
+}
+
+/// Ends this process the way the program ended (a wait status).
+fn mirror(status: i32) -> ! {
+    // SAFETY: resetting a signal's action and sending it to ourselves.
+    unsafe {
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig)
+        }
+        libc::_exit(libc::WEXITSTATUS(status))
+    }
+}
+
+/// The last stop signal the init received (0: none).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_signal(sig: i32) {
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// PID 1 of the run: builds its root, starts the program, passes stop
+/// signals on, reports the program's wait status on `status_fd`.
+fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
+    // SAFETY (whole function): system calls on values we own; this process
+    // is single-threaded.
+    unsafe {
+        // Gone with the launcher (the node killed it): and with PID 1 gone,
+        // the kernel kills every process of the run.
+        // (Its parent is outside the PID namespace, so getppid() reads 0
+        // and cannot tell whether the launcher died before this line.)
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if let Err(e) = rootfs::build(spec) {
+            fail(REPORT_FD, &e);
+        }
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = note_signal as *const () as usize;
+        // No SA_RESTART: waitpid returns EINTR so the signal is passed on.
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+        let program_pid = match libc::fork() {
+            -1 => fail(REPORT_FD, &errno_text("cannot fork the program")),
+            0 => {
+                for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                // A group of its own: the node's signals reach the init,
+                // which decides what the run's processes get.
+                libc::setpgid(0, 0);
+                libc::close(status_fd);
+                let e = program(spec, Path::new(APP_IN_RUN), REPORT_FD);
+                fail(REPORT_FD, &e)
+            }
+            p => p,
+        };
+        quiet_stdin();
+        loop {
+            let mut st = 0;
+            let pid = libc::waitpid(-1, &mut st, 0);
+            if pid == program_pid {
+                let raw = st.to_ne_bytes();
+                libc::write(status_fd, raw.as_ptr().cast(), 4);
+                // Returning from PID 1 takes every other process of the run.
+                libc::_exit(0);
+            }
+            if pid < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => {
+                        let sig = STOP_SIGNAL.swap(0, Ordering::SeqCst);
+                        if sig != 0 {
+                            // Every process of the run but this one.
+                            libc::kill(-1, sig);
+                        }
+                    }
+                    _ => libc::_exit(SETUP_FAILED),
+                }
+            }
+        }
+    }
+}
+
+/// The program's own setup, then `exec`. Returns only the reason it failed.
+fn program(spec: &LaunchSpec, app: &Path, report: i32) -> String {
+    // SAFETY (whole function): system calls on values we own.
+    unsafe {
+        // Keep the report pipe apart from standard input (close-on-exec).
+        let report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 3);
+        if report < 0 {
+            return errno_text("report pipe");
+        }
+        quiet_stdin();
+        let c_app = match cstring(app.as_os_str().as_bytes()) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        if libc::chdir(c_app.as_ptr()) != 0 {
+            return errno_text(&format!("cannot enter {}", app.display()));
+        }
+        if let Err(e) = set_limits(spec) {
+            return e;
+        }
+        libc::umask(0o022);
+        if let Some(uid) = spec.uid {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(uid, uid, uid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return errno_text(&format!("cannot become the slot's account (uid {uid})"));
+            }
+            if libc::getuid() != uid || libc::geteuid() != uid {
+                return format!("still not uid {uid} after setresuid");
+            }
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return errno_text("no_new_privs");
+        }
+        if spec.landlock {
+            let writable = if spec.namespaces {
+                vec![
+                    PathBuf::from(APP_IN_RUN),
+                    PathBuf::from("/tmp"),
+                    PathBuf::from("/dev/shm"),
+                ]
+            } else {
+                vec![spec.app_dir.clone()]
+            };
+            if let Err(e) = landlock_rules::restrict(spec, &writable) {
+                return e;
+            }
+        }
+        // Nothing of the launcher's reaches the program.
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        let argv: Vec<CString> = match spec
+            .argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<_, _>>()
+        {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        let Some(prog) = argv.first() else {
+            return "empty command".into();
+        };
+        let env: Vec<CString> = match spec
+            .env
+            .iter()
+            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+            .collect::<Result<_, _>>()
+        {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_p.push(std::ptr::null());
+        let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+        env_p.push(std::ptr::null());
+        // execvpe searches the PATH of `env` (the run's), not the node's.
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if let Ok(p) = CString::new(path) {
+            libc::setenv(c"PATH".as_ptr(), p.as_ptr(), 1);
+        }
+        libc::execvpe(prog.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+        let e = std::io::Error::last_os_error();
+        let msg = format!(
+            "cannot start '{}': {e} (is it installed on this node, and readable by runs?)\n",
+            spec.argv[0]
+        );
+        libc::write(report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+fn cstring(b: &[u8]) -> Result<CString, String> {
+    CString::new(b).map_err(|_| "an argument or variable holds a NUL byte".to_string())
+}
+
+/// The spec's resource limits (soft and hard: the program cannot raise them).
+fn set_limits(spec: &LaunchSpec) -> Result<(), String> {
+    let l = spec.limits;
+    let set = |res, v: u64| -> Result<(), String> {
+        if v == 0 {
+            return Ok(());
+        }
+        let r = libc::rlimit {
+            rlim_cur: v,
+            rlim_max: v,
+        };
+        // SAFETY: setting a resource limit of this process.
+        if unsafe { libc::setrlimit(res, &r) } != 0 {
+            return Err(errno_text("setrlimit"));
+        }
+        Ok(())
+    };
+    set(libc::RLIMIT_NPROC, l.processes)?;
+    set(libc::RLIMIT_FSIZE, l.file_size)?;
+    set(libc::RLIMIT_NOFILE, l.open_files)?;
+    set(libc::RLIMIT_DATA, l.memory)?;
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    Ok(())
+}

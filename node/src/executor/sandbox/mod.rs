@@ -1,0 +1,450 @@
+//! The process executor's sandbox: user code without Docker, sealed off from
+//! the node, its data and other runs.
+//!
+//! Each attempt is started through the launcher ([`launch`], the `pesc`
+//! binary itself with [`spec::LAUNCH_ARG`]): the slot's own uid when the node
+//! is root, namespaces of its own (mount, PID, IPC, network) with a root made
+//! of the system paths and its app dir, Landlock, resource limits and a clean
+//! environment. What this node can do is found once at start by starting a
+//! real sandboxed program ([`Sandbox::probe`]) and reported as its isolation
+//! level.
+
+pub mod landlock_rules;
+pub mod launch;
+pub mod rootfs;
+pub mod spec;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use self::spec::{APP_IN_RUN, LAUNCH_ARG, LaunchSpec, Rlimits};
+use super::{Executor, Exit, Job};
+
+/// How long a stopped program gets after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// The sandbox's settings (`[sandbox]` in node.toml).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxConfig {
+    /// Sandbox runs of the process executor (false: plain processes, the
+    /// isolation level `none`; a grid with the default minimum level then
+    /// gives this node no work).
+    pub enabled: bool,
+    /// When the node runs as root, slot N runs as uid `uid_base + N` (and
+    /// the same gid). These need no account; name your own with `uids`.
+    pub uid_base: u32,
+    /// Uids for the slots, in slot order (overrides `uid_base`).
+    pub uids: Vec<u32>,
+    /// Paths runs may read and execute besides the system ones (an R or
+    /// Python installed elsewhere, e.g. `/srv/R`).
+    pub read_paths: Vec<PathBuf>,
+    /// Processes and threads per run.
+    pub processes: u64,
+    /// Largest file a run may write, MiB.
+    pub file_size_mb: u64,
+    /// Open files per process of a run.
+    pub open_files: u64,
+    /// Size of a run's private /tmp (and /dev/shm), MiB.
+    pub tmp_mb: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            enabled: true,
+            uid_base: 61000,
+            uids: Vec::new(),
+            read_paths: Vec::new(),
+            processes: 512,
+            file_size_mb: 8192,
+            open_files: 4096,
+            tmp_mb: 1024,
+        }
+    }
+}
+
+/// The system paths every run may read and execute.
+const SYSTEM_PATHS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys",
+];
+
+/// Device files every run may use.
+const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+/// The PATH runs get: the system's, never the node user's own (a pyenv
+/// shim in root's home is neither readable by runs nor fast).
+const RUN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What this node's kernel and account let the sandbox do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxCaps {
+    /// Runs get the slot's own uid (the node is root).
+    pub uid: bool,
+    /// Landlock ABI in force (0: none).
+    pub landlock_abi: i32,
+    /// Mount, PID, IPC and network namespaces of their own.
+    pub namespaces: bool,
+    /// Resource limits: `rlimits` (cgroups are not used yet).
+    pub limits: String,
+}
+
+impl SandboxCaps {
+    /// The isolation detail shown to users: "uid, landlock 7, namespaces, rlimits".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.uid {
+            parts.push("uid per slot".to_string());
+        }
+        if self.landlock_abi > 0 {
+            parts.push(format!("landlock {}", self.landlock_abi));
+        }
+        if self.namespaces {
+            parts.push("namespaces".to_string());
+        }
+        parts.push(self.limits.clone());
+        parts.join(", ")
+    }
+}
+
+/// The process executor: sandboxed child processes.
+pub struct Sandbox {
+    cfg: SandboxConfig,
+    caps: Option<SandboxCaps>,
+    /// The `pesc` binary (the launcher).
+    exe: PathBuf,
+    node_is_root: bool,
+}
+
+impl Sandbox {
+    /// Finds what this node can do by starting a sandboxed `true` in
+    /// `scratch` with each level, best first. Logs loudly what it could not
+    /// enable. With `cfg.enabled` false: plain processes.
+    pub async fn probe(cfg: SandboxConfig, scratch: &Path) -> Result<Sandbox> {
+        let exe = std::env::current_exe().context("finding the pesc binary (the launcher)")?;
+        // SAFETY: geteuid has no preconditions.
+        let node_is_root = unsafe { libc::geteuid() } == 0;
+        let mut sb = Sandbox {
+            cfg,
+            caps: None,
+            exe,
+            node_is_root,
+        };
+        if !sb.cfg.enabled {
+            tracing::warn!(
+                "the sandbox is off ([sandbox] enabled = false): runs are plain processes that can read this node's data; isolation level none"
+            );
+            return Ok(sb);
+        }
+        std::fs::create_dir_all(scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        let abi = landlock_rules::abi();
+        let full = SandboxCaps {
+            uid: node_is_root,
+            landlock_abi: abi,
+            namespaces: true,
+            limits: "rlimits".into(),
+        };
+        let reduced = SandboxCaps {
+            namespaces: false,
+            ..full.clone()
+        };
+        let mut why = Vec::new();
+        for caps in [full, reduced] {
+            if caps.uid && !caps.namespaces {
+                // A separate uid without a root of its own cannot reach its
+                // app dir inside the node's 0700 data dir.
+                why.push("a slot uid needs namespaces".to_string());
+                continue;
+            }
+            sb.caps = Some(caps.clone());
+            match sb.try_true(scratch).await {
+                Ok(()) => {
+                    if abi == 0 {
+                        tracing::error!(
+                            "this kernel has no Landlock: runs are only kept apart by {}",
+                            caps.describe()
+                        );
+                    }
+                    if !caps.namespaces {
+                        tracing::error!(
+                            "runs get no namespaces of their own ({}): they see this machine's processes and network",
+                            why.join("; ")
+                        );
+                    }
+                    if !caps.uid {
+                        tracing::warn!(
+                            "the node is not root: runs share its uid (Landlock and namespaces still wall them in)"
+                        );
+                    }
+                    tracing::info!("sandbox: {}", caps.describe());
+                    return Ok(sb);
+                }
+                Err(e) => why.push(format!("{e:#}")),
+            }
+        }
+        sb.caps = None;
+        anyhow::bail!(
+            "no sandbox can be set up on this node ({}); set [sandbox] enabled = false in node.toml to run plain processes (isolation none), or use Docker",
+            why.join("; ")
+        )
+    }
+
+    async fn try_true(&self, scratch: &Path) -> Result<()> {
+        let app = scratch.join("app");
+        let _ = std::fs::remove_dir_all(&app);
+        std::fs::create_dir_all(&app)?;
+        let job = Job {
+            app_dir: app.clone(),
+            argv: vec!["true".into()],
+            env: Vec::new(),
+            stdout: scratch.join("stdout"),
+            stderr: scratch.join("stderr"),
+            image: None,
+            limits: Default::default(),
+            gpus: Vec::new(),
+            shared: Vec::new(),
+            slot: 0,
+            network: false,
+        };
+        let (_tx, rx) = watch::channel(false);
+        match self.run(job, rx).await? {
+            Exit::Code(0) => Ok(()),
+            other => anyhow::bail!("a sandboxed `true` ended with {other:?}"),
+        }
+    }
+
+    fn uid_of(&self, slot: usize) -> Option<u32> {
+        let caps = self.caps.as_ref()?;
+        if !caps.uid {
+            return None;
+        }
+        Some(
+            self.cfg
+                .uids
+                .get(slot)
+                .copied()
+                .unwrap_or(self.cfg.uid_base + slot as u32),
+        )
+    }
+
+    fn spec(&self, caps: &SandboxCaps, job: &Job) -> LaunchSpec {
+        let app_in_run = if caps.namespaces {
+            PathBuf::from(APP_IN_RUN)
+        } else {
+            job.app_dir.clone()
+        };
+        let mut env = vec![
+            ("PATH".to_string(), RUN_PATH.to_string()),
+            ("HOME".to_string(), app_in_run.display().to_string()),
+            (
+                "LANG".to_string(),
+                std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+            ),
+            (
+                "TMPDIR".to_string(),
+                if caps.namespaces {
+                    "/tmp".to_string()
+                } else {
+                    app_in_run.display().to_string()
+                },
+            ),
+        ];
+        if let Ok(tz) = std::env::var("TZ") {
+            env.push(("TZ".into(), tz));
+        }
+        env.extend(job.env.iter().cloned());
+        env.push(("CUDA_VISIBLE_DEVICES".into(), job.cuda_visible_devices()));
+        let mut read_paths: Vec<PathBuf> = SYSTEM_PATHS.iter().map(PathBuf::from).collect();
+        read_paths.extend(self.cfg.read_paths.iter().cloned());
+        let mut devices: Vec<PathBuf> = DEVICES.iter().map(PathBuf::from).collect();
+        if !job.gpus.is_empty() {
+            devices.extend(nvidia_devices());
+        }
+        let memory = job.limits.memory_mb.unwrap_or(0) << 20;
+        LaunchSpec {
+            argv: job.argv.clone(),
+            env,
+            app_dir: job.app_dir.clone(),
+            uid: self.uid_of(job.slot),
+            namespaces: caps.namespaces,
+            user_namespace: caps.namespaces && !self.node_is_root,
+            network: job.network,
+            read_paths,
+            devices,
+            landlock: caps.landlock_abi > 0,
+            limits: Rlimits {
+                processes: if caps.uid { self.cfg.processes } else { 0 },
+                file_size: self.cfg.file_size_mb << 20,
+                open_files: self.cfg.open_files,
+                memory,
+            },
+            tmp_mb: self.cfg.tmp_mb,
+        }
+    }
+
+    /// Plain child process (sandbox off): the node's environment minus
+    /// nothing, its uid, no walls.
+    fn plain_command(job: &Job) -> Result<Command> {
+        let (prog, args) = job.argv.split_first().context("empty command")?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .current_dir(&job.app_dir)
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .env("CUDA_VISIBLE_DEVICES", job.cuda_visible_devices())
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+}
+
+/// Every `/dev/nvidia*` device (runs holding GPUs need them).
+fn nvidia_devices() -> Vec<PathBuf> {
+    std::fs::read_dir("/dev")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
+                .map(|e| e.path())
+                .filter(|p| !p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Gives the app dir to the slot's uid (so the run can write its outputs),
+/// except the private copies of shared files, which stay the node's and
+/// read-only. Links are changed themselves, never followed.
+fn hand_over(app: &Path, uid: u32, keep: &[String]) -> Result<()> {
+    for e in walkdir::WalkDir::new(app).follow_links(false) {
+        let e = e?;
+        if e.depth() == 1 && keep.iter().any(|k| e.file_name() == k.as_str()) {
+            continue;
+        }
+        let m = e.path().symlink_metadata()?;
+        if m.uid() != uid || m.gid() != uid {
+            std::os::unix::fs::lchown(e.path(), Some(uid), Some(uid))
+                .with_context(|| format!("giving {} to uid {uid}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Executor for Sandbox {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn isolated(&self) -> bool {
+        self.caps.is_some()
+    }
+
+    fn isolation(&self) -> super::Isolation {
+        match &self.caps {
+            Some(c) => super::Isolation::Sandbox(c.describe()),
+            None => super::Isolation::None,
+        }
+    }
+
+    fn app_dir_in_run(&self, host: &Path) -> PathBuf {
+        match &self.caps {
+            Some(c) if c.namespaces => PathBuf::from(APP_IN_RUN),
+            _ => host.to_path_buf(),
+        }
+    }
+
+    async fn run(&self, job: Job, mut stop: watch::Receiver<bool>) -> Result<Exit> {
+        let stdout = std::fs::File::create(&job.stdout)
+            .with_context(|| format!("creating {}", job.stdout.display()))?;
+        let stderr = std::fs::File::create(&job.stderr)
+            .with_context(|| format!("creating {}", job.stderr.display()))?;
+        let (mut cmd, report) = match &self.caps {
+            None => (Self::plain_command(&job)?, None),
+            Some(caps) => {
+                if let Some(uid) = self.uid_of(job.slot) {
+                    let keep: Vec<String> = job.shared.iter().map(|(_, n)| n.clone()).collect();
+                    hand_over(&job.app_dir, uid, &keep)?;
+                }
+                let spec = serde_json::to_string(&self.spec(caps, &job))?;
+                let (reader, writer) = std::io::pipe().context("report pipe")?;
+                let mut cmd = Command::new(&self.exe);
+                cmd.arg(LAUNCH_ARG)
+                    .arg(spec)
+                    .env_clear()
+                    .current_dir("/")
+                    .stdin(Stdio::from(std::os::fd::OwnedFd::from(writer)));
+                (cmd, Some(reader))
+            }
+        };
+        cmd.stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(false);
+        let spawned = cmd.spawn();
+        // Our copy of the report pipe's writing end goes with the command.
+        drop(cmd);
+        let mut child = spawned.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start '{}': {e} (is it installed on this node?)",
+                job.argv.first().map(String::as_str).unwrap_or("")
+            )
+        })?;
+        let pgid = child.id().map(|p| p as i32);
+        if let Some(reader) = report {
+            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+                .context("report pipe")?;
+            let mut msg = Vec::new();
+            // Ends when the program has started (the pipe closes on exec)
+            // or the launcher has given up.
+            let _ = rx.read_to_end(&mut msg).await;
+            if !msg.is_empty() {
+                let _ = child.wait().await;
+                signal_group(pgid, libc::SIGKILL);
+                anyhow::bail!("{}", String::from_utf8_lossy(&msg).trim());
+            }
+        }
+        let status = tokio::select! {
+            s = child.wait() => s?,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                signal_group(pgid, libc::SIGTERM);
+                match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                    Ok(s) => s?,
+                    Err(_) => {
+                        signal_group(pgid, libc::SIGKILL);
+                        child.wait().await?
+                    }
+                }
+            }
+        };
+        // Whatever the program left running in its group goes with it.
+        signal_group(pgid, libc::SIGKILL);
+        use std::os::unix::process::ExitStatusExt;
+        Ok(match (status.code(), status.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Code(-1),
+        })
+    }
+}
+
+fn signal_group(pgid: Option<i32>, sig: i32) {
+    if let Some(p) = pgid.filter(|p| *p > 1) {
+        // SAFETY: killpg only sends a signal; ESRCH (group gone) is expected.
+        unsafe {
+            libc::killpg(p, sig);
+        }
+    }
+}
