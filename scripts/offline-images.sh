@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes the base images the Docker tests use, without a registry: a Debian root
-# filesystem made with debootstrap from Debian's package mirror, then
-# `docker import`. Real users' domains use public base images (python:3.12-slim, …);
+# filesystem made with debootstrap from the package mirror this machine's own
+# apt configuration names (the repository names no host), then `docker import`. Real users' domains use public base images (python:3.12-slim, …);
 # the tests point the templates at these through the node's config.
 #
 #   scripts/offline-images.sh            # makes what is missing
@@ -13,7 +13,20 @@
 #   pesc-offline/r:bookworm        R (Rscript)
 #   pesc-offline/java:bookworm     Java 17 JDK (java, javac, jar)
 set -euo pipefail
-mirror="${PESC_MIRROR:-http://deb.debian.org/debian}"
+# The mirror: PESC_MIRROR, else the first non-security Debian source apt uses.
+mirror="${PESC_MIRROR:-}"
+if [ -z "$mirror" ]; then
+  mirror="$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' \
+    | grep -v -e security -e '^$' | head -1 || true)"
+fi
+if [ -z "$mirror" ]; then
+  mirror="$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+    | awk '$2 !~ /^\[/ {print $2} $2 ~ /^\[/ {print $3}' | grep -v security | head -1 || true)"
+fi
+if [ -z "$mirror" ]; then
+  echo "no Debian package mirror in this machine's apt configuration: set PESC_MIRROR" >&2
+  exit 1
+fi
 work="${PESC_IMAGE_WORK:-/var/tmp/pesc-offline-images}"
 mkdir -p "$work"
 

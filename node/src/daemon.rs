@@ -157,12 +157,16 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     let key = identity::load_or_create_key(&data_dir)?;
     let node = identity::node_id(&key);
     let token = identity::load_or_create_token(&data_dir)?;
+    let work_dir = data_dir.join("work");
+    let slot_apps: Vec<PathBuf> = (0..cfg.slots as usize)
+        .map(|s| crate::runner::slot_app_dir(&work_dir, s))
+        .collect();
     let executor = pick_executor(
         cfg.executor,
         node.as_str(),
         &cfg.docker,
         &cfg.sandbox,
-        &data_dir.join("work").join("probe"),
+        (&work_dir.join("probe"), &slot_apps),
     )
     .await?;
     let orphans = kill_orphans(node.as_str());
@@ -190,7 +194,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     )?;
     let fetcher = Arc::new(Fetcher::new(net.clone(), blobs.clone()));
     let runner = Arc::new(RunnerCtx {
-        work_dir: data_dir.join("work"),
+        work_dir,
         blobs: blobs.clone(),
         executor,
         fetcher,
@@ -267,12 +271,9 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         data_dir.join("api-token").display()
     );
     match joined {
+        // The join token is the grid's password: never in the log in full.
         Joined::Created => tracing::info!(
-            "created grid {grid_id}. To add a desktop, run there: pesc node --join {} (print it again with `pesc grid token`)",
-            JoinToken {
-                secret: secret.clone(),
-                addrs: Vec::new()
-            }
+            "created grid {grid_id}. To add a desktop, get the join command with `pesc grid token` on this machine (or from the Nodes page as an admin)"
         ),
         Joined::FromToken => tracing::info!("joined grid {grid_id}"),
         Joined::Again => tracing::info!("grid {grid_id}"),
@@ -318,10 +319,10 @@ async fn pick_executor(
     node: &str,
     docker: &DockerConfig,
     sandbox: &SandboxConfig,
-    scratch: &std::path::Path,
+    (scratch, slot_apps): (&std::path::Path, &[PathBuf]),
 ) -> Result<Arc<dyn Executor>> {
     let sandboxed = || async {
-        let s = Sandbox::probe(sandbox.clone(), scratch).await?;
+        let s = Sandbox::probe(sandbox.clone(), scratch, slot_apps).await?;
         anyhow::Ok(Arc::new(s) as Arc<dyn Executor>)
     };
     let connect = || async {

@@ -547,3 +547,40 @@ pub fn read_events(
     }
     got
 }
+
+/// Host processes of a request's runs (sandboxed runs see their own PIDs,
+/// not the host's): (pid, rank), found by the `PESC_REQUEST_ID` and
+/// `PESC_RANK` in their environment. Zombies are left out.
+pub fn run_processes(request_id: &str) -> Vec<(i32, u32)> {
+    let want = format!("PESC_REQUEST_ID={request_id}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+            if !vars.contains(&want.as_bytes()) {
+                return None;
+            }
+            let rank = vars
+                .iter()
+                .find_map(|v| std::str::from_utf8(v.strip_prefix(b"PESC_RANK=")?).ok())?
+                .parse()
+                .ok()?;
+            Some((pid, rank))
+        })
+        .collect()
+}

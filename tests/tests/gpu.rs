@@ -110,39 +110,32 @@ fn runs_share_a_gpu_once_their_peak_memory_is_known() {
     // test in its own process.
     unsafe { std::env::set_var("PESC_FAKE_GPUS", &gpus) };
     let node = Node::start(4).unwrap();
-    let pids = tmp.path().join("pids");
-    std::fs::create_dir_all(&pids).unwrap();
     let prog = write_file(
         tmp.path(),
         "train.sh",
-        "set -- $PESC_PARAMETERS\n\
-         echo $$ > \"$1/$PESC_REQUEST_ID-$PESC_RANK\"\n\
-         echo \"$CUDA_VISIBLE_DEVICES $(date +%s.%N)\" > \"$PESC_OUTPUT_DIR/output.txt\"\n\
-         sleep \"$2\"\n\
+        "echo \"$CUDA_VISIBLE_DEVICES $(date +%s.%N)\" > \"$PESC_OUTPUT_DIR/output.txt\"\n\
+         sleep \"$PESC_PARAMETERS\"\n\
          echo \"$(date +%s.%N)\" >> \"$PESC_OUTPUT_DIR/output.txt\"\n",
     );
-    let dir = pids.to_str().unwrap();
     // The first run's peak is unknown: it gets the device to itself, and the
-    // driver (here, the script) shows its process using 4 000 MiB.
-    let first = node.submit(&[&prog, "-n", "1", "--gpus", "1", "--parameters", dir, "3"]);
-    let pid_file = pids.join(format!("{first}-0"));
+    // driver (here, the script) shows its process — by its host pid, as
+    // NVML does — using 4 000 MiB.
+    let first = node.submit(&[&prog, "-n", "1", "--gpus", "1", "--parameters", "3"]);
     let t0 = std::time::Instant::now();
-    while !pid_file.exists() {
+    let pid = loop {
+        if let Some((pid, _)) = pesc_tests::run_processes(&first).first() {
+            break *pid;
+        }
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", node.log());
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    };
     write_gpus(json!([[pid, 4000]]));
     node.wait_for(&first, Duration::from_secs(30), finished);
     assert!(node.log().contains("learned: 4000 MiB"), "{}", node.log());
     write_gpus(json!([]));
     // Four more of the same program: 3 × 4 000 MiB fit in 90 % of 16 GiB,
     // a fourth does not.
-    let id = node.submit(&[&prog, "-n", "4", "--gpus", "1", "--parameters", dir, "5"]);
+    let id = node.submit(&[&prog, "-n", "4", "--gpus", "1", "--parameters", "5"]);
     let v = node.wait_for(&id, Duration::from_secs(60), finished);
     assert_eq!(v["state"], "succeeded", "{v}");
     let zip = node.results_zip(&id, &tmp.path().join("r"));

@@ -147,16 +147,7 @@ fn runs_of_a_killed_node_are_restarted_elsewhere() {
 fn cancel_on_one_node_stops_every_run_on_every_node() {
     let g = Grid::loopback(3, 2, &[]).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let pids = tmp.path().join("pids");
-    std::fs::create_dir(&pids).unwrap();
-    let prog = write_file(
-        tmp.path(),
-        "sleepy.sh",
-        &format!(
-            "echo $$ > {}/$PESC_RANK-$PESC_ATTEMPT-$PESC_NODE_ID\nexec sleep 60\n",
-            pids.display()
-        ),
-    );
+    let prog = write_file(tmp.path(), "sleepy.sh", "exec sleep 60\n");
     let id = g.nodes[0].submit(&[&prog, "-n", "6"]);
     let ids: Vec<String> = g.nodes.iter().map(|n| n.node_id()).collect();
     g.nodes[0].wait_for(&id, Duration::from_secs(30), |v| {
@@ -167,57 +158,37 @@ fn cancel_on_one_node_stops_every_run_on_every_node() {
             .collect();
         runs(v).iter().all(|r| r["state"] == "running") && running.len() == ids.len()
     });
-    // The processes of the 6 running ranks (a run that lost a claim race
-    // may have written a pid too, and is gone already).
-    let live = |pid: i32| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    // The processes of the 6 running ranks, as the host sees them (a run
+    // that lost a claim race may have started too, and is gone already).
     let wait_pids = Instant::now();
-    let all: Vec<i32> = loop {
-        let all: Vec<i32> = std::fs::read_dir(&pids)
-            .unwrap()
-            .filter_map(|e| {
-                std::fs::read_to_string(e.unwrap().path())
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .filter(|p| live(*p))
+    loop {
+        let ranks: BTreeSet<u32> = pesc_tests::run_processes(&id)
+            .into_iter()
+            .map(|(_, r)| r)
             .collect();
-        if all.len() == 6 {
-            break all;
+        if ranks.len() == 6 {
+            break;
         }
         assert!(
             wait_pids.elapsed() < Duration::from_secs(10),
-            "expected 6 live runs, found {all:?}"
+            "expected 6 live runs, found ranks {ranks:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
     let t0 = Instant::now();
     let out = g.nodes[1].cli(&["cancel", &id]);
     assert!(out.status.success(), "{out:?}");
-    while all.iter().any(|p| live(*p)) {
+    while !pesc_tests::run_processes(&id).is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(2),
             "runs still alive 2 s after cancel: {:?}",
-            all.iter().filter(|p| live(**p)).collect::<Vec<_>>()
+            pesc_tests::run_processes(&id)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     for n in &g.nodes {
         n.wait_for(&id, Duration::from_secs(10), |v| v["state"] == "cancelled");
     }
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
 }
 
 #[test]

@@ -368,6 +368,12 @@ fn the_data_dir_is_the_nodes_alone() {
         assert_eq!(mode(&node.data_dir.join(f)), 0o600, "{f}");
     }
     assert_eq!(mode(&node.data_dir.join("blobs")), 0o700);
+    // The join token (the grid's password) is not in the log.
+    let token = node.join_token();
+    let secret = token.split('@').next().unwrap_or(&token);
+    assert!(secret.len() > 20);
+    assert!(!node.log().contains(secret), "the log shows the join token");
+    assert!(node.log().contains("pesc grid token"));
     // A data dir others can write: refused, with the fix.
     let open = tmp.path().join("open");
     std::fs::create_dir_all(&open).unwrap();

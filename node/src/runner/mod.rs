@@ -154,7 +154,7 @@ impl RunnerCtx {
     }
 
     pub fn slot_dir(&self, slot: usize) -> PathBuf {
-        self.work_dir.join("slots").join(slot.to_string())
+        slot_dir(&self.work_dir, slot)
     }
     /// The live log file of the attempt running in `slot`.
     pub fn log_path(&self, slot: usize, stream: &str) -> PathBuf {
@@ -209,6 +209,16 @@ impl RunnerCtx {
     }
 }
 
+/// The workspace of `slot` under the node's work dir.
+pub fn slot_dir(work_dir: &Path, slot: usize) -> PathBuf {
+    work_dir.join("slots").join(slot.to_string())
+}
+
+/// The app dir of `slot` (the sandbox prepares a root around it).
+pub fn slot_app_dir(work_dir: &Path, slot: usize) -> PathBuf {
+    slot_dir(work_dir, slot).join("app")
+}
+
 /// Runs one attempt and reports to `events`.
 pub async fn run_attempt(
     ctx: Arc<RunnerCtx>,
@@ -232,7 +242,7 @@ async fn attempt(
 ) -> Result<RunnerOutcome> {
     let (req, rank, epoch) = job.key.clone();
     let slot_dir = ctx.slot_dir(job.slot);
-    let app_dir = slot_dir.join("app");
+    let app_dir = slot_app_dir(&ctx.work_dir, job.slot);
     let stdout = ctx.log_path(job.slot, "stdout");
     let stderr = ctx.log_path(job.slot, "stderr");
     ctx.fetcher

@@ -13,9 +13,10 @@
 //!
 //! single-node: one node, process executor, 8 slots. W1 = 400 runs of `true`
 //! (runs/s), W2 = 64 runs of `sleep 0.5` (efficiency = 4.0 s / wall), each
-//! timed from `pesc submit` until every run's results are stored, beside GNU
-//! parallel and `xargs -P 8` on the same workloads. `--write` records the
-//! table in docs/performance.md.
+//! timed from `pesc submit` until every run's results are stored, beside the
+//! same node with its sandbox off, Ray (when `PESC_RAY_PYTHON` names a
+//! Python with `ray`), GNU parallel and `xargs -P 8` on the same workloads,
+//! all in one invocation. `--write` records the table in docs/performance.md.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -108,50 +109,110 @@ fn pesc_bin() -> Result<std::path::PathBuf> {
     Ok(pesc_tests::pesc_bin("release"))
 }
 
+/// Times `pesc submit … --wait` of workload `w` on `node`; returns (wall,
+/// results download) seconds.
+fn time_pesc(node: &Node, prog: &str, w: &Workload, out: &std::path::Path) -> Result<(f64, f64)> {
+    let n = w.runs.to_string();
+    let t0 = Instant::now();
+    let v = node.cli_json(&[
+        "submit",
+        prog,
+        "--entry",
+        w.pesc_entry,
+        "-n",
+        &n,
+        "--wait",
+        "--json",
+    ]);
+    let wall = t0.elapsed().as_secs_f64();
+    if v["state"] != "succeeded" {
+        bail!("{}: request ended {}: {v}", w.name, v["state"]);
+    }
+    let t1 = Instant::now();
+    let o = node.cli(&[
+        "results",
+        v["id"].as_str().unwrap_or_default(),
+        "-o",
+        out.to_str().unwrap_or("."),
+    ]);
+    if !o.status.success() {
+        bail!(
+            "results download failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok((wall, t1.elapsed().as_secs_f64()))
+}
+
+/// Ray (local, 8 CPUs, a subprocess per task, workers warmed up first) on
+/// the same workloads, when `PESC_RAY_PYTHON` names a Python with `ray`.
+/// Returns the median wall seconds per workload.
+fn time_ray(repeat: usize) -> Result<Option<Vec<f64>>> {
+    let Some(py) = std::env::var_os("PESC_RAY_PYTHON") else {
+        return Ok(None);
+    };
+    let script = format!(
+        r#"
+import ray, subprocess, time
+ray.init(num_cpus={SLOTS}, include_dashboard=False, logging_level="ERROR")
+@ray.remote
+def run(cmd):
+    return subprocess.run(cmd).returncode
+ray.get([run.remote(["true"]) for _ in range(64)])
+for n, cmd in [(400, ["true"]), (64, ["sleep", "0.5"])]:
+    walls = []
+    for _ in range({repeat}):
+        t0 = time.time(); ray.get([run.remote(cmd) for _ in range(n)]); walls.append(time.time() - t0)
+    walls.sort(); print(walls[len(walls) // 2])
+"#
+    );
+    let out = Command::new(py).arg("-c").arg(script).output()?;
+    if !out.status.success() {
+        bail!("ray: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let walls = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect::<Vec<_>>();
+    if walls.len() != WORKLOADS.len() {
+        bail!("ray printed {walls:?}");
+    }
+    Ok(Some(walls))
+}
+
 fn single_node(repeat: usize, write: bool) -> Result<()> {
     let bin = pesc_bin()?;
     let tmp = tempfile::tempdir()?;
-    let node = Node::start_in(tmp.path().join("data"), SLOTS, bin, None, &[])?;
+    let node = Node::start_in(tmp.path().join("data"), SLOTS, bin.clone(), None, &[])?;
+    // The same node software with the sandbox off (isolation none, allowed
+    // by the grid's settings): what the sandbox costs.
+    let plain_dir = tmp.path().join("plain");
+    std::fs::create_dir_all(&plain_dir)?;
+    std::fs::write(plain_dir.join("node.toml"), "[sandbox]\nenabled = false\n")?;
+    let plain = Node::start_in(plain_dir, SLOTS, bin, None, &[])?;
+    let r = plain
+        .http()
+        .put("/grid/settings")
+        .json(&serde_json::json!({"min_isolation": "none"}))
+        .send()?;
+    if !r.status().is_success() {
+        bail!("setting the plain node's minimum isolation: {}", r.status());
+    }
     let prog = tmp.path().join("noop.sh");
     std::fs::write(&prog, "true\n")?;
     let prog = prog.to_str().context("temp path")?.to_string();
+    let out = tmp.path().join("results");
+    let ray = time_ray(repeat)?;
     let mut rows = Vec::new();
-    for w in &WORKLOADS {
+    for (i, w) in WORKLOADS.iter().enumerate() {
         let mut pesc = Vec::new();
         let mut results = Vec::new();
+        let mut off = Vec::new();
         for _ in 0..repeat {
-            let n = w.runs.to_string();
-            let t0 = Instant::now();
-            let v = node.cli_json(&[
-                "submit",
-                &prog,
-                "--entry",
-                w.pesc_entry,
-                "-n",
-                &n,
-                "--wait",
-                "--json",
-            ]);
-            let wall = t0.elapsed().as_secs_f64();
-            if v["state"] != "succeeded" {
-                bail!("{}: request ended {}: {v}", w.name, v["state"]);
-            }
+            let (wall, res) = time_pesc(&node, &prog, w, &out)?;
             pesc.push(wall);
-            let out = tmp.path().join("results");
-            let t1 = Instant::now();
-            let o = node.cli(&[
-                "results",
-                v["id"].as_str().unwrap_or_default(),
-                "-o",
-                out.to_str().unwrap_or("."),
-            ]);
-            if !o.status.success() {
-                bail!(
-                    "results download failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-            }
-            results.push(t1.elapsed().as_secs_f64());
+            results.push(res);
+            off.push(time_pesc(&plain, &prog, w, &out)?.0);
         }
         let parallel = (0..repeat)
             .map(|_| time_shell(w.parallel))
@@ -161,42 +222,54 @@ fn single_node(repeat: usize, write: bool) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         rows.push((
             w,
-            median(pesc),
-            median(parallel),
-            median(xargs),
+            [
+                median(pesc),
+                median(off),
+                ray.as_ref().map_or(f64::NAN, |r| r[i]),
+                median(parallel),
+                median(xargs),
+            ],
             median(results),
         ));
     }
     let mut table = String::new();
     table.push_str(&format!(
-        "Single node, process executor, {SLOTS} slots; median of {repeat}; wall time from `pesc submit` until every run's results are stored.\n\n"
+        "Single node, process executor, {SLOTS} slots; median of {repeat}; wall time from `pesc submit` until every run's results are stored. \\\n`pesc` runs every attempt in the sandbox (uid per slot, namespaces, Landlock); `sandbox off` is the same node with `[sandbox] enabled = false` (isolation none); Ray 2.60 local, {SLOTS} CPUs, a subprocess per task, warm workers (`PESC_RAY_PYTHON`; `-` when not given).\n\n"
     ));
-    table.push_str("| workload | metric | pesc | GNU parallel -j 8 | xargs -P 8 (floor) | pesc / parallel | pesc / xargs |\n");
-    table.push_str("|---|---|---|---|---|---|---|\n");
-    for (w, p, gp, x, r) in &rows {
-        let (metric, fp, fg, fx) = match w.ideal_s {
-            None => (
-                "runs/s",
-                w.runs as f64 / p,
-                w.runs as f64 / gp,
-                w.runs as f64 / x,
-            ),
-            Some(ideal) => (
-                "efficiency (4.0 s / wall)",
-                ideal / p,
-                ideal / gp,
-                ideal / x,
-            ),
+    table.push_str("| workload | metric | pesc | pesc, sandbox off | Ray | GNU parallel -j 8 | xargs -P 8 (floor) | pesc / Ray | pesc / xargs |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    let fmt = |v: f64| {
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    for (w, walls, r) in &rows {
+        let (metric, rate): (&str, Box<dyn Fn(f64) -> f64>) = match w.ideal_s {
+            None => ("runs/s", Box::new(|x| w.runs as f64 / x)),
+            Some(ideal) => ("efficiency (4.0 s / wall)", Box::new(move |x| ideal / x)),
         };
+        let v: Vec<f64> = walls.iter().map(|x| rate(*x)).collect();
         table.push_str(&format!(
-            "| {} | {metric} | {fp:.2} | {fg:.2} | {fx:.2} | {:.2} | {:.2} |\n",
+            "| {} | {metric} | {} | {} | {} | {} | {} | {} | {} |\n",
             w.name,
-            fp / fg,
-            fp / fx
+            fmt(v[0]),
+            fmt(v[1]),
+            fmt(v[2]),
+            fmt(v[3]),
+            fmt(v[4]),
+            fmt(v[0] / v[2]),
+            fmt(v[0] / v[4]),
         ));
         table.push_str(&format!(
-            "| {} | wall s (results zip download) | {p:.3} ({r:.3}) | {gp:.3} | {x:.3} | | |\n",
-            w.name
+            "| {} | wall s (results zip download) | {:.3} ({r:.3}) | {:.3} | {} | {:.3} | {:.3} | | |\n",
+            w.name,
+            walls[0],
+            walls[1],
+            if walls[2].is_nan() { "-".to_string() } else { format!("{:.3}", walls[2]) },
+            walls[3],
+            walls[4],
         ));
     }
     println!("{table}");

@@ -55,6 +55,24 @@ fn add(
 /// Restricts this process (and what it will exec) for `spec`; `writable`:
 /// the places it may change.
 pub fn restrict(spec: &LaunchSpec, writable: &[PathBuf]) -> Result<(), String> {
+    enforce(ruleset(spec, writable)?)
+}
+
+/// Restricts this process with a ruleset built earlier (a slot server
+/// builds its runs' ruleset once; each run enforces a copy).
+pub fn enforce(rs: landlock::RulesetCreated) -> Result<(), String> {
+    let status = rs.restrict_self().map_err(|e| format!("landlock: {e}"))?;
+    if status.ruleset == RulesetStatus::NotEnforced {
+        return Err("landlock was asked for but the kernel enforces none of it".into());
+    }
+    Ok(())
+}
+
+/// The ruleset for `spec`, not yet enforced.
+pub fn ruleset(
+    spec: &LaunchSpec,
+    writable: &[PathBuf],
+) -> Result<landlock::RulesetCreated, String> {
     let read_exec = AccessFs::from_read(TARGET);
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let all = AccessFs::from_all(TARGET);
@@ -80,9 +98,5 @@ pub fn restrict(spec: &LaunchSpec, writable: &[PathBuf]) -> Result<(), String> {
     for d in &spec.devices {
         rs = add(rs, d, device)?;
     }
-    let status = rs.restrict_self().map_err(|e| format!("landlock: {e}"))?;
-    if status.ruleset == RulesetStatus::NotEnforced {
-        return Err("landlock was asked for but the kernel enforces none of it".into());
-    }
-    Ok(())
+    Ok(rs)
 }

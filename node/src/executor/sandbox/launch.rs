@@ -42,17 +42,19 @@ pub fn main(spec_json: &OsStr) -> ! {
         Ok(s) => s,
         Err(e) => fail(REPORT_FD, &format!("unreadable sandbox spec: {e}")),
     };
-    if spec.namespaces {
+    if spec.serve {
+        super::slot_server::serve(&spec)
+    } else if spec.namespaces {
         launcher(&spec)
     } else {
         let app = spec.app_dir.clone();
-        let e = program(&spec, &app, REPORT_FD);
+        let e = program(&spec, &app, REPORT_FD, None);
         fail(REPORT_FD, &e)
     }
 }
 
 /// Writes `msg` to the report pipe and exits with [`SETUP_FAILED`].
-fn fail(fd: i32, msg: &str) -> ! {
+pub(super) fn fail(fd: i32, msg: &str) -> ! {
     let line = format!("{msg}\n");
     // SAFETY: writing a buffer we own to a file descriptor; then exiting
     // without running destructors (some processes here are forks).
@@ -62,7 +64,7 @@ fn fail(fd: i32, msg: &str) -> ! {
     }
 }
 
-fn errno_text(what: &str) -> String {
+pub(super) fn errno_text(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
@@ -100,7 +102,10 @@ fn launcher(spec: &LaunchSpec) -> ! {
             -1 => fail(REPORT_FD, &errno_text("cannot fork the run's init")),
             0 => {
                 libc::close(status_pipe[0]);
-                init(spec, status_pipe[1])
+                if let Err(e) = rootfs::build(spec, true) {
+                    fail(REPORT_FD, &e);
+                }
+                init(spec, status_pipe[1], REPORT_FD, None)
             }
             init_pid => {
                 libc::close(status_pipe[1]);
@@ -126,7 +131,7 @@ fn launcher(spec: &LaunchSpec) -> ! {
 }
 
 /// Maps the node's uid and gid to themselves in the new user namespace.
-fn map_ids(uid: u32, gid: u32) -> Result<(), String> {
+pub(super) fn map_ids(uid: u32, gid: u32) -> Result<(), String> {
     let write = |path: &str, text: String| {
         std::fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))
     };
@@ -137,7 +142,7 @@ fn map_ids(uid: u32, gid: u32) -> Result<(), String> {
 
 /// Standard input becomes /dev/null: the report pipe must close once the
 /// program has started.
-fn quiet_stdin() {
+pub(super) fn quiet_stdin() {
     // SAFETY: opening /dev/null and moving it onto fd 0.
     unsafe {
         let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
@@ -178,9 +183,15 @@ extern "C" fn note_signal(sig: i32) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
 }
 
-/// PID 1 of the run: builds its root, starts the program, passes stop
-/// signals on, reports the program's wait status on `status_fd`.
-fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
+/// PID 1 of the run (its root already in place): starts the program,
+/// passes stop signals on, reports the program's wait status on
+/// `status_fd`; setup failures go to `report_fd`.
+pub(super) fn init(
+    spec: &LaunchSpec,
+    status_fd: i32,
+    report_fd: i32,
+    rules: Option<&landlock::RulesetCreated>,
+) -> ! {
     // SAFETY (whole function): system calls on values we own; this process
     // is single-threaded.
     unsafe {
@@ -189,9 +200,6 @@ fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
         // (Its parent is outside the PID namespace, so getppid() reads 0
         // and cannot tell whether the launcher died before this line.)
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if let Err(e) = rootfs::build(spec) {
-            fail(REPORT_FD, &e);
-        }
         let mut act: libc::sigaction = std::mem::zeroed();
         act.sa_sigaction = note_signal as *const () as usize;
         // No SA_RESTART: waitpid returns EINTR so the signal is passed on.
@@ -199,7 +207,7 @@ fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
             libc::sigaction(sig, &act, std::ptr::null_mut());
         }
         let program_pid = match libc::fork() {
-            -1 => fail(REPORT_FD, &errno_text("cannot fork the program")),
+            -1 => fail(report_fd, &errno_text("cannot fork the program")),
             0 => {
                 for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
                     libc::signal(sig, libc::SIG_DFL);
@@ -208,11 +216,16 @@ fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
                 // which decides what the run's processes get.
                 libc::setpgid(0, 0);
                 libc::close(status_fd);
-                let e = program(spec, Path::new(APP_IN_RUN), REPORT_FD);
-                fail(REPORT_FD, &e)
+                let e = program(spec, Path::new(APP_IN_RUN), report_fd, rules);
+                fail(report_fd, &e)
             }
             p => p,
         };
+        // Only the program's copy of the report pipe may keep it open: it
+        // closes on the program's exec, which tells the node it started.
+        if report_fd != 0 {
+            libc::close(report_fd);
+        }
         quiet_stdin();
         loop {
             let mut st = 0;
@@ -240,7 +253,12 @@ fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
 }
 
 /// The program's own setup, then `exec`. Returns only the reason it failed.
-fn program(spec: &LaunchSpec, app: &Path, report: i32) -> String {
+fn program(
+    spec: &LaunchSpec,
+    app: &Path,
+    report: i32,
+    rules: Option<&landlock::RulesetCreated>,
+) -> String {
     // SAFETY (whole function): system calls on values we own.
     unsafe {
         // Keep the report pipe apart from standard input (close-on-exec).
@@ -274,7 +292,15 @@ fn program(spec: &LaunchSpec, app: &Path, report: i32) -> String {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return errno_text("no_new_privs");
         }
-        if spec.landlock {
+        if let (true, Some(rules)) = (spec.landlock, rules) {
+            let copy = match rules.try_clone() {
+                Ok(c) => c,
+                Err(e) => return format!("landlock: {e}"),
+            };
+            if let Err(e) = landlock_rules::enforce(copy) {
+                return e;
+            }
+        } else if spec.landlock {
             let writable = if spec.namespaces {
                 vec![
                     PathBuf::from(APP_IN_RUN),

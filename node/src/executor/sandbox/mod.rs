@@ -12,6 +12,7 @@
 pub mod landlock_rules;
 pub mod launch;
 pub mod rootfs;
+pub mod slot_server;
 pub mod spec;
 
 use std::os::unix::fs::MetadataExt;
@@ -125,24 +126,63 @@ impl SandboxCaps {
 pub struct Sandbox {
     cfg: SandboxConfig,
     caps: Option<SandboxCaps>,
-    /// The `pesc` binary (the launcher).
-    exe: PathBuf,
+    /// The launcher: `pesc-sandbox` next to `pesc` (small, quick to start),
+    /// or `pesc` itself with [`LAUNCH_ARG`].
+    launcher: (PathBuf, Option<&'static str>),
     node_is_root: bool,
+    /// Each slot's sandbox server (started on first use, restarted if it
+    /// dies); runs that need the network, or whose slot server cannot
+    /// start, are launched one by one instead.
+    servers: Vec<tokio::sync::Mutex<Option<SlotServer>>>,
+    /// The app dir of each slot (what its server's root is built around).
+    slot_apps: Vec<PathBuf>,
+}
+
+/// A running slot server: its requests and answers.
+struct SlotServer {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+/// Name of the small launcher binary, installed next to `pesc`.
+const LAUNCHER_BIN: &str = "pesc-sandbox";
+
+fn find_launcher() -> Result<(PathBuf, Option<&'static str>)> {
+    let exe = std::env::current_exe().context("finding the pesc binary (the launcher)")?;
+    let small = exe.with_file_name(LAUNCHER_BIN);
+    if small.is_file() {
+        return Ok((small, None));
+    }
+    tracing::info!(
+        "{} is not next to {}: runs are started through pesc itself (slower to start)",
+        LAUNCHER_BIN,
+        exe.display()
+    );
+    Ok((exe, Some(LAUNCH_ARG)))
 }
 
 impl Sandbox {
     /// Finds what this node can do by starting a sandboxed `true` in
     /// `scratch` with each level, best first. Logs loudly what it could not
     /// enable. With `cfg.enabled` false: plain processes.
-    pub async fn probe(cfg: SandboxConfig, scratch: &Path) -> Result<Sandbox> {
-        let exe = std::env::current_exe().context("finding the pesc binary (the launcher)")?;
+    pub async fn probe(
+        cfg: SandboxConfig,
+        scratch: &Path,
+        slot_apps: &[PathBuf],
+    ) -> Result<Sandbox> {
         // SAFETY: geteuid has no preconditions.
         let node_is_root = unsafe { libc::geteuid() } == 0;
         let mut sb = Sandbox {
             cfg,
             caps: None,
-            exe,
+            launcher: find_launcher()?,
             node_is_root,
+            servers: slot_apps
+                .iter()
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            slot_apps: slot_apps.to_vec(),
         };
         if !sb.cfg.enabled {
             tracing::warn!(
@@ -159,16 +199,18 @@ impl Sandbox {
             namespaces: true,
             limits: "rlimits".into(),
         };
+        // Without namespaces a slot uid could not reach its app dir inside
+        // the node's 0700 data dir: the fallback keeps the node's uid and
+        // relies on Landlock alone.
         let reduced = SandboxCaps {
             namespaces: false,
+            uid: false,
             ..full.clone()
         };
         let mut why = Vec::new();
         for caps in [full, reduced] {
-            if caps.uid && !caps.namespaces {
-                // A separate uid without a root of its own cannot reach its
-                // app dir inside the node's 0700 data dir.
-                why.push("a slot uid needs namespaces".to_string());
+            if !caps.namespaces && caps.landlock_abi == 0 {
+                why.push("no Landlock either".to_string());
                 continue;
             }
             sb.caps = Some(caps.clone());
@@ -188,7 +230,17 @@ impl Sandbox {
                     }
                     if !caps.uid {
                         tracing::warn!(
-                            "the node is not root: runs share its uid (Landlock and namespaces still wall them in)"
+                            "runs share the node's uid ({}): only Landlock{} walls them in",
+                            if node_is_root {
+                                "root without namespaces"
+                            } else {
+                                "the node is not root"
+                            },
+                            if caps.namespaces {
+                                " and namespaces"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     tracing::info!("sandbox: {}", caps.describe());
@@ -202,6 +254,209 @@ impl Sandbox {
             "no sandbox can be set up on this node ({}); set [sandbox] enabled = false in node.toml to run plain processes (isolation none), or use Docker",
             why.join("; ")
         )
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.launcher.0);
+        if let Some(arg) = self.launcher.1 {
+            cmd.arg(arg);
+        }
+        cmd.env_clear().current_dir("/");
+        cmd
+    }
+
+    /// Starts the server of `slot` and waits for its `ready`.
+    async fn start_server(&self, caps: &SandboxCaps, slot: usize) -> Result<SlotServer> {
+        use tokio::io::AsyncBufReadExt;
+        let app = &self.slot_apps[slot];
+        std::fs::create_dir_all(app).with_context(|| format!("creating {}", app.display()))?;
+        let job = Job {
+            app_dir: app.clone(),
+            argv: vec!["true".into()],
+            env: Vec::new(),
+            stdout: PathBuf::new(),
+            stderr: PathBuf::new(),
+            image: None,
+            limits: Default::default(),
+            gpus: Vec::new(),
+            shared: Vec::new(),
+            slot,
+            network: false,
+        };
+        let mut spec = self.spec(caps, &job);
+        spec.serve = true;
+        // Every GPU device is bound into the slot's /dev; Landlock lets
+        // only runs that hold GPUs use them.
+        spec.devices.extend(nvidia_devices());
+        let mut child = self
+            .command()
+            .arg(serde_json::to_string(&spec)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the slot's sandbox server")?;
+        let input = child.stdin.take().context("stdin")?;
+        let mut answers = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), answers.next_line()).await;
+        if !matches!(ready, Ok(Ok(Some(ref l))) if l == "ready") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
+            }
+            let _ = child.kill().await;
+            anyhow::bail!("the slot's sandbox server did not start: {}", err.trim());
+        }
+        Ok(SlotServer {
+            child,
+            input,
+            answers,
+        })
+    }
+
+    /// Runs `job` through its slot's server. `Ok(None)`: the slot has no
+    /// server (run it with a launcher of its own).
+    async fn run_served(
+        &self,
+        caps: &SandboxCaps,
+        job: &Job,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Exit>> {
+        use tokio::io::AsyncWriteExt;
+        let Some(lock) = self.servers.get(job.slot) else {
+            return Ok(None);
+        };
+        if job.network || self.slot_apps.get(job.slot) != Some(&job.app_dir) {
+            return Ok(None);
+        }
+        let mut guard = lock.lock().await;
+        if guard
+            .as_mut()
+            .is_none_or(|s| s.child.try_wait().ok().flatten().is_some())
+        {
+            match self.start_server(caps, job.slot).await {
+                Ok(s) => *guard = Some(s),
+                Err(e) => {
+                    tracing::warn!("slot {}: {e:#}; its runs are launched one by one", job.slot);
+                    return Ok(None);
+                }
+            }
+        }
+        let server = guard.as_mut().context("slot server")?;
+        let mut line = serde_json::to_string(&self.spec(caps, job))?;
+        line.push('\n');
+        if server.input.write_all(line.as_bytes()).await.is_err() {
+            *guard = None;
+            anyhow::bail!("the slot's sandbox server stopped");
+        }
+        let first = server.answers.next_line().await?;
+        let pid: i32 = match first.as_deref().and_then(|l| l.split_once(' ')) {
+            Some(("started", p)) => p.parse().context("the server's answer")?,
+            Some(("error", e)) => anyhow::bail!("{e}"),
+            _ => {
+                *guard = None;
+                anyhow::bail!("the slot's sandbox server stopped");
+            }
+        };
+        let ended = tokio::select! {
+            l = server.answers.next_line() => l?,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                signal_pid(pid, libc::SIGTERM);
+                match tokio::time::timeout(STOP_GRACE, server.answers.next_line()).await {
+                    Ok(l) => l?,
+                    Err(_) => {
+                        signal_pid(pid, libc::SIGKILL);
+                        server.answers.next_line().await?
+                    }
+                }
+            }
+        };
+        match ended.as_deref().and_then(|l| l.split_once(' ')) {
+            Some(("exit", st)) => {
+                let st: i32 = st.parse().context("the server's answer")?;
+                Ok(Some(if libc::WIFSIGNALED(st) {
+                    Exit::Signal(libc::WTERMSIG(st))
+                } else {
+                    Exit::Code(libc::WEXITSTATUS(st))
+                }))
+            }
+            Some(("error", e)) => anyhow::bail!("{e}"),
+            _ => {
+                *guard = None;
+                anyhow::bail!("the slot's sandbox server stopped during the run")
+            }
+        }
+    }
+
+    /// Runs `job` with a launcher of its own (or as a plain process when
+    /// the sandbox is off).
+    async fn run_launched(
+        &self,
+        job: &Job,
+        logs: (std::fs::File, std::fs::File),
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<Exit> {
+        let (mut cmd, report) = match &self.caps {
+            None => (Self::plain_command(job)?, None),
+            Some(caps) => {
+                let spec = serde_json::to_string(&self.spec(caps, job))?;
+                let (reader, writer) = std::io::pipe().context("report pipe")?;
+                let mut cmd = self.command();
+                cmd.arg(spec)
+                    .stdin(Stdio::from(std::os::fd::OwnedFd::from(writer)));
+                (cmd, Some(reader))
+            }
+        };
+        cmd.stdout(Stdio::from(logs.0))
+            .stderr(Stdio::from(logs.1))
+            .process_group(0)
+            .kill_on_drop(false);
+        let spawned = cmd.spawn();
+        // Our copy of the report pipe's writing end goes with the command.
+        drop(cmd);
+        let mut child = spawned.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start '{}': {e} (is it installed on this node?)",
+                job.argv.first().map(String::as_str).unwrap_or("")
+            )
+        })?;
+        let pgid = child.id().map(|p| p as i32);
+        if let Some(reader) = report {
+            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+                .context("report pipe")?;
+            let mut msg = Vec::new();
+            // Ends when the program has started (the pipe closes on exec)
+            // or the launcher has given up.
+            let _ = rx.read_to_end(&mut msg).await;
+            if !msg.is_empty() {
+                let _ = child.wait().await;
+                signal_group(pgid, libc::SIGKILL);
+                anyhow::bail!("{}", String::from_utf8_lossy(&msg).trim());
+            }
+        }
+        let status = tokio::select! {
+            s = child.wait() => s?,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                signal_group(pgid, libc::SIGTERM);
+                match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                    Ok(s) => s?,
+                    Err(_) => {
+                        signal_group(pgid, libc::SIGKILL);
+                        child.wait().await?
+                    }
+                }
+            }
+        };
+        // Whatever the program left running in its group goes with it.
+        signal_group(pgid, libc::SIGKILL);
+        use std::os::unix::process::ExitStatusExt;
+        Ok(match (status.code(), status.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Code(-1),
+        })
     }
 
     async fn try_true(&self, scratch: &Path) -> Result<()> {
@@ -294,6 +549,7 @@ impl Sandbox {
                 memory,
             },
             tmp_mb: self.cfg.tmp_mb,
+            serve: false,
         }
     }
 
@@ -367,76 +623,32 @@ impl Executor for Sandbox {
     }
 
     async fn run(&self, job: Job, mut stop: watch::Receiver<bool>) -> Result<Exit> {
-        let stdout = std::fs::File::create(&job.stdout)
-            .with_context(|| format!("creating {}", job.stdout.display()))?;
-        let stderr = std::fs::File::create(&job.stderr)
-            .with_context(|| format!("creating {}", job.stderr.display()))?;
-        let (mut cmd, report) = match &self.caps {
-            None => (Self::plain_command(&job)?, None),
-            Some(caps) => {
-                if let Some(uid) = self.uid_of(job.slot) {
-                    let keep: Vec<String> = job.shared.iter().map(|(_, n)| n.clone()).collect();
-                    hand_over(&job.app_dir, uid, &keep)?;
-                }
-                let spec = serde_json::to_string(&self.spec(caps, &job))?;
-                let (reader, writer) = std::io::pipe().context("report pipe")?;
-                let mut cmd = Command::new(&self.exe);
-                cmd.arg(LAUNCH_ARG)
-                    .arg(spec)
-                    .env_clear()
-                    .current_dir("/")
-                    .stdin(Stdio::from(std::os::fd::OwnedFd::from(writer)));
-                (cmd, Some(reader))
+        if let Some(caps) = &self.caps {
+            if let Some(uid) = self.uid_of(job.slot) {
+                let keep: Vec<String> = job.shared.iter().map(|(_, n)| n.clone()).collect();
+                hand_over(&job.app_dir, uid, &keep)?;
             }
-        };
-        cmd.stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .kill_on_drop(false);
-        let spawned = cmd.spawn();
-        // Our copy of the report pipe's writing end goes with the command.
-        drop(cmd);
-        let mut child = spawned.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot start '{}': {e} (is it installed on this node?)",
-                job.argv.first().map(String::as_str).unwrap_or("")
-            )
-        })?;
-        let pgid = child.id().map(|p| p as i32);
-        if let Some(reader) = report {
-            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
-                .context("report pipe")?;
-            let mut msg = Vec::new();
-            // Ends when the program has started (the pipe closes on exec)
-            // or the launcher has given up.
-            let _ = rx.read_to_end(&mut msg).await;
-            if !msg.is_empty() {
-                let _ = child.wait().await;
-                signal_group(pgid, libc::SIGKILL);
-                anyhow::bail!("{}", String::from_utf8_lossy(&msg).trim());
+            // The slot's server opens the logs itself.
+            if caps.namespaces
+                && let Some(exit) = self.run_served(caps, &job, &mut stop).await?
+            {
+                return Ok(exit);
             }
         }
-        let status = tokio::select! {
-            s = child.wait() => s?,
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                signal_group(pgid, libc::SIGTERM);
-                match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                    Ok(s) => s?,
-                    Err(_) => {
-                        signal_group(pgid, libc::SIGKILL);
-                        child.wait().await?
-                    }
-                }
-            }
+        let create = |p: &Path| {
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))
         };
-        // Whatever the program left running in its group goes with it.
-        signal_group(pgid, libc::SIGKILL);
-        use std::os::unix::process::ExitStatusExt;
-        Ok(match (status.code(), status.signal()) {
-            (Some(c), _) => Exit::Code(c),
-            (None, Some(s)) => Exit::Signal(s),
-            (None, None) => Exit::Code(-1),
-        })
+        let logs = (create(&job.stdout)?, create(&job.stderr)?);
+        self.run_launched(&job, logs, stop).await
+    }
+}
+
+fn signal_pid(pid: i32, sig: i32) {
+    if pid > 1 {
+        // SAFETY: kill only sends a signal; ESRCH (gone) is expected.
+        unsafe {
+            libc::kill(pid, sig);
+        }
     }
 }
 

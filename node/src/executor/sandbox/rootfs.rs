@@ -117,8 +117,9 @@ fn inside(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// Builds the root and enters it (`pivot_root`), with the working directory
-/// at `/`.
-pub fn build(spec: &LaunchSpec) -> Result<(), String> {
+/// at `/`. `with_proc`: mount a `/proc` (only from inside the run's PID
+/// namespace; a prepared slot leaves the mount point for each run).
+pub fn build(spec: &LaunchSpec, with_proc: bool) -> Result<(), String> {
     // Nothing mounted here may reach the host's mount table.
     mount(
         None,
@@ -179,16 +180,73 @@ pub fn build(spec: &LaunchSpec) -> Result<(), String> {
     build_dev(base, &devices, &tmp_opts)?;
     let proc_dir = inside(base, Path::new("/proc"));
     std::fs::create_dir_all(&proc_dir).map_err(|e| format!("{}: {e}", proc_dir.display()))?;
-    mount(
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        None,
-    )?;
+    if with_proc {
+        mount_proc(&proc_dir)?;
+    }
     enter(base)
 }
 
+fn mount_proc(at: &Path) -> Result<(), String> {
+    mount(
+        Some("proc"),
+        at,
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+}
+
+/// In a slot's root, what each run gets fresh: `/proc` of its own PID
+/// namespace. (`/tmp` and `/dev/shm` are emptied by the slot server after
+/// each run; see [`empty`].)
+pub fn refresh() -> Result<(), String> {
+    let proc_dir = Path::new("/proc");
+    // SAFETY: detaching the previous run's /proc (EINVAL: none mounted).
+    unsafe { libc::umount2(c(proc_dir)?.as_ptr(), libc::MNT_DETACH) };
+    mount_proc(proc_dir)
+}
+
+/// Removes everything inside `dir` (links themselves, never followed).
+pub fn empty(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+                _ => std::fs::remove_file(&p),
+            };
+        }
+    }
+}
+
+/// Removes every System V message queue, semaphore set and shared memory
+/// segment of this IPC namespace (a slot's runs share one, one at a time:
+/// nothing a run leaves there reaches the next).
+pub fn clear_sysv_ipc() {
+    for (file, kind) in [
+        ("/proc/sysvipc/shm", 0),
+        ("/proc/sysvipc/sem", 1),
+        ("/proc/sysvipc/msg", 2),
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for id in text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<i32>().ok())
+        {
+            // SAFETY: removing IPC objects by id; errors (gone) are fine.
+            unsafe {
+                match kind {
+                    0 => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+                    1 => libc::semctl(id, 0, libc::IPC_RMID),
+                    _ => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+                };
+            }
+        }
+    }
+}
 /// `/dev`: the allowed device files bound from the host, the usual links,
 /// and a private `/dev/shm`.
 fn build_dev(base: &Path, devices: &[(PathBuf, i32)], tmp_opts: &str) -> Result<(), String> {

@@ -43,6 +43,11 @@ pub struct LaunchSpec {
     pub limits: Rlimits,
     /// Size of the private `/tmp` in MiB.
     pub tmp_mb: u64,
+    /// Serve a slot: build its root once in namespaces of its own, say
+    /// `ready`, then run one attempt per spec line on standard input (see
+    /// `slot_server`).
+    #[serde(default)]
+    pub serve: bool,
 }
 
 /// Resource limits set on the program (0: leave the node's own).
