@@ -643,3 +643,46 @@ fn shared_files_are_read_only_mounts_in_containers() {
     let blob = node.data_dir.join("blobs").join(&hash[..2]).join(&hash);
     assert_eq!(std::fs::read_to_string(blob).unwrap(), "x,y\n1,2\n");
 }
+
+#[test]
+fn links_a_container_plants_are_never_followed_by_the_node() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tmp = tempfile::tempdir().unwrap();
+    // Host paths, as an attacker would guess them: the node reads output/
+    // and the progress file on the host, where these links would lead.
+    let data = node.data_dir.canonicalize().unwrap();
+    let token = node.token();
+    let prog = write_file(
+        tmp.path(),
+        "links.sh",
+        &format!(
+            "ln -s {0}/api-token output/leak\nln -s {0} output/datadir\n\
+             rm -f .pesc-progress; ln -s {0}/api-token .pesc-progress\n\
+             ln -s {0}/api-token checkpoint/ckpt\necho ok > output/output.txt\nsleep 2\n",
+            data.display()
+        ),
+    );
+    let id = node.submit(&[&prog, "-n", "1"]);
+    let v = node.wait_for(&id, Duration::from_secs(120), |v| {
+        v["state"] == "succeeded" || v["state"] == "failed"
+    });
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_ne!(runs(&v)[0]["message"].as_str(), Some(token.as_str()));
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    assert_eq!(zip_text(&zip, "output.txt").unwrap().trim(), "ok");
+    let names = pesc_tests::zip_names(&zip).unwrap();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("leak") || n.contains("datadir")),
+        "{names:?}"
+    );
+    let bytes = std::fs::read(&zip).unwrap();
+    assert!(
+        !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the token is in the results"
+    );
+}

@@ -35,6 +35,11 @@ const PAGES: &[(&str, &str, &str)] = &[
         "Reading the header (snippets)",
         include_str!("../../../docs/header-snippets.md"),
     ),
+    (
+        "security",
+        "Security",
+        include_str!("../../../docs/security.md"),
+    ),
     ("api", "API guide", include_str!("../../../docs/api.md")),
     (
         "architecture",
