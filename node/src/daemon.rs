@@ -322,7 +322,7 @@ async fn pick_executor(
     (scratch, slot_apps): (&std::path::Path, &[PathBuf]),
 ) -> Result<Arc<dyn Executor>> {
     let sandboxed = || async {
-        let s = Sandbox::probe(sandbox.clone(), scratch, slot_apps).await?;
+        let s = Sandbox::probe(sandbox.clone(), node, scratch, slot_apps).await?;
         anyhow::Ok(Arc::new(s) as Arc<dyn Executor>)
     };
     let connect = || async {

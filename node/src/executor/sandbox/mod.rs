@@ -136,6 +136,10 @@ pub struct Sandbox {
     servers: Vec<tokio::sync::Mutex<Option<SlotServer>>>,
     /// The app dir of each slot (what its server's root is built around).
     slot_apps: Vec<PathBuf>,
+    /// The node's id: slot servers and runs' inits carry it in their
+    /// environment, as runs do, so the node counts their CPU as its own and
+    /// finds them after a crash.
+    node_id: String,
 }
 
 /// A running slot server: its requests and answers.
@@ -168,6 +172,7 @@ impl Sandbox {
     /// enable. With `cfg.enabled` false: plain processes.
     pub async fn probe(
         cfg: SandboxConfig,
+        node_id: &str,
         scratch: &Path,
         slot_apps: &[PathBuf],
     ) -> Result<Sandbox> {
@@ -183,6 +188,7 @@ impl Sandbox {
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             slot_apps: slot_apps.to_vec(),
+            node_id: node_id.to_string(),
         };
         if !sb.cfg.enabled {
             tracing::warn!(
@@ -290,6 +296,7 @@ impl Sandbox {
         spec.devices.extend(nvidia_devices());
         let mut child = self
             .command()
+            .env("PESC_NODE_ID", &self.node_id)
             .arg(serde_json::to_string(&spec)?)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -623,6 +630,12 @@ impl Executor for Sandbox {
     }
 
     async fn run(&self, job: Job, mut stop: watch::Receiver<bool>) -> Result<Exit> {
+        // Empty logs before the run starts: whoever follows them from now
+        // on reads this run's output only.
+        let create = |p: &Path| {
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))
+        };
+        let logs = (create(&job.stdout)?, create(&job.stderr)?);
         if let Some(caps) = &self.caps {
             if let Some(uid) = self.uid_of(job.slot) {
                 let keep: Vec<String> = job.shared.iter().map(|(_, n)| n.clone()).collect();
@@ -635,10 +648,6 @@ impl Executor for Sandbox {
                 return Ok(exit);
             }
         }
-        let create = |p: &Path| {
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))
-        };
-        let logs = (create(&job.stdout)?, create(&job.stderr)?);
         self.run_launched(&job, logs, stop).await
     }
 }

@@ -131,7 +131,9 @@ fn open_dir(p: &Path) -> Result<i32, String> {
     Ok(fd)
 }
 
-/// Opens (truncating) one of the slot's log files, never through a link.
+/// Opens one of the slot's log files (the node made it empty before asking
+/// for the run, so a follower never reads the previous run's), never
+/// through a link.
 fn open_log(slot_fd: i32, name: &str) -> Result<i32, String> {
     let c = CString::new(name).map_err(|_| "bad log name".to_string())?;
     // SAFETY: openat relative to a directory we hold.
@@ -139,7 +141,7 @@ fn open_log(slot_fd: i32, name: &str) -> Result<i32, String> {
         libc::openat(
             slot_fd,
             c.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             0o600,
         )
     };
