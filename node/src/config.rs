@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub executor: ExecutorChoice,
     /// Address of the API and UI.
     pub api: SocketAddr,
+    /// Host names browsers may use for this node's UI and API besides
+    /// 127.0.0.1, localhost and [::1] (others are refused: DNS rebinding).
+    pub api_hosts: Vec<String>,
     /// Owner name given to requests submitted with this node's local token.
     pub user: String,
     /// Largest process upload, in MiB.
@@ -79,6 +82,7 @@ impl Default for NodeConfig {
                 .unwrap_or(1),
             executor: ExecutorChoice::Auto,
             api: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            api_hosts: Vec::new(),
             user: std::env::var("USER")
                 .ok()
                 .filter(|u| !u.is_empty())

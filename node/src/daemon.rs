@@ -236,6 +236,17 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         started_ms: crate::agent::now_ms(),
         session_key: blake3::derive_key("pesc session cookies v1", &secret.psk),
         data_dir: data_dir.clone(),
+        allowed_hosts: {
+            // The address the API listens on is a name for it too.
+            let mut h = cfg.api_hosts.clone();
+            if !cfg.api.ip().is_unspecified() && !cfg.api.ip().is_loopback() {
+                h.push(match cfg.api.ip() {
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    ip => ip.to_string(),
+                });
+            }
+            h
+        },
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await
@@ -282,12 +293,16 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     let app = pesc_webui::router(service);
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                let _ = signalled_tx.send(());
-            })
-            .into_future(),
+        // Connection addresses reach the login's per-address limit.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = signalled_tx.send(());
+        })
+        .into_future(),
     );
     if signalled.await.is_err() {
         // The server ended on its own: an error.

@@ -47,6 +47,8 @@ pub struct Service {
     pub session_key: [u8; 32],
     /// The data dir: the join token is read from it when asked for.
     pub data_dir: PathBuf,
+    /// Host names browsers may use besides the loopback ones.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Service {
@@ -195,6 +197,10 @@ impl NodeService for Service {
 
     fn session_key(&self) -> [u8; 32] {
         self.session_key
+    }
+
+    fn allowed_hosts(&self) -> Vec<String> {
+        self.allowed_hosts.clone()
     }
 
     fn join_token(&self) -> String {

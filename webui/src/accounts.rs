@@ -1,6 +1,8 @@
 //! `/api/v1` for accounts, API tokens, rooms and the join token.
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
@@ -69,10 +71,12 @@ fn need_admin(c: &Caller, what: &str) -> Result<(), ApiFailure> {
 /// Checks a user and password; starts a session.
 pub(crate) async fn login(
     State(st): St,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     b: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiFailure> {
     let l = body(b, "login body")?;
-    let (value, user) = start_session(&st, &l.user, &l.password).await?;
+    let client = client.map(|Extension(ConnectInfo(a))| a.ip());
+    let (value, user) = start_session(&st, &l.user, &l.password, client).await?;
     let me = Me {
         user: user.name,
         role: user.role,
@@ -86,8 +90,15 @@ pub(crate) async fn start_session(
     st: &AppState,
     name: &str,
     password: &str,
+    client: Option<std::net::IpAddr>,
 ) -> Result<(String, User), ApiFailure> {
-    st.auth.check_login_rate(name)?;
+    if name.chars().count() > crate::auth::MAX_USER_NAME || password.len() > 4096 {
+        return Err(ApiFailure::bad_request(format!(
+            "user names have at most {} characters and passwords at most 4096 bytes",
+            crate::auth::MAX_USER_NAME
+        )));
+    }
+    st.auth.check_login_rate(name, client)?;
     let user = st.svc.user(name).await?;
     // Unknown users cost a hash too, so timing does not tell who exists.
     let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| {
@@ -101,7 +112,7 @@ pub(crate) async fn start_session(
             Ok((value, u))
         }
         _ => {
-            st.auth.login_failed(name);
+            st.auth.login_failed(name, client);
             Err(ApiFailure::unauthorized("wrong user name or password"))
         }
     }

@@ -11,6 +11,7 @@
 //!   (`X-CSRF-Token` header, or the `csrf` field of a page's form).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,17 @@ pub const SESSION_SECS: u64 = 12 * 3600;
 /// Failed logins allowed per user name in [`LOGIN_WINDOW`].
 const LOGIN_FAILURES: usize = 5;
 const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+/// Failed logins allowed per client address in [`LOGIN_WINDOW`].
+const ADDRESS_FAILURES: usize = 30;
+/// Names (and client addresses) whose failures are remembered at once. A
+/// flood of junk names beyond this is not recorded per name (the limit per
+/// address still counts it), and never clears what is recorded.
+const MAX_TRACKED: usize = 10_000;
+/// Longest user name a login may give (longer ones cost no hash).
+pub const MAX_USER_NAME: usize = 64;
+/// Argon2 hashes computed at once (each takes 19 MiB): a login flood waits
+/// instead of exhausting memory.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// The caller, put in the request's extensions by [`authenticate`].
 #[derive(Debug, Clone)]
@@ -44,14 +56,19 @@ pub struct Caller {
 /// What the HTTP layer keeps between calls.
 pub struct AuthState {
     key: [u8; 32],
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Recent failed logins per user name, and per client address.
+    failures: Mutex<[HashMap<String, Vec<Instant>>; 2]>,
+    /// When a full table was last cleared of expired entries (at most once
+    /// a second: a flood must not make every failure scan the table).
+    purged: Mutex<Option<Instant>>,
 }
 
 impl AuthState {
     pub fn new(key: [u8; 32]) -> Self {
         AuthState {
             key,
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new([HashMap::new(), HashMap::new()]),
+            purged: Mutex::new(None),
         }
     }
 
@@ -93,36 +110,76 @@ impl AuthState {
         self.mac("csrf", session_value)
     }
 
-    /// Refuses a login when this name failed too often lately.
-    pub fn check_login_rate(&self, name: &str) -> Result<(), ApiFailure> {
+    /// Refuses a login when this name, or the client's address, failed too
+    /// often lately (an address may fail [`ADDRESS_FAILURES`] times).
+    pub fn check_login_rate(&self, name: &str, client: Option<IpAddr>) -> Result<(), ApiFailure> {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let list = f.entry(name.to_string()).or_default();
-        list.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
-        if list.len() >= LOGIN_FAILURES {
-            let wait = LOGIN_WINDOW.saturating_sub(now.duration_since(list[0]));
-            return Err(ApiFailure::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many failed logins for '{name}': try again in {} s",
-                    wait.as_secs() + 1
-                ),
-            ));
+        let mut check = |table: usize, key: String, limit: usize, what: &str| {
+            let Some(list) = f[table].get_mut(&key) else {
+                return Ok(());
+            };
+            list.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
+            if list.len() >= limit {
+                let wait = LOGIN_WINDOW.saturating_sub(now.duration_since(list[0]));
+                return Err(ApiFailure::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many failed logins {what}: try again in {} s",
+                        wait.as_secs() + 1
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        check(
+            0,
+            name.to_string(),
+            LOGIN_FAILURES,
+            &format!("for '{name}'"),
+        )?;
+        if let Some(ip) = client {
+            check(1, ip.to_string(), ADDRESS_FAILURES, "from your address")?;
         }
         Ok(())
     }
 
-    pub fn login_failed(&self, name: &str) {
+    /// Records a failed login of `name` from `client`.
+    pub fn login_failed(&self, name: &str, client: Option<IpAddr>) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() > 10_000 {
-            f.clear();
+        let now = Instant::now();
+        let mut keys = vec![(0, name.to_string())];
+        if let Some(ip) = client {
+            keys.push((1, ip.to_string()));
         }
-        f.entry(name.to_string()).or_default().push(Instant::now());
+        for (table, key) in keys {
+            let t = &mut f[table];
+            if !t.contains_key(&key) && t.len() >= MAX_TRACKED {
+                // Make room from what has expired; never from live counts.
+                let mut purged = self.purged.lock().unwrap_or_else(|e| e.into_inner());
+                if purged.is_none_or(|p| now.duration_since(p) > Duration::from_secs(1)) {
+                    *purged = Some(now);
+                    t.retain(|_, l| {
+                        l.last()
+                            .is_some_and(|at| now.duration_since(*at) < LOGIN_WINDOW)
+                    });
+                }
+                if t.len() >= MAX_TRACKED {
+                    continue;
+                }
+            }
+            let list = t.entry(key).or_default();
+            list.push(now);
+            // A list needs no more than the limit's worth of entries.
+            if list.len() > ADDRESS_FAILURES {
+                list.remove(0);
+            }
+        }
     }
 
     pub fn login_succeeded(&self, name: &str) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        f.remove(name);
+        f[0].remove(name);
     }
 }
 
@@ -165,6 +222,10 @@ pub fn new_token() -> String {
 /// Argon2id hash of a password (PHC string); slow on purpose, so run it
 /// off the async threads.
 pub async fn hash_password(password: String) -> Result<String, ApiFailure> {
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| ApiFailure::internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         let salt_bytes: [u8; 16] = rand::random();
         let salt = SaltString::encode_b64(&salt_bytes)
@@ -179,6 +240,9 @@ pub async fn hash_password(password: String) -> Result<String, ApiFailure> {
 }
 
 pub async fn verify_password(password: String, hash: String) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash).is_ok_and(|h| {
             argon2::Argon2::default()
@@ -287,4 +351,33 @@ pub(crate) async fn authenticate(
     }
     req.extensions_mut().insert(c);
     Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_junk_names_never_clears_a_targeted_names_count() {
+        let a = AuthState::new([0; 32]);
+        for _ in 0..LOGIN_FAILURES {
+            a.login_failed("alice", None);
+        }
+        assert!(a.check_login_rate("alice", None).is_err());
+        for i in 0..2 * MAX_TRACKED {
+            a.login_failed(&format!("junk{i}"), None);
+        }
+        assert!(
+            a.check_login_rate("alice", None).is_err(),
+            "the limit on alice still holds"
+        );
+        // One address failing with ever new names is stopped too, even
+        // with the name table full.
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for i in 0..ADDRESS_FAILURES {
+            a.login_failed(&format!("new{i}"), Some(ip));
+        }
+        assert!(a.check_login_rate("someone-else", Some(ip)).is_err());
+        assert!(a.check_login_rate("someone-else", None).is_ok());
+    }
 }

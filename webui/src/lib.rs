@@ -5,6 +5,7 @@
 
 mod accounts;
 mod auth;
+mod edge;
 mod error;
 mod openapi;
 mod routes;

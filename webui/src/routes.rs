@@ -54,6 +54,10 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
         .merge(crate::ui::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            crate::edge::guard,
+        ))
         .with_state(st)
 }
 

@@ -43,6 +43,11 @@ pub trait NodeService: Send + Sync + 'static {
     fn session_key(&self) -> [u8; 32];
     /// The token that adds a desktop to this grid (`pesc node --join …`).
     fn join_token(&self) -> String;
+    /// Host names (besides 127.0.0.1, localhost and [::1]) that browsers
+    /// may use for this node (`api_hosts` in node.toml).
+    fn allowed_hosts(&self) -> Vec<String> {
+        Vec::new()
+    }
     async fn user(&self, name: &str) -> Result<Option<User>, ApiFailure>;
     /// An API token by its id (the hash of the token).
     async fn token(&self, id: &str) -> Result<Option<ApiToken>, ApiFailure>;

@@ -21,10 +21,21 @@ pub(crate) struct LoginQuery {
     error: Option<String>,
 }
 
-/// Where to go after logging in: only paths of this site.
+/// Where to go after logging in: only paths of this site. Browsers drop
+/// tabs and newlines from URLs and read `\\` as `/`, so `/%09/evil.example`
+/// would be `//evil.example`: any control character, space or backslash,
+/// or a second leading slash, sends the user home instead.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        Some(n)
+            if n.starts_with('/')
+                && !n[1..].starts_with('/')
+                && !n
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '\\') =>
+        {
+            n.into()
+        }
         _ => "/".into(),
     }
 }
@@ -60,9 +71,14 @@ pub(crate) struct LoginForm {
     next: Option<String>,
 }
 
-pub(crate) async fn login_form(State(st): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+pub(crate) async fn login_form(
+    State(st): State<AppState>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let next = safe_next(f.next.as_deref());
-    match start_session(&st, &f.user, &f.password).await {
+    let client = client.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip());
+    match start_session(&st, &f.user, &f.password, client).await {
         Ok((value, _)) => (
             [(header::SET_COOKIE, session_cookie(&value))],
             Redirect::to(&next),
@@ -151,12 +167,34 @@ pub(crate) async fn setup_form(State(st): State<AppState>, Form(f): Form<SetupFo
     if let Err(e) = add_user(&st, new).await {
         return (e.status, setup_markup(&f.code, Some(&e.message))).into_response();
     }
-    match start_session(&st, &f.user, &f.password).await {
+    match start_session(&st, &f.user, &f.password, None).await {
         Ok((value, _)) => (
             [(header::SET_COOKIE, session_cookie(&value))],
             Redirect::to("/?ok=Welcome%21+You+are+the+grid%27s+admin."),
         )
             .into_response(),
         Err(e) => failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_goes_only_to_paths_of_this_site() {
+        assert_eq!(safe_next(Some("/requests/abc")), "/requests/abc");
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "/ /evil.example",
+            "evil",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
     }
 }
