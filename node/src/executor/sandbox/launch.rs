@@ -253,7 +253,7 @@ pub(super) fn init(
 }
 
 /// The program's own setup, then `exec`. Returns only the reason it failed.
-fn program(
+pub(super) fn program(
     spec: &LaunchSpec,
     app: &Path,
     report: i32,

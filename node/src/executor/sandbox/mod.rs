@@ -144,6 +144,9 @@ pub struct Sandbox {
 
 /// A running slot server: its requests and answers.
 struct SlotServer {
+    /// The server's host pid (PID 1 of the slot's namespace): stop signals
+    /// go there.
+    pid: i32,
     child: tokio::process::Child,
     input: tokio::process::ChildStdin,
     answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
@@ -306,17 +309,33 @@ impl Sandbox {
             .context("starting the slot's sandbox server")?;
         let input = child.stdin.take().context("stdin")?;
         let mut answers = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(20), answers.next_line()).await;
-        if !matches!(ready, Ok(Ok(Some(ref l))) if l == "ready") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
+        let mut pid = None;
+        let started = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(l)) = answers.next_line().await {
+                match l.split_once(' ') {
+                    Some(("server", p)) => pid = p.parse::<i32>().ok(),
+                    None if l == "ready" => return true,
+                    _ => return false,
+                }
             }
-            let _ = child.kill().await;
-            anyhow::bail!("the slot's sandbox server did not start: {}", err.trim());
-        }
+            false
+        })
+        .await;
+        let pid = match (started, pid) {
+            (Ok(true), Some(p)) => p,
+            _ => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err))
+                            .await;
+                }
+                let _ = child.kill().await;
+                anyhow::bail!("the slot's sandbox server did not start: {}", err.trim());
+            }
+        };
         Ok(SlotServer {
+            pid,
             child,
             input,
             answers,
@@ -359,14 +378,20 @@ impl Sandbox {
             anyhow::bail!("the slot's sandbox server stopped");
         }
         let first = server.answers.next_line().await?;
-        let pid: i32 = match first.as_deref().and_then(|l| l.split_once(' ')) {
-            Some(("started", p)) => p.parse().context("the server's answer")?,
+        match first
+            .as_deref()
+            .map(|l| l.split_once(' ').unwrap_or((l, "")))
+        {
+            Some(("started", _)) => {}
             Some(("error", e)) => anyhow::bail!("{e}"),
             _ => {
                 *guard = None;
                 anyhow::bail!("the slot's sandbox server stopped");
             }
-        };
+        }
+        // Stop signals go to the server: SIGTERM is passed to every process
+        // of the run, SIGUSR1 kills them all.
+        let pid = server.pid;
         let ended = tokio::select! {
             l = server.answers.next_line() => l?,
             _ = async { let _ = stop.wait_for(|s| *s).await; } => {
@@ -374,7 +399,7 @@ impl Sandbox {
                 match tokio::time::timeout(STOP_GRACE, server.answers.next_line()).await {
                     Ok(l) => l?,
                     Err(_) => {
-                        signal_pid(pid, libc::SIGKILL);
+                        signal_pid(pid, libc::SIGUSR1);
                         server.answers.next_line().await?
                     }
                 }

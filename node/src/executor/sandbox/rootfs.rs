@@ -196,16 +196,6 @@ fn mount_proc(at: &Path) -> Result<(), String> {
     )
 }
 
-/// In a slot's root, what each run gets fresh: `/proc` of its own PID
-/// namespace. (`/tmp` and `/dev/shm` are emptied by the slot server after
-/// each run; see [`empty`].)
-pub fn refresh() -> Result<(), String> {
-    let proc_dir = Path::new("/proc");
-    // SAFETY: detaching the previous run's /proc (EINVAL: none mounted).
-    unsafe { libc::umount2(c(proc_dir)?.as_ptr(), libc::MNT_DETACH) };
-    mount_proc(proc_dir)
-}
-
 /// Removes everything inside `dir` (links themselves, never followed).
 pub fn empty(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
