@@ -90,6 +90,16 @@ impl Principal {
     pub fn may_cancel_request(&self, owner: &str) -> bool {
         self.is_admin() || self.user == owner
     }
+    /// May see a process or shared file `owner` uploaded (admins and
+    /// operators see all).
+    pub fn may_see_upload(&self, owner: &str) -> bool {
+        self.sees_all() || self.user == owner
+    }
+    /// May run a process, use a shared file in a request, or replace a
+    /// shared file that `owner` uploaded: its owner, or an admin.
+    pub fn may_use_upload(&self, owner: &str) -> bool {
+        self.is_admin() || self.user == owner
+    }
     /// May send runs to this room.
     pub fn may_use_room(&self, room: &Room) -> bool {
         room.public
@@ -203,6 +213,17 @@ pub fn check_request_rooms(who: &Principal, wanted: &[String], rooms: &[Room]) -
         }
     }
     Ok(())
+}
+
+/// Checks that `who` may put `what` (a process or shared file, named
+/// `name`, uploaded by `owner`) in a request or replace it.
+pub fn check_upload_use(who: &Principal, what: &str, name: &str, owner: &str) -> Result<()> {
+    if who.may_use_upload(owner) {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!(
+        "{what} '{name}' belongs to {owner}: only they (or an admin) may use or replace it; upload your own under another name"
+    )))
 }
 
 #[cfg(test)]

@@ -388,3 +388,73 @@ fn the_data_dir_is_the_nodes_alone() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 700"), "{err}");
 }
+
+#[test]
+fn one_user_cannot_replace_or_use_anothers_uploads() {
+    let node = Node::start(1).unwrap();
+    let admin = node.http();
+    let alice = admin.add_user("alice", "user");
+    let bob = admin.add_user("bob", "user");
+    let r = alice
+        .post("/files?name=data.csv")
+        .body("x,y\n1,2\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Bob replacing Alice's input: refused, and hers is unchanged.
+    let r = bob
+        .post("/files?name=data.csv")
+        .body("poisoned\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("belongs to alice"));
+    let files: Value = alice.get("/files").send().unwrap().json().unwrap();
+    let f = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "data.csv")
+        .expect("alice sees her file");
+    assert_eq!(f["owner"], "alice");
+    assert_eq!(f["size"], 8);
+    // Bob does not see Alice's uploads, and cannot run her process or
+    // put her file in his request.
+    let p: Value = alice
+        .post("/processes?file_name=job.sh&language=shell")
+        .body("cat data.csv > output/output.txt\n")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let seen: Value = bob.get("/processes").send().unwrap().json().unwrap();
+    assert!(!seen.as_array().unwrap().iter().any(|x| x["id"] == p["id"]));
+    let seen: Value = bob.get("/files").send().unwrap().json().unwrap();
+    assert!(seen.as_array().unwrap().is_empty(), "{seen}");
+    let r = bob
+        .post("/requests")
+        .json(&json!({"process": p["id"], "repetitions": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let own: Value = bob
+        .post("/processes?file_name=mine.sh&language=shell")
+        .body("cat data.csv\n")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let r = bob
+        .post("/requests")
+        .json(&json!({"process": own["id"], "repetitions": 1, "shared_files": ["data.csv"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Alice uses both.
+    let r = alice
+        .post("/requests")
+        .json(&json!({"process": p["id"], "repetitions": 1, "shared_files": ["data.csv"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+}

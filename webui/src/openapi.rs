@@ -110,6 +110,7 @@ fn list_files() {}
     responses(
         (status = 201, description = "The shared file", body = SharedFileInfo),
         (status = 400, body = ApiError),
+        (status = 403, description = "The name belongs to another user's file", body = ApiError),
         (status = 401, body = ApiError)))]
 fn upload_file() {}
 
@@ -162,6 +163,7 @@ fn list_requests() {}
 #[utoipa::path(post, path = "/api/v1/requests", request_body = NewRequest, responses(
     (status = 201, description = "The request", body = RequestInfo),
     (status = 400, description = "Nonsense parameters", body = ApiError),
+    (status = 403, description = "A room not open to the caller, or another user's process or shared file", body = ApiError),
     (status = 404, description = "Unknown process, shared file or domain", body = ApiError),
     (status = 401, body = ApiError)))]
 fn create_request() {}

@@ -115,8 +115,31 @@ async fn nodes(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
     Ok(Json(st.svc.nodes().await?))
 }
 
-async fn list_processes(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(st.svc.list_processes().await?))
+/// The processes `who` may see (the API and the pages).
+pub(crate) async fn visible_processes(
+    st: &AppState,
+    who: &Principal,
+) -> Result<Vec<pesc_protocol::model::Process>, ApiFailure> {
+    let mut all = st.svc.list_processes().await?;
+    all.retain(|p| who.may_see_upload(&p.owner));
+    Ok(all)
+}
+
+/// The shared files `who` may see (the API and the pages).
+pub(crate) async fn visible_files(
+    st: &AppState,
+    who: &Principal,
+) -> Result<Vec<pesc_protocol::api::SharedFileInfo>, ApiFailure> {
+    let mut all = st.svc.list_files().await?;
+    all.retain(|f| who.may_see_upload(&f.file.owner));
+    Ok(all)
+}
+
+async fn list_processes(
+    State(st): Svc,
+    axum::Extension(c): Who,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(visible_processes(&st, &c.who).await?))
 }
 
 async fn upload_process(
@@ -138,8 +161,11 @@ async fn upload_process(
     Ok((StatusCode::CREATED, Json(p)))
 }
 
-async fn list_files(State(st): Svc) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(st.svc.list_files().await?))
+async fn list_files(
+    State(st): Svc,
+    axum::Extension(c): Who,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(visible_files(&st, &c.who).await?))
 }
 
 async fn upload_file(
@@ -153,6 +179,21 @@ async fn upload_file(
             "bad upload parameters ({e}); give ?name=NAME, the name runs see the file under"
         ))
     })?;
+    // Replacing a name someone else uploaded is theirs (or an admin's) to do.
+    if let Some(old) = st
+        .svc
+        .list_files()
+        .await?
+        .into_iter()
+        .find(|f| f.file.name == meta.name)
+    {
+        pesc_protocol::access::check_upload_use(
+            &c.who,
+            "shared file",
+            &meta.name,
+            &old.file.owner,
+        )?;
+    }
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let f = st
         .svc
@@ -243,6 +284,22 @@ async fn create_request(
         body.map_err(|e| ApiFailure::bad_request(format!("bad request body: {}", e.body_text())))?;
     let access = st.svc.access().await?;
     pesc_protocol::access::check_request_rooms(&c.who, &req.rooms, &access.rooms)?;
+    // The process and shared files must be the caller's (or an admin's call).
+    if let Some(p) = st
+        .svc
+        .list_processes()
+        .await?
+        .into_iter()
+        .find(|p| p.id == req.process)
+    {
+        pesc_protocol::access::check_upload_use(&c.who, "process", &p.name, &p.owner)?;
+    }
+    let files = st.svc.list_files().await?;
+    for name in &req.shared_files {
+        if let Some(f) = files.iter().find(|f| &f.file.name == name) {
+            pesc_protocol::access::check_upload_use(&c.who, "shared file", name, &f.file.owner)?;
+        }
+    }
     Ok((
         StatusCode::CREATED,
         Json(st.svc.create_request(req, &c.who.user).await?),

@@ -129,7 +129,7 @@ pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm
 }
 
 pub(crate) async fn processes_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
-    let list = match st.svc.list_processes().await {
+    let list = match crate::routes::visible_processes(&st, p.who()).await {
         Ok(l) => l,
         Err(e) => return failed(e),
     };
@@ -157,10 +157,11 @@ pub(crate) async fn processes_page(State(st): St, p: Page, flash: Query<Flash>) 
 }
 
 pub(crate) async fn files_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
-    let (files, nodes) = match tokio::try_join!(st.svc.list_files(), st.svc.nodes()) {
-        Ok(x) => x,
-        Err(e) => return failed(e),
-    };
+    let (files, nodes) =
+        match tokio::try_join!(crate::routes::visible_files(&st, p.who()), st.svc.nodes()) {
+            Ok(x) => x,
+            Err(e) => return failed(e),
+        };
     let names = super::node_names(&nodes);
     let body = html! {
         p { "Shared files are inputs many runs read (data sets, models). Runs see them read-only in their app dir; each node fetches a file once, from the nodes that hold it." }

@@ -108,9 +108,9 @@ pub(crate) async fn dashboard_fragment(State(st): St, p: Page) -> Response {
 
 pub(crate) async fn new_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
     let (processes, domains, files, access) = match tokio::try_join!(
-        st.svc.list_processes(),
+        crate::routes::visible_processes(&st, p.who()),
         st.svc.list_domains(),
-        st.svc.list_files(),
+        crate::routes::visible_files(&st, p.who()),
         st.svc.access()
     ) {
         Ok(x) => x,
