@@ -76,21 +76,44 @@ fn logins_go_back_only_to_this_site_and_floods_do_not_lift_the_limit() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    // The login form carries a CSRF token that matches its cookie.
+    let page = no_redirects.get(format!("{site}/login")).send().unwrap();
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = page.text().unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the form's csrf field")
+        .to_string();
+    let post = |next: &str, with_cookie: bool| {
+        let mut r = no_redirects
+            .post(format!("{site}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "user=alice&password=alice-password&csrf={csrf}&next={}",
+                form_encode(next)
+            ));
+        if with_cookie {
+            r = r.header("cookie", &cookie);
+        }
+        r.send().unwrap()
+    };
+    // Another site's form (no cookie of ours): refused.
+    assert_eq!(post("/", false).status(), StatusCode::FORBIDDEN);
     for (next, want) in [
         ("/requests", "/requests"),
         ("/\t/evil.example", "/"),
         ("//evil.example", "/"),
         ("/\\evil.example", "/"),
     ] {
-        let r = no_redirects
-            .post(format!("{site}/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!(
-                "user=alice&password=alice-password&next={}",
-                form_encode(next)
-            ))
-            .send()
-            .unwrap();
+        let r = post(next, true);
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "{next:?}");
         assert_eq!(r.headers()["location"], want, "{next:?}");
     }

@@ -40,12 +40,21 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-fn login_markup(next: &str, error: Option<&str>, user: &str) -> Markup {
+/// The login form's CSRF cookie: a random value the form repeats, so a
+/// page of another site cannot log a browser in (to the attacker's account).
+const LOGIN_CSRF_COOKIE: &str = "pesc_login";
+
+fn login_csrf_cookie(token: &str) -> String {
+    format!("{LOGIN_CSRF_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600")
+}
+
+fn login_markup(next: &str, error: Option<&str>, user: &str, csrf: &str) -> Markup {
     bare(
         "Log in",
         html! {
             @if let Some(e) = error { p.flash.error role="alert" { (e) } }
             form.card method="post" action="/login" {
+                input type="hidden" name="csrf" value=(csrf);
                 input type="hidden" name="next" value=(next);
                 label { "User" input name="user" value=(user) required autofocus autocomplete="username"; }
                 label { "Password" input type="password" name="password" required autocomplete="current-password"; }
@@ -60,7 +69,12 @@ pub(crate) async fn login_page(State(st): State<AppState>, q: Query<LoginQuery>)
         return Redirect::to("/setup").into_response();
     }
     let next = safe_next(q.next.as_deref());
-    login_markup(&next, q.error.as_deref(), "").into_response()
+    let csrf = crate::auth::new_token();
+    (
+        [(header::SET_COOKIE, login_csrf_cookie(&csrf))],
+        login_markup(&next, q.error.as_deref(), "", &csrf),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -69,14 +83,32 @@ pub(crate) struct LoginForm {
     password: String,
     #[serde(default)]
     next: Option<String>,
+    #[serde(default)]
+    csrf: String,
 }
 
 pub(crate) async fn login_form(
     State(st): State<AppState>,
     client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(f.next.as_deref());
+    let expected = crate::auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), f.csrf.as_bytes()) {
+        let csrf = crate::auth::new_token();
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::SET_COOKIE, login_csrf_cookie(&csrf))],
+            login_markup(
+                &next,
+                Some("This login form is not from this page (or it expired): log in again."),
+                &f.user,
+                &csrf,
+            ),
+        )
+            .into_response();
+    }
     let client = client.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip());
     match start_session(&st, &f.user, &f.password, client).await {
         Ok((value, _)) => (
@@ -84,7 +116,11 @@ pub(crate) async fn login_form(
             Redirect::to(&next),
         )
             .into_response(),
-        Err(e) => (e.status, login_markup(&next, Some(&e.message), &f.user)).into_response(),
+        Err(e) => (
+            e.status,
+            login_markup(&next, Some(&e.message), &f.user, &f.csrf),
+        )
+            .into_response(),
     }
 }
 
