@@ -107,11 +107,11 @@ pub fn extract_zip(zip_path: &Path, dest: &Path) -> Result<()> {
 /// at `dir`, in it, or swapped in while packing cannot make the node pack
 /// a file from outside.
 pub fn pack_dir<W: Write + Seek>(dir: &Path, w: W) -> Result<usize> {
-    let meta =
-        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    if !meta.is_dir() {
+    let Some(root) = crate::confined::Beneath::open(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+    else {
         bail!("{} is not a directory (a link?)", dir.display());
-    }
+    };
     let mut z = ZipWriter::new(w);
     let opts = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
@@ -134,7 +134,7 @@ pub fn pack_dir<W: Write + Seek>(dir: &Path, w: W) -> Result<usize> {
         if e.file_type().is_dir() {
             z.add_directory(rel, opts)?;
         } else if e.file_type().is_file() {
-            let Some(mut f) = crate::confined::open_beneath(dir, Path::new(&rel))? else {
+            let Some(mut f) = root.file(Path::new(&rel))? else {
                 continue;
             };
             use std::os::unix::fs::PermissionsExt;

@@ -10,45 +10,69 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// Opens `rel` beneath the directory `root` for reading, refusing any link
-/// on the way and any path that leaves `root` (`openat2` with
-/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), without blocking. `Ok(None)`:
-/// there is nothing there that the node may read (missing, a link, not a
-/// regular file).
-pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<Option<File>> {
-    let root_dir = match open_dir_nofollow(root) {
-        Ok(d) => d,
-        Err(e) if refused(&e) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let c = CString::new(rel.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
-    // SAFETY: open_how is plain integers; zero is a valid value of each.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-    use std::os::fd::AsRawFd;
-    // SAFETY: openat2 with a struct we own and its exact size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root_dir.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOSYS) {
-            // A kernel before 5.6: the last component at least.
-            return open_regular(&root.join(rel));
+/// A directory a run filled, opened once (never through a link) to read
+/// files beneath it.
+pub struct Beneath {
+    root: File,
+    path: std::path::PathBuf,
+}
+
+impl Beneath {
+    /// Opens `root`; `Ok(None)` when it is missing or not a real directory.
+    pub fn open(root: &Path) -> io::Result<Option<Beneath>> {
+        match open_dir_nofollow(root) {
+            Ok(f) => Ok(Some(Beneath {
+                root: f,
+                path: root.to_path_buf(),
+            })),
+            Err(e) if refused(&e) => Ok(None),
+            Err(e) => Err(e),
         }
-        return if refused(&e) { Ok(None) } else { Err(e) };
     }
-    // SAFETY: a descriptor we just opened and own.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    regular_only(f)
+
+    /// Opens `rel` beneath the root for reading, refusing any link on the
+    /// way and any path that leaves the root (`openat2` with
+    /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), without blocking.
+    /// `Ok(None)`: nothing there the node may read (missing, a link, not a
+    /// regular file).
+    pub fn file(&self, rel: &Path) -> io::Result<Option<File>> {
+        let c = CString::new(rel.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+        // SAFETY: open_how is plain integers; zero is a valid value of each.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+        use std::os::fd::AsRawFd;
+        // SAFETY: openat2 with a struct we own and its exact size.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOSYS) {
+                // A kernel before 5.6: the last component at least.
+                return open_regular(&self.path.join(rel));
+            }
+            return if refused(&e) { Ok(None) } else { Err(e) };
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let f = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        regular_only(f)
+    }
+}
+
+/// Opens `rel` beneath the directory `root` (see [`Beneath::file`]).
+pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<Option<File>> {
+    match Beneath::open(root)? {
+        Some(b) => b.file(rel),
+        None => Ok(None),
+    }
 }
 
 /// Opens `path` for reading if its last component is a regular file and

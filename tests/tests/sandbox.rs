@@ -79,14 +79,7 @@ fn host_processes(needle: &str) -> Vec<u32> {
 #[test]
 fn a_users_run_can_read_nothing_of_the_node_and_cannot_signal_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = Node::start_in(
-        tmp.path().join("data"),
-        2,
-        pesc_tests::pesc_bin("debug"),
-        None,
-        &[],
-    )
-    .unwrap();
+    let node = Node::start(2).unwrap();
     let admin = node.http();
     let mallory = admin.add_user("mallory", "user");
     let data = node.data_dir.canonicalize().unwrap();
@@ -179,14 +172,7 @@ echo done >>$out
 #[test]
 fn links_a_run_plants_are_never_followed() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = Node::start_in(
-        tmp.path().join("data"),
-        1,
-        pesc_tests::pesc_bin("debug"),
-        None,
-        &[],
-    )
-    .unwrap();
+    let node = Node::start(1).unwrap();
     let api = node.http();
     let data = node.data_dir.canonicalize().unwrap();
     let data = data.display();
@@ -247,15 +233,7 @@ exit 1
 
 #[test]
 fn a_fifo_hangs_nothing_and_cancel_leaves_no_process_behind() {
-    let tmp = tempfile::tempdir().unwrap();
-    let node = Node::start_in(
-        tmp.path().join("data"),
-        1,
-        pesc_tests::pesc_bin("debug"),
-        None,
-        &[],
-    )
-    .unwrap();
+    let node = Node::start(1).unwrap();
     let api = node.http();
     // A FIFO at the progress file: the node reads it every second and at the end.
     let id = submit(

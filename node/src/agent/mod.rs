@@ -443,7 +443,7 @@ impl Agent {
             net,
             repl: replication::Replication::default(),
         };
-        agent.refresh_rooms();
+        agent.refresh_caps();
         Ok((agent, AgentHandle { tx, versions }, rx))
     }
 
@@ -1021,7 +1021,7 @@ impl Agent {
                 let r = self.grid.change_access(&c).map_err(ApiFailure::from);
                 if r.is_ok() {
                     self.grid_dirty = true;
-                    self.refresh_rooms();
+                    self.refresh_caps();
                 }
                 let _ = reply.send(r);
             }
@@ -1184,9 +1184,10 @@ impl Agent {
         }
     }
 
-    /// The rooms this node serves: those in its node.toml and the one a
-    /// room admin put it in.
-    fn refresh_rooms(&mut self) {
+    /// What the grid document says of this node's offer: the rooms it
+    /// serves (its node.toml's and the one a room admin put it in) and the
+    /// grid's minimum isolation.
+    fn refresh_caps(&mut self) {
         let mut rooms = self.s.rooms.clone();
         if let Ok(Some(r)) = self.grid.placement(&self.s.node)
             && !rooms.contains(&r)

@@ -225,7 +225,7 @@ impl Agent {
     /// The grid document got changes from a peer.
     fn grid_merged(&mut self) {
         self.grid_dirty = true;
-        self.refresh_rooms();
+        self.refresh_caps();
         self.dial_grid_nodes();
         // Requests the index names that this node has not seen: ask for them.
         for r in self.grid.requests().unwrap_or_default() {

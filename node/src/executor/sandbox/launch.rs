@@ -8,8 +8,8 @@
 //! - the *launcher* (the node's child, a process group of its own) makes the
 //!   namespaces, forks the init, waits for it and ends the way the program
 //!   ended, so the node sees the program's exit code or signal;
-//! - the *init* (PID 1 of the run's PID namespace) builds the run's root,
-//!   forks the program, passes SIGTERM on to every process of the run, and
+//! - the *init* (PID 1 of the run's PID namespace) builds the run's root
+//!   (`/proc` of its own namespace included), forks the program, passes SIGTERM on to every process of the run, and
 //!   when the program ends, ends — and the kernel kills whatever the program
 //!   left behind, `setsid` and double-forked children included;
 //! - the *program*: its limits, the slot's uid, no new privileges, Landlock,
@@ -102,10 +102,10 @@ fn launcher(spec: &LaunchSpec) -> ! {
             -1 => fail(REPORT_FD, &errno_text("cannot fork the run's init")),
             0 => {
                 libc::close(status_pipe[0]);
-                if let Err(e) = rootfs::build(spec, true) {
+                if let Err(e) = rootfs::build(spec) {
                     fail(REPORT_FD, &e);
                 }
-                init(spec, status_pipe[1], REPORT_FD, None)
+                init(spec, status_pipe[1])
             }
             init_pid => {
                 libc::close(status_pipe[1]);
@@ -185,13 +185,8 @@ extern "C" fn note_signal(sig: i32) {
 
 /// PID 1 of the run (its root already in place): starts the program,
 /// passes stop signals on, reports the program's wait status on
-/// `status_fd`; setup failures go to `report_fd`.
-pub(super) fn init(
-    spec: &LaunchSpec,
-    status_fd: i32,
-    report_fd: i32,
-    rules: Option<&landlock::RulesetCreated>,
-) -> ! {
+/// `status_fd`; setup failures go to the report pipe.
+fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
     // SAFETY (whole function): system calls on values we own; this process
     // is single-threaded.
     unsafe {
@@ -207,7 +202,7 @@ pub(super) fn init(
             libc::sigaction(sig, &act, std::ptr::null_mut());
         }
         let program_pid = match libc::fork() {
-            -1 => fail(report_fd, &errno_text("cannot fork the program")),
+            -1 => fail(REPORT_FD, &errno_text("cannot fork the program")),
             0 => {
                 for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
                     libc::signal(sig, libc::SIG_DFL);
@@ -216,16 +211,14 @@ pub(super) fn init(
                 // which decides what the run's processes get.
                 libc::setpgid(0, 0);
                 libc::close(status_fd);
-                let e = program(spec, Path::new(APP_IN_RUN), report_fd, rules);
-                fail(report_fd, &e)
+                let e = program(spec, Path::new(APP_IN_RUN), REPORT_FD, None);
+                fail(REPORT_FD, &e)
             }
             p => p,
         };
-        // Only the program's copy of the report pipe may keep it open: it
-        // closes on the program's exec, which tells the node it started.
-        if report_fd != 0 {
-            libc::close(report_fd);
-        }
+        // Only the program's copy of the report pipe (standard input) may
+        // keep it open: it closes on the program's exec, which tells the
+        // node it started.
         quiet_stdin();
         loop {
             let mut st = 0;

@@ -1,13 +1,14 @@
 //! The process executor's sandbox: user code without Docker, sealed off from
 //! the node, its data and other runs.
 //!
-//! Each attempt is started through the launcher ([`launch`], the `pesc`
-//! binary itself with [`spec::LAUNCH_ARG`]): the slot's own uid when the node
-//! is root, namespaces of its own (mount, PID, IPC, network) with a root made
-//! of the system paths and its app dir, Landlock, resource limits and a clean
-//! environment. What this node can do is found once at start by starting a
-//! real sandboxed program ([`Sandbox::probe`]) and reported as its isolation
-//! level.
+//! Each slot has a server ([`slot_server`]: `pesc-sandbox`, or `pesc` with
+//! [`spec::LAUNCH_ARG`]) that makes the slot's namespaces (mount, PID, IPC,
+//! network) and its root (the system paths and the app dir) once, then forks
+//! each attempt: the slot's own uid when the node is root, Landlock, resource
+//! limits and a clean environment. Runs that need the network, and slots
+//! whose server cannot start, get a launcher of their own ([`launch`]). What
+//! this node can do is found once at start by starting a real sandboxed
+//! program ([`Sandbox::probe`]) and reported as its isolation level.
 
 pub mod landlock_rules;
 pub mod launch;
@@ -100,8 +101,6 @@ pub struct SandboxCaps {
     pub landlock_abi: i32,
     /// Mount, PID, IPC and network namespaces of their own.
     pub namespaces: bool,
-    /// Resource limits: `rlimits` (cgroups are not used yet).
-    pub limits: String,
 }
 
 impl SandboxCaps {
@@ -117,7 +116,8 @@ impl SandboxCaps {
         if self.namespaces {
             parts.push("namespaces".to_string());
         }
-        parts.push(self.limits.clone());
+        // Resource limits are rlimits (cgroups are not used yet).
+        parts.push("rlimits".to_string());
         parts.join(", ")
     }
 }
@@ -206,7 +206,6 @@ impl Sandbox {
             uid: node_is_root,
             landlock_abi: abi,
             namespaces: true,
-            limits: "rlimits".into(),
         };
         // Without namespaces a slot uid could not reach its app dir inside
         // the node's 0700 data dir: the fallback keeps the node's uid and
@@ -279,20 +278,7 @@ impl Sandbox {
         use tokio::io::AsyncBufReadExt;
         let app = &self.slot_apps[slot];
         std::fs::create_dir_all(app).with_context(|| format!("creating {}", app.display()))?;
-        let job = Job {
-            app_dir: app.clone(),
-            argv: vec!["true".into()],
-            env: Vec::new(),
-            stdout: PathBuf::new(),
-            stderr: PathBuf::new(),
-            image: None,
-            limits: Default::default(),
-            gpus: Vec::new(),
-            shared: Vec::new(),
-            slot,
-            network: false,
-        };
-        let mut spec = self.spec(caps, &job);
+        let mut spec = self.spec(caps, &true_job(app.clone(), slot, PathBuf::new()));
         spec.serve = true;
         // Every GPU device is bound into the slot's /dev; Landlock lets
         // only runs that hold GPUs use them.
@@ -495,19 +481,7 @@ impl Sandbox {
         let app = scratch.join("app");
         let _ = std::fs::remove_dir_all(&app);
         std::fs::create_dir_all(&app)?;
-        let job = Job {
-            app_dir: app.clone(),
-            argv: vec!["true".into()],
-            env: Vec::new(),
-            stdout: scratch.join("stdout"),
-            stderr: scratch.join("stderr"),
-            image: None,
-            limits: Default::default(),
-            gpus: Vec::new(),
-            shared: Vec::new(),
-            slot: 0,
-            network: false,
-        };
+        let job = true_job(app, 0, scratch.to_path_buf());
         let (_tx, rx) = watch::channel(false);
         match self.run(job, rx).await? {
             Exit::Code(0) => Ok(()),
@@ -599,6 +573,24 @@ impl Sandbox {
     }
 }
 
+/// A run of `true` in `app` for `slot`, its logs in `log_dir`: the probe's
+/// test run, and the template a slot server's spec is made from.
+fn true_job(app: PathBuf, slot: usize, log_dir: PathBuf) -> Job {
+    Job {
+        stdout: log_dir.join("stdout"),
+        stderr: log_dir.join("stderr"),
+        app_dir: app,
+        argv: vec!["true".into()],
+        env: Vec::new(),
+        image: None,
+        limits: Default::default(),
+        gpus: Vec::new(),
+        shared: Vec::new(),
+        slot,
+        network: false,
+    }
+}
+
 /// Every `/dev/nvidia*` device (runs holding GPUs need them).
 fn nvidia_devices() -> Vec<PathBuf> {
     std::fs::read_dir("/dev")
@@ -634,10 +626,6 @@ fn hand_over(app: &Path, uid: u32, keep: &[String]) -> Result<()> {
 impl Executor for Sandbox {
     fn name(&self) -> &'static str {
         "process"
-    }
-
-    fn isolated(&self) -> bool {
-        self.caps.is_some()
     }
 
     fn isolation(&self) -> super::Isolation {

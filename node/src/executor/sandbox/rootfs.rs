@@ -117,9 +117,8 @@ fn inside(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// Builds the root and enters it (`pivot_root`), with the working directory
-/// at `/`. `with_proc`: mount a `/proc` (only from inside the run's PID
-/// namespace; a prepared slot leaves the mount point for each run).
-pub fn build(spec: &LaunchSpec, with_proc: bool) -> Result<(), String> {
+/// at `/`. Called by PID 1 of the namespace whose processes `/proc` shows.
+pub fn build(spec: &LaunchSpec) -> Result<(), String> {
     // Nothing mounted here may reach the host's mount table.
     mount(
         None,
@@ -180,9 +179,7 @@ pub fn build(spec: &LaunchSpec, with_proc: bool) -> Result<(), String> {
     build_dev(base, &devices, &tmp_opts)?;
     let proc_dir = inside(base, Path::new("/proc"));
     std::fs::create_dir_all(&proc_dir).map_err(|e| format!("{}: {e}", proc_dir.display()))?;
-    if with_proc {
-        mount_proc(&proc_dir)?;
-    }
+    mount_proc(&proc_dir)?;
     enter(base)
 }
 

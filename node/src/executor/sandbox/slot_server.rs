@@ -121,7 +121,7 @@ pub fn serve(base: &LaunchSpec) -> ! {
 fn server(base: &LaunchSpec, slot_fd: i32) -> ! {
     // SAFETY: prctl on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = rootfs::build(base, true) {
+    if let Err(e) = rootfs::build(base) {
         die(&e);
     }
     // Every run of the slot gets the same Landlock ruleset: built once.
