@@ -11,6 +11,7 @@ mod sandbox {
     pub mod rootfs;
     pub mod slot_server;
     pub mod spec;
+    pub mod start;
 }
 
 fn main() {

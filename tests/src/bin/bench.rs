@@ -30,6 +30,8 @@ struct Workload {
     name: &'static str,
     runs: u32,
     pesc_entry: &'static str,
+    /// The same program for Ray's subprocess (argv as JSON).
+    ray: &'static str,
     parallel: &'static str,
     xargs: &'static str,
     ideal_s: Option<f64>,
@@ -40,6 +42,7 @@ const WORKLOADS: [Workload; 2] = [
         name: "W1: 400 × true",
         runs: 400,
         pesc_entry: "true",
+        ray: r#"["true"]"#,
         parallel: "seq 400 | parallel -j 8 -N0 true",
         xargs: "seq 400 | xargs -P 8 -n 1 true",
         ideal_s: None,
@@ -48,6 +51,7 @@ const WORKLOADS: [Workload; 2] = [
         name: "W2: 64 × sleep 0.5",
         runs: 64,
         pesc_entry: "sh -c 'sleep 0.5'",
+        ray: r#"["sleep", "0.5"]"#,
         parallel: "seq 64 | parallel -j 8 -N0 sleep 0.5",
         xargs: "seq 64 | xargs -P 8 -I{} sleep 0.5",
         ideal_s: Some(4.0),
@@ -144,40 +148,73 @@ fn time_pesc(node: &Node, prog: &str, w: &Workload, out: &std::path::Path) -> Re
     Ok((wall, t1.elapsed().as_secs_f64()))
 }
 
-/// Ray (local, 8 CPUs, a subprocess per task, workers warmed up first) on
-/// the same workloads, when `PESC_RAY_PYTHON` names a Python with `ray`.
-/// Returns the median wall seconds per workload.
-fn time_ray(repeat: usize) -> Result<Option<Vec<f64>>> {
-    let Some(py) = std::env::var_os("PESC_RAY_PYTHON") else {
-        return Ok(None);
-    };
-    let script = format!(
-        r#"
-import ray, subprocess, time
+/// Ray (local, 8 CPUs, a subprocess per task, workers warmed up first),
+/// kept running so that its timings interleave with PESC's: on this noisy
+/// machine only measurements taken side by side compare.
+struct Ray {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    answers: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Ray {
+    /// Starts Ray when `PESC_RAY_PYTHON` names a Python with `ray`.
+    fn start() -> Result<Option<Ray>> {
+        use std::io::BufRead;
+        let Some(py) = std::env::var_os("PESC_RAY_PYTHON") else {
+            return Ok(None);
+        };
+        let script = format!(
+            r#"
+import json, ray, subprocess, sys, time
 ray.init(num_cpus={SLOTS}, include_dashboard=False, logging_level="ERROR")
 @ray.remote
 def run(cmd):
     return subprocess.run(cmd).returncode
 ray.get([run.remote(["true"]) for _ in range(64)])
-for n, cmd in [(400, ["true"]), (64, ["sleep", "0.5"])]:
-    walls = []
-    for _ in range({repeat}):
-        t0 = time.time(); ray.get([run.remote(cmd) for _ in range(n)]); walls.append(time.time() - t0)
-    walls.sort(); print(walls[len(walls) // 2])
+print("ready", flush=True)
+for line in sys.stdin:
+    n, cmd = json.loads(line)
+    t0 = time.time(); ray.get([run.remote(cmd) for _ in range(n)]); print(time.time() - t0, flush=True)
 "#
-    );
-    let out = Command::new(py).arg("-c").arg(script).output()?;
-    if !out.status.success() {
-        bail!("ray: {}", String::from_utf8_lossy(&out.stderr));
+        );
+        let mut child = Command::new(py)
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting Ray")?;
+        let input = child.stdin.take().context("ray stdin")?;
+        let mut answers =
+            std::io::BufReader::new(child.stdout.take().context("ray stdout")?).lines();
+        match answers.next() {
+            Some(Ok(l)) if l == "ready" => {}
+            other => bail!("ray did not start: {other:?}"),
+        }
+        Ok(Some(Ray {
+            child,
+            input,
+            answers,
+        }))
     }
-    let walls = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .collect::<Vec<_>>();
-    if walls.len() != WORKLOADS.len() {
-        bail!("ray printed {walls:?}");
+
+    /// Ray's wall seconds for `w`.
+    fn time(&mut self, w: &Workload) -> Result<f64> {
+        use std::io::Write;
+        writeln!(self.input, "[{}, {}]", w.runs, w.ray)?;
+        let line = self.answers.next().context("ray stopped")??;
+        line.trim()
+            .parse()
+            .with_context(|| format!("ray printed {line:?}"))
     }
-    Ok(Some(walls))
+}
+
+impl Drop for Ray {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn single_node(repeat: usize, write: bool) -> Result<()> {
@@ -202,39 +239,43 @@ fn single_node(repeat: usize, write: bool) -> Result<()> {
     std::fs::write(&prog, "true\n")?;
     let prog = prog.to_str().context("temp path")?.to_string();
     let out = tmp.path().join("results");
-    let ray = time_ray(repeat)?;
+    let mut ray = Ray::start()?;
     let mut rows = Vec::new();
-    for (i, w) in WORKLOADS.iter().enumerate() {
-        let mut pesc = Vec::new();
-        let mut results = Vec::new();
-        let mut off = Vec::new();
+    for w in WORKLOADS.iter() {
+        let (mut pesc, mut results, mut off) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rays, mut parallel, mut xargs) = (Vec::new(), Vec::new(), Vec::new());
+        // Each repeat times every contender once, one after the other.
         for _ in 0..repeat {
             let (wall, res) = time_pesc(&node, &prog, w, &out)?;
             pesc.push(wall);
             results.push(res);
             off.push(time_pesc(&plain, &prog, w, &out)?.0);
+            if let Some(r) = ray.as_mut() {
+                rays.push(r.time(w)?);
+            }
+            parallel.push(time_shell(w.parallel)?);
+            xargs.push(time_shell(w.xargs)?);
         }
-        let parallel = (0..repeat)
-            .map(|_| time_shell(w.parallel))
-            .collect::<Result<Vec<_>>>()?;
-        let xargs = (0..repeat)
-            .map(|_| time_shell(w.xargs))
-            .collect::<Result<Vec<_>>>()?;
         rows.push((
             w,
             [
                 median(pesc),
                 median(off),
-                ray.as_ref().map_or(f64::NAN, |r| r[i]),
+                if rays.is_empty() {
+                    f64::NAN
+                } else {
+                    median(rays)
+                },
                 median(parallel),
                 median(xargs),
             ],
             median(results),
         ));
     }
+    drop(ray);
     let mut table = String::new();
     table.push_str(&format!(
-        "Single node, process executor, {SLOTS} slots; median of {repeat}; wall time from `pesc submit` until every run's results are stored. \\\n`pesc` runs every attempt in the sandbox (uid per slot, namespaces, Landlock); `sandbox off` is the same node with `[sandbox] enabled = false` (isolation none); Ray 2.60 local, {SLOTS} CPUs, a subprocess per task, warm workers (`PESC_RAY_PYTHON`; `-` when not given).\n\n"
+        "Single node, process executor, {SLOTS} slots; median of {repeat}; wall time from `pesc submit` until every run's results are stored. \\\n`pesc` runs every attempt in the sandbox (uid per slot, namespaces, Landlock); `sandbox off` is the same node with `[sandbox] enabled = false` (isolation none); Ray 2.60 local, {SLOTS} CPUs, a subprocess per task, warm workers, kept running through the whole benchmark (`PESC_RAY_PYTHON`; `-` when not given). Every repeat times each contender once, in turn, so all share the machine's moods.\n\n"
     ));
     table.push_str("| workload | metric | pesc | pesc, sandbox off | Ray | GNU parallel -j 8 | xargs -P 8 (floor) | pesc / Ray | pesc / xargs |\n");
     table.push_str("|---|---|---|---|---|---|---|---|---|\n");

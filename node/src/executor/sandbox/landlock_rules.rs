@@ -7,11 +7,12 @@
 //! The crate degrades to the best ABI the kernel offers; [`abi`] tells the
 //! node which one that is, to report it.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    RulesetCreatedAttr, Scope,
 };
 
 use super::spec::LaunchSpec;
@@ -52,27 +53,10 @@ fn add(
         .map_err(|e| format!("landlock rule for {}: {e}", path.display()))
 }
 
-/// Restricts this process (and what it will exec) for `spec`; `writable`:
-/// the places it may change.
-pub fn restrict(spec: &LaunchSpec, writable: &[PathBuf]) -> Result<(), String> {
-    enforce(ruleset(spec, writable)?)
-}
-
-/// Restricts this process with a ruleset built earlier (a slot server
-/// builds its runs' ruleset once; each run enforces a copy).
-pub fn enforce(rs: landlock::RulesetCreated) -> Result<(), String> {
-    let status = rs.restrict_self().map_err(|e| format!("landlock: {e}"))?;
-    if status.ruleset == RulesetStatus::NotEnforced {
-        return Err("landlock was asked for but the kernel enforces none of it".into());
-    }
-    Ok(())
-}
-
-/// The ruleset for `spec`, not yet enforced.
-pub fn ruleset(
-    spec: &LaunchSpec,
-    writable: &[PathBuf],
-) -> Result<landlock::RulesetCreated, String> {
+/// The ruleset for `spec`, not yet enforced: its descriptor, for
+/// `landlock_restrict_self` after the program's other setup (`writable`:
+/// the places it may change).
+pub fn ruleset(spec: &LaunchSpec, writable: &[PathBuf]) -> Result<OwnedFd, String> {
     let read_exec = AccessFs::from_read(TARGET);
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let all = AccessFs::from_all(TARGET);
@@ -98,5 +82,7 @@ pub fn ruleset(
     for d in &spec.devices {
         rs = add(rs, d, device)?;
     }
-    Ok(rs)
+    // No descriptor: the kernel enforces none of what was asked.
+    Option::<OwnedFd>::from(rs)
+        .ok_or_else(|| "landlock was asked for but the kernel enforces none of it".to_string())
 }

@@ -22,12 +22,14 @@
 //! one line and the launcher exits 125; the pipe closes unread when the
 //! program starts (close-on-exec), which tells the node it started.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::spec::{APP_IN_RUN, LaunchSpec};
+use super::start::{Start, failure_text};
 use super::{landlock_rules, rootfs};
 
 /// Exit code of a launcher that could not start the program.
@@ -47,10 +49,47 @@ pub fn main(spec_json: &OsStr) -> ! {
     } else if spec.namespaces {
         launcher(&spec)
     } else {
-        let app = spec.app_dir.clone();
-        let e = program(&spec, &app, REPORT_FD, None);
-        fail(REPORT_FD, &e)
+        start_program(&spec, &spec.app_dir, std::slice::from_ref(&spec.app_dir))
     }
+}
+
+/// Becomes the program (in `app`, writing only `writable`): its setup
+/// failures go to the report pipe as text.
+fn start_program(spec: &LaunchSpec, app: &Path, writable: &[PathBuf]) -> ! {
+    let report = report_apart();
+    let rules = if spec.landlock {
+        match landlock_rules::ruleset(spec, writable) {
+            Ok(fd) => Some(fd),
+            Err(e) => fail(report, &e),
+        }
+    } else {
+        None
+    };
+    let start = match Start::new(
+        spec,
+        app,
+        rules.as_ref().map(|f| f.as_raw_fd()),
+        None,
+        report,
+    ) {
+        Ok(s) => s,
+        Err(e) => fail(report, &e),
+    };
+    let (step, errno) = start.exec();
+    fail(report, &failure_text(step, errno, start.name()))
+}
+
+/// Moves the report pipe (standard input) apart, close-on-exec, and puts
+/// /dev/null on standard input: the pipe must close once the program has
+/// started.
+fn report_apart() -> i32 {
+    // SAFETY: duplicating a descriptor we were given.
+    let report = unsafe { libc::fcntl(REPORT_FD, libc::F_DUPFD_CLOEXEC, 3) };
+    if report < 0 {
+        fail(REPORT_FD, &errno_text("report pipe"));
+    }
+    quiet_stdin();
+    report
 }
 
 /// Writes `msg` to the report pipe and exits with [`SETUP_FAILED`].
@@ -211,8 +250,8 @@ fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
                 // which decides what the run's processes get.
                 libc::setpgid(0, 0);
                 libc::close(status_fd);
-                let e = program(spec, Path::new(APP_IN_RUN), REPORT_FD, None);
-                fail(REPORT_FD, &e)
+                let writable = [APP_IN_RUN, "/tmp", "/dev/shm"].map(PathBuf::from);
+                start_program(spec, Path::new(APP_IN_RUN), &writable)
             }
             p => p,
         };
@@ -243,153 +282,4 @@ fn init(spec: &LaunchSpec, status_fd: i32) -> ! {
             }
         }
     }
-}
-
-/// The program's own setup, then `exec`. Returns only the reason it failed.
-pub(super) fn program(
-    spec: &LaunchSpec,
-    app: &Path,
-    report: i32,
-    rules: Option<&landlock::RulesetCreated>,
-) -> String {
-    // SAFETY (whole function): system calls on values we own.
-    unsafe {
-        // Keep the report pipe apart from standard input (close-on-exec).
-        let report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 3);
-        if report < 0 {
-            return errno_text("report pipe");
-        }
-        quiet_stdin();
-        let c_app = match cstring(app.as_os_str().as_bytes()) {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        if libc::chdir(c_app.as_ptr()) != 0 {
-            return errno_text(&format!("cannot enter {}", app.display()));
-        }
-        if let Err(e) = set_limits(spec) {
-            return e;
-        }
-        libc::umask(0o022);
-        if let Some(uid) = spec.uid {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(uid, uid, uid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
-            {
-                return errno_text(&format!("cannot become the slot's account (uid {uid})"));
-            }
-            if libc::getuid() != uid || libc::geteuid() != uid {
-                return format!("still not uid {uid} after setresuid");
-            }
-        }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return errno_text("no_new_privs");
-        }
-        if let (true, Some(rules)) = (spec.landlock, rules) {
-            let copy = match rules.try_clone() {
-                Ok(c) => c,
-                Err(e) => return format!("landlock: {e}"),
-            };
-            if let Err(e) = landlock_rules::enforce(copy) {
-                return e;
-            }
-        } else if spec.landlock {
-            let writable = if spec.namespaces {
-                vec![
-                    PathBuf::from(APP_IN_RUN),
-                    PathBuf::from("/tmp"),
-                    PathBuf::from("/dev/shm"),
-                ]
-            } else {
-                vec![spec.app_dir.clone()]
-            };
-            if let Err(e) = landlock_rules::restrict(spec, &writable) {
-                return e;
-            }
-        }
-        // Nothing of the launcher's reaches the program.
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-        let argv: Vec<CString> = match spec
-            .argv
-            .iter()
-            .map(|a| cstring(a.as_bytes()))
-            .collect::<Result<_, _>>()
-        {
-            Ok(v) => v,
-            Err(e) => return e,
-        };
-        let Some(prog) = argv.first() else {
-            return "empty command".into();
-        };
-        let env: Vec<CString> = match spec
-            .env
-            .iter()
-            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
-            .collect::<Result<_, _>>()
-        {
-            Ok(v) => v,
-            Err(e) => return e,
-        };
-        let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_p.push(std::ptr::null());
-        let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
-        env_p.push(std::ptr::null());
-        // execvpe searches the PATH of `env` (the run's), not the node's.
-        let path = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        if let Ok(p) = CString::new(path) {
-            libc::setenv(c"PATH".as_ptr(), p.as_ptr(), 1);
-        }
-        libc::execvpe(prog.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
-        let e = std::io::Error::last_os_error();
-        let msg = format!(
-            "cannot start '{}': {e} (is it installed on this node, and readable by runs?)\n",
-            spec.argv[0]
-        );
-        libc::write(report, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
-    }
-}
-
-fn cstring(b: &[u8]) -> Result<CString, String> {
-    CString::new(b).map_err(|_| "an argument or variable holds a NUL byte".to_string())
-}
-
-/// The spec's resource limits (soft and hard: the program cannot raise them).
-fn set_limits(spec: &LaunchSpec) -> Result<(), String> {
-    let l = spec.limits;
-    let set = |res, v: u64| -> Result<(), String> {
-        if v == 0 {
-            return Ok(());
-        }
-        let r = libc::rlimit {
-            rlim_cur: v,
-            rlim_max: v,
-        };
-        // SAFETY: setting a resource limit of this process.
-        if unsafe { libc::setrlimit(res, &r) } != 0 {
-            return Err(errno_text("setrlimit"));
-        }
-        Ok(())
-    };
-    set(libc::RLIMIT_NPROC, l.processes)?;
-    set(libc::RLIMIT_FSIZE, l.file_size)?;
-    set(libc::RLIMIT_NOFILE, l.open_files)?;
-    set(libc::RLIMIT_DATA, l.memory)?;
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: as above.
-    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
-    Ok(())
 }

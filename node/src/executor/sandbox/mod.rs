@@ -15,6 +15,7 @@ pub mod launch;
 pub mod rootfs;
 pub mod slot_server;
 pub mod spec;
+pub mod start;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -140,6 +141,10 @@ pub struct Sandbox {
     /// environment, as runs do, so the node counts their CPU as its own and
     /// finds them after a crash.
     node_id: String,
+    /// The node's LANG and TZ, read once: every run gets them.
+    locale: Vec<(String, String)>,
+    /// What runs may read and execute: the system paths and `read_paths`.
+    read_paths: Vec<PathBuf>,
 }
 
 /// A running slot server: its requests and answers.
@@ -182,7 +187,6 @@ impl Sandbox {
         // SAFETY: geteuid has no preconditions.
         let node_is_root = unsafe { libc::geteuid() } == 0;
         let mut sb = Sandbox {
-            cfg,
             caps: None,
             launcher: find_launcher()?,
             node_is_root,
@@ -192,6 +196,23 @@ impl Sandbox {
                 .collect(),
             slot_apps: slot_apps.to_vec(),
             node_id: node_id.to_string(),
+            locale: [
+                (
+                    "LANG",
+                    std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+                ),
+                ("TZ", std::env::var("TZ").unwrap_or_default()),
+            ]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            read_paths: SYSTEM_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .chain(cfg.read_paths.iter().cloned())
+                .collect(),
+            cfg,
         };
         if !sb.cfg.enabled {
             tracing::warn!(
@@ -513,10 +534,6 @@ impl Sandbox {
             ("PATH".to_string(), RUN_PATH.to_string()),
             ("HOME".to_string(), app_in_run.display().to_string()),
             (
-                "LANG".to_string(),
-                std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
-            ),
-            (
                 "TMPDIR".to_string(),
                 if caps.namespaces {
                     "/tmp".to_string()
@@ -525,13 +542,9 @@ impl Sandbox {
                 },
             ),
         ];
-        if let Ok(tz) = std::env::var("TZ") {
-            env.push(("TZ".into(), tz));
-        }
+        env.extend(self.locale.iter().cloned());
         env.extend(job.env.iter().cloned());
         env.push(("CUDA_VISIBLE_DEVICES".into(), job.cuda_visible_devices()));
-        let mut read_paths: Vec<PathBuf> = SYSTEM_PATHS.iter().map(PathBuf::from).collect();
-        read_paths.extend(self.cfg.read_paths.iter().cloned());
         let mut devices: Vec<PathBuf> = DEVICES.iter().map(PathBuf::from).collect();
         if !job.gpus.is_empty() {
             devices.extend(nvidia_devices());
@@ -545,7 +558,7 @@ impl Sandbox {
             namespaces: caps.namespaces,
             user_namespace: caps.namespaces && !self.node_is_root,
             network: job.network,
-            read_paths,
+            read_paths: self.read_paths.clone(),
             devices,
             landlock: caps.landlock_abi > 0,
             limits: Rlimits {

@@ -3,7 +3,8 @@
 //! namespace, with the slot's own mount, network and IPC namespaces (and a
 //! user namespace when the node is not root), builds the run's root around
 //! the slot's app dir once, and then starts each attempt of the slot by
-//! forking — no launcher to `exec`, no root or namespace to build per run,
+//! a `vfork`-style clone ([`super::start`]) — no launcher to `exec`, no root
+//! or namespace to build, no page tables to copy per run,
 //! which is what keeps a sandboxed run nearly as cheap as a plain one.
 //!
 //! Protocol, one line each way (requests on standard input, answers on
@@ -24,11 +25,13 @@
 
 use std::ffi::CString;
 use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::launch::{errno_text, map_ids, program, quiet_stdin};
+use super::launch::{errno_text, map_ids};
 use super::rootfs;
 use super::spec::{APP_IN_RUN, LaunchSpec};
+use super::start::{Start, Streams, report_text};
 
 /// Log files of the attempt running in the slot, in the slot dir.
 const LOGS: [&str; 2] = ["stdout", "stderr"];
@@ -117,25 +120,48 @@ pub fn serve(base: &LaunchSpec) -> ! {
     }
 }
 
+/// What every run of the slot shares, made once.
+struct Slot {
+    /// The slot dir (its logs live there), opened before the root changed.
+    dir: OwnedFd,
+    /// /dev/null, the runs' standard input.
+    null: OwnedFd,
+    /// The runs' Landlock ruleset (absent without Landlock).
+    rules: Option<OwnedFd>,
+    /// The devices `rules` allows.
+    devices: Vec<std::path::PathBuf>,
+}
+
+/// Where a run may write, in its own root.
+fn writable() -> Vec<std::path::PathBuf> {
+    [APP_IN_RUN, "/tmp", "/dev/shm"].map(Into::into).to_vec()
+}
+
 /// PID 1 of the slot: builds the root, then one run per spec line.
-fn server(base: &LaunchSpec, slot_fd: i32) -> ! {
+fn server(base: &LaunchSpec, dir: OwnedFd) -> ! {
     // SAFETY: prctl on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if let Err(e) = rootfs::build(base) {
         die(&e);
     }
+    let null = match std::fs::File::open("/dev/null") {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => die(&format!("/dev/null: {e}")),
+    };
     // Every run of the slot gets the same Landlock ruleset: built once.
     let rules = if base.landlock {
-        let writable: Vec<std::path::PathBuf> = [APP_IN_RUN, "/tmp", "/dev/shm"]
-            .iter()
-            .map(Into::into)
-            .collect();
-        match super::landlock_rules::ruleset(base, &writable) {
+        match super::landlock_rules::ruleset(base, &writable()) {
             Ok(r) => Some(r),
             Err(e) => die(&e),
         }
     } else {
         None
+    };
+    let slot = Slot {
+        dir,
+        null,
+        rules,
+        devices: base.devices.clone(),
     };
     // SAFETY: installing async-signal-safe handlers (SA_RESTART: reads and
     // waits go on).
@@ -153,9 +179,7 @@ fn server(base: &LaunchSpec, slot_fd: i32) -> ! {
         let Ok(line) = line else { break };
         match serde_json::from_str::<LaunchSpec>(&line) {
             Ok(spec) => {
-                // The prepared ruleset fits runs that use no extra device.
-                let rules = rules.as_ref().filter(|_| spec.devices == base.devices);
-                run_one(&spec, slot_fd, rules);
+                run_one(&spec, &slot);
                 clean_up();
             }
             Err(e) => answer(&format!("error unreadable spec: {e}")),
@@ -186,26 +210,20 @@ fn clean_up() {
     rootfs::clear_sysv_ipc();
 }
 
-fn open_dir(p: &Path) -> Result<i32, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| "bad slot dir".to_string())?;
-    // SAFETY: opening a directory by a path we own.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(errno_text(&format!("cannot open {}", p.display())));
-    }
-    Ok(fd)
+fn open_dir(p: &Path) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(p)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("cannot open {}: {e}", p.display()))
 }
 
 /// Opens one of the slot's log files (the node made it empty before asking
 /// for the run, so a follower never reads the previous run's), never
 /// through a link.
-fn open_log(slot_fd: i32, name: &str) -> Result<i32, String> {
+fn open_log(slot_fd: i32, name: &str) -> Result<OwnedFd, String> {
     let c = CString::new(name).map_err(|_| "bad log name".to_string())?;
     // SAFETY: openat relative to a directory we hold.
     let fd = unsafe {
@@ -219,7 +237,8 @@ fn open_log(slot_fd: i32, name: &str) -> Result<i32, String> {
     if fd < 0 {
         return Err(errno_text(&format!("cannot open the {name} log")));
     }
-    Ok(fd)
+    // SAFETY: a descriptor we just opened and own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Reads a pipe to its end.
@@ -239,60 +258,62 @@ fn drain(fd: i32) -> Vec<u8> {
     }
 }
 
-/// Starts one attempt and answers for it.
-fn run_one(spec: &LaunchSpec, slot_fd: i32, rules: Option<&landlock::RulesetCreated>) {
-    let setup = || -> Result<(i32, i32, [i32; 2]), String> {
-        let out = open_log(slot_fd, LOGS[0])?;
-        let err = open_log(slot_fd, LOGS[1])?;
-        let mut report = [0i32; 2];
-        // SAFETY: pipe2 into an array we own.
-        if unsafe { libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(errno_text("pipe"));
-        }
-        Ok((out, err, report))
+/// Starts one attempt and answers for it; `rules`: the slot's Landlock
+/// ruleset (a run with other devices gets one of its own).
+fn run_one(spec: &LaunchSpec, slot: &Slot) {
+    let own_rules;
+    let rules = match (&slot.rules, spec.landlock) {
+        (_, false) => None,
+        (Some(r), true) if spec.devices == slot.devices => Some(r.as_raw_fd()),
+        _ => match super::landlock_rules::ruleset(spec, &writable()) {
+            Ok(fd) => {
+                own_rules = fd;
+                Some(own_rules.as_raw_fd())
+            }
+            Err(e) => return answer(&format!("error {e}")),
+        },
     };
-    let (out, err, report) = match setup() {
+    let setup = || -> Result<(OwnedFd, OwnedFd, OwnedFd, OwnedFd), String> {
+        let out = open_log(slot.dir.as_raw_fd(), LOGS[0])?;
+        let err = open_log(slot.dir.as_raw_fd(), LOGS[1])?;
+        let (r, w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+        Ok((out, err, r.into(), w.into()))
+    };
+    let (out, err, report_r, report_w) = match setup() {
         Ok(x) => x,
         Err(e) => return answer(&format!("error {e}")),
     };
-    // SAFETY (the rest): fork of this single-threaded process, and plain
-    // system calls on descriptors we own.
+    let streams = Streams {
+        stdin: slot.null.as_raw_fd(),
+        stdout: out.as_raw_fd(),
+        stderr: err.as_raw_fd(),
+    };
+    let app = Path::new(APP_IN_RUN);
+    let start = match Start::new(spec, app, rules, Some(streams), report_w.as_raw_fd()) {
+        Ok(s) => s,
+        Err(e) => return answer(&format!("error {e}")),
+    };
+    // Back here once the program has exec'd or given up.
+    let spawned = start.spawn();
+    drop((out, err, report_w));
+    let pid = match spawned {
+        Ok(p) => p,
+        Err(e) => return answer(&format!("error {e}")),
+    };
+    let msg = drain(report_r.as_raw_fd());
+    let mut st = 0;
+    // SAFETY (the rest): waiting for our own child.
     unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
-            // The program: the node's signals reach the server, which
-            // decides what the run's processes get.
-            for sig in [libc::SIGTERM, libc::SIGUSR1, libc::SIGINT, libc::SIGHUP] {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            libc::setpgid(0, 0);
-            libc::close(report[0]);
-            libc::dup2(out, 1);
-            libc::dup2(err, 2);
-            quiet_stdin();
-            let e = program(spec, Path::new(APP_IN_RUN), report[1], rules);
-            super::launch::fail(report[1], &e)
-        }
-        for fd in [out, err, report[1]] {
-            libc::close(fd);
-        }
-        if pid < 0 {
-            libc::close(report[0]);
-            return answer(&format!("error {}", errno_text("cannot fork the program")));
-        }
-        // The report pipe closes unread when the program has exec'd.
-        let msg = drain(report[0]);
-        libc::close(report[0]);
-        let mut st = 0;
         if !msg.is_empty() {
             libc::waitpid(pid, &mut st, 0);
-            let text = String::from_utf8_lossy(&msg).replace('\n', " ");
+            let text = report_text(&msg, start.name())
+                .unwrap_or_else(|| String::from_utf8_lossy(&msg).replace('\n', " "));
             return answer(&format!("error {}", text.trim()));
         }
         answer("started");
         while libc::waitpid(pid, &mut st, 0) < 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
         {}
-        answer(&format!("exit {st}"));
     }
+    answer(&format!("exit {st}"));
 }
