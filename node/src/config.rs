@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub docker: crate::executor::DockerConfig,
     /// The process executor's sandbox: slot uids, extra readable paths, limits.
     pub sandbox: crate::executor::SandboxConfig,
+    /// What a run may make the node store: output size and files, logs,
+    /// disk per attempt.
+    pub results: crate::runner::caps::ResultLimits,
 }
 
 /// Default port for peers.
@@ -103,6 +106,7 @@ impl Default for NodeConfig {
             policy: Default::default(),
             docker: Default::default(),
             sandbox: Default::default(),
+            results: Default::default(),
         }
     }
 }

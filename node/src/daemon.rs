@@ -201,6 +201,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         net: net.clone(),
         checkpoint_every: std::time::Duration::from_secs(cfg.checkpoint_interval_s),
         live_nodes: 1.into(),
+        result_limits: cfg.results.clone(),
     });
     runner.recover();
     let settings = Settings {

@@ -70,6 +70,12 @@ pub fn prometheus(m: &Metrics, blobs: usize, blob_bytes: u64, partial_bytes: u64
         "GPUs of this node.",
         &[("", m.gpus.into())],
     );
+    metric(
+        "skipped_entries",
+        "gauge",
+        "Malformed entries of the grid's documents this node skips (see /api/v1/node).",
+        &[("", m.skipped)],
+    );
     let t = &m.traffic;
     metric(
         "traffic_bytes_total",

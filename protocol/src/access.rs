@@ -54,6 +54,10 @@ pub struct User {
     /// Argon2id, PHC string format.
     pub password_hash: String,
     pub created_ms: u64,
+    /// A disabled account cannot log in, and its sessions and tokens stop
+    /// working on every node as soon as the change arrives there.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// An API token: the grid keeps only a hash of it.
@@ -150,6 +154,8 @@ pub enum AccessChange {
     PutUser(User),
     PutToken(ApiToken),
     RemoveToken(String),
+    /// Deletes an account (its tokens are removed with their own changes).
+    RemoveUser(String),
     PutRoom(Room),
     /// Puts a node in a named room, or takes it out of its room.
     PlaceNode(crate::NodeId, Option<String>),

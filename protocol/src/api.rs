@@ -170,6 +170,28 @@ pub struct NodeInfo {
     /// Bytes this node exchanged with peers since it started.
     #[serde(default)]
     pub traffic: Traffic,
+    /// Entries of the grid's documents this node skips because they fail
+    /// their checks (written by a faulty or hostile node).
+    #[serde(default)]
+    pub skipped: SkippedEntries,
+}
+
+/// Document entries a node skips: how many, and the first ones with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SkippedEntries {
+    pub total: u64,
+    /// At most 100.
+    pub entries: Vec<SkippedEntry>,
+}
+
+/// One skipped entry: where it is (`users/NAME`, `req/ID/attempts/KEY`,
+/// `req/ID`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SkippedEntry {
+    pub entry: String,
+    pub reason: String,
 }
 
 /// Payload bytes sent and received per channel (without the transport's
@@ -276,6 +298,9 @@ pub struct Metrics {
     pub paused: bool,
     pub gpus: u32,
     pub traffic: Traffic,
+    /// Malformed document entries this node skips.
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// `POST /api/v1/login`.
@@ -314,6 +339,9 @@ pub struct UserChange {
     pub role: Option<crate::access::Role>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Disable (true) or enable (false) the account: admins only.
+    #[serde(default)]
+    pub disabled: Option<bool>,
 }
 
 /// An account as the API shows it (never the password hash).
@@ -323,6 +351,8 @@ pub struct UserInfo {
     pub name: String,
     pub role: crate::access::Role,
     pub created_ms: u64,
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// `POST /api/v1/tokens`.

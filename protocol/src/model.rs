@@ -196,6 +196,31 @@ impl Process {
         ProcessId::from_bytes(b)
     }
 
+    /// Checks what the node will act on: the file name it writes into the
+    /// app dir (one plain name), the entry (a path inside the app dir, or a
+    /// command line), and the lengths of the rest. A peer's process record
+    /// passes here before any node unpacks it.
+    pub fn validate(&self) -> Result<()> {
+        SharedFile::check_name(&self.file_name).map_err(|_| {
+            Error::invalid(format!(
+                "the process file name '{}' is not a plain file name",
+                self.file_name
+            ))
+        })?;
+        if !self.entry_is_command {
+            safe_relative_path(&self.entry)?;
+        }
+        if self.entry.trim().is_empty() || self.entry.len() > MAX_PARAMETER_BYTES {
+            return Err(Error::invalid(format!(
+                "the entry must have 1 to {MAX_PARAMETER_BYTES} bytes"
+            )));
+        }
+        if self.name.len() > MAX_PARAMETER_BYTES || self.owner.len() > MAX_NAME_BYTES {
+            return Err(Error::invalid("the process name or owner is too long"));
+        }
+        Ok(())
+    }
+
     /// The argv that starts this process, before the PESC header is appended.
     pub fn command(&self) -> Vec<String> {
         if self.entry_is_command {
@@ -427,6 +452,7 @@ impl RequestSpec {
         for f in &self.shared_files {
             SharedFile::check_name(f)?;
         }
+        self.process.validate()?;
         if self.gpu.count > 16 {
             return Err(Error::invalid("a run may ask for at most 16 GPUs"));
         }

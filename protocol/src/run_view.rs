@@ -146,14 +146,14 @@ pub fn derive_run<'a>(
                 RunState::Claimed
             },
             current: Some(h),
-            next_epoch: top_epoch + 1,
+            next_epoch: top_epoch.saturating_add(1),
         },
         // Finished without success, expired, or every claimant yielded:
         // anyone may claim the next epoch.
         _ => RunView {
             state: RunState::Queued,
             current: latest,
-            next_epoch: top_epoch + 1,
+            next_epoch: top_epoch.saturating_add(1),
         },
     }
 }

@@ -187,6 +187,35 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
+    /// A peer's status made safe to keep and show: free text cut to 256
+    /// bytes, lists to 64 entries, free slots to its slots.
+    pub fn bounded(mut self) -> NodeStatus {
+        const TEXT: usize = 256;
+        const ITEMS: usize = 64;
+        let cut = |s: &mut String| {
+            if s.len() > TEXT {
+                let mut end = TEXT;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+        };
+        cut(&mut self.name);
+        cut(&mut self.isolation_detail);
+        self.addrs.truncate(ITEMS);
+        self.addrs.retain(|a| a.len() <= TEXT);
+        self.rooms.truncate(ITEMS);
+        self.rooms.retain(|r| r.len() <= TEXT);
+        self.gpus.truncate(ITEMS);
+        self.builds.truncate(ITEMS);
+        self.slots_free = self.slots_free.min(self.slots);
+        if !self.load.is_finite() {
+            self.load = 0.0;
+        }
+        self
+    }
+
     /// What it offers a waiting run.
     pub fn offer(&self) -> crate::schedule::NodeOffer {
         crate::schedule::NodeOffer {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod forge;
 pub mod grid;
 pub mod webdriver;
 

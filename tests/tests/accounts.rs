@@ -419,3 +419,128 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Polls `f` until it holds (bounded), for changes that travel by sync.
+fn eventually(what: &str, timeout: Duration, f: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "never: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn disabled_deleted_and_re_passworded_accounts_lose_every_session_and_token_on_every_node() {
+    let g = pesc_tests::grid::Grid::loopback(2, 1, &[]).unwrap();
+    let (a, b) = (g.nodes[0].http(), g.nodes[1].http());
+    let ana = a.add_user("ana", "user");
+    let ana_token = ana.token.clone();
+    let (cookie, _) = a.login("ana", "ana-password");
+    let me_with = |api: &pesc_tests::Api, cookie: Option<&str>| {
+        let r = match cookie {
+            Some(c) => pesc_tests::Api {
+                base: api.base.clone(),
+                token: String::new(),
+                http: api.http.clone(),
+            }
+            .get("/me")
+            .header("cookie", c),
+            None => api.get("/me"),
+        };
+        r.send().unwrap().status().as_u16()
+    };
+    let ana_b = b.with_token(&ana_token);
+    eventually(
+        "ana's token works on the other node",
+        Duration::from_secs(30),
+        || me_with(&ana_b, None) == 200,
+    );
+    assert_eq!(me_with(&a, Some(&cookie)), 200);
+
+    // Admins list and revoke anyone's token; users may not list them all.
+    let (s, all) = status(a.get("/tokens?all=true").send().unwrap());
+    assert_eq!(s, 200);
+    assert!(
+        all.as_array().unwrap().iter().any(|t| t["user"] == "ana"),
+        "{all}"
+    );
+    let (s, _) = status(ana.get("/tokens?all=true").send().unwrap());
+    assert_eq!(s, 403);
+
+    // Disabled: login refused, session and token dead on both nodes.
+    let (s, u) = status(
+        a.patch("/users/ana")
+            .json(&json!({"disabled": true}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(u["disabled"], true);
+    assert_eq!(me_with(&a, Some(&cookie)), 401);
+    assert_eq!(me_with(&ana, None), 401);
+    eventually(
+        "the disabled token is refused on the other node",
+        Duration::from_secs(30),
+        || me_with(&ana_b, None) == 401,
+    );
+    let (s, e) = status(
+        a.post("/login")
+            .json(&json!({"user": "ana", "password": "ana-password"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("disabled"), "{e}");
+    // Enabled again: the same token works again.
+    let (s, _) = status(
+        a.patch("/users/ana")
+            .json(&json!({"disabled": false}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(me_with(&ana, None), 200);
+
+    // Her own new password ends every token and session she had.
+    let (s, _) = status(
+        ana.patch("/users/ana")
+            .json(&json!({"password": "a brand new password"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(me_with(&ana, None), 401, "the token outlived the password");
+    eventually(
+        "no token of ana on the other node",
+        Duration::from_secs(30),
+        || me_with(&ana_b, None) == 401,
+    );
+    // A user may not disable herself or anyone.
+    let carl = a.add_user("carl", "user");
+    let (s, _) = status(
+        carl.patch("/users/ana")
+            .json(&json!({"disabled": true}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 403);
+
+    // Deleted: gone from the list, its tokens with it; the last admin stays.
+    let (s, _) = status(a.delete("/users/carl").send().unwrap());
+    assert_eq!(s, 204);
+    assert_eq!(me_with(&carl, None), 401);
+    let (_, users) = status(a.get("/users").send().unwrap());
+    assert!(!users.to_string().contains("\"carl\""), "{users}");
+    let (_, all) = status(a.get("/tokens?all=true").send().unwrap());
+    assert!(!all.to_string().contains("\"carl\""), "{all}");
+    let root = a.add_user("root", "admin");
+    let (s, e) = status(root.delete("/users/root").send().unwrap());
+    assert_eq!(s, 409, "the last admin was deleted: {e}");
+    let (s, _) = status(
+        root.patch("/users/root")
+            .json(&json!({"disabled": true}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 409);
+}

@@ -336,6 +336,60 @@ wait
 }
 
 #[test]
+fn what_a_run_makes_the_node_store_is_capped_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("node.toml"),
+        "[results]\noutput_files = 10\noutput_mb = 1\nlog_mb = 1\ndisk_mb = 3\n",
+    )
+    .unwrap();
+    let node = Node::start_in(data, 2, pesc_tests::pesc_bin("debug"), None, &[]).unwrap();
+    let api = node.http();
+    // Rank by rank: too many files, too big an output, too long a log,
+    // too much left in the app dir, and one within every limit.
+    let script = r#"case $PESC_RANK in
+0) for i in $(seq 20); do : > output/f$i; done ;;
+1) head -c 2097152 /dev/zero > output/big ;;
+2) head -c 2097152 /dev/zero | tr '\0' x ;;
+3) head -c 4194304 /dev/zero > scratch ;;
+4) echo fine > output/output.txt ;;
+esac
+"#;
+    let id = submit(&api, script, json!({"repetitions": 5}));
+    let v = node.wait_for(&id, Duration::from_secs(120), finished);
+    let reason = |r: usize| {
+        runs(&v)[r]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (rank, limit) in [
+        (0, "output_files"),
+        (1, "output_mb"),
+        (2, "log_mb"),
+        (3, "disk_mb"),
+    ] {
+        assert_eq!(runs(&v)[rank]["state"], "failed", "rank {rank}: {v}");
+        assert!(
+            reason(rank).contains(limit),
+            "rank {rank}: {}",
+            reason(rank)
+        );
+    }
+    assert_eq!(runs(&v)[4]["state"], "succeeded", "{v}");
+    // The long log was cut at the limit, not stored whole.
+    let log = api
+        .get(&format!("/requests/{id}/runs/2/logs"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(log.len(), 1 << 20, "the stored log is cut at log_mb");
+}
+
+#[test]
 fn the_data_dir_is_the_nodes_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let node = Node::start(1).unwrap();

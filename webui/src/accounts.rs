@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
@@ -31,7 +31,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/logout", post(logout))
         .route("/me", get(me))
         .route("/users", get(list_users).post(create_user))
-        .route("/users/{name}", patch(change_user))
+        .route("/users/{name}", patch(change_user).delete(delete_user))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(delete_token))
         .route("/rooms", get(list_rooms).post(create_room))
@@ -61,7 +61,11 @@ fn body<T>(
 }
 
 fn need_admin(c: &Caller, what: &str) -> Result<(), ApiFailure> {
-    if c.who.is_admin() {
+    need_admin_principal(&c.who, what)
+}
+
+fn need_admin_principal(who: &Principal, what: &str) -> Result<(), ApiFailure> {
+    if who.is_admin() {
         Ok(())
     } else {
         Err(ApiFailure::forbidden(format!("only admins {what}")))
@@ -106,6 +110,9 @@ pub(crate) async fn start_session(
     });
     let ok = verify_password(password.to_string(), hash).await;
     match user {
+        Some(u) if ok && u.disabled => Err(ApiFailure::forbidden(
+            "this account is disabled: ask an admin to enable it",
+        )),
         Some(u) if ok => {
             st.auth.login_succeeded(name);
             let value = st.auth.session_value(&u, unix_now() + SESSION_SECS);
@@ -139,6 +146,7 @@ fn info(u: &User) -> UserInfo {
         name: u.name.clone(),
         role: u.role,
         created_ms: u.created_ms,
+        disabled: u.disabled,
     }
 }
 
@@ -159,6 +167,7 @@ pub(crate) async fn add_user(st: &AppState, n: NewUser) -> Result<User, ApiFailu
         )));
     }
     let u = User {
+        disabled: false,
         name: n.name,
         role: n.role,
         password_hash: hash_password(n.password).await?,
@@ -192,22 +201,23 @@ pub(crate) async fn apply_user_change(
         .user(name)
         .await?
         .ok_or_else(|| ApiFailure::not_found(format!("no user '{name}'")))?;
-    if !who.is_admin() && (who.user != name || ch.role.is_some()) {
+    if !who.is_admin() && (who.user != name || ch.role.is_some() || ch.disabled.is_some()) {
         return Err(ApiFailure::forbidden(
-            "only admins change roles or other users' passwords",
+            "only admins change roles, disable accounts or change other users' passwords",
         ));
     }
+    let stays_admin =
+        ch.role.unwrap_or(u.role) == Role::Admin && !ch.disabled.unwrap_or(u.disabled);
+    if u.role == Role::Admin && !u.disabled && !stays_admin {
+        need_another_admin(st, name).await?;
+    }
     if let Some(role) = ch.role {
-        if u.role == Role::Admin && role != Role::Admin {
-            let a = st.svc.access().await?;
-            if a.users.iter().filter(|x| x.role == Role::Admin).count() <= 1 {
-                return Err(ApiFailure::conflict(
-                    "this is the last admin: make another admin first",
-                ));
-            }
-        }
         u.role = role;
     }
+    if let Some(d) = ch.disabled {
+        u.disabled = d;
+    }
+    let new_password = ch.password.is_some();
     if let Some(p) = ch.password {
         check_password(&p)?;
         u.password_hash = hash_password(p).await?;
@@ -215,7 +225,70 @@ pub(crate) async fn apply_user_change(
     st.svc
         .change_access(AccessChange::PutUser(u.clone()))
         .await?;
+    // A new password ends every session (they carry the old password's
+    // fingerprint) and every token of the account.
+    if new_password {
+        remove_tokens_of(st, name).await?;
+    }
     Ok(u)
+}
+
+/// Refuses to take away the last enabled admin (then nobody could manage
+/// the grid).
+async fn need_another_admin(st: &AppState, name: &str) -> Result<(), ApiFailure> {
+    let a = st.svc.access().await?;
+    let others = a
+        .users
+        .iter()
+        .filter(|x| x.role == Role::Admin && !x.disabled && x.name != name)
+        .count();
+    if others == 0 {
+        return Err(ApiFailure::conflict(
+            "this is the last admin: make another admin first",
+        ));
+    }
+    Ok(())
+}
+
+/// Removes every API token of `name`.
+async fn remove_tokens_of(st: &AppState, name: &str) -> Result<(), ApiFailure> {
+    let a = st.svc.access().await?;
+    for t in a.tokens.into_iter().filter(|t| t.user == name) {
+        st.svc
+            .change_access(AccessChange::RemoveToken(t.id))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes an account and its tokens (admins only; never the last admin).
+pub(crate) async fn remove_user(
+    st: &AppState,
+    who: &Principal,
+    name: &str,
+) -> Result<(), ApiFailure> {
+    need_admin_principal(who, "delete users")?;
+    let u = st
+        .svc
+        .user(name)
+        .await?
+        .ok_or_else(|| ApiFailure::not_found(format!("no user '{name}'")))?;
+    if u.role == Role::Admin && !u.disabled {
+        need_another_admin(st, name).await?;
+    }
+    remove_tokens_of(st, name).await?;
+    st.svc
+        .change_access(AccessChange::RemoveUser(name.to_string()))
+        .await
+}
+
+async fn delete_user(
+    State(st): St,
+    Extension(c): Who,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiFailure> {
+    remove_user(&st, &c.who, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn change_user(
@@ -229,12 +302,26 @@ async fn change_user(
     Ok(Json(info(&u)))
 }
 
-async fn list_tokens(State(st): St, Extension(c): Who) -> Result<Json<Vec<ApiToken>>, ApiFailure> {
+#[derive(Debug, serde::Deserialize)]
+struct TokenQuery {
+    /// Admins: every user's tokens, not only their own.
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_tokens(
+    State(st): St,
+    Extension(c): Who,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<Vec<ApiToken>>, ApiFailure> {
+    if q.all {
+        need_admin(&c, "list every user's tokens")?;
+    }
     let a = st.svc.access().await?;
     Ok(Json(
         a.tokens
             .into_iter()
-            .filter(|t| t.user == c.who.user)
+            .filter(|t| q.all || t.user == c.who.user)
             .collect(),
     ))
 }

@@ -295,6 +295,9 @@ pub async fn caller(st: &AppState, headers: &HeaderMap, query: Option<&str>) -> 
         }
         let t = st.svc.token(&token_id(&token)).await.ok()??;
         let u = st.svc.user(&t.user).await.ok()??;
+        if u.disabled {
+            return None;
+        }
         return Some(Caller {
             who: Principal {
                 user: u.name,
@@ -306,7 +309,7 @@ pub async fn caller(st: &AppState, headers: &HeaderMap, query: Option<&str>) -> 
     let value = cookie(headers, SESSION_COOKIE)?;
     let (name, fp) = st.auth.open_session(&value, unix_now())?;
     let u = st.svc.user(&name).await.ok()??;
-    if fingerprint(&u.password_hash) != fp {
+    if u.disabled || fingerprint(&u.password_hash) != fp {
         return None;
     }
     Some(Caller {

@@ -34,7 +34,7 @@ use utoipa::OpenApi;
         node, nodes, list_processes, upload_process, list_files, upload_file, fetch_file,
         list_domains, create_domain, get_domain, templates, events, list_requests,
         create_request, get_request, cancel_request, logs, results, health, login, logout, me,
-        list_users, create_user, change_user, list_tokens, create_token, delete_token,
+        list_users, create_user, change_user, delete_user, list_tokens, create_token, delete_token,
         list_rooms, create_room, get_room, add_room_admin, remove_room_admin, add_room_user,
         remove_room_user, place_node, unplace_node, join_token, grid_settings,
         set_grid_settings
@@ -258,8 +258,20 @@ fn create_user() {}
     (status = 401, body = ApiError)))]
 fn change_user() {}
 
-#[utoipa::path(get, path = "/api/v1/tokens", responses(
+#[utoipa::path(delete, path = "/api/v1/users/{name}", params(("name" = String, Path)), responses(
+    (status = 204, description = "Deleted, with its tokens (admins only)"),
+    (status = 403, body = ApiError),
+    (status = 404, body = ApiError),
+    (status = 409, description = "It would leave the grid without an admin", body = ApiError),
+    (status = 401, body = ApiError)))]
+fn delete_user() {}
+
+#[utoipa::path(get, path = "/api/v1/tokens",
+    params(("all" = Option<bool>, Query, description = "Admins: every user's tokens")),
+    responses(
     (status = 200, description = "The caller's API tokens (hashes only)", body = Vec<ApiToken>),
+    (status = 400, body = ApiError),
+    (status = 403, description = "`all` without being an admin", body = ApiError),
     (status = 401, body = ApiError)))]
 fn list_tokens() {}
 

@@ -230,10 +230,12 @@ pub struct Agent {
     started: Instant,
     version: u64,
     version_tx: watch::Sender<u64>,
-    events_tx: mpsc::UnboundedSender<RunnerEvent>,
-    events_rx: mpsc::UnboundedReceiver<RunnerEvent>,
+    events_tx: mpsc::Sender<RunnerEvent>,
+    events_rx: mpsc::Receiver<RunnerEvent>,
     net: NetHandle,
     repl: replication::Replication,
+    /// Skipped entries already logged (see [`Agent::log_skipped`]).
+    logged_skips: std::collections::HashSet<String>,
     stopping: Option<Stopping>,
     /// What this node offers runs (rooms, GPUs, containers).
     caps: NodeCaps,
@@ -319,6 +321,7 @@ impl Agent {
         let mut grid = None;
         let mut grid_saved = SavedDoc::default();
         let mut requests = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
         for d in store.load_docs()? {
             if d.key == "grid" {
                 grid = Some(GridDoc::load(&d.bytes, actor()).context("loading the grid document")?);
@@ -334,9 +337,14 @@ impl Agent {
                         };
                         requests.insert(req.doc.id().clone(), req);
                     }
-                    Err(e) => tracing::error!(
-                        "request document {id} cannot be loaded and is skipped: {e}"
-                    ),
+                    Err(e) => {
+                        tracing::error!(
+                            "request document {id} cannot be loaded and is skipped: {e}"
+                        );
+                        if let Ok(id) = id.parse::<RequestId>() {
+                            unreadable.insert(id, e.to_string());
+                        }
+                    }
                 }
             }
         }
@@ -384,7 +392,8 @@ impl Agent {
         }
         let (tx, rx) = mpsc::channel(1024);
         let (version_tx, versions) = watch::channel(0);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        // Bounded: a runner that reports faster than the agent reads waits.
+        let (events_tx, events_rx) = mpsc::channel(1024);
         let s_slots = s.slots as usize;
         // This start's incarnation: above every earlier start's.
         let inc = std::time::SystemTime::now()
@@ -441,9 +450,11 @@ impl Agent {
             events_tx,
             events_rx,
             net,
-            repl: replication::Replication::default(),
+            repl: replication::Replication::with_unreadable(unreadable),
+            logged_skips: Default::default(),
         };
         agent.refresh_caps();
+        agent.log_skipped();
         Ok((agent, AgentHandle { tx, versions }, rx))
     }
 
@@ -451,7 +462,7 @@ impl Agent {
     pub async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut net_events: mpsc::UnboundedReceiver<NetEvent>,
+        mut net_events: mpsc::Receiver<NetEvent>,
     ) {
         self.dial_grid_nodes();
         self.step();
@@ -1071,6 +1082,20 @@ impl Agent {
                     grid: self.s.grid_id.clone(),
                     peers: self.repl.connected.len() as u32,
                     traffic: self.net.stats.snapshot(),
+                    skipped: {
+                        let (list, total) = self.skipped_entries();
+                        pesc_protocol::api::SkippedEntries {
+                            total,
+                            entries: list
+                                .into_iter()
+                                .take(100)
+                                .map(|(entry, reason)| pesc_protocol::api::SkippedEntry {
+                                    entry,
+                                    reason,
+                                })
+                                .collect(),
+                        }
+                    },
                 });
             }
             Command::Results { id, reply } => {
@@ -1298,6 +1323,41 @@ impl Agent {
         }
     }
 
+    /// Entries of the documents this node skips because they failed their
+    /// checks (entry, why), and how many there are: the grid's, each
+    /// request's attempts, and requests unreadable as a whole.
+    fn skipped_entries(&self) -> (Vec<(String, String)>, u64) {
+        let (mut list, mut count) = self.grid.skipped().list();
+        for (id, q) in &self.requests {
+            for (entry, why) in q.doc.skipped() {
+                list.push((format!("req/{id}/{entry}"), why.clone()));
+                count += 1;
+            }
+        }
+        for (id, why) in &self.repl.unreadable {
+            list.push((format!("req/{id}"), why.clone()));
+            count += 1;
+        }
+        (list, count)
+    }
+
+    /// Logs each skipped entry once: what a peer (or a bug) wrote that this
+    /// node will not use.
+    fn log_skipped(&mut self) {
+        const LOGGED: usize = 10_000;
+        // Reading every map records what fails its checks.
+        let _ = self.grid.access();
+        let _ = self.grid.processes();
+        let _ = self.grid.files();
+        let _ = self.grid.domains();
+        let _ = self.grid.nodes();
+        for (entry, why) in self.skipped_entries().0 {
+            if self.logged_skips.len() < LOGGED && self.logged_skips.insert(entry.clone()) {
+                tracing::warn!("skipped a malformed entry of the grid's documents, {entry}: {why}");
+            }
+        }
+    }
+
     fn metrics(&self) -> pesc_protocol::api::Metrics {
         let now = self.mono();
         let mut runs = RunCounts::default();
@@ -1321,6 +1381,7 @@ impl Agent {
             paused: self.paused.is_some(),
             gpus: self.gpus.len() as u32,
             traffic: self.net.stats.snapshot(),
+            skipped: self.skipped_entries().1,
         }
     }
 

@@ -15,7 +15,7 @@
 //! - A request arriving from a peer may start as a bare document (no spec
 //!   yet): it stays aside until the spec arrives.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use automerge::AutoCommit;
@@ -58,9 +58,39 @@ pub struct Replication {
     announced: u32,
     /// Where this node listens.
     pub listen: Vec<String>,
+    /// Requests whose document cannot be read here (a spec that fails its
+    /// checks): never asked for again, shown as skipped.
+    pub unreadable: BTreeMap<RequestId, String>,
 }
 
+/// Requests known only in part at once: a peer cannot make this node keep
+/// documents without end by naming request ids it never completes.
+const MAX_PARTIAL: usize = 1024;
+
 impl Replication {
+    /// Replication state at start, with the requests found unreadable in
+    /// the store.
+    pub fn with_unreadable(unreadable: BTreeMap<RequestId, String>) -> Replication {
+        Replication {
+            unreadable,
+            ..Default::default()
+        }
+    }
+
+    /// The partial document of request `id`, made when first named, unless
+    /// the request is unreadable here or too many are partial already.
+    fn partial_for(&mut self, id: &RequestId) -> Result<&mut AutoCommit, String> {
+        if let Some(why) = self.unreadable.get(id) {
+            return Err(format!("request {id} cannot be read here: {why}"));
+        }
+        if !self.partial.contains_key(id) && self.partial.len() >= MAX_PARTIAL {
+            return Err(format!(
+                "{MAX_PARTIAL} requests are already arriving here: try later"
+            ));
+        }
+        Ok(self.partial.entry(id.clone()).or_default())
+    }
+
     /// (peer, document) pairs with changes not yet sent, and documents
     /// changed since the last round.
     pub fn pending(&self) -> usize {
@@ -169,7 +199,10 @@ impl Agent {
                     }
                 }),
                 None => {
-                    let part = self.repl.partial.entry(id.clone()).or_default();
+                    let part = match self.repl.partial_for(id) {
+                        Ok(p) => p,
+                        Err(e) => return SyncResponse::Refused(e),
+                    };
                     sync::receive(part, &mut state, msg).map(|changed| {
                         if changed {
                             self.try_complete(id);
@@ -217,19 +250,31 @@ impl Agent {
                 tracing::info!(request = %id, "request received from the grid");
                 self.request_merged(id);
             }
-            Ok(_) => tracing::warn!("a peer sent request {id} holding another request's spec"),
-            Err(e) => tracing::warn!("request {id} from a peer cannot be read: {e}"),
+            Ok(_) => {
+                self.repl
+                    .unreadable
+                    .insert(id.clone(), "it holds another request's spec".to_string());
+            }
+            Err(e) => {
+                self.repl.unreadable.insert(id.clone(), e.to_string());
+            }
         }
+        self.log_skipped();
     }
 
     /// The grid document got changes from a peer.
     fn grid_merged(&mut self) {
         self.grid_dirty = true;
+        self.log_skipped();
         self.refresh_caps();
         self.dial_grid_nodes();
         // Requests the index names that this node has not seen: ask for them.
         for r in self.grid.requests().unwrap_or_default() {
-            if !self.requests.contains_key(&r.id) && !self.repl.partial.contains_key(&r.id) {
+            if !self.requests.contains_key(&r.id)
+                && !self.repl.partial.contains_key(&r.id)
+                && !self.repl.unreadable.contains_key(&r.id)
+                && self.repl.partial.len() < MAX_PARTIAL
+            {
                 self.repl.partial.insert(r.id.clone(), AutoCommit::new());
                 for p in &self.repl.connected {
                     self.repl
@@ -300,8 +345,14 @@ impl Agent {
         let Some(q) = self.requests.get_mut(id) else {
             return;
         };
+        let before = q.doc.skipped().len();
         if let Err(e) = q.doc.rematerialize() {
             tracing::error!("request {id} after a merge: {e}");
+        }
+        if q.doc.skipped().len() > before {
+            for (entry, why) in q.doc.skipped() {
+                tracing::warn!("request {id}: skipped a malformed entry, {entry}: {why}");
+            }
         }
         q.dirty = true;
         super::observe_claims(&mut self.sightings, &self.s.node, &q.doc, now);
@@ -358,12 +409,18 @@ impl Agent {
                     .map(|_| self.grid_merged())
                     .map_err(|e| e.to_string()),
                 DocKey::Request(id) => {
-                    let r = match self.requests.get_mut(id) {
-                        Some(q) => q.doc.doc_mut().merge(&mut incoming).map(|_| ()),
-                        None => {
-                            let part = self.repl.partial.entry(id.clone()).or_default();
-                            part.merge(&mut incoming).map(|_| ())
-                        }
+                    let r: Result<(), String> = match self.requests.get_mut(id) {
+                        Some(q) => q
+                            .doc
+                            .doc_mut()
+                            .merge(&mut incoming)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        None => self.repl.partial_for(id).and_then(|part| {
+                            part.merge(&mut incoming)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }),
                     };
                     match r {
                         Ok(()) => {
@@ -378,7 +435,7 @@ impl Agent {
                                 Err("the pushed request has no valid spec".to_string())
                             }
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e),
                     }
                 }
             },
@@ -601,7 +658,9 @@ impl Agent {
             tracing::warn!("{from} held this node down: announcing it is up");
             self.publish(up);
         }
-        self.repl.live.insert(from.clone(), (beat.status, now));
+        self.repl
+            .live
+            .insert(from.clone(), (beat.status.bounded(), now));
         true
     }
 

@@ -211,7 +211,7 @@ fn node_of(peer: &PeerId) -> NodeId {
 pub fn start(
     cfg: NetConfig,
     blobs: Arc<BlobStore>,
-) -> Result<(NetHandle, mpsc::UnboundedReceiver<NetEvent>)> {
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>)> {
     let me = cfg.key.public().to_peer_id();
     let transport = transport::build(&cfg.key, cfg.psk)?;
     let behaviour = Behaviour::new(&cfg.key, cfg.mdns)?;
@@ -248,7 +248,7 @@ pub fn start(
         anyhow::bail!("the node must listen on at least one address (--listen)");
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::channel(EVENTS);
     let (connected_tx, connected) = watch::channel(BTreeSet::new());
     let stats = Arc::new(NetStats::default());
     let mut book = PeerBook::new(me);
@@ -261,6 +261,7 @@ pub fn start(
         me,
         book,
         events: events_tx,
+        outbox: std::collections::VecDeque::new(),
         cmd_tx: tx.clone(),
         blobs,
         pending_sync: HashMap::new(),
@@ -292,6 +293,9 @@ fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
         .collect()
 }
 
+/// Network events waiting for the agent at most.
+const EVENTS: usize = 1024;
+
 type SyncReply = Option<oneshot::Sender<Result<SyncResponse, String>>>;
 
 struct NetTask {
@@ -299,7 +303,9 @@ struct NetTask {
     topic: gossipsub::IdentTopic,
     me: PeerId,
     book: PeerBook,
-    events: mpsc::UnboundedSender<NetEvent>,
+    events: mpsc::Sender<NetEvent>,
+    /// Events of the swarm event being handled, for the agent.
+    outbox: std::collections::VecDeque<NetEvent>,
     cmd_tx: mpsc::UnboundedSender<NetCmd>,
     blobs: Arc<BlobStore>,
     /// Sync requests in flight: the peer, the document (none for a ping), the reply.
@@ -329,6 +335,14 @@ impl NetTask {
                             tracing::debug!("dial: {e}");
                         }
                     }
+                }
+            }
+            // The channel to the agent is bounded: while the agent is
+            // behind, the swarm waits (and with it the peers' streams),
+            // instead of events piling up in memory.
+            while let Some(ev) = self.outbox.pop_front() {
+                if self.events.send(ev).await.is_err() {
+                    return;
                 }
             }
         }
@@ -386,8 +400,10 @@ impl NetTask {
         }
     }
 
-    fn emit(&self, ev: NetEvent) {
-        let _ = self.events.send(ev);
+    /// Queues an event for the agent; the run loop hands it over before
+    /// it polls the swarm again.
+    fn emit(&mut self, ev: NetEvent) {
+        self.outbox.push_back(ev);
     }
 
     fn publish_connected(&self) {
@@ -395,7 +411,7 @@ impl NetTask {
         self.connected_tx.send_replace(set);
     }
 
-    fn listen_changed(&self) {
+    fn listen_changed(&mut self) {
         let addrs: Vec<String> = self
             .listen
             .iter()

@@ -82,7 +82,7 @@ pub async fn keep_snapshotting(
     key: AttemptKey,
     me: NodeId,
     dir: std::path::PathBuf,
-    events: mpsc::UnboundedSender<RunnerEvent>,
+    events: mpsc::Sender<RunnerEvent>,
     mut done: watch::Receiver<bool>,
 ) -> Option<Vec<(String, u64, u128)>> {
     let mut last = None;
@@ -93,11 +93,13 @@ pub async fn keep_snapshotting(
         }
         match snapshot(&ctx, &dir, &mut last, &me, &done).await {
             Ok(Some((hash, holders))) => {
-                let _ = events.send(RunnerEvent::Checkpoint {
-                    key: key.clone(),
-                    hash,
-                    holders,
-                });
+                let _ = events
+                    .send(RunnerEvent::Checkpoint {
+                        key: key.clone(),
+                        hash,
+                        holders,
+                    })
+                    .await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("checkpoint of {} rank {}: {e:#}", key.0, key.1),

@@ -3,6 +3,7 @@
 //! executor while snapshotting `checkpoint/`, pack `output/` and the logs
 //! into blobs, have other nodes keep copies, clean up.
 
+pub mod caps;
 mod checkpoint;
 mod inputs;
 mod replicate;
@@ -139,6 +140,8 @@ pub struct RunnerCtx {
     /// it every heartbeat): a run does not wait for copies of its results
     /// on nodes that have left.
     pub live_nodes: std::sync::atomic::AtomicUsize,
+    /// What a run may make the node store.
+    pub result_limits: caps::ResultLimits,
 }
 
 impl RunnerCtx {
@@ -224,21 +227,21 @@ pub async fn run_attempt(
     ctx: Arc<RunnerCtx>,
     job: AttemptJob,
     stop: watch::Receiver<bool>,
-    events: mpsc::UnboundedSender<RunnerEvent>,
+    events: mpsc::Sender<RunnerEvent>,
 ) {
     let key = job.key.clone();
     let outcome = match attempt(&ctx, job, stop, &events).await {
         Ok(o) => o,
         Err(e) => RunnerOutcome::error(format!("{e:#}")),
     };
-    let _ = events.send(RunnerEvent::Finished { key, outcome });
+    let _ = events.send(RunnerEvent::Finished { key, outcome }).await;
 }
 
 async fn attempt(
     ctx: &Arc<RunnerCtx>,
     job: AttemptJob,
     stop: watch::Receiver<bool>,
-    events: &mpsc::UnboundedSender<RunnerEvent>,
+    events: &mpsc::Sender<RunnerEvent>,
 ) -> Result<RunnerOutcome> {
     let (req, rank, epoch) = job.key.clone();
     let slot_dir = ctx.slot_dir(job.slot);
@@ -250,15 +253,17 @@ async fn attempt(
         .await
         .context("getting the process code from the grid")?;
     if !job.inputs.is_empty() {
-        let _ = events.send(RunnerEvent::Fetching {
-            key: job.key.clone(),
-        });
+        let _ = events
+            .send(RunnerEvent::Fetching {
+                key: job.key.clone(),
+            })
+            .await;
         for (f, holders) in &job.inputs {
             ctx.fetcher
                 .ensure(&f.hash, holders)
                 .await
                 .with_context(|| format!("getting shared file '{}' from the grid", f.name))?;
-            let _ = events.send(RunnerEvent::Holding { hash: f.hash });
+            let _ = events.send(RunnerEvent::Holding { hash: f.hash }).await;
         }
     }
     // The rank's checkpoint: this node's own copy if it made the newest one,
@@ -295,9 +300,11 @@ async fn attempt(
     // (its output in the run's stderr log).
     let image = match &job.domain {
         Some(d) => {
-            let _ = events.send(RunnerEvent::Building {
-                key: job.key.clone(),
-            });
+            let _ = events
+                .send(RunnerEvent::Building {
+                    key: job.key.clone(),
+                })
+                .await;
             Some(ctx.executor.prepare_domain(d, &stderr).await?)
         }
         None => None,
@@ -336,9 +343,11 @@ async fn attempt(
         slot: job.slot,
         network: false,
     };
-    let _ = events.send(RunnerEvent::Started {
-        key: job.key.clone(),
-    });
+    let _ = events
+        .send(RunnerEvent::Started {
+            key: job.key.clone(),
+        })
+        .await;
     let (done_tx, done_rx) = watch::channel(false);
     let snapshots = tokio::spawn(checkpoint::keep_snapshotting(
         ctx.clone(),
@@ -385,12 +394,18 @@ async fn attempt(
                 .map(|m| m.len() <= SMALL_FS_WORK)
                 .unwrap_or(true)
         });
+    let inputs: Vec<String> = job.inputs.iter().map(|(f, _)| f.name.clone()).collect();
     let refused = match std::fs::symlink_metadata(app_dir.join("output")) {
         Ok(m) if !m.is_dir() => Some(
             "the program replaced output/ with something that is not a directory (a link?): nothing of it was kept"
                 .to_string(),
         ),
-        _ => None,
+        _ => caps::over_limits(
+            &ctx.result_limits,
+            &app_dir,
+            &inputs,
+            [stdout.as_path(), stderr.as_path()],
+        ),
     };
     let pack = refused.is_none();
     let stored = fs_work(
@@ -454,7 +469,7 @@ async fn attempt(
 async fn watch_progress(
     path: PathBuf,
     key: AttemptKey,
-    events: mpsc::UnboundedSender<RunnerEvent>,
+    events: mpsc::Sender<RunnerEvent>,
     mut done: watch::Receiver<bool>,
 ) {
     let mut last = (None, None);
@@ -467,11 +482,13 @@ async fn watch_progress(
             && report != last
         {
             last = report.clone();
-            let _ = events.send(RunnerEvent::Progress {
-                key: key.clone(),
-                percent: report.0,
-                message: report.1,
-            });
+            let _ = events
+                .send(RunnerEvent::Progress {
+                    key: key.clone(),
+                    percent: report.0,
+                    message: report.1,
+                })
+                .await;
         }
         if ended {
             return;
@@ -535,6 +552,8 @@ fn prepare(
     shared: &[SharedFile],
     restore: Option<BlobHash>,
 ) -> Result<()> {
+    // Checked on load already; checked again where it becomes a path.
+    p.validate().context("the process record")?;
     let app = slot_dir.join("app");
     std::fs::create_dir_all(&app).with_context(|| format!("creating {}", app.display()))?;
     // The owner file says whose checkpoint sits here if the node dies.

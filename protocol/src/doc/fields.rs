@@ -52,22 +52,38 @@ pub(crate) fn map(doc: &AutoCommit, parent: &ObjId, key: &str) -> Result<ObjId> 
     }
 }
 
-/// Every (key, string value) of a map whose values are JSON strings.
-pub(crate) fn json_entries<T: serde::de::DeserializeOwned>(
+/// Every entry of a map whose values are JSON strings, parsed and checked;
+/// the ones that fail go to `skipped` as (`map/key`, why).
+pub(crate) fn json_entries<T: serde::de::DeserializeOwned + super::Checked>(
     doc: &AutoCommit,
     obj: &ObjId,
-) -> Result<Vec<(String, T)>> {
+    map_name: &str,
+    skipped: &super::Skipped,
+) -> Vec<(String, T)> {
     let mut out = Vec::new();
     for item in doc.map_range(obj, ..) {
         let key = item.key.to_string();
-        let ValueRef::Scalar(ScalarValueRef::Str(text)) = item.value else {
-            return Err(Error::document(format!("'{key}' is not a string")));
+        let parsed = match item.value {
+            ValueRef::Scalar(ScalarValueRef::Str(text)) => parse_checked::<T>(&key, &text),
+            _ => Err(Error::document("not a string")),
         };
-        let v = serde_json::from_str(&text)
-            .map_err(|e| Error::document(format!("'{key}' does not parse: {e}")))?;
-        out.push((key, v));
+        match parsed {
+            Ok(v) => out.push((key, v)),
+            Err(e) => skipped.record(format!("{map_name}/{key}"), e.to_string()),
+        }
     }
-    Ok(out)
+    out
+}
+
+/// One JSON value, parsed and checked against the key it sits under.
+pub(crate) fn parse_checked<T: serde::de::DeserializeOwned + super::Checked>(
+    key: &str,
+    text: &str,
+) -> Result<T> {
+    let v: T =
+        serde_json::from_str(text).map_err(|e| Error::document(format!("does not parse: {e}")))?;
+    v.check(key)?;
+    Ok(v)
 }
 
 pub(crate) fn put_json<T: serde::Serialize>(

@@ -39,6 +39,8 @@ pub struct NodeRecord {
 /// The grid document.
 pub struct GridDoc {
     doc: AutoCommit,
+    /// Entries that failed their checks when read (see [`super::checked`]).
+    skipped: super::Skipped,
 }
 
 /// `files`: shared files by name; `holders`: `HASH.NODE` for every node that
@@ -73,7 +75,10 @@ impl GridDoc {
             use automerge::transaction::Transactable;
             doc.put(ROOT, "grid", grid_id)?;
         }
-        let mut g = GridDoc { doc };
+        let mut g = GridDoc {
+            doc,
+            skipped: Default::default(),
+        };
         g.put_room(&Room::general())?;
         g.doc.commit_with(CommitOptions::default().with_time(0));
         g.doc.set_actor(actor);
@@ -88,7 +93,48 @@ impl GridDoc {
         for m in MAPS {
             map(&doc, &ROOT, m)?;
         }
-        Ok(GridDoc { doc })
+        Ok(GridDoc {
+            doc,
+            skipped: Default::default(),
+        })
+    }
+
+    /// Every well-formed entry of map `name` (the others are skipped and
+    /// recorded).
+    fn entries<T: serde::de::DeserializeOwned + super::Checked>(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, T)>> {
+        Ok(json_entries(
+            &self.doc,
+            &self.obj(name)?,
+            name,
+            &self.skipped,
+        ))
+    }
+
+    /// The entry `key` of map `name`; `None` when absent or malformed (then
+    /// recorded).
+    fn one<T: serde::de::DeserializeOwned + super::Checked>(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<T>> {
+        let Some(text) = get_str(&self.doc, &self.obj(name)?, key).unwrap_or(None) else {
+            return Ok(None);
+        };
+        match parse_checked(key, &text) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                self.skipped.record(format!("{name}/{key}"), e.to_string());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Entries skipped so far because they failed their checks.
+    pub fn skipped(&self) -> &super::Skipped {
+        &self.skipped
     }
 
     fn obj(&self, name: &str) -> Result<ObjId> {
@@ -101,10 +147,7 @@ impl GridDoc {
     }
 
     pub fn rooms(&self) -> Result<Vec<Room>> {
-        Ok(json_entries(&self.doc, &self.obj("rooms")?)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        Ok(self.entries("rooms")?.into_iter().map(|(_, r)| r).collect())
     }
 
     pub fn put_process(&mut self, p: &Process) -> Result<()> {
@@ -113,11 +156,12 @@ impl GridDoc {
     }
 
     pub fn process(&self, id: &ProcessId) -> Result<Option<Process>> {
-        get_json(&self.doc, &self.obj("processes")?, id.as_str())
+        self.one("processes", id.as_str())
     }
 
     pub fn processes(&self) -> Result<Vec<Process>> {
-        Ok(json_entries(&self.doc, &self.obj("processes")?)?
+        Ok(self
+            .entries("processes")?
             .into_iter()
             .map(|(_, p)| p)
             .collect())
@@ -129,7 +173,8 @@ impl GridDoc {
     }
 
     pub fn requests(&self) -> Result<Vec<RequestIndex>> {
-        let mut v: Vec<RequestIndex> = json_entries(&self.doc, &self.obj("requests")?)?
+        let mut v: Vec<RequestIndex> = self
+            .entries("requests")?
             .into_iter()
             .map(|(_, r)| r)
             .collect();
@@ -143,10 +188,7 @@ impl GridDoc {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        Ok(json_entries(&self.doc, &self.obj("nodes")?)?
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect())
+        Ok(self.entries("nodes")?.into_iter().map(|(_, n)| n).collect())
     }
 
     pub fn put_domain(&mut self, d: &crate::domain::Domain) -> Result<()> {
@@ -155,11 +197,12 @@ impl GridDoc {
     }
 
     pub fn domain(&self, name: &str) -> Result<Option<crate::domain::Domain>> {
-        get_json(&self.doc, &self.obj("domains")?, name)
+        self.one("domains", name)
     }
 
     pub fn domains(&self) -> Result<Vec<crate::domain::Domain>> {
-        Ok(json_entries(&self.doc, &self.obj("domains")?)?
+        Ok(self
+            .entries("domains")?
             .into_iter()
             .map(|(_, d)| d)
             .collect())
@@ -171,14 +214,11 @@ impl GridDoc {
     }
 
     pub fn file(&self, name: &str) -> Result<Option<SharedFile>> {
-        get_json(&self.doc, &self.obj("files")?, name)
+        self.one("files", name)
     }
 
     pub fn files(&self) -> Result<Vec<SharedFile>> {
-        Ok(json_entries(&self.doc, &self.obj("files")?)?
-            .into_iter()
-            .map(|(_, f)| f)
-            .collect())
+        Ok(self.entries("files")?.into_iter().map(|(_, f)| f).collect())
     }
 
     /// Records that `node` keeps a whole copy of blob `h` (or no longer does).
@@ -214,14 +254,11 @@ impl GridDoc {
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>> {
-        get_json(&self.doc, &self.obj("users")?, name)
+        self.one("users", name)
     }
 
     pub fn users(&self) -> Result<Vec<User>> {
-        Ok(json_entries(&self.doc, &self.obj("users")?)?
-            .into_iter()
-            .map(|(_, u)| u)
-            .collect())
+        Ok(self.entries("users")?.into_iter().map(|(_, u)| u).collect())
     }
 
     pub fn put_token(&mut self, t: &ApiToken) -> Result<()> {
@@ -230,11 +267,12 @@ impl GridDoc {
     }
 
     pub fn token(&self, id: &str) -> Result<Option<ApiToken>> {
-        get_json(&self.doc, &self.obj("tokens")?, id)
+        self.one("tokens", id)
     }
 
     pub fn tokens(&self) -> Result<Vec<ApiToken>> {
-        Ok(json_entries(&self.doc, &self.obj("tokens")?)?
+        Ok(self
+            .entries("tokens")?
             .into_iter()
             .map(|(_, t)| t)
             .collect())
@@ -296,6 +334,7 @@ impl GridDoc {
             PutUser(u) => self.put_user(u),
             PutToken(t) => self.put_token(t),
             RemoveToken(id) => self.remove_token(id).map(|_| ()),
+            RemoveUser(name) => self.remove("users", name).map(|_| ()),
             PutRoom(r) => self.put_room(r),
             PlaceNode(n, r) => self.place_node(n, r.as_deref()),
             SetMinIsolation(l) => self.set_min_isolation(*l),
@@ -336,7 +375,7 @@ impl GridDoc {
 
     /// The record of one node.
     pub fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>> {
-        get_json(&self.doc, &self.obj("nodes")?, id.as_str())
+        self.one("nodes", id.as_str())
     }
 
     pub fn commit(&mut self) -> bool {

@@ -11,11 +11,13 @@
 //! without losing anything. Nested objects are never created concurrently
 //! under the same key (that would hide one of them).
 
+pub mod checked;
 mod fields;
 pub mod grid;
 pub mod request;
 pub mod sync;
 
+pub use checked::{Checked, Skipped};
 pub use grid::{GridDoc, NodeRecord, RequestIndex};
 pub use request::RequestDoc;
 

@@ -31,7 +31,14 @@ pub struct RequestDoc {
     tried: BTreeSet<u32>,
     /// Terminal runs by state (without cancellation, which applies at read time).
     done: RunCounts,
+    /// Attempts that failed their checks at the last rematerialize:
+    /// (`attempts/KEY`, why). Skipped, not used.
+    skipped: Vec<(String, String)>,
 }
+
+/// Highest epoch an attempt may carry. Epochs grow by one per retry or
+/// reassignment; a peer's `u32::MAX` would overflow the next one.
+pub const MAX_EPOCH: u32 = 1 << 24;
 
 impl RequestDoc {
     /// A new document for a validated spec.
@@ -60,6 +67,10 @@ impl RequestDoc {
         }
         let spec: RequestSpec = get_json(&doc, &ROOT, "spec")?
             .ok_or_else(|| Error::document("request document without spec"))?;
+        // A peer's spec is checked like a user's: a repetitions count or a
+        // file name no user could submit makes the request unreadable here.
+        spec.validate()
+            .map_err(|e| Error::document(format!("the request's spec: {e}")))?;
         let attempts_obj = map(&doc, &ROOT, "attempts")?;
         let mut me = RequestDoc {
             doc,
@@ -71,6 +82,7 @@ impl RequestDoc {
             unfinished: BTreeSet::new(),
             tried: BTreeSet::new(),
             done: RunCounts::default(),
+            skipped: Vec::new(),
         };
         me.rematerialize()?;
         Ok(me)
@@ -90,15 +102,17 @@ impl RequestDoc {
                 _ => None,
             })
             .collect();
+        self.skipped.clear();
         for (key, obj) in keys {
-            let a = read_attempt(&self.doc, &key, &obj)?;
+            let a = match read_attempt(&self.doc, &key, &obj).and_then(|a| self.check(a)) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.skipped
+                        .push((format!("attempts/{key}"), e.to_string()));
+                    continue;
+                }
+            };
             self.attempt_objs.insert(key, obj);
-            if a.rank >= self.spec.repetitions {
-                return Err(Error::document(format!(
-                    "attempt for rank {} out of range",
-                    a.rank
-                )));
-            }
             self.attempts.entry(a.rank).or_default().push(a);
         }
         self.unfinished = (0..self.spec.repetitions).collect();
@@ -109,6 +123,28 @@ impl RequestDoc {
             self.refresh_rank(rank);
         }
         Ok(())
+    }
+
+    /// An attempt read from the document, checked against the spec.
+    fn check(&self, a: Attempt) -> Result<Attempt> {
+        if a.rank >= self.spec.repetitions {
+            return Err(Error::document(format!(
+                "rank {} out of range (the request has {})",
+                a.rank, self.spec.repetitions
+            )));
+        }
+        if a.epoch > MAX_EPOCH {
+            return Err(Error::document(format!(
+                "epoch {} is above {MAX_EPOCH}",
+                a.epoch
+            )));
+        }
+        Ok(a)
+    }
+
+    /// Attempts skipped because they failed their checks (`attempts/KEY`, why).
+    pub fn skipped(&self) -> &[(String, String)] {
+        &self.skipped
     }
 
     fn refresh_rank(&mut self, rank: u32) {

@@ -172,11 +172,23 @@ pub(crate) async fn node_form(
 }
 
 pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> Response {
-    let (nodes, access) = match tokio::try_join!(st.svc.nodes(), st.svc.access()) {
-        Ok(x) => x,
-        Err(e) => return failed(e),
-    };
+    let (nodes, access, me) =
+        match tokio::try_join!(st.svc.nodes(), st.svc.access(), st.svc.node_info()) {
+            Ok(x) => x,
+            Err(e) => return failed(e),
+        };
     let body = html! {
+        @if p.who().is_admin() && me.skipped.total > 0 {
+            section.card.skipped {
+                h2 { "Skipped entries (" (me.skipped.total) ")" }
+                p { "This node skips these entries of the grid's documents: they fail its checks, so a faulty or hostile node wrote them. Everything else keeps working; find the node that wrote them." }
+                ul {
+                    @for e in &me.skipped.entries {
+                        li { code { (e.entry) } ": " (e.reason) }
+                    }
+                }
+            }
+        }
         @if p.who().is_admin() {
             section.card.join {
                 h2 { "Add a desktop" }
@@ -260,11 +272,11 @@ pub(crate) async fn users_page(State(st): St, p: Page, flash: Query<Flash>) -> R
     let roles = [Role::User, Role::Operator, Role::Admin];
     let body = html! {
         table.users {
-            thead { tr { th { "User" } th { "Role" } th { "Since" } th { "Change" } } }
+            thead { tr { th { "User" } th { "Role" } th { "Since" } th { "Change" } th { "Account" } } }
             tbody {
                 @for u in &access.users {
                     tr data-user=(u.name) {
-                        td { (u.name) }
+                        td { (u.name) @if u.disabled { " " (super::badge("disabled")) } }
                         td { (u.role.as_str()) }
                         td { (when(u.created_ms)) }
                         td {
@@ -273,6 +285,17 @@ pub(crate) async fn users_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                                 select name="role" { @for r in roles { option value=(r.as_str()) selected[r == u.role] { (r.as_str()) } } }
                                 input type="password" name="password" placeholder="new password (optional)" minlength="8" autocomplete="new-password";
                                 button type="submit" { "Save" }
+                            }
+                        }
+                        td {
+                            form.inline method="post" action={ "/users/" (u.name) } {
+                                (csrf_field(&p))
+                                input type="hidden" name="disabled" value=(if u.disabled { "false" } else { "true" });
+                                button type="submit" { @if u.disabled { "Enable" } @else { "Disable" } }
+                            }
+                            form.inline method="post" action={ "/users/" (u.name) "/delete" } {
+                                (csrf_field(&p))
+                                button.danger type="submit" { "Delete" }
                             }
                         }
                     }
@@ -332,6 +355,8 @@ pub(crate) struct UserChangeForm {
     role: String,
     #[serde(default)]
     password: String,
+    #[serde(default)]
+    disabled: String,
 }
 
 pub(crate) async fn user_change_form(
@@ -349,12 +374,24 @@ pub(crate) async fn user_change_form(
         } else {
             Some(f.role.parse::<Role>()?)
         };
+        let disabled = match f.disabled.as_str() {
+            "" => None,
+            d => Some(d == "true"),
+        };
         let ch = UserChange {
             role,
             password: Some(f.password).filter(|p| !p.is_empty()),
+            disabled,
         };
         let u = apply_user_change(&st, p.who(), &name, ch).await?;
-        Ok(format!("User {} saved ({}).", u.name, u.role.as_str()))
+        Ok(match disabled {
+            Some(true) => format!(
+                "User {} disabled: their sessions and tokens stop working.",
+                u.name
+            ),
+            Some(false) => format!("User {} enabled.", u.name),
+            None => format!("User {} saved ({}).", u.name, u.role.as_str()),
+        })
     }
     .await;
     back(
@@ -450,4 +487,25 @@ pub(crate) async fn revoke_form(
         .await
         .map(|_| "Token revoked.".to_string());
     back("/tokens", r)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(crate) async fn user_delete_form(
+    State(st): St,
+    p: Page,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = p.check_csrf(&f.csrf) {
+        return *r;
+    }
+    let r = crate::accounts::remove_user(&st, p.who(), &name)
+        .await
+        .map(|_| format!("User {name} deleted, with their tokens."));
+    back("/users", r)
 }

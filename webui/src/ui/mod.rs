@@ -51,6 +51,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/nodes/isolation", post(admin::isolation_form))
         .route("/users", get(admin::users_page).post(admin::user_form))
         .route("/users/{name}", post(admin::user_change_form))
+        .route("/users/{name}/delete", post(admin::user_delete_form))
         .route("/tokens", get(admin::tokens_page).post(admin::token_form))
         .route("/tokens/{id}/revoke", post(admin::revoke_form))
         .route("/docs", get(docs::index))

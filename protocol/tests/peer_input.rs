@@ -1,0 +1,149 @@
+//! What a peer writes into a document is checked before use: one malformed
+//! entry is skipped and recorded, never empties a map or a request, and a
+//! spec no user could submit makes its request unreadable (never allocates
+//! or writes where it should not).
+
+mod common;
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
+use common::*;
+use pesc_protocol::NodeId;
+use pesc_protocol::access::{Role, User};
+use pesc_protocol::doc::{GridDoc, RequestDoc};
+use pesc_protocol::model::{Attempt, AttemptState};
+
+fn user(name: &str) -> User {
+    User {
+        name: name.into(),
+        role: Role::User,
+        password_hash: "$argon2id$x".into(),
+        created_ms: 1,
+        disabled: false,
+    }
+}
+
+/// The map object `name` at the root of `doc`.
+fn root_map(doc: &AutoCommit, name: &str) -> automerge::ObjId {
+    match doc.get(ROOT, name).unwrap() {
+        Some((automerge::Value::Object(ObjType::Map), id)) => id,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_malformed_grid_entry_is_skipped_and_the_rest_still_reads() {
+    let mut g = GridDoc::genesis("g", actor("a", 0)).unwrap();
+    g.put_user(&user("alice")).unwrap();
+    g.put_user(&user("carol")).unwrap();
+    let mut p = spec(1, "alice", 1, 0, 1).process;
+    g.put_process(&p).unwrap();
+    let doc = g.doc_mut();
+    let users = root_map(doc, "users");
+    doc.put(&users, "mallory", "{not json").unwrap();
+    // A record under another name's key: would let "bob" log in as admin.
+    let mut admin = user("admin");
+    admin.role = Role::Admin;
+    doc.put(&users, "bob", serde_json::to_string(&admin).unwrap())
+        .unwrap();
+    doc.put(&users, "num", 7).unwrap();
+    // A process whose file name is absolute: would be written on the host.
+    p.file_name = "/etc/cron.d/pwned".into();
+    let procs = root_map(doc, "processes");
+    doc.put(&procs, p.id.as_str(), serde_json::to_string(&p).unwrap())
+        .unwrap();
+    let mut names: Vec<String> = g.users().unwrap().into_iter().map(|u| u.name).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "carol"]);
+    assert!(g.user("bob").unwrap().is_none());
+    assert!(g.user("alice").unwrap().is_some());
+    assert!(g.processes().unwrap().is_empty());
+    assert!(g.process(&p.id).unwrap().is_none());
+    let (skipped, total) = g.skipped().list();
+    assert_eq!(total, 4, "{skipped:?}");
+    let entries: Vec<&str> = skipped.iter().map(|(e, _)| e.as_str()).collect();
+    for e in ["users/mallory", "users/bob", "users/num"] {
+        assert!(entries.contains(&e), "{e} not in {entries:?}");
+    }
+    assert!(
+        skipped
+            .iter()
+            .any(|(e, why)| e.starts_with("processes/") && why.contains("plain file name")),
+        "{skipped:?}"
+    );
+}
+
+#[test]
+fn a_spec_no_user_could_submit_makes_its_request_unreadable() {
+    for (what, edit) in [
+        (
+            "repetitions",
+            Box::new(|s: &mut pesc_protocol::model::RequestSpec| s.repetitions = u32::MAX)
+                as Box<dyn Fn(&mut _)>,
+        ),
+        (
+            "file name",
+            Box::new(|s: &mut pesc_protocol::model::RequestSpec| {
+                s.process.file_name = "/root/.bashrc".into()
+            }),
+        ),
+        (
+            "entry",
+            Box::new(|s: &mut pesc_protocol::model::RequestSpec| {
+                s.process.entry = "../../bin/sh".into()
+            }),
+        ),
+    ] {
+        let mut good = RequestDoc::create(spec(2, "ana", 3, 0, 1), actor("a", 0)).unwrap();
+        let mut bytes = good.save();
+        let mut doc = AutoCommit::load(&bytes).unwrap();
+        let mut s = good.spec().clone();
+        edit(&mut s);
+        doc.put(ROOT, "spec", serde_json::to_string(&s).unwrap())
+            .unwrap();
+        bytes = doc.save();
+        let err = RequestDoc::load(&bytes, actor("b", 0))
+            .err()
+            .unwrap_or_else(|| panic!("a spec with a bad {what} loaded"));
+        assert!(err.to_string().contains("spec"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn malformed_attempts_are_skipped_and_the_request_keeps_its_runs() {
+    let mut d = RequestDoc::create(spec(3, "ana", 3, 0, 1), actor("a", 0)).unwrap();
+    let n = NodeId::new("a");
+    let mut ok = Attempt::claim(0, 0, n.clone(), 1);
+    ok.state = AttemptState::Succeeded;
+    ok.exit_code = Some(0);
+    ok.finished_ms = Some(2);
+    d.put_attempt(&ok).unwrap();
+    d.commit();
+    let doc = d.doc_mut();
+    let attempts = root_map(doc, "attempts");
+    // Epoch u32::MAX: the next epoch would overflow.
+    let top = doc
+        .put_object(&attempts, format!("1.{}.x", u32::MAX), ObjType::Map)
+        .unwrap();
+    doc.put(&top, "state", "running").unwrap();
+    // An unknown state, a rank out of range, a key that is no attempt key.
+    let bogus = doc.put_object(&attempts, "2.0.x", ObjType::Map).unwrap();
+    doc.put(&bogus, "state", "exploded").unwrap();
+    let far = doc.put_object(&attempts, "99.0.x", ObjType::Map).unwrap();
+    doc.put(&far, "state", "running").unwrap();
+    let junk = doc.put_object(&attempts, "junk", ObjType::Map).unwrap();
+    doc.put(&junk, "state", "running").unwrap();
+    d.rematerialize().unwrap();
+    assert_eq!(d.skipped().len(), 4, "{:?}", d.skipped());
+    assert_eq!(
+        d.run(0, |_| true).state,
+        pesc_protocol::model::RunState::Succeeded
+    );
+    let v = d.run(1, |_| true);
+    assert_eq!(v.state, pesc_protocol::model::RunState::Queued);
+    // The saved document, loaded elsewhere, reads the same.
+    let bytes = d.save();
+    let e = RequestDoc::load(&bytes, actor("b", 0)).unwrap();
+    assert_eq!(e.skipped().len(), 4);
+    assert_eq!(e.unfinished_ranks().count(), 2);
+}
