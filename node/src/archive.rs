@@ -10,64 +10,7 @@ use pesc_protocol::model::safe_relative_path;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
-/// Most entries a process zip may hold.
-pub const MAX_ZIP_ENTRIES: usize = 100_000;
-
-/// What a process zip holds, once checked.
-#[derive(Debug)]
-pub struct ZipListing {
-    /// Normalised paths of the files (not directories).
-    pub files: Vec<String>,
-}
-
-/// Checks an uploaded zip: readable, not empty, every path relative and
-/// inside the folder, no links, unpacked size within `max_unpacked`.
-/// Errors are sentences for the user.
-pub fn check_zip(path: &Path, max_unpacked: u64) -> Result<ZipListing, String> {
-    let f = File::open(path).map_err(|e| format!("cannot read the upload: {e}"))?;
-    let mut z = ZipArchive::new(f)
-        .map_err(|e| format!("the uploaded zip cannot be read ({e}): send a valid .zip file"))?;
-    if z.len() > MAX_ZIP_ENTRIES {
-        return Err(format!(
-            "the zip has {} entries; at most {MAX_ZIP_ENTRIES} are allowed",
-            z.len()
-        ));
-    }
-    let mut files = Vec::new();
-    let mut total = 0u64;
-    for i in 0..z.len() {
-        let e = z
-            .by_index_raw(i)
-            .map_err(|e| format!("the uploaded zip is damaged ({e})"))?;
-        let name = e
-            .name()
-            .map_err(|e| format!("the zip has an entry with an unreadable name ({e})"))?
-            .to_string();
-        let clean = safe_relative_path(&name).map_err(|e| {
-            format!("the zip entry {e}; zip the folder's contents with relative paths")
-        })?;
-        if e.is_symlink() {
-            return Err(format!(
-                "the zip entry '{name}' is a symbolic link; links are not allowed"
-            ));
-        }
-        if e.is_dir() {
-            continue;
-        }
-        total = total.saturating_add(e.size());
-        if total > max_unpacked {
-            return Err(format!(
-                "the zip unpacks to more than {} MiB",
-                max_unpacked >> 20
-            ));
-        }
-        files.push(clean);
-    }
-    if files.is_empty() {
-        return Err("the zip holds no files: zip the folder with your program in it".into());
-    }
-    Ok(ZipListing { files })
-}
+pub use crate::zip_check::check_zip;
 
 /// Unpacks a (checked) zip into `dest`, keeping executable bits.
 pub fn extract_zip(zip_path: &Path, dest: &Path) -> Result<()> {

@@ -18,6 +18,7 @@ mod policy;
 mod runner;
 mod service;
 mod store;
+mod zip_check;
 
 use std::path::PathBuf;
 

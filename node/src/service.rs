@@ -306,6 +306,7 @@ impl NodeService for Service {
                 language,
                 &entry,
                 entry_is_command,
+                owner,
             ),
             name,
             kind: meta.kind,
@@ -317,6 +318,7 @@ impl NodeService for Service {
             entry_is_command,
             owner: owner.to_string(),
             created_ms: now_ms(),
+            rooms: pesc_protocol::api::room_list(meta.rooms.as_deref()),
         };
         self.agent.ask(|r| Command::RegisterProcess(p, r)).await?
     }
@@ -350,6 +352,7 @@ impl NodeService for Service {
             size,
             owner: owner.to_string(),
             created_ms: now_ms(),
+            rooms: pesc_protocol::api::room_list(meta.rooms.as_deref()),
         };
         self.agent.ask(|r| Command::PutFile(f, r)).await?
     }

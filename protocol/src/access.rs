@@ -99,10 +99,20 @@ impl Principal {
     pub fn may_see_upload(&self, owner: &str) -> bool {
         self.sees_all() || self.user == owner
     }
-    /// May run a process, use a shared file in a request, or replace a
-    /// shared file that `owner` uploaded: its owner, or an admin.
+    /// May replace a shared file (or change the sharing of an upload)
+    /// that `owner` uploaded: its owner, or an admin.
     pub fn may_use_upload(&self, owner: &str) -> bool {
         self.is_admin() || self.user == owner
+    }
+    /// May see, run or use in a request an upload of `owner` shared with
+    /// `shared` rooms: its owner, an admin (operators see it), or a user of
+    /// one of those rooms.
+    pub fn may_use_shared(&self, owner: &str, shared: &[String], rooms: &[Room]) -> bool {
+        self.may_use_upload(owner)
+            || rooms
+                .iter()
+                .filter(|r| shared.contains(&r.name))
+                .any(|r| self.may_use_room(r))
     }
     /// May send runs to this room.
     pub fn may_use_room(&self, room: &Room) -> bool {
@@ -221,15 +231,50 @@ pub fn check_request_rooms(who: &Principal, wanted: &[String], rooms: &[Room]) -
     Ok(())
 }
 
-/// Checks that `who` may put `what` (a process or shared file, named
-/// `name`, uploaded by `owner`) in a request or replace it.
+/// Checks that `who` may replace `what` (a process or shared file, named
+/// `name`, uploaded by `owner`).
 pub fn check_upload_use(who: &Principal, what: &str, name: &str, owner: &str) -> Result<()> {
     if who.may_use_upload(owner) {
         return Ok(());
     }
     Err(Error::Forbidden(format!(
-        "{what} '{name}' belongs to {owner}: only they (or an admin) may use or replace it; upload your own under another name"
+        "{what} '{name}' belongs to {owner}: only they (or an admin) may replace it; upload your own under another name"
     )))
+}
+
+/// Checks that `who` may put `what` (named `name`, uploaded by `owner`,
+/// shared with `shared` rooms) in a request.
+pub fn check_shared_use(
+    who: &Principal,
+    what: &str,
+    name: &str,
+    owner: &str,
+    shared: &[String],
+    rooms: &[Room],
+) -> Result<()> {
+    if who.may_use_shared(owner, shared, rooms) {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!(
+        "{what} '{name}' belongs to {owner} and is not shared with a room of yours: ask them to share it (upload with rooms=ROOM), or upload your own"
+    )))
+}
+
+/// Checks the rooms an upload is shared with: each exists and its
+/// uploader may use it.
+pub fn check_share_rooms(who: &Principal, shared: &[String], rooms: &[Room]) -> Result<()> {
+    for name in shared {
+        let room = rooms
+            .iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| Error::invalid(format!("no room '{name}' to share with")))?;
+        if !who.may_use_room(room) {
+            return Err(Error::Forbidden(format!(
+                "you cannot share with room '{name}': you are not one of its users"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ pub struct UploadProcess {
     pub entry: Option<String>,
     /// A whole command line instead of an entry file (e.g. `true`).
     pub command: Option<String>,
+    /// Rooms to share it with, comma-separated: their users may run it too.
+    /// Uploading the same code again with other rooms changes the sharing.
+    #[serde(default)]
+    pub rooms: Option<String>,
 }
 
 fn default_kind() -> ProcessKind {
@@ -34,6 +38,20 @@ fn default_kind() -> ProcessKind {
 pub struct UploadFile {
     /// The name runs see the file under in their app dir, e.g. `data.csv`.
     pub name: String,
+    /// Rooms to share it with, comma-separated: their users may use it too.
+    #[serde(default)]
+    pub rooms: Option<String>,
+}
+
+/// The rooms named in an upload's `rooms` (comma-separated; blanks skipped).
+pub fn room_list(rooms: Option<&str>) -> Vec<String> {
+    rooms
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A shared file as `GET /api/v1/files` shows it.

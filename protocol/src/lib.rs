@@ -14,6 +14,7 @@ pub mod blob_tree;
 pub mod doc;
 pub mod domain;
 pub mod error;
+pub mod fuzzing;
 pub mod header;
 pub mod ids;
 pub mod isolation;

@@ -171,11 +171,17 @@ pub struct Process {
     pub entry_is_command: bool,
     pub owner: String,
     pub created_ms: u64,
+    /// Rooms whose users may run it too (besides its owner and admins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
 }
 
 impl Process {
-    /// The process id is derived from its content, so uploading the same code
-    /// with the same settings twice names the same process.
+    /// The process id is derived from its content and its owner, so one
+    /// user uploading the same code with the same settings twice names the
+    /// same process, and another user's identical upload is theirs, never a
+    /// takeover of the first.
+    #[allow(clippy::too_many_arguments)]
     pub fn derive_id(
         code: &BlobHash,
         kind: ProcessKind,
@@ -183,11 +189,12 @@ impl Process {
         language: Language,
         entry: &str,
         entry_is_command: bool,
+        owner: &str,
     ) -> ProcessId {
         let mut h = blake3::Hasher::new();
         h.update(&code.0);
         h.update(&[kind as u8, language as u8, entry_is_command as u8]);
-        for part in [file_name, entry] {
+        for part in [file_name, entry, owner] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -308,6 +315,9 @@ pub struct SharedFile {
     pub size: u64,
     pub owner: String,
     pub created_ms: u64,
+    /// Rooms whose users may use it too (besides its owner and admins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
 }
 
 impl SharedFile {

@@ -65,6 +65,7 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
             entry_is_command: false,
             owner: owner.to_string(),
             created_ms,
+            rooms: Vec::new(),
         },
         repetitions,
         parameters: Vec::new(),

@@ -336,6 +336,48 @@ wait
 }
 
 #[test]
+fn a_runs_memory_processes_and_cpu_are_capped_by_its_slots_control_group() {
+    if !is_root() || !Path::new("/sys/fs/cgroup").exists() {
+        eprintln!("SKIPPED: control groups need a root node and /sys/fs/cgroup");
+        return;
+    }
+    let node = Node::start(1).unwrap();
+    let info: Value = node.http().get("/node").send().unwrap().json().unwrap();
+    let isolation = info["isolation"].as_str().unwrap_or_default().to_string();
+    assert!(isolation.contains("cgroup v"), "{isolation}");
+    let api = node.http();
+    // The run is in its slot's group (no cgroup namespace: the path shows).
+    let id = submit(
+        &api,
+        "cat /proc/self/cgroup > output/output.txt\n",
+        json!({}),
+    );
+    let v = node.wait_for(&id, Duration::from_secs(60), finished);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let zip = node.results_zip(&id, &std::env::temp_dir());
+    let text = pesc_tests::zip_text(&zip, "output.txt").unwrap();
+    assert!(
+        text.contains("/pesc-") && text.contains("/slot-0"),
+        "{text}\n{}",
+        node.log()
+    );
+    // Over its request's memory: killed, whatever it forks.
+    let hog = "python3 -c 'b = bytearray(256 << 20); b[::4096] = b\"x\" * len(b[::4096]); print(len(b))'\n";
+    let id = submit(&api, hog, json!({"limits": {"memory_mb": 64}}));
+    let v = node.wait_for(&id, Duration::from_secs(60), finished);
+    assert_eq!(v["state"], "failed", "{v}");
+    let reason = runs(&v)[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("memory limit (64 MiB)"), "{reason}");
+    // The same program without the limit runs.
+    let id = submit(&api, hog, json!({}));
+    let v = node.wait_for(&id, Duration::from_secs(60), finished);
+    assert_eq!(v["state"], "succeeded", "{v}");
+}
+
+#[test]
 fn what_a_run_makes_the_node_store_is_capped_with_a_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -422,7 +464,7 @@ fn the_data_dir_is_the_nodes_alone() {
 }
 
 #[test]
-fn one_user_cannot_replace_or_use_anothers_uploads() {
+fn uploads_are_their_owners_unless_shared_with_a_room() {
     let node = Node::start(1).unwrap();
     let admin = node.http();
     let alice = admin.add_user("alice", "user");
@@ -489,4 +531,82 @@ fn one_user_cannot_replace_or_use_anothers_uploads() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    // Bob uploading the very same code gets a process of his own; Alice's
+    // stays hers.
+    let same: Value = bob
+        .post("/processes?file_name=job.sh&language=shell")
+        .body("cat data.csv > output/output.txt\n")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_ne!(
+        same["id"], p["id"],
+        "an identical upload took over alice's process"
+    );
+    let mine: Value = alice.get("/processes").send().unwrap().json().unwrap();
+    assert!(
+        mine.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == p["id"] && x["owner"] == "alice")
+    );
+
+    // Shared with a room Bob is in: Bob sees and uses them; Carol, outside
+    // the room, still cannot; nobody but Alice may replace the file.
+    let carol = admin.add_user("carol", "user");
+    let r = admin
+        .post("/rooms")
+        .json(&json!({"name": "lab"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    for who in ["alice", "bob"] {
+        let r = admin
+            .put(&format!("/rooms/lab/users/{who}"))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap_or_default());
+    }
+    let r = alice
+        .post("/files?name=data.csv&rooms=lab")
+        .body("x,y\n1,2\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    let r = alice
+        .post("/processes?file_name=job.sh&language=shell&rooms=lab")
+        .body("cat data.csv > output/output.txt\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = carol
+        .post("/files?name=x.csv&rooms=lab")
+        .body("1\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "carol shared with a room she is not in");
+    let seen: Value = bob.get("/processes").send().unwrap().json().unwrap();
+    assert!(
+        seen.as_array().unwrap().iter().any(|x| x["id"] == p["id"]),
+        "{seen}"
+    );
+    let r = bob
+        .post("/requests")
+        .json(&json!({"process": p["id"], "repetitions": 1, "shared_files": ["data.csv"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    let r = carol
+        .post("/requests")
+        .json(&json!({"process": p["id"], "repetitions": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = bob
+        .post("/files?name=data.csv")
+        .body("poisoned\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "sharing is not handing over");
 }

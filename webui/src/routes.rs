@@ -121,7 +121,8 @@ pub(crate) async fn visible_processes(
     who: &Principal,
 ) -> Result<Vec<pesc_protocol::model::Process>, ApiFailure> {
     let mut all = st.svc.list_processes().await?;
-    all.retain(|p| who.may_see_upload(&p.owner));
+    let rooms = st.svc.access().await?.rooms;
+    all.retain(|p| who.may_see_upload(&p.owner) || who.may_use_shared(&p.owner, &p.rooms, &rooms));
     Ok(all)
 }
 
@@ -131,7 +132,11 @@ pub(crate) async fn visible_files(
     who: &Principal,
 ) -> Result<Vec<pesc_protocol::api::SharedFileInfo>, ApiFailure> {
     let mut all = st.svc.list_files().await?;
-    all.retain(|f| who.may_see_upload(&f.file.owner));
+    let rooms = st.svc.access().await?.rooms;
+    all.retain(|f| {
+        who.may_see_upload(&f.file.owner)
+            || who.may_use_shared(&f.file.owner, &f.file.rooms, &rooms)
+    });
     Ok(all)
 }
 
@@ -150,9 +155,11 @@ async fn upload_process(
 ) -> Result<impl IntoResponse, ApiFailure> {
     let Query(meta) = meta.map_err(|e| {
         ApiFailure::bad_request(format!(
-            "bad upload parameters ({e}); give ?file_name=NAME and optionally kind=file|zip, language, entry, command, name"
+            "bad upload parameters ({e}); give ?file_name=NAME and optionally kind=file|zip, language, entry, command, name, rooms"
         ))
     })?;
+    let shared = pesc_protocol::api::room_list(meta.rooms.as_deref());
+    pesc_protocol::access::check_share_rooms(&c.who, &shared, &st.svc.access().await?.rooms)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let p = st
         .svc
@@ -176,9 +183,11 @@ async fn upload_file(
 ) -> Result<impl IntoResponse, ApiFailure> {
     let Query(meta) = meta.map_err(|e| {
         ApiFailure::bad_request(format!(
-            "bad upload parameters ({e}); give ?name=NAME, the name runs see the file under"
+            "bad upload parameters ({e}); give ?name=NAME, the name runs see the file under, and optionally rooms=ROOM,…"
         ))
     })?;
+    let shared = pesc_protocol::api::room_list(meta.rooms.as_deref());
+    pesc_protocol::access::check_share_rooms(&c.who, &shared, &st.svc.access().await?.rooms)?;
     // Replacing a name someone else uploaded is theirs (or an admin's) to do.
     if let Some(old) = st
         .svc
@@ -284,7 +293,9 @@ async fn create_request(
         body.map_err(|e| ApiFailure::bad_request(format!("bad request body: {}", e.body_text())))?;
     let access = st.svc.access().await?;
     pesc_protocol::access::check_request_rooms(&c.who, &req.rooms, &access.rooms)?;
-    // The process and shared files must be the caller's (or an admin's call).
+    // The process and shared files must be the caller's, shared with a
+    // room of theirs, or it is an admin's call.
+    use pesc_protocol::access::check_shared_use;
     if let Some(p) = st
         .svc
         .list_processes()
@@ -292,12 +303,27 @@ async fn create_request(
         .into_iter()
         .find(|p| p.id == req.process)
     {
-        pesc_protocol::access::check_upload_use(&c.who, "process", &p.name, &p.owner)?;
+        check_shared_use(
+            &c.who,
+            "process",
+            &p.name,
+            &p.owner,
+            &p.rooms,
+            &access.rooms,
+        )?;
     }
     let files = st.svc.list_files().await?;
     for name in &req.shared_files {
         if let Some(f) = files.iter().find(|f| &f.file.name == name) {
-            pesc_protocol::access::check_upload_use(&c.who, "shared file", name, &f.file.owner)?;
+            let f = &f.file;
+            check_shared_use(
+                &c.who,
+                "shared file",
+                name,
+                &f.owner,
+                &f.rooms,
+                &access.rooms,
+            )?;
         }
     }
     Ok((

@@ -1586,6 +1586,7 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
         a.exit_code = Some(match exit {
             Exit::Code(c) => c,
             Exit::Signal(s) => 128 + s,
+            Exit::OverMemory(_) => 128 + libc::SIGKILL,
         });
         a.reason = Some(why);
         return;
@@ -1611,6 +1612,14 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
             a.exit_code = Some(128 + s);
             a.output = o.output;
             a.reason = Some(signal_reason(s));
+        }
+        (Some(Exit::OverMemory(mb)), None) => {
+            a.state = AttemptState::Failed;
+            a.exit_code = Some(128 + libc::SIGKILL);
+            a.output = o.output;
+            a.reason = Some(format!(
+                "the run went over its memory limit ({mb} MiB) and the kernel killed it: ask for more (--memory-mb) or use less"
+            ));
         }
         (None, None) => {
             a.state = AttemptState::Error;

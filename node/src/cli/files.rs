@@ -16,6 +16,10 @@ pub enum FilesCmd {
         /// The name runs see it under in their app dir (default: the file's name).
         #[arg(long)]
         name: Option<String>,
+        /// Share it with this room (repeat for more): its users may use it
+        /// in their requests too. Adding it again changes the sharing.
+        #[arg(long = "share-with", value_name = "ROOM")]
+        share_with: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -34,7 +38,12 @@ pub enum FilesCmd {
 
 pub async fn run(c: &Client, cmd: FilesCmd) -> Result<i32> {
     match cmd {
-        FilesCmd::Add { path, name, json } => {
+        FilesCmd::Add {
+            path,
+            name,
+            share_with,
+            json,
+        } => {
             let name = match name {
                 Some(n) => n,
                 None => path
@@ -53,7 +62,7 @@ pub async fn run(c: &Client, cmd: FilesCmd) -> Result<i32> {
             let f: SharedFileInfo = c
                 .json(
                     c.request(Method::POST, "/files")
-                        .query(&[("name", name)])
+                        .query(&[("name", name), ("rooms", share_with.join(","))])
                         .body(body),
                 )
                 .await?;

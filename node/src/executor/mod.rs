@@ -56,6 +56,8 @@ impl Job {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// The kernel killed the run for going over its memory limit (MiB).
+    OverMemory(u64),
 }
 
 /// How well an executor walls user code in, weakest first.

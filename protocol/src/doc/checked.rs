@@ -43,6 +43,14 @@ fn short(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// The rooms an upload is shared with: a bounded list of room names.
+fn rooms_ok(rooms: &[String]) -> Result<()> {
+    if rooms.len() > crate::limits::MAX_LIST_ITEMS {
+        return Err(Error::document("shared with too many rooms"));
+    }
+    rooms.iter().try_for_each(|r| check_name("room", r))
+}
+
 impl Checked for Room {
     fn check(&self, key: &str) -> Result<()> {
         same_key("room", key, &self.name)?;
@@ -53,6 +61,7 @@ impl Checked for Room {
 impl Checked for Process {
     fn check(&self, key: &str) -> Result<()> {
         same_key("process", key, self.id.as_str())?;
+        rooms_ok(&self.rooms)?;
         self.validate()
     }
 }
@@ -92,6 +101,7 @@ impl Checked for SharedFile {
     fn check(&self, key: &str) -> Result<()> {
         same_key("shared file", key, &self.name)?;
         SharedFile::check_name(&self.name)?;
+        rooms_ok(&self.rooms)?;
         short("the owner", &self.owner)
     }
 }

@@ -10,6 +10,7 @@
 //! this node can do is found once at start by starting a real sandboxed
 //! program ([`Sandbox::probe`]) and reported as its isolation level.
 
+pub mod cgroup;
 pub mod landlock_rules;
 pub mod launch;
 pub mod rootfs;
@@ -102,6 +103,10 @@ pub struct SandboxCaps {
     pub landlock_abi: i32,
     /// Mount, PID, IPC and network namespaces of their own.
     pub namespaces: bool,
+    /// The control groups the slots' runs are in (`cgroup v1`, `cgroup
+    /// v2`), if any.
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 impl SandboxCaps {
@@ -117,7 +122,9 @@ impl SandboxCaps {
         if self.namespaces {
             parts.push("namespaces".to_string());
         }
-        // Resource limits are rlimits (cgroups are not used yet).
+        if let Some(c) = &self.cgroup {
+            parts.push(c.clone());
+        }
         parts.push("rlimits".to_string());
         parts.join(", ")
     }
@@ -145,6 +152,9 @@ pub struct Sandbox {
     locale: Vec<(String, String)>,
     /// What runs may read and execute: the system paths and `read_paths`.
     read_paths: Vec<PathBuf>,
+    /// Control groups for the slots' servers and their runs, when this
+    /// node can make them.
+    cgroups: Option<cgroup::Cgroups>,
 }
 
 /// A running slot server: its requests and answers.
@@ -153,6 +163,8 @@ struct SlotServer {
     /// go there.
     pid: i32,
     child: tokio::process::Child,
+    /// The slot's control group (its server and runs are in it).
+    group: Option<cgroup::SlotGroup>,
     input: tokio::process::ChildStdin,
     answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
@@ -213,6 +225,7 @@ impl Sandbox {
                 .chain(cfg.read_paths.iter().cloned())
                 .collect(),
             cfg,
+            cgroups: None,
         };
         if !sb.cfg.enabled {
             tracing::warn!(
@@ -223,10 +236,12 @@ impl Sandbox {
         std::fs::create_dir_all(scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
         let abi = landlock_rules::abi();
+        sb.cgroups = cgroup::Cgroups::detect(node_id);
         let full = SandboxCaps {
             uid: node_is_root,
             landlock_abi: abi,
             namespaces: true,
+            cgroup: sb.cgroups.as_ref().map(|c| c.describe().to_string()),
         };
         // Without namespaces a slot uid could not reach its app dir inside
         // the node's 0700 data dir: the fallback keeps the node's uid and
@@ -234,6 +249,7 @@ impl Sandbox {
         let reduced = SandboxCaps {
             namespaces: false,
             uid: false,
+            cgroup: None,
             ..full.clone()
         };
         let mut why = Vec::new();
@@ -341,9 +357,24 @@ impl Sandbox {
                 anyhow::bail!("the slot's sandbox server did not start: {}", err.trim());
             }
         };
+        let group = match self.cgroups.as_ref().map(|c| c.slot(slot)) {
+            Some(Ok(g)) => match g.adopt(pid) {
+                Ok(()) => Some(g),
+                Err(e) => {
+                    let _ = child.kill().await;
+                    anyhow::bail!("putting the slot's server in its control group: {e:#}");
+                }
+            },
+            Some(Err(e)) => {
+                let _ = child.kill().await;
+                anyhow::bail!("the slot's control group: {e:#}");
+            }
+            None => None,
+        };
         Ok(SlotServer {
             pid,
             child,
+            group,
             input,
             answers,
         })
@@ -378,7 +409,21 @@ impl Sandbox {
             }
         }
         let server = guard.as_mut().context("slot server")?;
-        let mut line = serde_json::to_string(&self.spec(caps, job))?;
+        let mut spec = self.spec(caps, job);
+        let oom_before = server.group.as_ref().map(|g| g.oom_kills());
+        if let Some(g) = &server.group {
+            // The group caps the whole run (children included); RLIMIT_DATA
+            // would only cap each process, and break programs that reserve
+            // large address ranges.
+            spec.limits.memory = 0;
+            g.set(
+                job.limits.memory_mb.map(|m| m << 20),
+                self.cfg.processes + 1,
+                job.limits.cpus,
+            )
+            .context("setting the run's limits in its control group")?;
+        }
+        let mut line = serde_json::to_string(&spec)?;
         line.push('\n');
         if server.input.write_all(line.as_bytes()).await.is_err() {
             *guard = None;
@@ -412,7 +457,12 @@ impl Sandbox {
                 }
             }
         };
+        let over_memory = match (&server.group, oom_before, job.limits.memory_mb) {
+            (Some(g), Some(before), Some(mb)) if g.oom_kills() > before => Some(mb),
+            _ => None,
+        };
         match ended.as_deref().and_then(|l| l.split_once(' ')) {
+            Some(("exit", _)) if over_memory.is_some() => Ok(over_memory.map(Exit::OverMemory)),
             Some(("exit", st)) => {
                 let st: i32 = st.parse().context("the server's answer")?;
                 Ok(Some(if libc::WIFSIGNALED(st) {
