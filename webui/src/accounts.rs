@@ -312,8 +312,11 @@ struct TokenQuery {
 async fn list_tokens(
     State(st): St,
     Extension(c): Who,
-    Query(q): Query<TokenQuery>,
+    q: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<ApiToken>>, ApiFailure> {
+    let Query(q) = q.map_err(|e| {
+        ApiFailure::bad_request(format!("bad query ({e}): the only one is all=true|false"))
+    })?;
     if q.all {
         need_admin(&c, "list every user's tokens")?;
     }
