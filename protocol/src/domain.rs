@@ -58,6 +58,30 @@ impl Domain {
         })
     }
 
+    /// Checks a domain read from a document (a peer may have written it):
+    /// what [`Domain::new`] checks, and a hash that is its content's, so an
+    /// image tag always names the Dockerfile it was built from.
+    pub fn validate(&self) -> Result<()> {
+        let again = Domain::new(
+            &self.name,
+            &self.dockerfile,
+            &self.requirements,
+            self.template.as_deref(),
+            &self.owner,
+            self.created_ms,
+        )?;
+        if again.hash != self.hash {
+            return Err(Error::invalid(format!(
+                "domain '{}' carries a hash that is not its content's",
+                self.name
+            )));
+        }
+        if self.owner.len() > 256 || self.template.as_ref().is_some_and(|t| t.len() > 256) {
+            return Err(Error::invalid("the domain's owner or template is too long"));
+        }
+        Ok(())
+    }
+
     /// The image a node builds for this domain: one tag per content.
     pub fn image_tag(&self) -> String {
         format!(

@@ -462,6 +462,23 @@ impl RequestSpec {
         for f in &self.shared_files {
             SharedFile::check_name(f)?;
         }
+        // The inputs become files in the app dir: each a plain name, one
+        // per shared file named above (a peer's spec is checked here too).
+        if self.inputs.len() > self.shared_files.len() {
+            return Err(Error::invalid("more inputs than shared files"));
+        }
+        for f in &self.inputs {
+            SharedFile::check_name(&f.name)?;
+            if !self.shared_files.contains(&f.name) {
+                return Err(Error::invalid(format!(
+                    "input '{}' is not one of the request's shared files",
+                    f.name
+                )));
+            }
+        }
+        if let Some(d) = &self.domain {
+            d.validate()?;
+        }
         self.process.validate()?;
         if self.gpu.count > 16 {
             return Err(Error::invalid("a run may ask for at most 16 GPUs"));

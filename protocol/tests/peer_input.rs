@@ -71,6 +71,17 @@ fn a_malformed_grid_entry_is_skipped_and_the_rest_still_reads() {
             .any(|(e, why)| e.starts_with("processes/") && why.contains("plain file name")),
         "{skipped:?}"
     );
+    // A peer overwriting whole maps at the root hides nothing, now or
+    // after a reload.
+    let doc = g.doc_mut();
+    doc.put(ROOT, "users", "gone").unwrap();
+    doc.put_object(ROOT, "rooms", ObjType::Map).unwrap();
+    let bytes = g.save();
+    for g in [g, GridDoc::load(&bytes, actor("b", 0)).unwrap()] {
+        assert_eq!(g.users().unwrap().len(), 2);
+        assert!(g.rooms().unwrap().iter().any(|r| r.name == "General"));
+    }
+    assert!(GridDoc::load_for("another", &bytes, actor("b", 0)).is_err());
 }
 
 #[test]
@@ -94,14 +105,17 @@ fn a_spec_no_user_could_submit_makes_its_request_unreadable() {
             }),
         ),
     ] {
-        let mut good = RequestDoc::create(spec(2, "ana", 3, 0, 1), actor("a", 0)).unwrap();
-        let mut bytes = good.save();
-        let mut doc = AutoCommit::load(&bytes).unwrap();
-        let mut s = good.spec().clone();
+        // Made by a peer as a whole: the creation change carries the spec.
+        let mut s = spec(2, "ana", 3, 0, 1);
         edit(&mut s);
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, "schema", 1u64).unwrap();
+        doc.put(ROOT, "kind", "request").unwrap();
         doc.put(ROOT, "spec", serde_json::to_string(&s).unwrap())
             .unwrap();
-        bytes = doc.save();
+        doc.put_object(ROOT, "cancel", ObjType::Map).unwrap();
+        doc.put_object(ROOT, "attempts", ObjType::Map).unwrap();
+        let bytes = doc.save();
         let err = RequestDoc::load(&bytes, actor("b", 0))
             .err()
             .unwrap_or_else(|| panic!("a spec with a bad {what} loaded"));
@@ -146,4 +160,41 @@ fn malformed_attempts_are_skipped_and_the_request_keeps_its_runs() {
     let e = RequestDoc::load(&bytes, actor("b", 0)).unwrap();
     assert_eq!(e.skipped().len(), 4);
     assert_eq!(e.unfinished_ranks().count(), 2);
+    // A peer overwriting the spec, the attempts or the cancel map at the
+    // root changes nothing: they are the ones the creation made.
+    let mut e = e;
+    let doc = e.doc_mut();
+    let mut big = e_spec_with(doc);
+    big.repetitions = 9;
+    let doc = e.doc_mut();
+    doc.put(ROOT, "spec", serde_json::to_string(&big).unwrap())
+        .unwrap();
+    doc.put(ROOT, "attempts", "gone").unwrap();
+    doc.put_object(ROOT, "cancel", ObjType::Map).unwrap();
+    let c = doc.put_object(ROOT, "cancel2", ObjType::Map).unwrap();
+    doc.put(&c, "x", 1).unwrap();
+    e.rematerialize().unwrap();
+    assert_eq!(e.spec().repetitions, 3);
+    assert_eq!(
+        e.run(0, |_| true).state,
+        pesc_protocol::model::RunState::Succeeded
+    );
+    let bytes = e.save();
+    let f = RequestDoc::load(&bytes, actor("c", 0)).unwrap();
+    assert_eq!(f.spec().repetitions, 3);
+    assert!(!f.is_cancelled());
+    assert_eq!(
+        f.run(0, |_| true).state,
+        pesc_protocol::model::RunState::Succeeded
+    );
+}
+
+/// The spec as the document's root shows it now.
+fn e_spec_with(doc: &mut AutoCommit) -> pesc_protocol::model::RequestSpec {
+    match doc.get(ROOT, "spec").unwrap() {
+        Some((automerge::Value::Scalar(s), _)) => {
+            serde_json::from_str(s.as_str().unwrap()).unwrap()
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -61,6 +61,8 @@ fn still_works(node: &Node, good: &str, tmp: &std::path::Path) {
     let v = node.cli_json(&["status", good, "--json"]);
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(runs(&v).len(), 3);
+    let rooms: Value = api.get("/rooms").send().unwrap().json().unwrap();
+    assert!(rooms.to_string().contains("General"), "{rooms}");
     // New work.
     let prog = write_file(tmp, "again.sh", JOB);
     let v = node.cli_json(&["submit", &prog, "-n", "2", "--wait", "--json"]);
@@ -105,6 +107,9 @@ fn a_hostile_peers_entries_are_skipped_shown_and_harm_nothing() {
     // Forged: what the grid key lets a peer write.
     let pwned = tmp.path().join("pwned");
     edit_doc(&m_dir, "grid", |d| {
+        // Whole maps overwritten at the root: hides nothing.
+        d.put(ROOT, "rooms", "gone").unwrap();
+        d.put(ROOT, "tokens", 0u64).unwrap();
         let users = root_map(d, "users");
         d.put(&users, "mallory", "{not json").unwrap();
         let admin = serde_json::json!({"name": "admin", "role": "admin",

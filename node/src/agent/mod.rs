@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, RunInfo, SharedFileInfo};
 use pesc_protocol::doc::{GridDoc, NodeRecord, RequestDoc, RequestIndex, actor_id};
 use pesc_protocol::lease::{LeaseKey, Sightings};
@@ -324,7 +324,14 @@ impl Agent {
         let mut unreadable = BTreeMap::new();
         for d in store.load_docs()? {
             if d.key == "grid" {
-                grid = Some(GridDoc::load(&d.bytes, actor()).context("loading the grid document")?);
+                // Of this grid, or none: a data dir that joined another grid
+                // (or a document without this grid's genesis) starts afresh.
+                match GridDoc::load_for(&s.grid_id, &d.bytes, actor()) {
+                    Ok(g) => grid = Some(g),
+                    Err(e) => tracing::warn!(
+                        "the stored grid document is not this grid's ({e}): starting afresh"
+                    ),
+                }
                 grid_saved = d.saved;
             } else if let Some(id) = d.key.strip_prefix("req/") {
                 match RequestDoc::load(&d.bytes, actor()) {

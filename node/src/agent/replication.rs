@@ -67,7 +67,22 @@ pub struct Replication {
 /// documents without end by naming request ids it never completes.
 const MAX_PARTIAL: usize = 1024;
 
+/// Partial documents of requests the grid's index does not name (yet).
+const MAX_UNINDEXED: usize = 64;
+
+/// Unreadable requests remembered (beyond, they are refused as partial
+/// documents are).
+const MAX_UNREADABLE: usize = 10_000;
+
 impl Replication {
+    /// Records that request `id` cannot be read here (at most
+    /// [`MAX_UNREADABLE`] are remembered).
+    fn mark_unreadable(&mut self, id: &RequestId, why: String) {
+        if self.unreadable.len() < MAX_UNREADABLE {
+            self.unreadable.insert(id.clone(), why);
+        }
+    }
+
     /// Replication state at start, with the requests found unreadable in
     /// the store.
     pub fn with_unreadable(unreadable: BTreeMap<RequestId, String>) -> Replication {
@@ -79,9 +94,16 @@ impl Replication {
 
     /// The partial document of request `id`, made when first named, unless
     /// the request is unreadable here or too many are partial already.
-    fn partial_for(&mut self, id: &RequestId) -> Result<&mut AutoCommit, String> {
+    fn partial_for(&mut self, id: &RequestId, indexed: bool) -> Result<&mut AutoCommit, String> {
         if let Some(why) = self.unreadable.get(id) {
             return Err(format!("request {id} cannot be read here: {why}"));
+        }
+        // A request's document may arrive before the grid's index names
+        // it (sync order is free), but only a few such strangers are kept.
+        if !indexed && !self.partial.contains_key(id) && self.partial.len() >= MAX_UNINDEXED {
+            return Err(format!(
+                "request {id} is not in the grid's index here yet: send the grid document first"
+            ));
         }
         if !self.partial.contains_key(id) && self.partial.len() >= MAX_PARTIAL {
             return Err(format!(
@@ -199,7 +221,8 @@ impl Agent {
                     }
                 }),
                 None => {
-                    let part = match self.repl.partial_for(id) {
+                    let indexed = self.indexed(id);
+                    let part = match self.repl.partial_for(id, indexed) {
                         Ok(p) => p,
                         Err(e) => return SyncResponse::Refused(e),
                     };
@@ -223,6 +246,16 @@ impl Agent {
                 SyncResponse::Refused(e.to_string())
             }
         }
+    }
+
+    /// Whether the grid's index names request `id` (partial documents are
+    /// kept only for those).
+    fn indexed(&self, id: &RequestId) -> bool {
+        self.grid
+            .requests()
+            .unwrap_or_default()
+            .iter()
+            .any(|r| &r.id == id)
     }
 
     /// A bare request document got changes: does it hold a spec now?
@@ -250,14 +283,10 @@ impl Agent {
                 tracing::info!(request = %id, "request received from the grid");
                 self.request_merged(id);
             }
-            Ok(_) => {
-                self.repl
-                    .unreadable
-                    .insert(id.clone(), "it holds another request's spec".to_string());
-            }
-            Err(e) => {
-                self.repl.unreadable.insert(id.clone(), e.to_string());
-            }
+            Ok(_) => self
+                .repl
+                .mark_unreadable(id, "it holds another request's spec".to_string()),
+            Err(e) => self.repl.mark_unreadable(id, e.to_string()),
         }
         self.log_skipped();
     }
@@ -416,7 +445,9 @@ impl Agent {
                             .merge(&mut incoming)
                             .map(|_| ())
                             .map_err(|e| e.to_string()),
-                        None => self.repl.partial_for(id).and_then(|part| {
+                        // A push is whole: it completes or is found
+                        // unreadable at once, never stays partial.
+                        None => self.repl.partial_for(id, true).and_then(|part| {
                             part.merge(&mut incoming)
                                 .map(|_| ())
                                 .map_err(|e| e.to_string())

@@ -60,6 +60,9 @@ pub fn place(blobs: &BlobStore, slot_dir: &Path, app: &Path, inputs: &[SharedFil
     }
     let mut record = Vec::new();
     for f in inputs {
+        // Checked on load already; checked again where it becomes a path.
+        pesc_protocol::model::SharedFile::check_name(&f.name)
+            .map_err(|e| anyhow::anyhow!("a shared file of the request: {e}"))?;
         let dest = app.join(&f.name);
         let fresh = std::fs::symlink_metadata(&dest).is_err();
         if fresh {

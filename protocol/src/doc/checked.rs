@@ -93,7 +93,7 @@ impl Checked for NodeRecord {
 impl Checked for crate::domain::Domain {
     fn check(&self, key: &str) -> Result<()> {
         same_key("domain", key, &self.name)?;
-        crate::domain::check_name(&self.name)
+        self.validate()
     }
 }
 

@@ -99,16 +99,3 @@ pub(crate) fn put_json<T: serde::Serialize>(
     }
     Ok(())
 }
-
-pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
-    doc: &AutoCommit,
-    obj: &ObjId,
-    key: &str,
-) -> Result<Option<T>> {
-    match get_str(doc, obj, key)? {
-        Some(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::document(format!("'{key}' does not parse: {e}"))),
-        None => Ok(None),
-    }
-}

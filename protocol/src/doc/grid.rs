@@ -39,6 +39,10 @@ pub struct NodeRecord {
 /// The grid document.
 pub struct GridDoc {
     doc: AutoCommit,
+    /// The genesis maps, by name (in [`MAPS`] order), found once: by their
+    /// object ids, never again through the root's keys, so a peer that
+    /// overwrites `users` at the root hides nothing from this node.
+    maps: Vec<ObjId>,
     /// Entries that failed their checks when read (see [`super::checked`]).
     skipped: super::Skipped,
 }
@@ -75,8 +79,13 @@ impl GridDoc {
             use automerge::transaction::Transactable;
             doc.put(ROOT, "grid", grid_id)?;
         }
+        let maps = MAPS
+            .iter()
+            .map(|m| map(&doc, &ROOT, m))
+            .collect::<Result<_>>()?;
         let mut g = GridDoc {
             doc,
+            maps,
             skipped: Default::default(),
         };
         g.put_room(&Room::general())?;
@@ -85,18 +94,35 @@ impl GridDoc {
         Ok(g)
     }
 
-    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
+    /// Loads a saved grid document of grid `grid_id`: its maps are the
+    /// ones its genesis made (whatever its root's keys say now).
+    pub fn load_for(grid_id: &str, bytes: &[u8], actor: ActorId) -> Result<Self> {
         let doc = AutoCommit::load(bytes)?.with_actor(actor);
-        if get_str(&doc, &ROOT, "kind")?.as_deref() != Some("grid") {
-            return Err(Error::document("not a grid document"));
-        }
-        for m in MAPS {
-            map(&doc, &ROOT, m)?;
-        }
+        let genesis = GridDoc::genesis(grid_id, ActorId::random())?;
+        let maps = genesis
+            .maps
+            .iter()
+            .zip(MAPS)
+            .map(|(id, name)| match doc.import(&id.to_string()) {
+                Ok((id, automerge::ObjType::Map)) => Ok(id),
+                _ => Err(Error::document(format!(
+                    "the document lacks grid {grid_id}'s '{name}' (another grid's?)"
+                ))),
+            })
+            .collect::<Result<_>>()?;
         Ok(GridDoc {
             doc,
+            maps,
             skipped: Default::default(),
         })
+    }
+
+    /// Loads a saved grid document of the grid its root names.
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
+        let doc = AutoCommit::load(bytes)?;
+        let grid =
+            get_str(&doc, &ROOT, "grid")?.ok_or_else(|| Error::document("not a grid document"))?;
+        Self::load_for(&grid, bytes, actor)
     }
 
     /// Every well-formed entry of map `name` (the others are skipped and
@@ -138,7 +164,10 @@ impl GridDoc {
     }
 
     fn obj(&self, name: &str) -> Result<ObjId> {
-        map(&self.doc, &ROOT, name)
+        MAPS.iter()
+            .position(|m| *m == name)
+            .and_then(|i| self.maps.get(i).cloned())
+            .ok_or_else(|| Error::document(format!("no map '{name}'")))
     }
 
     pub fn put_room(&mut self, room: &Room) -> Result<()> {

@@ -19,7 +19,11 @@ use crate::run_view::{RunCounts, RunPolicy, RunView, derive_run};
 /// a peer, call [`RequestDoc::rematerialize`].
 pub struct RequestDoc {
     doc: AutoCommit,
+    /// The `attempts` and `cancel` maps the request's creation made, found
+    /// by their object ids (never again through the root's keys, which a
+    /// peer could overwrite), and its spec as created (immutable).
     attempts_obj: ObjId,
+    cancel_obj: ObjId,
     spec: RequestSpec,
     cancelled: bool,
     attempts: BTreeMap<u32, Vec<Attempt>>,
@@ -61,20 +65,18 @@ impl RequestDoc {
     }
 
     /// Wraps a document received from a peer (fails until it holds a spec).
-    pub fn from_automerge(doc: AutoCommit) -> Result<Self> {
-        if get_str(&doc, &ROOT, "kind")?.as_deref() != Some("request") {
-            return Err(Error::document("not a request document"));
-        }
-        let spec: RequestSpec = get_json(&doc, &ROOT, "spec")?
-            .ok_or_else(|| Error::document("request document without spec"))?;
+    pub fn from_automerge(mut doc: AutoCommit) -> Result<Self> {
+        let made = creation(&mut doc)?;
+        let spec: RequestSpec = serde_json::from_str(&made.spec)
+            .map_err(|e| Error::document(format!("the request's spec does not parse: {e}")))?;
         // A peer's spec is checked like a user's: a repetitions count or a
         // file name no user could submit makes the request unreadable here.
         spec.validate()
             .map_err(|e| Error::document(format!("the request's spec: {e}")))?;
-        let attempts_obj = map(&doc, &ROOT, "attempts")?;
         let mut me = RequestDoc {
             doc,
-            attempts_obj,
+            attempts_obj: made.attempts,
+            cancel_obj: made.cancel,
             spec,
             cancelled: false,
             attempts: BTreeMap::new(),
@@ -90,8 +92,7 @@ impl RequestDoc {
 
     /// Rebuilds the view from the document (after a merge or sync).
     pub fn rematerialize(&mut self) -> Result<()> {
-        let cancel = map(&self.doc, &ROOT, "cancel")?;
-        self.cancelled = self.doc.length(&cancel) > 0;
+        self.cancelled = self.doc.length(&self.cancel_obj) > 0;
         self.attempts.clear();
         self.attempt_objs.clear();
         let keys: Vec<(String, ObjId)> = self
@@ -104,7 +105,7 @@ impl RequestDoc {
             .collect();
         self.skipped.clear();
         for (key, obj) in keys {
-            let a = match read_attempt(&self.doc, &key, &obj).and_then(|a| self.check(a)) {
+            let a = match read_attempt(&self.doc, &key, &obj).and_then(|a| self.check(&key, a)) {
                 Ok(a) => a,
                 Err(e) => {
                     self.skipped
@@ -126,7 +127,19 @@ impl RequestDoc {
     }
 
     /// An attempt read from the document, checked against the spec.
-    fn check(&self, a: Attempt) -> Result<Attempt> {
+    fn check(&self, key: &str, a: Attempt) -> Result<Attempt> {
+        // Only the key this node would write: `7.2.N` parses like
+        // `00000007.00002.N` and would shadow the real attempt's map.
+        if a.key() != key {
+            return Err(Error::document(format!(
+                "'{key}' is not in the standard form ({})",
+                a.key()
+            )));
+        }
+        let node = a.node.as_str();
+        if node.len() > 128 || node.contains(char::is_whitespace) {
+            return Err(Error::document("the node id is not one"));
+        }
         if a.rank >= self.spec.repetitions {
             return Err(Error::document(format!(
                 "rank {} out of range (the request has {})",
@@ -325,6 +338,54 @@ impl RequestDoc {
             .filter(|a| a.checkpoint.is_some())
             .max_by_key(|a| (a.epoch, a.finished_ms.is_some(), a.node.as_str()))
     }
+}
+
+/// What a request's creation change made: its spec, its `attempts` and
+/// `cancel` maps.
+struct Creation {
+    spec: String,
+    attempts: ObjId,
+    cancel: ObjId,
+}
+
+/// Finds the change that created the request (a change without
+/// dependencies writing `kind = request`, the spec and both maps at the
+/// root) and what it made. Later writes to those root keys are ignored.
+fn creation(doc: &mut AutoCommit) -> Result<Creation> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let roots: Vec<automerge::Change> = doc
+        .get_changes(&[])
+        .into_iter()
+        .filter(|c| c.deps().is_empty())
+        .collect();
+    for c in roots {
+        let ex = c.decode();
+        let (mut spec, mut attempts, mut cancel, mut kind) = (None, None, None, false);
+        for (i, op) in ex.operations.iter().enumerate() {
+            let (ObjectId::Root, Key::Map(key)) = (&op.obj, &op.key) else {
+                continue;
+            };
+            let id = format!("{}@{}", ex.start_op.get() + i as u64, ex.actor_id);
+            match (key.as_str(), &op.action) {
+                ("kind", OpType::Put(automerge::ScalarValue::Str(k))) => kind = k == "request",
+                ("spec", OpType::Put(automerge::ScalarValue::Str(s))) => spec = Some(s.to_string()),
+                ("attempts", OpType::Make(ObjType::Map)) => attempts = Some(id),
+                ("cancel", OpType::Make(ObjType::Map)) => cancel = Some(id),
+                _ => {}
+            }
+        }
+        if let (true, Some(spec), Some(a), Some(c)) = (kind, spec, attempts, cancel) {
+            let obj = |s: &str| doc.import_obj(s).map_err(Error::from);
+            return Ok(Creation {
+                spec,
+                attempts: obj(&a)?,
+                cancel: obj(&c)?,
+            });
+        }
+    }
+    Err(Error::document(
+        "request document without its creation (no spec yet)",
+    ))
 }
 
 fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
