@@ -58,6 +58,23 @@ pub struct User {
     /// working on every node as soon as the change arrives there.
     #[serde(default)]
     pub disabled: bool,
+    /// Tokens made before this (unix ms) are void: set by a new password,
+    /// so a token made on another node while the password changed does
+    /// not survive it.
+    #[serde(default)]
+    pub tokens_after_ms: u64,
+}
+
+impl User {
+    /// Whether `t` (one of this user's tokens) still counts: made after the
+    /// account itself (a re-made account inherits nothing) and after its
+    /// last new password.
+    pub fn accepts(&self, t: &ApiToken) -> bool {
+        t.user == self.name
+            && !self.disabled
+            && t.created_ms >= self.created_ms
+            && t.created_ms >= self.tokens_after_ms
+    }
 }
 
 /// An API token: the grid keeps only a hash of it.
@@ -243,7 +260,10 @@ pub fn check_upload_use(who: &Principal, what: &str, name: &str, owner: &str) ->
 }
 
 /// Checks that `who` may put `what` (named `name`, uploaded by `owner`,
-/// shared with `shared` rooms) in a request.
+/// shared with `shared` rooms) in a request for `request_rooms`. Someone
+/// it was shared with may send it only to those rooms: what was shared with
+/// a room stays on that room's nodes.
+#[allow(clippy::too_many_arguments)]
 pub fn check_shared_use(
     who: &Principal,
     what: &str,
@@ -251,9 +271,19 @@ pub fn check_shared_use(
     owner: &str,
     shared: &[String],
     rooms: &[Room],
+    request_rooms: &[String],
 ) -> Result<()> {
-    if who.may_use_shared(owner, shared, rooms) {
+    if who.may_use_upload(owner) {
         return Ok(());
+    }
+    if who.may_use_shared(owner, shared, rooms) {
+        if !request_rooms.is_empty() && request_rooms.iter().all(|r| shared.contains(r)) {
+            return Ok(());
+        }
+        return Err(Error::Forbidden(format!(
+            "{what} '{name}' is shared with {} only: send the request there (rooms)",
+            shared.join(", ")
+        )));
     }
     Err(Error::Forbidden(format!(
         "{what} '{name}' belongs to {owner} and is not shared with a room of yours: ask them to share it (upload with rooms=ROOM), or upload your own"
@@ -263,6 +293,12 @@ pub fn check_shared_use(
 /// Checks the rooms an upload is shared with: each exists and its
 /// uploader may use it.
 pub fn check_share_rooms(who: &Principal, shared: &[String], rooms: &[Room]) -> Result<()> {
+    if shared.len() > crate::limits::MAX_LIST_ITEMS {
+        return Err(Error::invalid(format!(
+            "share with at most {} rooms",
+            crate::limits::MAX_LIST_ITEMS
+        )));
+    }
     for name in shared {
         let room = rooms
             .iter()

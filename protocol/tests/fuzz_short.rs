@@ -39,6 +39,7 @@ fn grid_seed() -> Vec<u8> {
         password_hash: "$argon2id$x".into(),
         created_ms: 1,
         disabled: false,
+        tokens_after_ms: 0,
     })
     .unwrap();
     g.put_process(&spec(1, "ana", 1, 0, 1).process).unwrap();

@@ -93,6 +93,7 @@ fn accounts_tokens_and_placements_made_on_different_nodes_merge() {
     let mut g2 = GridDoc::genesis("grid-y", actor("b", 0)).unwrap();
     let ana = User {
         disabled: false,
+        tokens_after_ms: 0,
         name: "ana".into(),
         role: Role::Admin,
         password_hash: "$argon2id$x".into(),

@@ -20,6 +20,7 @@ fn user(name: &str) -> User {
         password_hash: "$argon2id$x".into(),
         created_ms: 1,
         disabled: false,
+        tokens_after_ms: 0,
     }
 }
 

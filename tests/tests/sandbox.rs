@@ -591,12 +591,21 @@ fn uploads_are_their_owners_unless_shared_with_a_room() {
         seen.as_array().unwrap().iter().any(|x| x["id"] == p["id"]),
         "{seen}"
     );
+    // Shared with lab: it goes to lab's nodes only.
     let r = bob
         .post("/requests")
         .json(&json!({"process": p["id"], "repetitions": 1, "shared_files": ["data.csv"]}))
         .send()
         .unwrap();
+    assert_eq!(r.status(), 403, "a shared upload left its room");
+    let r = bob
+        .post("/requests")
+        .json(&json!({"process": p["id"], "repetitions": 1, "shared_files": ["data.csv"], "rooms": ["lab"]}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    let r = carol.post("/files/data.csv/fetch").send().unwrap();
+    assert_eq!(r.status(), 404, "carol fetched a file she may not see");
     let r = carol
         .post("/requests")
         .json(&json!({"process": p["id"], "repetitions": 1}))

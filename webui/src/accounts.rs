@@ -168,6 +168,7 @@ pub(crate) async fn add_user(st: &AppState, n: NewUser) -> Result<User, ApiFailu
     }
     let u = User {
         disabled: false,
+        tokens_after_ms: 0,
         name: n.name,
         role: n.role,
         password_hash: hash_password(n.password).await?,
@@ -221,6 +222,7 @@ pub(crate) async fn apply_user_change(
     if let Some(p) = ch.password {
         check_password(&p)?;
         u.password_hash = hash_password(p).await?;
+        u.tokens_after_ms = unix_now() * 1000;
     }
     st.svc
         .change_access(AccessChange::PutUser(u.clone()))

@@ -295,7 +295,7 @@ pub async fn caller(st: &AppState, headers: &HeaderMap, query: Option<&str>) -> 
         }
         let t = st.svc.token(&token_id(&token)).await.ok()??;
         let u = st.svc.user(&t.user).await.ok()??;
-        if u.disabled {
+        if !u.accepts(&t) {
             return None;
         }
         return Some(Caller {

@@ -213,8 +213,17 @@ async fn upload_file(
 
 async fn fetch_file(
     State(st): Svc,
+    axum::Extension(c): Who,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
+    // Only a file the caller may see (others' look absent).
+    if !visible_files(&st, &c.who)
+        .await?
+        .iter()
+        .any(|f| f.file.name == name)
+    {
+        return Err(ApiFailure::not_found(format!("no shared file '{name}'")));
+    }
     Ok(Json(st.svc.fetch_file(&name).await?))
 }
 
@@ -310,6 +319,7 @@ async fn create_request(
             &p.owner,
             &p.rooms,
             &access.rooms,
+            &req.rooms,
         )?;
     }
     let files = st.svc.list_files().await?;
@@ -323,6 +333,7 @@ async fn create_request(
                 &f.owner,
                 &f.rooms,
                 &access.rooms,
+                &req.rooms,
             )?;
         }
     }

@@ -44,16 +44,36 @@ struct Use {
     disk_bytes: u64,
 }
 
+/// Entries of an app dir walked at most (past them the run is over
+/// `disk_mb` whatever their sizes).
+const MAX_ENTRIES: u64 = 1_000_000;
+
 /// Walks `app` without following links; stops counting once past the
 /// limits (a run that made a million files costs no more than that).
+/// Shared files are left out while they are still the node's own copies
+/// (a run may replace one, but not with a file the node owns).
 fn measure(l: &ResultLimits, app: &Path, inputs: &[String]) -> Use {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let node_uid = unsafe { libc::geteuid() };
     let mut u = Use::default();
+    let is_input = |e: &walkdir::DirEntry| {
+        e.depth() == 1
+            && inputs.iter().any(|n| e.file_name() == n.as_str())
+            && e.metadata().is_ok_and(|m| m.uid() == node_uid)
+    };
     let walk = walkdir::WalkDir::new(app)
         .min_depth(1)
         .follow_links(false)
         .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && inputs.iter().any(|n| e.file_name() == n.as_str())));
+        .filter_entry(|e| !is_input(e));
+    let mut seen = 0u64;
     for e in walk.flatten() {
+        seen += 1;
+        if seen > MAX_ENTRIES || u.disk_bytes > l.disk_mb * MIB {
+            u.disk_bytes = u.disk_bytes.max(l.disk_mb * MIB + 1);
+            break;
+        }
         let in_output = e
             .path()
             .strip_prefix(app)
@@ -120,8 +140,7 @@ pub fn over_limits(
     }
     if u.disk_bytes > l.disk_mb * MIB {
         return Some(format!(
-            "the run left {} MiB in its app dir, over disk_mb = {} MiB ([results] in node.toml)",
-            u.disk_bytes / MIB,
+            "the run left more than disk_mb = {} MiB (or {MAX_ENTRIES} files) in its app dir ([results] in node.toml)",
             l.disk_mb
         ));
     }

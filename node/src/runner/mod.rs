@@ -395,24 +395,25 @@ async fn attempt(
                 .unwrap_or(true)
         });
     let inputs: Vec<String> = job.inputs.iter().map(|(f, _)| f.name.clone()).collect();
-    let refused = match std::fs::symlink_metadata(app_dir.join("output")) {
-        Ok(m) if !m.is_dir() => Some(
-            "the program replaced output/ with something that is not a directory (a link?): nothing of it was kept"
-                .to_string(),
-        ),
-        _ => caps::over_limits(
-            &ctx.result_limits,
-            &app_dir,
-            &inputs,
-            [stdout.as_path(), stderr.as_path()],
-        ),
-    };
-    let pack = refused.is_none();
     let stored = fs_work(
         small,
-        move || -> Result<(Option<BlobHash>, Option<BlobHash>, Option<BlobHash>)> {
+        move || -> Result<Stored> {
+            // Measured here, off the async threads: a run may leave a
+            // great many files.
+            let refused = match std::fs::symlink_metadata(app_dir.join("output")) {
+                Ok(m) if !m.is_dir() => Some(
+                    "the program replaced output/ with something that is not a directory (a link?): nothing of it was kept"
+                        .to_string(),
+                ),
+                _ => caps::over_limits(
+                    &ctx2.result_limits,
+                    &app_dir,
+                    &inputs,
+                    [stdout.as_path(), stderr.as_path()],
+                ),
+            };
             let output_dir = app_dir.join("output");
-            let output = if pack {
+            let output = if refused.is_none() {
                 pack_output(&ctx2.blobs, &output_dir)?
             } else {
                 None
@@ -421,12 +422,12 @@ async fn attempt(
             let err = adopt_log(&ctx2.blobs, &stderr)?;
             // The checkpoint stays with the rank for its next attempt.
             ctx2.save_checkpoint(&app_dir, &req2, rank)?;
-            Ok((output, out, err))
+            Ok((refused, output, out, err))
         },
     )
     .await
     .context("storing the results")?;
-    let (output, stdout, stderr) = stored;
+    let (refused, output, stdout, stderr) = stored;
     let mut replicas = vec![job.node.clone()];
     if run.is_ok() && !*stop.borrow() {
         // Done only once other nodes keep the results too.
@@ -637,6 +638,15 @@ fn has_entries(dir: &Path) -> bool {
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
 }
+
+/// What storing a run's results gives: why it was refused (a limit), and
+/// the hashes of its output archive, stdout and stderr.
+type Stored = (
+    Option<String>,
+    Option<BlobHash>,
+    Option<BlobHash>,
+    Option<BlobHash>,
+);
 
 /// Removes everything inside `dir`, keeping `dir`.
 fn empty_dir(dir: &Path) -> Result<()> {

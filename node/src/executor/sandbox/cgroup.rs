@@ -115,6 +115,7 @@ impl Cgroups {
         let g = SlotGroup {
             version: self.version,
             dirs,
+            last: None,
         };
         match g.version {
             Version::V2 => write(&g.dirs[0].join("cpu.weight"), &RUN_WEIGHT_V2.to_string())?,
@@ -130,6 +131,8 @@ pub struct SlotGroup {
     version: Version,
     /// v1: memory, pids, cpu; v2: one.
     dirs: Vec<PathBuf>,
+    /// The limits written last (a run like the previous one writes none).
+    last: Option<(Option<u64>, u64, Option<u64>)>,
 }
 
 impl SlotGroup {
@@ -143,9 +146,14 @@ impl SlotGroup {
 
     /// Sets the limits for the next run: `memory` bytes (None: no limit),
     /// `processes`, `cpus` (None: no cap, only the lower weight).
-    pub fn set(&self, memory: Option<u64>, processes: u64, cpus: Option<f64>) -> Result<()> {
+    pub fn set(&mut self, memory: Option<u64>, processes: u64, cpus: Option<f64>) -> Result<()> {
         const PERIOD: u64 = 100_000;
         let quota = cpus.map(|c| ((c * PERIOD as f64) as u64).max(1000));
+        if self.last == Some((memory, processes, quota)) {
+            return Ok(());
+        }
+        // Unknown until written in full.
+        self.last = None;
         match self.version {
             Version::V2 => {
                 let d = &self.dirs[0];
@@ -153,6 +161,11 @@ impl SlotGroup {
                     &d.join("memory.max"),
                     &memory.map_or("max".into(), |m| m.to_string()),
                 )?;
+                // No swap past the limit: over it means killed, and said so.
+                let swap = d.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, if memory.is_some() { "0" } else { "max" })?;
+                }
                 write(&d.join("pids.max"), &processes.to_string())?;
                 write(
                     &d.join("cpu.max"),
@@ -160,10 +173,17 @@ impl SlotGroup {
                 )?;
             }
             Version::V1 => {
-                write(
-                    &self.dirs[0].join("memory.limit_in_bytes"),
-                    &memory.map_or("-1".into(), |m| m.to_string()),
-                )?;
+                // memsw (memory + swap) must stay at or above the memory
+                // limit: raise it first, lower it last.
+                let memsw = self.dirs[0].join("memory.memsw.limit_in_bytes");
+                let limit = memory.map_or("-1".into(), |m| m.to_string());
+                if memsw.exists() {
+                    write(&memsw, "-1")?;
+                }
+                write(&self.dirs[0].join("memory.limit_in_bytes"), &limit)?;
+                if memsw.exists() {
+                    write(&memsw, &limit)?;
+                }
                 write(&self.dirs[1].join("pids.max"), &processes.to_string())?;
                 write(&self.dirs[2].join("cpu.cfs_period_us"), &PERIOD.to_string())?;
                 write(
@@ -172,6 +192,7 @@ impl SlotGroup {
                 )?;
             }
         }
+        self.last = Some((memory, processes, quota));
         Ok(())
     }
 

@@ -402,6 +402,10 @@ impl Sandbox {
         {
             match self.start_server(caps, job.slot).await {
                 Ok(s) => *guard = Some(s),
+                // With control groups a launched run would escape them:
+                // the run fails (and goes elsewhere) instead of running
+                // with less than this node reports.
+                Err(e) if self.cgroups.is_some() => return Err(e),
                 Err(e) => {
                     tracing::warn!("slot {}: {e:#}; its runs are launched one by one", job.slot);
                     return Ok(None);
@@ -411,7 +415,7 @@ impl Sandbox {
         let server = guard.as_mut().context("slot server")?;
         let mut spec = self.spec(caps, job);
         let oom_before = server.group.as_ref().map(|g| g.oom_kills());
-        if let Some(g) = &server.group {
+        if let Some(g) = server.group.as_mut() {
             // The group caps the whole run (children included); RLIMIT_DATA
             // would only cap each process, and break programs that reserve
             // large address ranges.
