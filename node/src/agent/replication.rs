@@ -378,9 +378,14 @@ impl Agent {
         if let Err(e) = q.doc.rematerialize() {
             tracing::error!("request {id} after a merge: {e}");
         }
+        // Attempts are read in key order: the new skips are not always
+        // the last ones, so each is logged once by name.
         if q.doc.skipped().len() > before {
             for (entry, why) in q.doc.skipped() {
-                tracing::warn!("request {id}: skipped a malformed entry, {entry}: {why}");
+                let key = format!("req/{id}/{entry}");
+                if self.logged_skips.len() < 10_000 && self.logged_skips.insert(key) {
+                    tracing::warn!("request {id}: skipped a malformed entry, {entry}: {why}");
+                }
             }
         }
         q.dirty = true;

@@ -15,13 +15,15 @@ use super::{AttemptKey, RunnerCtx, RunnerEvent, has_entries, replicate};
 
 /// What a checkpoint dir looks like (paths, sizes, modification times), to
 /// tell whether it changed since the last snapshot without reading it.
-pub fn signature(dir: &Path) -> Option<Vec<(String, u64, u128)>> {
+/// At most `max_entries` entries are read (one more tells it is over).
+pub fn signature(dir: &Path, max_entries: u64) -> Option<Vec<(String, u64, u128)>> {
     if !super::is_real_dir(dir) || !has_entries(dir) {
         return None;
     }
     let mut sig: Vec<(String, u64, u128)> = walkdir::WalkDir::new(dir)
         .follow_root_links(false)
         .into_iter()
+        .take(max_entries.saturating_add(1) as usize)
         .flatten()
         .filter_map(|e| {
             let m = e.metadata().ok()?;
@@ -55,7 +57,22 @@ pub async fn snapshot(
     me: &NodeId,
     stop: &watch::Receiver<bool>,
 ) -> Result<Option<(BlobHash, Vec<NodeId>)>> {
-    let sig = signature(dir);
+    // `checkpoint/` is the run's, like `output/`: capped by the same
+    // limits before the node packs and copies it anywhere.
+    let l = ctx.result_limits.clone();
+    let d = dir.to_path_buf();
+    let sig = tokio::task::spawn_blocking(move || signature(&d, l.output_files)).await?;
+    if let Some(s) = &sig {
+        let l = &ctx.result_limits;
+        let bytes: u64 = s.iter().map(|(_, len, _)| *len).sum();
+        if s.len() as u64 > l.output_files || bytes > l.output_mb << 20 {
+            anyhow::bail!(
+                "checkpoint/ is over output_files = {} or output_mb = {} MiB ([results] in node.toml): not kept",
+                l.output_files,
+                l.output_mb
+            );
+        }
+    }
     if sig.is_none() || sig == *last {
         return Ok(None);
     }
