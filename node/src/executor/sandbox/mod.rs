@@ -414,7 +414,13 @@ impl Sandbox {
         }
         let server = guard.as_mut().context("slot server")?;
         let mut spec = self.spec(caps, job);
-        let oom_before = server.group.as_ref().map(|g| g.oom_kills());
+        // Only a run with a memory limit can be killed for memory: the
+        // others read nothing (two file reads per run add up).
+        let oom_before = server
+            .group
+            .as_ref()
+            .filter(|_| job.limits.memory_mb.is_some())
+            .map(|g| g.oom_kills());
         if let Some(g) = server.group.as_mut() {
             // The group caps the whole run (children included); RLIMIT_DATA
             // would only cap each process, and break programs that reserve
