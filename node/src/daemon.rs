@@ -263,7 +263,9 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
             "the API listens on {addr}, beyond this machine, without TLS: anyone who can reach it and has the token controls this node"
         );
     }
-    std::fs::write(data_dir.join("api.addr"), addr.to_string()).context("writing api.addr")?;
+    // Whole or not at all: a CLI reading it meanwhile never sees it empty.
+    crate::blobs::write_atomic(&data_dir.join("api.addr"), addr.to_string().as_bytes())
+        .context("writing api.addr")?;
     let label = if runner.executor.isolated() {
         ""
     } else {

@@ -199,7 +199,7 @@ exit 1
     let v = node.wait_for(&id, Duration::from_secs(60), finished);
     assert_eq!(v["state"], "succeeded", "{v}");
     let run = &runs(&v)[0];
-    assert_eq!(run["attempts"], 2, "{v}");
+    assert_eq!(run["attempts"], 2, "{v}\n{}", node.log());
     assert_ne!(run["message"].as_str(), Some(token.as_str()));
     let zip = node.results_zip(&id, &tmp.path().join("results"));
     let listing = pesc_tests::zip_text(&zip, "output.txt").unwrap();

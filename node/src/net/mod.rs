@@ -417,7 +417,8 @@ impl NetTask {
             .iter()
             .map(|a| format!("{a}/p2p/{}", self.me))
             .collect();
-        if let Err(e) = std::fs::write(&self.addr_file, addrs.join("\n") + "\n") {
+        let text = addrs.join("\n") + "\n";
+        if let Err(e) = crate::blobs::write_atomic(&self.addr_file, text.as_bytes()) {
             tracing::warn!("cannot write {}: {e}", self.addr_file.display());
         }
         self.emit(NetEvent::Listening(addrs));
