@@ -1600,6 +1600,12 @@ fn finish_attempt(a: &mut Attempt, o: RunnerOutcome, stopping: Option<(AttemptSt
     }
     match (o.exit, o.error) {
         (_, Some(err)) => {
+            // The node's fault, not the program's: worth an operator's look.
+            tracing::warn!(
+                "rank {} (epoch {}) could not run here: {err}",
+                a.rank,
+                a.epoch
+            );
             a.state = AttemptState::Error;
             a.reason = Some(err);
         }

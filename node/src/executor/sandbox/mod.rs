@@ -333,12 +333,18 @@ impl Sandbox {
         let input = child.stdin.take().context("stdin")?;
         let mut answers = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
         let mut pid = None;
+        // `server PID` (from the launcher) and `ready` (from the server it
+        // forked) come in either order: wait for both.
         let started = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut ready = false;
             while let Ok(Some(l)) = answers.next_line().await {
                 match l.split_once(' ') {
                     Some(("server", p)) => pid = p.parse::<i32>().ok(),
-                    None if l == "ready" => return true,
+                    None if l == "ready" => ready = true,
                     _ => return false,
+                }
+                if ready && pid.is_some() {
+                    return true;
                 }
             }
             false

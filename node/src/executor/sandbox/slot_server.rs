@@ -10,7 +10,7 @@
 //! Protocol, one line each way (requests on standard input, answers on
 //! standard output):
 //! - on start: `server PID` (the server's host pid, from the launcher that
-//!   made its namespaces), then `ready`;
+//!   made its namespaces) and `ready` (from the server), in either order;
 //! - node: a [`LaunchSpec`] as JSON (the attempt: argv, environment, uid,
 //!   limits, devices); its logs are `stdout` and `stderr` in the slot dir;
 //! - server: `started` or `error TEXT`; then `exit STATUS` (the program's
