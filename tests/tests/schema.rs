@@ -46,7 +46,11 @@ fn every_answer_of_the_api_matches_its_openapi_document() {
         ])
         // The event stream never ends by design: it is tested on its own.
         .args(["--exclude-path", "/api/v1/events"])
-        .args(["--max-examples", "30", "--workers", "2"])
+        // One worker: Python 3.11's `ast` keeps a process-wide recursion
+        // counter that two threads parsing at once corrupt ("AST
+        // constructor recursion depth mismatch" inside hypothesis), which
+        // failed a CI run with no fault of the API.
+        .args(["--max-examples", "30", "--workers", "1"])
         .current_dir(work.path())
         .env("NO_COLOR", "1")
         .output()
