@@ -36,6 +36,7 @@ fn login(b: &Browser, ui: &str, user: &str, password: &str) {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_browser, ignore = "PESC_SKIP_BROWSER is set")]
 fn a_user_runs_the_integral_example_from_the_browser() {
     if !can_run() {
         return;

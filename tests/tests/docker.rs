@@ -115,6 +115,7 @@ fn finished(v: &Value) -> bool {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn a_python_program_runs_in_an_unprivileged_container_with_the_run_contract() {
     if !can_run() {
         return;
@@ -168,6 +169,7 @@ print("to stderr", file=sys.stderr)
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn exit_codes_come_back_and_cancel_removes_the_container() {
     if !can_run() {
         return;
@@ -209,6 +211,7 @@ fn exit_codes_come_back_and_cancel_removes_the_container() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn a_killed_node_leaves_no_container_after_its_restart() {
     if !can_run() {
         return;
@@ -239,6 +242,7 @@ fn a_killed_node_leaves_no_container_after_its_restart() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn an_image_that_cannot_be_had_fails_the_run_with_the_reason() {
     if !can_run() {
         return;
@@ -294,6 +298,7 @@ fn remove_domain_images(name: &str) {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn a_template_domain_is_built_once_and_runs_python_and_c() {
     if !can_run() {
         return;
@@ -372,6 +377,7 @@ fn a_template_domain_is_built_once_and_runs_python_and_c() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn bad_dockerfiles_are_refused_and_failed_builds_fail_the_runs_with_the_log() {
     if !can_run() {
         return;
@@ -417,6 +423,7 @@ fn bad_dockerfiles_are_refused_and_failed_builds_fail_the_runs_with_the_log() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn a_node_without_docker_leaves_domain_runs_to_others() {
     if !can_run() {
         return;
@@ -448,6 +455,7 @@ fn a_node_without_docker_leaves_domain_runs_to_others() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn a_python_directory_with_several_modules_runs_in_a_container() {
     if !can_run() {
         return;
@@ -493,6 +501,7 @@ fn nano_cpus(container: &str) -> i64 {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn another_user_at_the_desktop_slows_runs_and_stops_new_ones() {
     if !can_run() {
         return;
@@ -557,6 +566,7 @@ fn another_user_at_the_desktop_slows_runs_and_stops_new_ones() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn r_scripts_and_java_jars_run_in_their_domains() {
     if !can_run() {
         return;
@@ -612,6 +622,7 @@ fn r_scripts_and_java_jars_run_in_their_domains() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn shared_files_are_read_only_mounts_in_containers() {
     if !can_run() {
         return;
@@ -645,6 +656,7 @@ fn shared_files_are_read_only_mounts_in_containers() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn links_a_container_plants_are_never_followed_by_the_node() {
     if !can_run() {
         return;

@@ -37,6 +37,7 @@ fn view(v: &Value) -> Vec<(String, String, u64)> {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_netns, ignore = "PESC_SKIP_NETNS is set")]
 fn three_nodes_find_each_other_by_mdns_and_share_a_request() {
     if !can_run() {
         return;
@@ -64,6 +65,7 @@ fn three_nodes_find_each_other_by_mdns_and_share_a_request() {
 }
 
 #[test]
+#[cfg_attr(pesc_skip_netns, ignore = "PESC_SKIP_NETNS is set")]
 fn a_partitioned_node_converges_after_the_link_heals() {
     if !can_run() {
         return;

@@ -283,6 +283,10 @@ fn a_fifo_hangs_nothing_and_cancel_leaves_no_process_behind() {
 }
 
 #[test]
+#[cfg_attr(
+    pesc_not_root,
+    ignore = "needs a root node (slot uids, control groups)"
+)]
 fn a_fork_bomb_and_a_disk_filler_are_contained_and_fail_with_a_reason() {
     if !is_root() {
         eprintln!("SKIPPED: process limits per slot uid need a root node");
@@ -336,6 +340,10 @@ wait
 }
 
 #[test]
+#[cfg_attr(
+    pesc_not_root,
+    ignore = "needs a root node (slot uids, control groups)"
+)]
 fn a_runs_memory_processes_and_cpu_are_capped_by_its_slots_control_group() {
     if !is_root() || !Path::new("/sys/fs/cgroup").exists() {
         eprintln!("SKIPPED: control groups need a root node and /sys/fs/cgroup");
