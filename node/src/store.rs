@@ -192,17 +192,24 @@ impl Store {
 }
 
 /// Something to do once a batch is durable (e.g. answer a submit).
-pub type AfterCommit = Box<dyn FnOnce() + Send>;
+/// Called once its batch is written: `true` if it is on disk, `false` if
+/// the write failed (the caller must not say it is kept).
+pub type AfterCommit = Box<dyn FnOnce(bool) + Send>;
 
 /// Writes batches on a thread of its own, in order, so the agent never
 /// waits for the disk; callbacks run after their batch is durable.
 pub struct StoreWriter {
     tx: std::sync::mpsc::Sender<(Vec<DocWrite>, Vec<AfterCommit>)>,
+    /// Set when a write failed: the chunks of that batch are lost, so the
+    /// agent's next writes must be full snapshots.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StoreWriter {
     pub fn spawn(store: std::sync::Arc<Store>) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<(Vec<DocWrite>, Vec<AfterCommit>)>();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = failed.clone();
         std::thread::Builder::new()
             .name("pesc-store".into())
             .spawn(move || {
@@ -212,15 +219,25 @@ impl StoreWriter {
                         writes.extend(w);
                         after.extend(a);
                     }
-                    if let Err(e) = store.write(writes) {
-                        tracing::error!("writing the node database failed: {e:#}");
-                    }
+                    let ok = match store.write(writes) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!("writing the node database failed: {e:#}");
+                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                            false
+                        }
+                    };
                     for f in after {
-                        f();
+                        f(ok);
                     }
                 }
             })?;
-        Ok(StoreWriter { tx })
+        Ok(StoreWriter { tx, failed })
+    }
+
+    /// Whether a write failed since the last call (and forgets it).
+    pub fn take_failure(&self) -> bool {
+        self.failed.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn send(&self, writes: Vec<DocWrite>, after: Vec<AfterCommit>) {

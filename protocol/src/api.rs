@@ -160,6 +160,11 @@ pub struct RequestInfo {
     /// Per-rank detail; left out of lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs: Option<Vec<RunInfo>>,
+    /// In the answer to a submit only: whether another node confirmed it
+    /// holds a copy (false: the request depends on this node until they
+    /// sync, e.g. a node alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by_peer: Option<bool>,
 }
 
 /// `GET /api/v1/node`.

@@ -82,6 +82,9 @@ fn a_hostile_peers_entries_are_skipped_shown_and_harm_nothing() {
     let good = good["id"].as_str().unwrap().to_string();
     let process: Value = a.http().get("/processes").send().unwrap().json().unwrap();
     let process = process[0].clone();
+    // Alone, a submit says no other node holds a copy yet.
+    let r: Value = a.http().submit_script(JOB, 1, &[]).json().unwrap();
+    assert_eq!(r["held_by_peer"], false, "{r}");
 
     // Mallory joins, learns the grid and the request, and stops.
     let m_dir = tmp.path().join("mallory");
@@ -102,6 +105,9 @@ fn a_hostile_peers_entries_are_skipped_shown_and_harm_nothing() {
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", m.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // With a peer, the submit answer says it holds a copy too.
+    let r: Value = a.http().submit_script(JOB, 1, &[]).json().unwrap();
+    assert_eq!(r["held_by_peer"], true, "{r}");
     m.stop(Duration::from_secs(10));
 
     // Forged: what the grid key lets a peer write.

@@ -940,11 +940,12 @@ impl Agent {
         }
     }
 
-    /// Resolves once everything changed so far is on disk (after this batch's commit).
-    fn durable(&mut self) -> oneshot::Receiver<()> {
+    /// Resolves once this batch is written: `true` when everything changed
+    /// so far is on disk, `false` when the write failed.
+    fn durable(&mut self) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
-        self.after_commit.push(Box::new(move || {
-            let _ = tx.send(());
+        self.after_commit.push(Box::new(move |ok| {
+            let _ = tx.send(ok);
         }));
         rx
     }
@@ -972,6 +973,17 @@ impl Agent {
     }
 
     fn persist(&mut self) -> Result<()> {
+        if self.writer.take_failure() {
+            // The failed batch's chunks are lost: every document is written
+            // whole next, so nothing stays missing on disk.
+            tracing::warn!("writing every document whole after a failed write");
+            self.grid_saved = SavedDoc::default();
+            self.grid_dirty = true;
+            for q in self.requests.values_mut() {
+                q.saved = SavedDoc::default();
+                q.dirty = true;
+            }
+        }
         let mut writes = Vec::new();
         let mut changed = false;
         let committed = self.grid.commit();
@@ -1450,6 +1462,7 @@ impl Agent {
             counts,
             version: q.version,
             runs,
+            held_by_peer: None,
         })
     }
 

@@ -489,8 +489,12 @@ impl Agent {
         let net = self.net.clone();
         tokio::spawn(async move {
             let mut resp = fetch_all(&runner, &blobs, from).await;
-            if durable.await.is_err() {
-                resp = SyncResponse::Refused("the node is shutting down".into());
+            match durable.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    resp = SyncResponse::Refused("this node could not write it to disk".into())
+                }
+                Err(_) => resp = SyncResponse::Refused("the node is shutting down".into()),
             }
             net.send(NetCmd::RespondSync { channel, resp });
         });
@@ -530,7 +534,16 @@ impl Agent {
         let id = info.id.clone();
         let durable = self.durable();
         tokio::spawn(async move {
-            let _ = durable.await;
+            // Not on disk: the submit fails (the user submits again), it is
+            // never answered as kept.
+            if !durable.await.unwrap_or(false) {
+                let _ = reply.send(Err(pesc_webui::ApiFailure::internal(
+                    "the request could not be written to this node's disk: submit it again (and see the node's log)",
+                )));
+                return;
+            }
+            let mut info = info;
+            info.held_by_peer = Some(false);
             if let (Some((data, code)), false) = (push, peers.is_empty()) {
                 let mut asks = futures_util::stream::FuturesUnordered::new();
                 for p in peers {
@@ -553,7 +566,10 @@ impl Agent {
                     None
                 };
                 match tokio::time::timeout(PUSH_TIMEOUT, first_holder).await {
-                    Ok(Some(p)) => tracing::debug!(request = %id, "held by {p} too"),
+                    Ok(Some(p)) => {
+                        tracing::debug!(request = %id, "held by {p} too");
+                        info.held_by_peer = Some(true);
+                    }
                     _ => tracing::warn!(
                         request = %id,
                         "no other node confirmed a copy of the request: it depends on this node until they sync"

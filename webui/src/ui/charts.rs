@@ -306,6 +306,7 @@ mod tests {
             waiting: None,
             version: 1,
             runs: Some(runs),
+            held_by_peer: None,
         }
     }
 
