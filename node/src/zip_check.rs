@@ -103,12 +103,6 @@ mod tests {
                 }
             }
         }
-        pesc_protocol::fuzzing::short_run(
-            "zip_check",
-            &[seed],
-            20_000,
-            std::time::Duration::from_secs(20),
-            target,
-        );
+        pesc_protocol::fuzzing::short_run("zip_check", &[seed], 20_000, target);
     }
 }

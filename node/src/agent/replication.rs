@@ -221,7 +221,8 @@ impl Agent {
                     }
                 }),
                 None => {
-                    let indexed = self.indexed(id);
+                    // Parsing the index only for a request not yet arriving here.
+                    let indexed = self.repl.partial.contains_key(id) || self.indexed(id);
                     let part = match self.repl.partial_for(id, indexed) {
                         Ok(p) => p,
                         Err(e) => return SyncResponse::Refused(e),

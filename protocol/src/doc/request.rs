@@ -353,12 +353,15 @@ struct Creation {
 /// root) and what it made. Later writes to those root keys are ignored.
 fn creation(doc: &mut AutoCommit) -> Result<Creation> {
     use automerge::legacy::{Key, ObjectId, OpType};
-    let roots: Vec<automerge::Change> = doc
-        .get_changes(&[])
+    // Metadata first: only the changes without dependencies are decoded
+    // (a large request has thousands of changes; this runs at every load).
+    let roots: Vec<automerge::ChangeHash> = doc
+        .get_changes_meta(&[])
         .into_iter()
-        .filter(|c| c.deps().is_empty())
+        .filter(|m| m.deps.is_empty())
+        .map(|m| m.hash)
         .collect();
-    for c in roots {
+    for c in roots.iter().filter_map(|h| doc.get_change_by_hash(h)) {
         let ex = c.decode();
         let (mut spec, mut attempts, mut cancel, mut kind) = (None, None, None, false);
         for (i, op) in ex.operations.iter().enumerate() {
