@@ -62,24 +62,6 @@ impl PolicyConfig {
     }
 }
 
-/// Why the node takes no new runs now, if it does not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pause {
-    /// Others use this much of the CPU (percent).
-    Busy(u32),
-    /// These users are logged in at the desktop.
-    Owner(Vec<String>),
-}
-
-impl std::fmt::Display for Pause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Pause::Busy(p) => write!(f, "the machine is busy ({p} % CPU used by others)"),
-            Pause::Owner(u) => write!(f, "{} logged in at this desktop", u.join(", ")),
-        }
-    }
-}
-
 /// CPU counters: (busy, total) jiffies of the machine, and the jiffies each
 /// process of this node and its runs has used (with its finished children).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -211,22 +211,20 @@ impl NodeService for Service {
 
     async fn user(&self, name: &str) -> Result<Option<User>, ApiFailure> {
         self.agent
-            .ask(|r| Command::User(name.to_string(), r))
-            .await?
+            .call(|r| Command::User(name.to_string(), r))
+            .await
     }
 
     async fn token(&self, id: &str) -> Result<Option<ApiToken>, ApiFailure> {
-        self.agent
-            .ask(|r| Command::Token(id.to_string(), r))
-            .await?
+        self.agent.call(|r| Command::Token(id.to_string(), r)).await
     }
 
     async fn access(&self) -> Result<AccessState, ApiFailure> {
-        self.agent.ask(Command::Access).await?
+        self.agent.call(Command::Access).await
     }
 
     async fn change_access(&self, change: AccessChange) -> Result<(), ApiFailure> {
-        self.agent.ask(|r| Command::ChangeAccess(change, r)).await?
+        self.agent.call(|r| Command::ChangeAccess(change, r)).await
     }
 
     async fn nodes(&self) -> Result<Vec<pesc_protocol::api::GridNode>, ApiFailure> {
@@ -320,7 +318,7 @@ impl NodeService for Service {
             created_ms: now_ms(),
             rooms: pesc_protocol::api::room_list(meta.rooms.as_deref()),
         };
-        self.agent.ask(|r| Command::RegisterProcess(p, r)).await?
+        self.agent.call(|r| Command::RegisterProcess(p, r)).await
     }
 
     async fn list_processes(&self) -> Result<Vec<Process>, ApiFailure> {
@@ -354,7 +352,7 @@ impl NodeService for Service {
             created_ms: now_ms(),
             rooms: pesc_protocol::api::room_list(meta.rooms.as_deref()),
         };
-        self.agent.ask(|r| Command::PutFile(f, r)).await?
+        self.agent.call(|r| Command::PutFile(f, r)).await
     }
 
     async fn list_files(&self) -> Result<Vec<SharedFileInfo>, ApiFailure> {
@@ -364,8 +362,8 @@ impl NodeService for Service {
     async fn fetch_file(&self, name: &str) -> Result<SharedFileInfo, ApiFailure> {
         let info = self
             .agent
-            .ask(|r| Command::File(name.to_string(), r))
-            .await??;
+            .call(|r| Command::File(name.to_string(), r))
+            .await?;
         if !info.here {
             self.runner
                 .fetcher
@@ -381,8 +379,8 @@ impl NodeService for Service {
                 .await?;
         }
         self.agent
-            .ask(|r| Command::File(name.to_string(), r))
-            .await?
+            .call(|r| Command::File(name.to_string(), r))
+            .await
     }
 
     async fn events(&self, since: u64, owner: Option<String>) -> Result<ByteStream, ApiFailure> {
@@ -492,7 +490,7 @@ impl NodeService for Service {
             crate::agent::now_ms(),
         )
         .map_err(bad)?;
-        self.agent.ask(|r| Command::PutDomain(domain, r)).await?
+        self.agent.call(|r| Command::PutDomain(domain, r)).await
     }
 
     async fn list_domains(&self) -> Result<Vec<Domain>, ApiFailure> {
@@ -501,8 +499,8 @@ impl NodeService for Service {
 
     async fn get_domain(&self, name: &str) -> Result<Domain, ApiFailure> {
         self.agent
-            .ask(|r| Command::Domain(name.to_string(), r))
-            .await?
+            .call(|r| Command::Domain(name.to_string(), r))
+            .await
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiFailure> {
@@ -523,8 +521,8 @@ impl NodeService for Service {
         owner: &str,
     ) -> Result<RequestInfo, ApiFailure> {
         self.agent
-            .ask(|r| Command::Submit(req, owner.to_string(), r))
-            .await?
+            .call(|r| Command::Submit(req, owner.to_string(), r))
+            .await
     }
 
     async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure> {
@@ -545,12 +543,12 @@ impl NodeService for Service {
             versions.borrow_and_update();
             let info = self
                 .agent
-                .ask(|r| Command::Get {
+                .call(|r| Command::Get {
                     id: id.to_string(),
                     runs: with_runs,
                     reply: r,
                 })
-                .await??;
+                .await?;
             // Answer at once without a version, and as soon as the request is
             // finished; other changes at most every LONG_POLL_MIN so a watcher
             // of a fast request does not spin.
@@ -577,11 +575,11 @@ impl NodeService for Service {
 
     async fn cancel_request(&self, id: &str) -> Result<RequestInfo, ApiFailure> {
         self.agent
-            .ask(|r| Command::Cancel {
+            .call(|r| Command::Cancel {
                 id: id.to_string(),
                 reply: r,
             })
-            .await?
+            .await
     }
 
     async fn logs(
@@ -597,12 +595,12 @@ impl NodeService for Service {
         };
         let src = self
             .agent
-            .ask(|r| Command::Log {
+            .call(|r| Command::Log {
                 id: id.to_string(),
                 rank,
                 reply: r,
             })
-            .await??;
+            .await?;
         match src {
             LogSource::Stored {
                 stdout,
@@ -635,11 +633,11 @@ impl NodeService for Service {
     async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure> {
         let plan = self
             .agent
-            .ask(|r| Command::Results {
+            .call(|r| Command::Results {
                 id: id.to_string(),
                 reply: r,
             })
-            .await??;
+            .await?;
         // Outputs made on other nodes come here first.
         for (rank, output, stdout, holders) in &plan.ranks {
             for h in [output, stdout].into_iter().flatten() {
@@ -711,10 +709,10 @@ fn follow_log(
             let agent = agent.clone();
             let id = id.clone();
             async move {
-                match agent.ask(|r| Command::Log { id, rank, reply: r }).await {
-                    Ok(Ok(s)) => Some(s),
-                    _ => None,
-                }
+                agent
+                    .call(|r| Command::Log { id, rank, reply: r })
+                    .await
+                    .ok()
             }
         };
         let pick = |stdout: Option<BlobHash>, stderr: Option<BlobHash>| {

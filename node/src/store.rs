@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+pub use pesc_protocol::node::{DocWrite, SavedDoc, StoredDoc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Full saves, one per document.
@@ -13,69 +14,8 @@ const CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("doc_ch
 /// Small values: grid id, …
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// A write to apply in one transaction.
-pub enum DocWrite {
-    /// Append an incremental save.
-    Chunk {
-        key: String,
-        seq: u64,
-        bytes: Vec<u8>,
-    },
-    /// Replace everything of this document with a full save (compaction).
-    Snapshot { key: String, bytes: Vec<u8> },
-}
-
 pub struct Store {
     db: Database,
-}
-
-/// A stored document: its bytes (snapshot then chunks) and where it stands.
-pub struct StoredDoc {
-    pub key: String,
-    pub bytes: Vec<u8>,
-    pub saved: SavedDoc,
-}
-
-/// Compact a document into a snapshot after this many incremental chunks.
-const COMPACT_AFTER_CHUNKS: u64 = 256;
-
-/// Where a document stands in the store: the chunks after its snapshot.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SavedDoc {
-    chunks: u64,
-    next_seq: u64,
-}
-
-impl SavedDoc {
-    /// The write that saves a document's new changes: a chunk, or a full
-    /// snapshot when the document has none yet or has gathered too many
-    /// chunks. `save(true)` gives a full save, `save(false)` an incremental one.
-    pub fn next_write(
-        &mut self,
-        key: String,
-        save: impl FnOnce(bool) -> Vec<u8>,
-    ) -> Option<DocWrite> {
-        let write = if self.next_seq == 0 || self.chunks >= COMPACT_AFTER_CHUNKS {
-            self.chunks = 0;
-            DocWrite::Snapshot {
-                key,
-                bytes: save(true),
-            }
-        } else {
-            let bytes = save(false);
-            if bytes.is_empty() {
-                return None;
-            }
-            self.chunks += 1;
-            DocWrite::Chunk {
-                key,
-                seq: self.next_seq,
-                bytes,
-            }
-        };
-        self.next_seq += 1;
-        Some(write)
-    }
 }
 
 impl Store {
@@ -156,8 +96,7 @@ impl Store {
             });
             let d = &mut out[idx];
             d.bytes.extend_from_slice(v.value());
-            d.saved.chunks += 1;
-            d.saved.next_seq = seq + 1;
+            d.saved.loaded_chunk(seq);
         }
         Ok(out)
     }

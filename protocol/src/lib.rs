@@ -23,6 +23,7 @@ pub mod lease;
 pub mod limits;
 pub mod liveness;
 pub mod model;
+pub mod node;
 pub mod progress;
 pub mod run_view;
 pub mod schedule;

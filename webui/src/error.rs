@@ -77,3 +77,17 @@ impl IntoResponse for ApiFailure {
             .into_response()
     }
 }
+
+impl From<pesc_protocol::node::NodeError> for ApiFailure {
+    fn from(e: pesc_protocol::node::NodeError) -> Self {
+        use pesc_protocol::node::NodeError as E;
+        match e {
+            E::Invalid(m) => ApiFailure::bad_request(m),
+            E::Forbidden(m) => ApiFailure::forbidden(m),
+            E::NotFound(m) => ApiFailure::not_found(m),
+            E::Conflict(m) => ApiFailure::conflict(m),
+            E::Internal(m) => ApiFailure::internal(m),
+            E::Unavailable(m) => ApiFailure::unavailable(m),
+        }
+    }
+}

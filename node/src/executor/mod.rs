@@ -51,14 +51,8 @@ impl Job {
     }
 }
 
-/// How the program ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-    /// The kernel killed the run for going over its memory limit (MiB).
-    OverMemory(u64),
-}
+/// How a program ended (the protocol core turns it into an attempt state).
+pub use pesc_protocol::node::Exit;
 
 /// How well an executor walls user code in, weakest first.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,109 +16,18 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use pesc_protocol::header::{DEFAULT_MASTER_PORT, RunContext, header_args, header_env};
 use pesc_protocol::model::{Process, ProcessKind, SharedFile};
-use pesc_protocol::{BlobHash, NodeId, RequestId};
+use pesc_protocol::{BlobHash, RequestId};
 use tokio::sync::{mpsc, watch};
 
 use crate::archive;
 use crate::blobs::BlobStore;
 use crate::executor::{Executor, Exit, Job};
 
-/// Which attempt: (request, rank, epoch).
-pub type AttemptKey = (RequestId, u32, u32);
-
-/// What to run.
-pub struct AttemptJob {
-    pub key: AttemptKey,
-    pub node: NodeId,
-    pub process: Process,
-    pub world_size: u32,
-    pub parameters: Vec<String>,
-    /// Which of the node's slot workspaces to use.
-    pub slot: usize,
-    /// Shared files the run needs, each with the nodes known to hold it.
-    pub inputs: Vec<(SharedFile, Vec<NodeId>)>,
-    /// The rank's newest checkpoint recorded in the grid: (blob, holders,
-    /// node that made it).
-    pub restore: Option<(BlobHash, Vec<NodeId>, NodeId)>,
-    /// How many other nodes must keep the results before the run is done.
-    pub copies: usize,
-    /// The environment to run in (its image is built here if need be).
-    pub domain: Option<pesc_protocol::domain::Domain>,
-    /// Memory and CPUs per run, as the request asks.
-    pub limits: pesc_protocol::model::RunLimits,
-    /// The GPUs this attempt holds.
-    pub gpus: Vec<pesc_protocol::model::Gpu>,
-}
-
-/// How an attempt ended, as the runner saw it.
-#[derive(Debug)]
-pub struct RunnerOutcome {
-    pub exit: Option<Exit>,
-    /// Set when the attempt could not be prepared, started or stored.
-    pub error: Option<String>,
-    /// Set when what the program left behind broke a rule (output/ replaced
-    /// by a link): the attempt failed, and it was the program's doing.
-    pub refused: Option<String>,
-    pub output: Option<BlobHash>,
-    pub stdout: Option<BlobHash>,
-    pub stderr: Option<BlobHash>,
-    /// Nodes keeping the results, this one first.
-    pub replicas: Vec<NodeId>,
-    /// A last snapshot of `checkpoint/` (taken when the run stopped without
-    /// success) and its holders.
-    pub checkpoint: Option<(BlobHash, Vec<NodeId>)>,
-}
-
-impl RunnerOutcome {
-    fn error(e: impl std::fmt::Display) -> Self {
-        RunnerOutcome {
-            exit: None,
-            error: Some(e.to_string()),
-            refused: None,
-            output: None,
-            stdout: None,
-            stderr: None,
-            replicas: Vec::new(),
-            checkpoint: None,
-        }
-    }
-}
-
-/// Events from runners to the agent.
-#[derive(Debug)]
-pub enum RunnerEvent {
-    /// Getting the request's shared files before starting.
-    Fetching {
-        key: AttemptKey,
-    },
-    /// This node now keeps a whole copy of a shared file.
-    Holding {
-        hash: BlobHash,
-    },
-    /// Building the image of the request's domain before starting.
-    Building {
-        key: AttemptKey,
-    },
-    /// What the program last wrote to its progress file.
-    Progress {
-        key: AttemptKey,
-        percent: Option<u8>,
-        message: Option<String>,
-    },
-    Started {
-        key: AttemptKey,
-    },
-    /// A snapshot of the run's `checkpoint/`, kept by `holders`.
-    Checkpoint {
-        key: AttemptKey,
-        hash: BlobHash,
-        holders: Vec<NodeId>,
-    },
-    Finished {
-        key: AttemptKey,
-        outcome: RunnerOutcome,
-    },
-}
+/// Which attempt, what to run, what a runner reports and how it ended:
+/// the protocol core's types (it decides; the runner carries out).
+pub use pesc_protocol::node::{
+    AttemptKey, Job as AttemptJob, Outcome as RunnerOutcome, RunEvent as RunnerEvent,
+};
 
 /// What every runner shares.
 ///

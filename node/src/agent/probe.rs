@@ -1,0 +1,104 @@
+//! The node's probes: who is logged in, others' CPU use, the GPUs, the
+//! load. They read /proc, utmp and NVML on a blocking thread every
+//! heartbeat period and send a sample to the agent, so no read ever holds
+//! up the task that owns the node's state.
+
+use std::time::Duration;
+
+use pesc_protocol::node::Sample;
+use tokio::sync::mpsc;
+
+use crate::gpu::{GpuProbe, run_of_pid};
+use crate::policy::{self, CpuSample, PolicyConfig};
+
+use pesc_protocol::NodeId;
+
+pub(super) struct Probes {
+    policy: PolicyConfig,
+    gpus: Box<dyn GpuProbe>,
+    /// This node's id (its runs' processes carry it).
+    node: String,
+    /// The operating-system user this node runs as (not "another user").
+    os_user: String,
+    /// The last CPU counters (for others' CPU use between samples).
+    cpu: Option<CpuSample>,
+}
+
+impl Probes {
+    pub(super) fn new(policy: PolicyConfig, gpus: Box<dyn GpuProbe>, node: &NodeId) -> Probes {
+        Probes {
+            policy,
+            gpus,
+            node: node.as_str().to_string(),
+            os_user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_default(),
+            cpu: None,
+        }
+    }
+
+    fn sample(&mut self) -> Sample {
+        let p = &self.policy;
+        let mut s = Sample {
+            load: load_per_cpu(),
+            ..Default::default()
+        };
+        if p.check_concurrent_user {
+            s.others_logged_in = policy::other_users(&p.utmp_path, &self.os_user);
+        }
+        if p.cpu_percent_limit < 100 {
+            let now = policy::sample(&self.node);
+            if let (Some(a), Some(b)) = (&self.cpu, &now) {
+                s.others_cpu_percent = Some(policy::others_percent(a, b));
+            }
+            self.cpu = now;
+        }
+        s.gpus = self.gpus.gpus();
+        for g in &s.gpus {
+            for (pid, mb) in g.processes.iter().flatten() {
+                if let Some((req, _)) = run_of_pid(*pid, &self.node)
+                    && let Ok(id) = req.parse()
+                {
+                    s.gpu_use.push((id, *mb));
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Samples every heartbeat period until the agent is gone.
+pub(super) fn spawn(mut p: Probes, tx: mpsc::Sender<Sample>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(
+            pesc_protocol::lease::DEFAULT_HEARTBEAT_MS,
+        ));
+        loop {
+            every.tick().await;
+            let Ok((back, s)) = tokio::task::spawn_blocking(move || {
+                let s = p.sample();
+                (p, s)
+            })
+            .await
+            else {
+                break;
+            };
+            p = back;
+            if tx.send(s).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// One-minute load average per CPU (0 where /proc is missing).
+fn load_per_cpu() -> f32 {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f32;
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
+        .map(|l| l / cpus)
+        .unwrap_or(0.0)
+}

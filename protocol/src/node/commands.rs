@@ -1,0 +1,194 @@
+//! What users ask of the node that changes the grid: processes, requests,
+//! cancels, shared files, domains, access.
+
+use crate::access::{AccessChange, AccessState};
+use crate::api::{NewRequest, RequestInfo, SharedFileInfo};
+use crate::doc::{RequestDoc, RequestIndex};
+use crate::domain::Domain;
+use crate::model::{Process, RequestSpec, SharedFile};
+use crate::wire::DocKey;
+use crate::{BlobHash, RequestId};
+
+use super::action::Push;
+use super::persist::SavedDoc;
+use super::{Node, NodeError, Now, Req};
+
+/// How many peers a submit asks to hold a copy.
+const PUSH_FANOUT: usize = 3;
+
+type Answer<T> = Result<T, NodeError>;
+
+/// A request accepted here: what to answer, and whom to hand it to.
+#[derive(Debug)]
+pub struct Submitted {
+    pub info: RequestInfo,
+    /// Peers asked to hold a whole copy (none on a lone node).
+    pub push: Option<Push>,
+}
+
+impl Node {
+    pub fn put_process(&mut self, p: Process) -> Answer<Process> {
+        self.grid.put_process(&p)?;
+        self.grid_dirty = true;
+        Ok(p)
+    }
+
+    pub fn change_access(&mut self, c: &AccessChange) -> Answer<()> {
+        self.grid.change_access(c)?;
+        self.grid_dirty = true;
+        self.refresh_caps();
+        Ok(())
+    }
+
+    pub fn access(&self) -> Answer<AccessState> {
+        Ok(self.grid.access()?)
+    }
+
+    /// A shared file stored here: recorded in the grid, held by this node.
+    pub fn put_file(&mut self, f: SharedFile) -> Answer<SharedFileInfo> {
+        self.grid.put_file(&f)?;
+        self.grid_dirty = true;
+        self.record_holding(&f.hash);
+        Ok(self.file_info(f))
+    }
+
+    /// This node now keeps a whole copy of a blob.
+    pub fn hold_file(&mut self, hash: &BlobHash) {
+        self.record_holding(hash);
+    }
+
+    /// Records a domain (checked already) in the grid.
+    pub fn put_domain(&mut self, d: Domain) -> Answer<Domain> {
+        self.grid.put_domain(&d)?;
+        self.grid_dirty = true;
+        Ok(d)
+    }
+
+    /// A new request of `owner`: its document, its line in the grid's
+    /// index, and the peers to hand it to.
+    pub fn submit(&mut self, now: Now, n: NewRequest, owner: String) -> Answer<Submitted> {
+        let process = self.grid.process(&n.process)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "process {} does not exist: upload it first (pesc submit PATH, or POST /api/v1/processes)",
+                n.process
+            ))
+        })?;
+        let spec = RequestSpec {
+            id: RequestId::from_bytes(self.random().to_le_bytes()),
+            owner,
+            process,
+            repetitions: n.repetitions,
+            parameters: n.parameters,
+            rooms: n.rooms,
+            inputs: n
+                .shared_files
+                .iter()
+                .map(|name| self.shared_file(name))
+                .collect::<Answer<Vec<_>>>()?,
+            shared_files: n.shared_files,
+            domain: n.domain.as_deref().map(|d| self.domain(d)).transpose()?,
+            limits: n.limits,
+            gpu: n.gpu,
+            parallel: n.parallel,
+            same_node: n.same_node,
+            retries: n.retries,
+            created_ms: now.wall_ms,
+        };
+        spec.validate()?;
+        if spec.parallel || spec.same_node {
+            return Err(NodeError::Invalid(
+                "parallel and same-node requests are not supported by this node yet".into(),
+            ));
+        }
+        let rooms = self.grid.rooms()?;
+        if let Some(room) = spec
+            .rooms
+            .iter()
+            .find(|r| !rooms.iter().any(|x| &x.name == *r))
+        {
+            return Err(NodeError::Invalid(format!("room '{room}' does not exist")));
+        }
+        let actor = self.actor();
+        let mut doc = RequestDoc::create(spec.clone(), actor)?;
+        self.grid.put_request(&RequestIndex {
+            id: spec.id.clone(),
+            owner: spec.owner.clone(),
+            process: spec.process.id.clone(),
+            repetitions: spec.repetitions,
+            created_ms: spec.created_ms,
+        })?;
+        self.grid_dirty = true;
+        let push = self.push_of(&mut doc, &spec);
+        self.requests.insert(
+            spec.id.clone(),
+            Req {
+                doc,
+                version: 0,
+                dirty: true,
+                saved: SavedDoc::default(),
+            },
+        );
+        tracing::info!(request = %spec.id, repetitions = spec.repetitions, "request submitted");
+        let info = self
+            .info(now, &spec.id, false)
+            .ok_or_else(|| NodeError::Internal("the new request vanished".into()))?;
+        Ok(Submitted { info, push })
+    }
+
+    /// A few connected peers, picked at random, to hand a new request to.
+    fn push_of(&mut self, doc: &mut RequestDoc, spec: &RequestSpec) -> Option<Push> {
+        let mut peers: Vec<_> = self.repl.connected.iter().cloned().collect();
+        if peers.is_empty() {
+            return None;
+        }
+        // Fisher–Yates with the node's own generator.
+        for i in (1..peers.len()).rev() {
+            let j = (self.random() % (i as u64 + 1)) as usize;
+            peers.swap(i, j);
+        }
+        peers.truncate(PUSH_FANOUT);
+        Some(Push {
+            peers,
+            doc: DocKey::Request(spec.id.clone()),
+            data: doc.save(),
+            blobs: vec![spec.process.code],
+        })
+    }
+
+    /// Cancels a request (by id prefix): its queued runs never start, its
+    /// running ones are stopped.
+    pub fn cancel(&mut self, now: Now, prefix: &str) -> Answer<RequestInfo> {
+        let id = self.resolve(prefix)?;
+        let node = self.cfg.node.clone();
+        let q = self
+            .requests
+            .get_mut(&id)
+            .ok_or_else(|| NodeError::NotFound(format!("no request {id} on this grid")))?;
+        if !q.doc.is_finished() {
+            q.doc.cancel(&node, now.wall_ms)?;
+            q.dirty = true;
+            self.abandon_lost(now, &id);
+            tracing::info!(request = %id, "request cancelled");
+        }
+        self.info(now, &id, false)
+            .ok_or_else(|| NodeError::NotFound(format!("no request {id} on this grid")))
+    }
+
+    /// A shared file by name, or an error that says how to add it.
+    pub fn shared_file(&self, name: &str) -> Answer<SharedFile> {
+        self.grid.file(name)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "there is no shared file '{name}': add it with `pesc files add PATH --name {name}` (see `pesc files list`)"
+            ))
+        })
+    }
+
+    /// A domain by name, or an error that says how to make it.
+    pub fn domain(&self, name: &str) -> Answer<Domain> {
+        self.grid.domain(name)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "there is no domain '{name}': make it with `pesc domains add {name} --template T` (see `pesc domains list`)"
+            ))
+        })
+    }
+}

@@ -1,0 +1,417 @@
+//! One node's whole protocol state, as a sans-I/O state machine.
+//!
+//! [`Node`] owns the grid and request documents, liveness, claim
+//! sightings, the table of attempts running here, race back-off, per-peer
+//! sync state, GPU and slot admission and the shutdown phase. It is driven
+//! like quinn-proto's `Connection`: inputs are methods that take [`Now`]
+//! (a merged sync message, a beat, a runner event, a command, a probe
+//! sample, a timeout); after a batch of inputs the driver calls
+//! [`Node::end_batch`], then takes what to do from [`Node::poll_action`]
+//! until it yields `None`, and calls [`Node::handle_timeout`] at
+//! [`Node::poll_timeout`]. Every decision is made here: the node's agent
+//! only carries actions out (sockets, executors, the store), and the
+//! in-process harness and the simulator run this same code with virtual
+//! time.
+
+mod action;
+mod commands;
+mod error;
+mod gpu_pool;
+mod heartbeat;
+mod keep;
+mod persist;
+mod probe;
+mod reads;
+mod replication;
+mod running;
+mod scheduling;
+mod shutdown;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+pub use action::{Action, Job, Push};
+pub use commands::Submitted;
+pub use error::NodeError;
+pub use gpu_pool::GpuPool;
+pub use persist::{DocWrite, SavedDoc, StoredDoc};
+pub use probe::{Pause, Policy, Sample};
+pub use reads::{EventsPage, LogSource, RankPlan, ResultPlan};
+pub use running::{Exit, FETCHING_INPUTS, Outcome, RunEvent};
+
+use crate::doc::{GridDoc, NodeRecord, RequestDoc, actor_id};
+use crate::isolation::IsolationLevel;
+use crate::lease::Sightings;
+use crate::liveness::Liveness;
+use crate::model::{AttemptState, BuildState, Gpu};
+use crate::schedule::NodeCaps;
+use crate::{BlobHash, NodeId, RequestId, Result};
+
+use replication::Replication;
+use running::Running;
+use shutdown::Stopping;
+
+/// An attempt: (request, rank, epoch).
+pub type AttemptKey = (RequestId, u32, u32);
+
+/// The two clocks a node reads: monotonic (for every comparison) and wall
+/// time (only recorded for display, never compared across nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono_ms: u64,
+    pub wall_ms: u64,
+}
+
+/// How the node's executor walls runs in (reported to peers and users).
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorInfo {
+    pub name: String,
+    pub isolation: IsolationLevel,
+    /// The isolation in words.
+    pub isolation_detail: String,
+    /// It runs user code in containers (it can build domains).
+    pub containers: bool,
+}
+
+/// What a node is told at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeId,
+    pub name: String,
+    pub slots: u32,
+    pub lease_ttl_ms: u64,
+    pub grid_id: String,
+    /// Nodes that must hold a run's results before it counts as done.
+    pub replication: usize,
+    /// Whether the blob store has a size limit (then the node says what
+    /// to keep every [`EVICT_EVERY_MS`]).
+    pub evict_blobs: bool,
+    pub policy: Policy,
+    /// Rooms this node serves besides General.
+    pub rooms: Vec<String>,
+    pub executor: ExecutorInfo,
+    /// This start's incarnation: above every earlier start's (wall ms at
+    /// start will do).
+    pub incarnation: u64,
+    /// Seeds the node's choices that need chance (actor and request ids,
+    /// which peers get a push): a harness replays a schedule exactly.
+    pub seed: u64,
+}
+
+/// Housekeeping period when nothing else happens.
+pub const TICK_MS: u64 = 500;
+
+/// How often the blob store's size is checked.
+pub const EVICT_EVERY_MS: u64 = 60_000;
+
+/// Request changes kept for clients that reconnect to the event stream.
+const EVENT_LOG: usize = 10_000;
+
+/// Skipped entries logged at most (each once).
+const LOGGED_SKIPS: usize = 10_000;
+
+/// Domain images a node reports at most.
+const MAX_BUILDS_SHOWN: usize = 64;
+
+/// A request this node holds: its document and where it stands.
+struct Req {
+    doc: RequestDoc,
+    /// The node's change counter when this request last changed.
+    version: u64,
+    dirty: bool,
+    saved: SavedDoc,
+}
+
+/// One node's protocol state (see the module documentation).
+pub struct Node {
+    cfg: Config,
+    rng: u64,
+    grid: GridDoc,
+    grid_dirty: bool,
+    grid_saved: SavedDoc,
+    requests: BTreeMap<RequestId, Req>,
+    running: HashMap<AttemptKey, Running>,
+    /// Slot workspaces not in use.
+    free_slots: Vec<usize>,
+    liveness: Liveness,
+    /// When each foreign claim was first seen here.
+    sightings: Sightings,
+    /// Claim races lost in a row, and no claim before this.
+    races_lost: u32,
+    claims_paused_until: u64,
+    /// Grid members at the last heartbeat (sizes the takeover order).
+    members_n: usize,
+    /// Members believed alive (this node included).
+    live_n: usize,
+    /// When this node first saw each request with shared files.
+    first_seen: HashMap<RequestId, u64>,
+    /// A slot was free at the end of the last scheduling pass.
+    idle: bool,
+    /// The node's change counter (requests), and the last one announced.
+    version: u64,
+    version_told: u64,
+    /// The last request changes, by version (the event stream's replay).
+    event_log: VecDeque<(u64, RequestId)>,
+    repl: Replication,
+    logged_skips: HashSet<String>,
+    stopping: Option<Stopping>,
+    caps: NodeCaps,
+    paused: Option<Pause>,
+    gpus: Vec<Gpu>,
+    gpu_pool: GpuPool<AttemptKey>,
+    /// Peak GPU memory (MiB) seen per program and domain.
+    gpu_peaks: HashMap<String, u64>,
+    /// Domain images this node built or builds, by domain hash.
+    builds: BTreeMap<String, BuildState>,
+    /// One-minute load per CPU, as last sampled.
+    load: f32,
+    /// Monotonic ms of the next heartbeat, housekeeping pass and eviction.
+    next_heartbeat: u64,
+    next_tick: u64,
+    next_evict: u64,
+    actions: VecDeque<Action>,
+}
+
+impl Node {
+    /// Loads the node's stored documents and recovers from an earlier
+    /// crash: the node's unfinished attempts are marked lost, so they run
+    /// again. `docs` are the store's documents ("grid", "req/ID").
+    pub fn load(cfg: Config, docs: Vec<StoredDoc>, now: Now) -> Result<Node> {
+        let mut rng = cfg.seed | 1;
+        let mut actor = || actor_id(&cfg.node, next_random(&mut rng).to_le_bytes());
+        let mut grid = None;
+        let mut grid_saved = SavedDoc::default();
+        let mut requests = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
+        for d in docs {
+            if d.key == "grid" {
+                // Of this grid, or none: a data dir that joined another grid
+                // (or a document without this grid's genesis) starts afresh.
+                match GridDoc::load_for(&cfg.grid_id, &d.bytes, actor()) {
+                    Ok(g) => grid = Some(g),
+                    Err(e) => tracing::warn!(
+                        "the stored grid document is not this grid's ({e}): starting afresh"
+                    ),
+                }
+                grid_saved = d.saved;
+            } else if let Some(id) = d.key.strip_prefix("req/") {
+                match RequestDoc::load(&d.bytes, actor()) {
+                    Ok(doc) => {
+                        let req = Req {
+                            doc,
+                            version: 0,
+                            dirty: false,
+                            saved: d.saved,
+                        };
+                        requests.insert(req.doc.id().clone(), req);
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "request document {id} cannot be loaded and is skipped: {e}"
+                        );
+                        if let Ok(id) = id.parse::<RequestId>() {
+                            unreadable.insert(id, e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(g) = &grid
+            && g.grid_id()?.is_some_and(|id| id != cfg.grid_id)
+        {
+            tracing::warn!("the stored grid document belongs to another grid: starting afresh");
+            grid = None;
+        }
+        let fresh_grid = grid.is_none();
+        let mut grid = match grid {
+            Some(g) => g,
+            None => GridDoc::genesis(&cfg.grid_id, actor())?,
+        };
+        grid.put_node(&NodeRecord {
+            id: cfg.node.clone(),
+            name: cfg.name.clone(),
+            slots: cfg.slots,
+            executor: cfg.executor.name.clone(),
+            isolation: cfg.executor.isolation_detail.clone(),
+            addrs: Vec::new(),
+        })?;
+        let grid_dirty = grid.commit() || fresh_grid;
+        // Attempts this node had in flight when it died: their processes are gone.
+        let mut recovered = 0;
+        for req in requests.values_mut() {
+            let mine: Vec<_> = req
+                .doc
+                .all_attempts()
+                .filter(|a| a.node == cfg.node && !a.state.is_terminal())
+                .cloned()
+                .collect();
+            for mut a in mine {
+                a.state = AttemptState::Lost;
+                a.finished_ms = Some(now.wall_ms);
+                a.reason = Some("the node restarted while this attempt ran".into());
+                req.doc.put_attempt(&a)?;
+                req.dirty = true;
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            tracing::info!("{recovered} interrupted attempt(s) will run again");
+        }
+        let mut sightings = Sightings::default();
+        for req in requests.values() {
+            replication::observe_claims(&mut sightings, &cfg.node, &req.doc, now.mono_ms);
+        }
+        let caps = NodeCaps {
+            rooms: cfg.rooms.clone(),
+            gpus: 0,
+            containers: cfg.executor.containers,
+            isolation: cfg.executor.isolation,
+            min_isolation: grid.min_isolation(),
+            gpu_capability: 0.0,
+        };
+        let mut node = Node {
+            rng,
+            grid,
+            grid_dirty,
+            grid_saved,
+            requests,
+            running: HashMap::new(),
+            free_slots: (0..cfg.slots as usize).rev().collect(),
+            liveness: Liveness::new(cfg.node.clone(), cfg.incarnation, cfg.lease_ttl_ms),
+            sightings,
+            races_lost: 0,
+            claims_paused_until: 0,
+            members_n: 1,
+            live_n: 1,
+            first_seen: HashMap::new(),
+            idle: false,
+            version: 0,
+            version_told: 0,
+            event_log: VecDeque::new(),
+            repl: Replication::with_unreadable(unreadable),
+            logged_skips: HashSet::new(),
+            stopping: None,
+            caps,
+            paused: None,
+            gpus: Vec::new(),
+            gpu_pool: GpuPool::default(),
+            gpu_peaks: HashMap::new(),
+            builds: BTreeMap::new(),
+            load: 0.0,
+            next_heartbeat: now.mono_ms,
+            next_tick: now.mono_ms,
+            next_evict: now.mono_ms + EVICT_EVERY_MS,
+            actions: VecDeque::new(),
+            cfg,
+        };
+        node.refresh_caps();
+        node.log_skipped();
+        node.dial_grid_nodes();
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.cfg.node
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] is to be called next (monotonic ms).
+    pub fn poll_timeout(&self) -> u64 {
+        let mut t = self.next_heartbeat.min(self.next_tick);
+        if self.cfg.evict_blobs {
+            t = t.min(self.next_evict);
+        }
+        if let Some(s) = &self.stopping {
+            t = t.min(s.next_deadline());
+        }
+        t
+    }
+
+    /// Time passed: heartbeats, eviction, and the housekeeping pass are
+    /// done when due (the driver ends the batch after).
+    pub fn handle_timeout(&mut self, now: Now) {
+        if now.mono_ms >= self.next_heartbeat {
+            self.next_heartbeat = now.mono_ms + crate::lease::DEFAULT_HEARTBEAT_MS;
+            self.heartbeat(now);
+        }
+        if self.cfg.evict_blobs && now.mono_ms >= self.next_evict {
+            self.next_evict = now.mono_ms + EVICT_EVERY_MS;
+            let keep = self.blobs_to_keep();
+            self.actions.push_back(Action::EvictBlobs(keep));
+        }
+    }
+
+    /// Ends a batch of inputs: running attempts' news go into their
+    /// documents, free slots are filled, what changed is persisted and sent
+    /// to peers, and a stop in progress moves on.
+    pub fn end_batch(&mut self, now: Now) {
+        self.next_tick = now.mono_ms + TICK_MS;
+        self.flush_running(now);
+        self.schedule(now);
+        self.persist();
+        self.sync_out();
+        self.stop_progress(now);
+    }
+
+    /// A fresh random number (xorshift: ids and choices, not secrets).
+    fn random(&mut self) -> u64 {
+        next_random(&mut self.rng)
+    }
+
+    fn actor(&mut self) -> automerge::ActorId {
+        let r = self.random();
+        actor_id(&self.cfg.node, r.to_le_bytes())
+    }
+
+    /// Logs each skipped entry once: what a peer (or a bug) wrote that this
+    /// node will not use.
+    fn log_skipped(&mut self) {
+        // Reading every map records what fails its checks.
+        let _ = self.grid.access();
+        let _ = self.grid.processes();
+        let _ = self.grid.files();
+        let _ = self.grid.domains();
+        let _ = self.grid.nodes();
+        for (entry, why) in self.skipped_entries().0 {
+            if self.logged_skips.len() < LOGGED_SKIPS && self.logged_skips.insert(entry.clone()) {
+                tracing::warn!("skipped a malformed entry of the grid's documents, {entry}: {why}");
+            }
+        }
+    }
+
+    /// What the grid document says of this node's offer: the rooms it
+    /// serves (its configuration's and the one a room admin put it in) and
+    /// the grid's minimum isolation.
+    fn refresh_caps(&mut self) {
+        let mut rooms = self.cfg.rooms.clone();
+        if let Ok(Some(r)) = self.grid.placement(&self.cfg.node)
+            && !rooms.contains(&r)
+        {
+            rooms.push(r);
+        }
+        self.caps.rooms = rooms;
+        self.caps.min_isolation = self.grid.min_isolation();
+    }
+
+    /// Records in the grid that this node keeps a whole copy of a blob.
+    fn record_holding(&mut self, hash: &BlobHash) {
+        match self.grid.set_holder(hash, &self.cfg.node, true) {
+            Ok(()) => self.grid_dirty = true,
+            Err(e) => tracing::error!("cannot record holding {hash}: {e}"),
+        }
+    }
+}
+
+/// xorshift64*: a small, seedable generator (never zero).
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}

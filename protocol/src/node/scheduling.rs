@@ -1,0 +1,240 @@
+//! Filling free slots: which queued runs this node claims, and when.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::lease::LeaseKey;
+use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
+use crate::model::{Attempt, RequestSpec, RunState, SharedFile};
+use crate::schedule::{
+    Candidate, INPUT_WAIT_MS, eligible, first_queued, pick, scan_start, waits_for_inputs,
+};
+use crate::{NodeId, RequestId};
+
+use super::action::{Action, Job};
+use super::running::Running;
+use super::{AttemptKey, Node, Now};
+
+/// What GPU memory is learned for: the program and the domain it runs in.
+pub(super) fn usage_key(spec: &RequestSpec) -> String {
+    let domain = spec.domain.as_ref().map_or("", |d| d.hash.as_str());
+    format!("{}/{domain}", spec.process.id)
+}
+
+impl Node {
+    /// Whether an attempt holds its rank: this node's while it runs here,
+    /// another's while its holder is trusted.
+    pub(super) fn is_live(&self, req: &RequestId, a: &Attempt, now: u64) -> bool {
+        if a.node == self.cfg.node {
+            self.running.contains_key(&(req.clone(), a.rank, a.epoch))
+        } else {
+            let seen = self.sightings.first_seen(&LeaseKey {
+                request: req.clone(),
+                rank: a.rank,
+                epoch: a.epoch,
+                node: a.node.clone(),
+            });
+            self.liveness.trusts(&a.node, seen.unwrap_or(0), now, || {
+                self.far_delay(req, a.rank)
+            })
+        }
+    }
+
+    /// Claims queued runs for the free slots (fair share between owners).
+    pub(super) fn schedule(&mut self, at: Now) {
+        if self.stopping.is_some() || self.paused.is_some() {
+            return;
+        }
+        let free = self.free_slots.len();
+        let now = at.mono_ms;
+        if free == 0 || now < self.claims_paused_until {
+            self.idle = free > 0;
+            return;
+        }
+        let mut in_progress: BTreeMap<String, u32> = BTreeMap::new();
+        for r in self.running.values() {
+            *in_progress.entry(r.owner.clone()).or_default() += 1;
+        }
+        let mut cands = Vec::new();
+        // Runs seen queued for a new try for the first time: recorded after.
+        let mut newly_queued = Vec::new();
+        let alone = self.repl.connected.is_empty();
+        for (id, req) in &self.requests {
+            if req.doc.is_finished() {
+                continue;
+            }
+            let spec = req.doc.spec();
+            if !eligible(spec, &self.caps) {
+                continue;
+            }
+            if !spec.inputs.is_empty() {
+                let seen = *self.first_seen.entry(id.clone()).or_insert(now);
+                if self.waits_for_inputs(&spec.inputs, now.saturating_sub(seen)) {
+                    continue;
+                }
+            }
+            // Alone, in rank order; with peers, each node from its own place.
+            let start = if alone {
+                0
+            } else {
+                scan_start(&self.cfg.node, id, spec.repetitions)
+            };
+            let found = first_queued(req.doc.scan_from(start), free, |rank| {
+                let v = req.doc.run(rank, |a| self.is_live(id, a, now));
+                if v.state != RunState::Queued {
+                    return None;
+                }
+                // Back in the queue: its last holder's neighbours go first.
+                let holder = v.current.map(|a| &a.node);
+                let since = match self.sightings.queued_since(id, rank, v.next_epoch) {
+                    Some(t) => t,
+                    None if holder.is_some() => {
+                        newly_queued.push((id.clone(), rank, v.next_epoch));
+                        now
+                    }
+                    None => now,
+                };
+                self.liveness
+                    .may_take(holder, since, now, || self.far_delay(id, rank))
+                    .then_some(v.next_epoch)
+            });
+            cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
+                request: id.clone(),
+                owner: spec.owner.clone(),
+                created_ms: spec.created_ms,
+                rank,
+                epoch,
+            }));
+        }
+        for (id, rank, epoch) in newly_queued {
+            self.sightings.saw_queued(id, rank, epoch, now);
+        }
+        for c in pick(cands, &in_progress, free) {
+            self.claim(c, at.wall_ms);
+        }
+        self.idle = !self.free_slots.is_empty();
+    }
+
+    /// Whether to leave a request's runs to nodes that hold its shared files
+    /// for now (see `schedule::waits_for_inputs`). What this node holds is
+    /// what the grid document says it holds: it records every whole copy.
+    fn waits_for_inputs(&self, inputs: &[SharedFile], seen_for_ms: u64) -> bool {
+        if seen_for_ms >= INPUT_WAIT_MS {
+            return false;
+        }
+        let holders_of = |f: &SharedFile| -> BTreeSet<NodeId> {
+            self.grid
+                .holders(&f.hash)
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        };
+        let lacks = inputs
+            .iter()
+            .any(|f| !holders_of(f).contains(&self.cfg.node));
+        let holder_alive = || {
+            let mut holders: Option<BTreeSet<NodeId>> = None;
+            for f in inputs {
+                let h = holders_of(f);
+                holders = Some(match holders {
+                    None => h,
+                    Some(prev) => prev.intersection(&h).cloned().collect(),
+                });
+            }
+            holders
+                .unwrap_or_default()
+                .iter()
+                .any(|n| self.repl.connected.contains(n))
+        };
+        waits_for_inputs(lacks, lacks && holder_alive(), seen_for_ms)
+    }
+
+    /// How long after a run is free to take this node waits when it is not
+    /// a ring neighbour of its holder: its turn if it was idle already, the
+    /// least delay for a slot that has just come free.
+    pub(super) fn far_delay(&self, req: &RequestId, rank: u32) -> u64 {
+        if self.idle {
+            takeover_delay_ms(&self.cfg.node, req, rank, self.members_n)
+        } else {
+            FAR_TAKEOVER_DELAY_MS
+        }
+    }
+
+    /// Takes a run: a GPU and a slot, the claim in the document, and a job
+    /// for the driver.
+    fn claim(&mut self, c: Candidate, wall: u64) {
+        let Some(req) = self.requests.get_mut(&c.request) else {
+            return;
+        };
+        let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
+        let need = &req.doc.spec().gpu;
+        let gpus = if need.count > 0 {
+            let peak = self.gpu_peaks.get(&usage_key(req.doc.spec())).copied();
+            match self.gpu_pool.take(
+                &self.gpus,
+                need.count,
+                need.min_capability,
+                &key,
+                peak,
+                self.cfg.policy.gpu_percent_memory_limit,
+            ) {
+                Some(g) => g,
+                // Not enough free devices now: another pass, or another node.
+                None => return,
+            }
+        } else {
+            Vec::new()
+        };
+        let Some(slot) = self.free_slots.pop() else {
+            self.gpu_pool.give_back(&key);
+            return;
+        };
+        let attempt = Attempt::claim(c.rank, c.epoch, self.cfg.node.clone(), wall);
+        if let Err(e) = req.doc.put_attempt(&attempt) {
+            tracing::error!("cannot record a claim: {e}");
+            self.free_slots.push(slot);
+            self.gpu_pool.give_back(&key);
+            return;
+        }
+        req.dirty = true;
+        let spec = req.doc.spec();
+        let inputs = spec
+            .inputs
+            .iter()
+            .map(|f| (f.clone(), self.grid.holders(&f.hash).unwrap_or_default()))
+            .collect();
+        let restore = req
+            .doc
+            .latest_checkpoint(c.rank)
+            .and_then(|a| Some((a.checkpoint?, a.checkpoint_holders.clone(), a.node.clone())));
+        let job = Job {
+            key: key.clone(),
+            node: self.cfg.node.clone(),
+            process: spec.process.clone(),
+            world_size: spec.repetitions,
+            parameters: spec.parameters.clone(),
+            slot,
+            inputs,
+            restore,
+            domain: spec.domain.clone(),
+            limits: spec.limits,
+            gpus,
+            copies: self
+                .cfg
+                .replication
+                .min(self.live_n.max(self.repl.connected.len() + 1))
+                .saturating_sub(1),
+        };
+        self.running.insert(
+            key,
+            Running {
+                attempt,
+                slot,
+                owner: c.owner,
+                stopping: None,
+                unwritten: false,
+                progress_written: None,
+            },
+        );
+        self.actions.push_back(Action::Start(Box::new(job)));
+    }
+}
