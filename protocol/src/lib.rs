@@ -15,6 +15,7 @@ pub mod doc;
 pub mod domain;
 pub mod error;
 pub mod fuzzing;
+pub mod harness;
 pub mod header;
 pub mod ids;
 pub mod isolation;

@@ -129,7 +129,7 @@ pub struct Node {
     grid_dirty: bool,
     grid_saved: SavedDoc,
     requests: BTreeMap<RequestId, Req>,
-    running: HashMap<AttemptKey, Running>,
+    running: BTreeMap<AttemptKey, Running>,
     /// Slot workspaces not in use.
     free_slots: Vec<usize>,
     liveness: Liveness,
@@ -274,7 +274,7 @@ impl Node {
             grid_dirty,
             grid_saved,
             requests,
-            running: HashMap::new(),
+            running: BTreeMap::new(),
             free_slots: (0..cfg.slots as usize).rev().collect(),
             liveness: Liveness::new(cfg.node.clone(), cfg.incarnation, cfg.lease_ttl_ms),
             sightings,

@@ -103,9 +103,8 @@ impl Node {
             (None, None, _) if self.running.is_empty() || t >= s.give_up_ms => {
                 // Runs that did not end in time: recorded as handed back all
                 // the same; their programs are killed when the node exits.
-                let late: Vec<(RequestId, Attempt)> = self
-                    .running
-                    .drain()
+                let late: Vec<(RequestId, Attempt)> = std::mem::take(&mut self.running)
+                    .into_iter()
                     .map(|((req, ..), r)| {
                         let mut a = r.attempt;
                         a.state = AttemptState::Yielded;
