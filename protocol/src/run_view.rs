@@ -232,6 +232,19 @@ impl RunCounts {
         }
     }
 
+    /// Takes back one `add(s)`.
+    pub fn remove(&mut self, s: RunState) {
+        let n = match s {
+            RunState::Queued => &mut self.queued,
+            RunState::Claimed => &mut self.claimed,
+            RunState::Running => &mut self.running,
+            RunState::Succeeded => &mut self.succeeded,
+            RunState::Failed => &mut self.failed,
+            RunState::Cancelled => &mut self.cancelled,
+        };
+        *n = n.saturating_sub(1);
+    }
+
     pub fn finished(&self) -> u32 {
         self.succeeded + self.failed + self.cancelled
     }

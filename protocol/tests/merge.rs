@@ -233,6 +233,18 @@ proptest! {
         b.merge(&mut a_copy).unwrap();
         prop_assert_eq!(outcome(&a), outcome(&b));
         prop_assert_eq!(a.counts(|_| true), b.counts(|_| true));
+        // The view a merge updated in place is the view a whole read makes.
+        let fresh = replica(&mut a, "r");
+        prop_assert_eq!(outcome(&fresh), outcome(&a));
+        prop_assert_eq!(fresh.counts(|_| true), a.counts(|_| true));
+        prop_assert_eq!(
+            fresh.unfinished_ranks().collect::<Vec<_>>(),
+            a.unfinished_ranks().collect::<Vec<_>>()
+        );
+        prop_assert_eq!(
+            fresh.all_attempts().cloned().collect::<Vec<_>>(),
+            a.all_attempts().cloned().collect::<Vec<_>>()
+        );
     }
 }
 

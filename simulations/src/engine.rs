@@ -132,8 +132,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(sc: Scenario) -> Sim {
-        let mut rng = Rng::new(sc.seed);
-        let mut phase_rng = rng.fork(1);
+        let mut phase_rng = Rng::new(sc.seed).fork(1);
         let nodes: Vec<Node> = sc
             .nodes
             .iter()
@@ -182,10 +181,8 @@ impl Sim {
             started: std::time::Instant::now(),
             sc,
         };
-        let mut work_rng = rng.fork(2);
-        for (i, plan) in sim.sc.requests.clone().into_iter().enumerate() {
-            let mut id = [0u8; 8];
-            id.copy_from_slice(&work_rng.next_u64().to_le_bytes());
+        let drawn = sim.sc.drawn_work();
+        for (i, (plan, (id, work))) in sim.sc.requests.clone().into_iter().zip(drawn).enumerate() {
             let mut spec = crate::sizes::spec(
                 RequestId::from_bytes(id),
                 &plan.owner,
@@ -194,10 +191,6 @@ impl Sim {
             );
             spec.gpu.count = plan.gpus;
             spec.rooms = plan.rooms.clone();
-            let mut wr = work_rng.fork(i as u64);
-            let work = (0..plan.runs)
-                .map(|_| (plan.durations.draw(&mut wr) * 1000.0).clamp(1.0, u32::MAX as f64) as u32)
-                .collect();
             sim.reqs.push(Req {
                 spec,
                 node: plan.node,

@@ -5,6 +5,7 @@
 
 pub mod churn;
 pub mod engine;
+pub mod exact;
 pub mod metrics;
 pub mod net;
 pub mod overlay;

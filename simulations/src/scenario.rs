@@ -155,3 +155,29 @@ pub struct Scenario {
     /// Print a progress line on stderr every simulated 10 minutes.
     pub progress: bool,
 }
+
+impl Scenario {
+    /// Each request's id bytes and the work of each of its runs (ms on the
+    /// reference machine), drawn from the seed: both modes run the same work.
+    pub fn drawn_work(&self) -> Vec<([u8; 8], Vec<u32>)> {
+        let mut rng = Rng::new(self.seed);
+        // The engine's first fork draws heartbeat phases.
+        let _phases = rng.fork(1);
+        let mut work_rng = rng.fork(2);
+        self.requests
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&work_rng.next_u64().to_le_bytes());
+                let mut wr = work_rng.fork(i as u64);
+                let work = (0..plan.runs)
+                    .map(|_| {
+                        (plan.durations.draw(&mut wr) * 1000.0).clamp(1.0, u32::MAX as f64) as u32
+                    })
+                    .collect();
+                (id, work)
+            })
+            .collect()
+    }
+}

@@ -8,7 +8,7 @@ use crate::scenario::{Durations, NodeSpec, Reference, RequestPlan, Scenario, Tim
 const MIN: u64 = 60_000;
 const HOUR: u64 = 60 * MIN;
 
-pub const ALL: [(&str, &str); 9] = [
+pub const ALL: [(&str, &str); 10] = [
     (
         "validate",
         "4 nodes × 2 slots, 64 runs of 0.5 s on loopback: the scenario also run with real pesc processes",
@@ -39,6 +39,10 @@ pub const ALL: [(&str, &str); 9] = [
     ),
     ("scale-10k", "10 000 nodes, 1 000 000 runs, 1 %/min churn"),
     (
+        "churn-200",
+        "200 desktops × 2 slots, 2 000 runs of 30–90 s, 1 %/min of nodes crash and reboot",
+    ),
+    (
         "smoke",
         "a small mixed scenario for the test suite: 12 nodes, churn, a partition",
     ),
@@ -55,6 +59,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "scale-1k" => scale(seed, "scale-1k", 1_000, 100_000, 0.0),
         "scale-10k" => scale(seed, "scale-10k", 10_000, 1_000_000, 0.01),
         "smoke" => smoke(seed),
+        "churn-200" => churn_200(seed),
         _ => return None,
     };
     Some(sc)
@@ -329,5 +334,20 @@ fn smoke(seed: u64) -> Scenario {
     sc.sample_ms = 1_000;
     sc.time_limit_ms = HOUR;
     sc.check_every_step = true;
+    sc
+}
+
+fn churn_200(seed: u64) -> Scenario {
+    let mut rng = Rng::new(seed).fork(16);
+    let mut nodes = desktops(&mut rng, 200, 2, 0.8, 1.25);
+    crashes(&mut rng, &mut nodes, 0.01, (1.0, 3.0), 4 * HOUR);
+    let mut sc = base("churn-200", seed, nodes, NetModel::lan(seed));
+    sc.requests.push(RequestPlan::new(
+        0,
+        "ana",
+        2000,
+        Durations::Uniform(30.0, 90.0),
+    ));
+    sc.time_limit_ms = 4 * HOUR;
     sc
 }

@@ -99,3 +99,37 @@ fn late_small_users_are_not_starved() {
     assert!(bia.max < 600.0, "{bia:?}");
     assert!(ana.mean > 10.0 * bia.mean, "{ana:?} {bia:?}");
 }
+
+/// The fast engine against the exact mode (every node the real protocol
+/// core) on a scenario both run: the same work, makespan within 5 %, and
+/// the same invariants.
+fn fast_matches_exact(name: &str, seed: u64) {
+    let sc = by_name(name, seed).unwrap();
+    let fast = pesc_sim::run(sc.clone());
+    let exact = pesc_sim::exact::run(&sc);
+    assert_eq!(
+        fast.invariant_violations, 0,
+        "{:?}",
+        fast.violation_examples
+    );
+    assert_eq!(
+        exact.invariant_violations, 0,
+        "{:?}",
+        exact.violation_examples
+    );
+    assert!(fast.finished && exact.finished);
+    assert_eq!(fast.runs, exact.runs);
+    let gap = (fast.makespan_s - exact.makespan_s).abs() / exact.makespan_s;
+    assert!(
+        gap <= 0.05,
+        "{name}: fast {:.2} s, exact {:.2} s ({:.1} % apart)",
+        fast.makespan_s,
+        exact.makespan_s,
+        gap * 100.0
+    );
+}
+
+#[test]
+fn the_fast_engine_matches_the_exact_mode_on_validate() {
+    fast_matches_exact("validate", 1);
+}

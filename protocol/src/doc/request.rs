@@ -35,6 +35,8 @@ pub struct RequestDoc {
     tried: BTreeSet<u32>,
     /// Terminal runs by state (without cancellation, which applies at read time).
     done: RunCounts,
+    /// The state of each terminal rank (what `done` counts).
+    terminal: BTreeMap<u32, RunState>,
     /// Attempts that failed their checks at the last rematerialize:
     /// (`attempts/KEY`, why). Skipped, not used.
     skipped: Vec<(String, String)>,
@@ -84,14 +86,101 @@ impl RequestDoc {
             unfinished: BTreeSet::new(),
             tried: BTreeSet::new(),
             done: RunCounts::default(),
+            terminal: BTreeMap::new(),
             skipped: Vec::new(),
         };
         me.rematerialize()?;
         Ok(me)
     }
 
-    /// Rebuilds the view from the document (after a merge or sync).
+    /// Brings the view up to date with the document (after a merge or
+    /// sync): only the attempts the new changes touched are read again (the
+    /// document indexes its changes since the last call), so a merge costs
+    /// what it brought, not the request's size. Anything the index cannot
+    /// place is read whole.
     pub fn rematerialize(&mut self) -> Result<()> {
+        if self.doc.diff_cursor().is_empty() {
+            return self.rematerialize_all();
+        }
+        let patches = self.doc.diff_incremental();
+        self.cancelled = self.doc.length(&self.cancel_obj) > 0;
+        let mut keys = BTreeSet::new();
+        for p in &patches {
+            let under_attempts = p.path.iter().find_map(|(o, prop)| match prop {
+                automerge::Prop::Map(k) if o == &self.attempts_obj => Some(k.clone()),
+                _ => None,
+            });
+            let key = if p.obj == self.attempts_obj {
+                match &p.action {
+                    automerge::PatchAction::PutMap { key, .. }
+                    | automerge::PatchAction::DeleteMap { key } => Some(key.clone()),
+                    automerge::PatchAction::Conflict {
+                        prop: automerge::Prop::Map(key),
+                    } => Some(key.clone()),
+                    _ => None,
+                }
+            } else {
+                under_attempts
+            };
+            match key {
+                Some(k) => {
+                    keys.insert(k);
+                }
+                None if p.obj == self.cancel_obj
+                    || p.path.iter().any(|(o, _)| o == &self.cancel_obj) => {}
+                // Outside what the view holds (the root, the spec a peer
+                // tried to change): read everything again.
+                None => return self.rematerialize_all(),
+            }
+        }
+        let mut ranks = BTreeSet::new();
+        for key in keys {
+            match self.reread(&key) {
+                Some(rank) => {
+                    ranks.insert(rank);
+                }
+                None => return self.rematerialize_all(),
+            }
+        }
+        for rank in ranks {
+            self.refresh_rank(rank);
+        }
+        Ok(())
+    }
+
+    /// Reads attempt `key` again into the view: the rank it belongs to, or
+    /// `None` when the key does not name one (then the caller reads all).
+    fn reread(&mut self, key: &str) -> Option<u32> {
+        let (rank, _, _) = parse_attempt_key(key).ok()?;
+        let entry = format!("attempts/{key}");
+        self.skipped.retain(|(e, _)| e != &entry);
+        if let Some(list) = self.attempts.get_mut(&rank) {
+            list.retain(|a| a.key() != key);
+        }
+        self.attempt_objs.remove(key);
+        let obj = match self.doc.get(&self.attempts_obj, key) {
+            Ok(Some((Value::Object(ObjType::Map), id))) => id,
+            // Deleted, or not a map: no attempt under this key.
+            Ok(_) => return Some(rank),
+            Err(_) => return None,
+        };
+        match read_attempt(&self.doc, key, &obj).and_then(|a| self.check(key, a)) {
+            Ok(a) => {
+                self.attempt_objs.insert(key.to_string(), obj);
+                let list = self.attempts.entry(a.rank).or_default();
+                list.push(a);
+                // In key order, as a whole read leaves them.
+                list.sort_by(|x, y| (x.epoch, &x.node).cmp(&(y.epoch, &y.node)));
+            }
+            Err(e) => self.skipped.push((entry, e.to_string())),
+        }
+        Some(rank)
+    }
+
+    /// Rebuilds the whole view from the document, and starts indexing the
+    /// changes that come after.
+    fn rematerialize_all(&mut self) -> Result<()> {
+        self.doc.update_diff_cursor();
         self.cancelled = self.doc.length(&self.cancel_obj) > 0;
         self.attempts.clear();
         self.attempt_objs.clear();
@@ -119,6 +208,7 @@ impl RequestDoc {
         self.unfinished = (0..self.spec.repetitions).collect();
         self.tried.clear();
         self.done = RunCounts::default();
+        self.terminal.clear();
         let ranks: Vec<u32> = self.attempts.keys().copied().collect();
         for rank in ranks {
             self.refresh_rank(rank);
@@ -160,6 +250,9 @@ impl RequestDoc {
         &self.skipped
     }
 
+    /// Derives rank `rank`'s run again and keeps the unfinished, tried
+    /// and terminal bookkeeping in step (a merge may move a rank from one
+    /// terminal state to another, or out of one).
     fn refresh_rank(&mut self, rank: u32) {
         let policy = RunPolicy {
             retries: self.spec.retries,
@@ -167,13 +260,27 @@ impl RequestDoc {
         };
         let list = self.attempts.get(&rank).map(Vec::as_slice).unwrap_or(&[]);
         let state = derive_run(&self.spec.id, list, policy, |_| true).state;
-        let was_unfinished = self.unfinished.contains(&rank);
-        if state.is_terminal() && was_unfinished {
+        let tried = !list.is_empty();
+        if rank >= self.spec.repetitions {
+            return;
+        }
+        let old = self.terminal.get(&rank).copied();
+        if let Some(o) = old {
+            self.done.remove(o);
+            self.terminal.remove(&rank);
+        }
+        if state.is_terminal() {
             self.unfinished.remove(&rank);
             self.tried.remove(&rank);
             self.done.add(state);
-        } else if !state.is_terminal() && !list.is_empty() {
-            self.tried.insert(rank);
+            self.terminal.insert(rank, state);
+        } else {
+            self.unfinished.insert(rank);
+            if tried {
+                self.tried.insert(rank);
+            } else {
+                self.tried.remove(&rank);
+            }
         }
     }
 

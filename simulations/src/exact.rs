@@ -1,0 +1,249 @@
+//! The exact mode: every virtual node *is* the protocol core
+//! ([`pesc_protocol::node::Node`]), stepped by the in-process harness with
+//! the scenario's network, clock, work and availability. Nothing here
+//! decides what a node does; it only sets the stage and reads the
+//! documents afterwards. Good for grids up to a few hundred nodes; the
+//! fast engine (closed form) reaches 10 000 and is checked against this.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use pesc_protocol::harness::{Harness, Link};
+use pesc_protocol::model::{AttemptState, RunState};
+use pesc_protocol::node::Exit;
+use pesc_protocol::{NodeId, RequestId};
+use serde::Serialize;
+
+use crate::scenario::Scenario;
+
+/// What the exact mode measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExactReport {
+    pub scenario: String,
+    pub mode: &'static str,
+    pub seed: u64,
+    pub nodes: usize,
+    pub runs: u64,
+    pub finished: bool,
+    pub unfinished_runs: u64,
+    /// First submit to the last result recorded.
+    pub makespan_s: f64,
+    /// Work of runs that did not become the result (cut by a switch-off,
+    /// lost races, copies on both sides of a partition), over the useful
+    /// work.
+    pub duplicate_work_pct: f64,
+    /// Attempts made, over runs.
+    pub claims: u64,
+    pub messages: u64,
+    pub messages_lost: u64,
+    pub invariant_violations: u64,
+    pub violation_examples: Vec<String>,
+    pub simulated_in_s: f64,
+}
+
+/// Something the scenario does at a time.
+enum Cue {
+    Submit(usize),
+    Down(usize),
+    Up(usize),
+    Cut(usize),
+    Heal,
+}
+
+/// Runs a scenario with real protocol cores.
+pub fn run(sc: &Scenario) -> ExactReport {
+    let t0 = std::time::Instant::now();
+    let drawn = sc.drawn_work();
+    // The work of each request's runs, by the id its node gave it.
+    let work: Rc<RefCell<HashMap<RequestId, Vec<u32>>>> = Default::default();
+    let ids: Vec<NodeId> = (0..sc.nodes.len())
+        .map(|i| NodeId::new(format!("n{i:04}")))
+        .collect();
+    let speed: HashMap<NodeId, f64> = ids
+        .iter()
+        .zip(&sc.nodes)
+        .map(|(id, n)| (id.clone(), n.speed))
+        .collect();
+    let overhead = sc.timing.start_overhead_ms;
+    let program = {
+        let work = work.clone();
+        Box::new(move |node: &NodeId, job: &pesc_protocol::node::Job| {
+            let w = work
+                .borrow()
+                .get(&job.key.0)
+                .and_then(|w| w.get(job.key.1 as usize).copied())
+                .unwrap_or(1_000);
+            let s = speed.get(node).copied().unwrap_or(1.0);
+            (overhead + (f64::from(w) / s).ceil() as u64, Exit::Code(0))
+        })
+    };
+    let mut h = Harness::new(sc.seed, program);
+    h.set_lease_ttl(sc.timing.lease_ttl_ms);
+    let jitter = sc.net.jitter_ms.ceil() as u64;
+    h.link = Link {
+        min_delay_ms: sc.net.latency_ms.ceil().max(1.0) as u64,
+        max_delay_ms: sc.net.latency_ms.ceil().max(1.0) as u64 + jitter,
+        loss_ppm: (sc.net.loss * 1e6) as u64,
+        duplicate_ppm: 0,
+    };
+    for (id, n) in ids.iter().zip(&sc.nodes) {
+        h.add_node(id.as_str(), n.slots);
+    }
+    let mut cues: Vec<(u64, Cue)> = Vec::new();
+    for (i, plan) in sc.requests.iter().enumerate() {
+        cues.push((plan.at_ms, Cue::Submit(i)));
+    }
+    for (i, n) in sc.nodes.iter().enumerate() {
+        for &(d, u) in &n.avail.off {
+            cues.push((d, Cue::Down(i)));
+            if u < sc.time_limit_ms {
+                cues.push((u, Cue::Up(i)));
+            }
+        }
+    }
+    for (p_i, p) in sc.net.partitions.iter().enumerate() {
+        cues.push((p.start_ms, Cue::Cut(p_i)));
+        cues.push((p.end_ms, Cue::Heal));
+    }
+    cues.sort_by_key(|c| c.0);
+    let mut requests: Vec<(RequestId, usize)> = Vec::new();
+    let mut first_submit = u64::MAX;
+    for (t, cue) in cues {
+        if t > sc.time_limit_ms {
+            break;
+        }
+        h.run_until(t);
+        match cue {
+            Cue::Submit(i) => {
+                let plan = &sc.requests[i];
+                // On the planned node, or the first one up.
+                let on = std::iter::once(plan.node as usize)
+                    .chain(0..ids.len())
+                    .map(|k| ids[k % ids.len()].clone())
+                    .find(|n| h.is_up(n));
+                if let Some(on) = on {
+                    let id = h.submit(&on, &plan.owner, plan.runs);
+                    work.borrow_mut().insert(id.clone(), drawn[i].1.clone());
+                    requests.push((id, plan.runs as usize));
+                    first_submit = first_submit.min(t);
+                }
+            }
+            Cue::Down(i) => h.crash(&ids[i]),
+            Cue::Up(i) => h.restart(&ids[i]),
+            Cue::Cut(p) => {
+                let side: Vec<NodeId> = sc.net.partitions[p]
+                    .side
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s)
+                    .map(|(k, _)| ids[k].clone())
+                    .collect();
+                h.partition(&side);
+            }
+            Cue::Heal => h.heal(),
+        }
+    }
+    let all: Vec<RequestId> = requests.iter().map(|r| r.0.clone()).collect();
+    let limit = sc.time_limit_ms.saturating_sub(h.now().mono_ms);
+    let finished = h.run_until_true(limit, |h| all.iter().all(|id| settled_everywhere(h, id)));
+    // Time for the last results to reach every replica.
+    h.run_for(5_000);
+    report(sc, &h, &requests, first_submit, finished, t0)
+}
+
+fn settled_everywhere(h: &Harness, id: &RequestId) -> bool {
+    let now = h.now();
+    h.ids().iter().filter(|n| h.is_up(n)).all(|n| {
+        h.node(n)
+            .and_then(|x| x.get(now, id.as_str(), false).ok())
+            .is_some_and(|i| i.state.is_terminal())
+    })
+}
+
+fn report(
+    sc: &Scenario,
+    h: &Harness,
+    requests: &[(RequestId, usize)],
+    first_submit: u64,
+    finished: bool,
+    t0: std::time::Instant,
+) -> ExactReport {
+    let now = h.now();
+    let wall_base = now.wall_ms - now.mono_ms;
+    let up: Vec<NodeId> = h.ids().into_iter().filter(|n| h.is_up(n)).collect();
+    let mut violations = Vec::new();
+    let (mut last, mut useful, mut wasted, mut claims, mut unfinished) = (0u64, 0u64, 0u64, 0, 0);
+    for (id, _) in requests {
+        let views: BTreeMap<&NodeId, _> = up
+            .iter()
+            .filter_map(|n| Some((n, h.node(n)?.get(now, id.as_str(), true).ok()?)))
+            .collect();
+        let Some((_, first)) = views.iter().next() else {
+            continue;
+        };
+        let outcome = |i: &pesc_protocol::api::RequestInfo| -> Vec<_> {
+            i.runs
+                .iter()
+                .flatten()
+                .map(|r| (r.state, r.node.clone(), r.attempt))
+                .collect()
+        };
+        let reference = outcome(first);
+        for (n, v) in &views {
+            if outcome(v) != reference {
+                violations.push(format!("{n} sees another outcome of request {id}"));
+            }
+        }
+        for r in first.runs.iter().flatten() {
+            if r.state != RunState::Succeeded {
+                unfinished += 1;
+                continue;
+            }
+            last = last.max(r.finished_ms.unwrap_or(0).saturating_sub(wall_base));
+            for a in &r.history {
+                claims += 1;
+                let ran = match (a.started_ms, a.finished_ms) {
+                    (Some(s), Some(f)) => f.saturating_sub(s),
+                    _ => 0,
+                };
+                if Some(a.epoch) == r.attempt && a.state == AttemptState::Succeeded {
+                    useful += ran;
+                } else {
+                    wasted += ran;
+                }
+            }
+        }
+    }
+    if !finished && !up.is_empty() {
+        violations.push(format!(
+            "{unfinished} runs unfinished at the time limit while nodes were on"
+        ));
+    }
+    for (n, t) in h.observed.over_slots.iter().take(5) {
+        violations.push(format!("{n} ran more than its slots at {t} ms"));
+    }
+    let count = violations.len() as u64 + h.observed.over_slots.len().saturating_sub(5) as u64;
+    violations.truncate(10);
+    ExactReport {
+        scenario: sc.name.clone(),
+        mode: "exact",
+        seed: sc.seed,
+        nodes: sc.nodes.len(),
+        runs: requests.iter().map(|r| r.1 as u64).sum(),
+        finished,
+        unfinished_runs: unfinished,
+        makespan_s: last.saturating_sub(first_submit.min(last)) as f64 / 1000.0,
+        duplicate_work_pct: if useful == 0 {
+            0.0
+        } else {
+            wasted as f64 * 100.0 / useful as f64
+        },
+        claims,
+        messages: h.observed.sent,
+        messages_lost: h.observed.lost,
+        invariant_violations: count,
+        violation_examples: violations,
+        simulated_in_s: t0.elapsed().as_secs_f64(),
+    }
+}
