@@ -184,10 +184,34 @@ pub enum AccessChange {
     /// Deletes an account (its tokens are removed with their own changes).
     RemoveUser(String),
     PutRoom(Room),
+    /// Adds a user to one of a room's lists, or takes them out (one key
+    /// per member: concurrent edits of a room all stay).
+    RoomMember {
+        room: String,
+        list: RoomList,
+        user: String,
+        present: bool,
+    },
     /// Puts a node in a named room, or takes it out of its room.
     PlaceNode(crate::NodeId, Option<String>),
     /// Sets the grid's minimum isolation level (admins only).
     SetMinIsolation(crate::isolation::IsolationLevel),
+}
+
+/// A room's list of members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomList {
+    Admins,
+    Users,
+}
+
+impl RoomList {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomList::Admins => "admins",
+            RoomList::Users => "users",
+        }
+    }
 }
 
 /// Checks a user or room name: short, printable, no separators that

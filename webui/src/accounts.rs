@@ -521,16 +521,23 @@ pub(crate) async fn edit_member(
     if present && a.user(user).is_none() {
         return Err(ApiFailure::bad_request(format!("no user '{user}'")));
     }
-    let v = match list {
-        Member::Admin => &mut r.admins,
-        Member::User => &mut r.users,
+    let (v, which) = match list {
+        Member::Admin => (&mut r.admins, pesc_protocol::access::RoomList::Admins),
+        Member::User => (&mut r.users, pesc_protocol::access::RoomList::Users),
     };
     v.retain(|u| u != user);
     if present {
         v.push(user.to_string());
     }
+    // One key per member: another admin's concurrent edit of this room
+    // stays too.
     st.svc
-        .change_access(AccessChange::PutRoom(r.clone()))
+        .change_access(AccessChange::RoomMember {
+            room: room.to_string(),
+            list: which,
+            user: user.to_string(),
+            present,
+        })
         .await?;
     Ok(r)
 }

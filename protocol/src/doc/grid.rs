@@ -175,8 +175,83 @@ impl GridDoc {
         put_json(&mut self.doc, &o, &room.name, room)
     }
 
+    /// Every room: its record, with its members as the per-key entries
+    /// say (`ROOM/admins/USER`, `ROOM/users/USER` → "1" present, "0"
+    /// removed: concurrent edits of different members both stay; one
+    /// member's concurrent add and remove keep the last writer's).
     pub fn rooms(&self) -> Result<Vec<Room>> {
-        Ok(self.entries("rooms")?.into_iter().map(|(_, r)| r).collect())
+        use automerge::{ReadDoc, ScalarValueRef, ValueRef};
+        let o = self.obj("rooms")?;
+        let mut rooms: std::collections::BTreeMap<String, Room> = Default::default();
+        let mut members = Vec::new();
+        for item in self.doc.map_range(&o, ..) {
+            let key = item.key.to_string();
+            let text = match item.value {
+                ValueRef::Scalar(ScalarValueRef::Str(t)) => t.to_string(),
+                _ => {
+                    self.skipped
+                        .record(format!("rooms/{key}"), "not a string".into());
+                    continue;
+                }
+            };
+            if key.contains('/') {
+                members.push((key, text));
+                continue;
+            }
+            match parse_checked::<Room>(&key, &text) {
+                Ok(r) => {
+                    rooms.insert(key, r);
+                }
+                Err(e) => self.skipped.record(format!("rooms/{key}"), e.to_string()),
+            }
+        }
+        for (key, value) in members {
+            let mut parts = key.splitn(3, '/');
+            let (Some(room), Some(list), Some(user)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Some(r) = rooms.get_mut(room) else {
+                // Members of a room not (yet) here: kept until it arrives.
+                continue;
+            };
+            let v = match list {
+                "admins" => &mut r.admins,
+                "users" => &mut r.users,
+                _ => {
+                    self.skipped
+                        .record(format!("rooms/{key}"), "not a member list".into());
+                    continue;
+                }
+            };
+            match value.as_str() {
+                "1" if !v.iter().any(|u| u == user) => v.push(user.to_string()),
+                "0" => v.retain(|u| u != user),
+                "1" => {}
+                _ => self
+                    .skipped
+                    .record(format!("rooms/{key}"), "a member is \"1\" or \"0\"".into()),
+            }
+        }
+        Ok(rooms.into_values().collect())
+    }
+
+    /// Adds a user to a room's admins or users, or takes them out, by its
+    /// own key: a set that merges edit by edit.
+    pub fn set_room_member(
+        &mut self,
+        room: &str,
+        list: crate::access::RoomList,
+        user: &str,
+        present: bool,
+    ) -> Result<()> {
+        use automerge::transaction::Transactable;
+        crate::access::check_name("room", room)?;
+        crate::access::check_name("user", user)?;
+        let o = self.obj("rooms")?;
+        let key = format!("{room}/{}/{user}", list.as_str());
+        self.doc.put(&o, key, if present { "1" } else { "0" })?;
+        Ok(())
     }
 
     pub fn put_process(&mut self, p: &Process) -> Result<()> {
@@ -365,6 +440,12 @@ impl GridDoc {
             RemoveToken(id) => self.remove_token(id).map(|_| ()),
             RemoveUser(name) => self.remove("users", name).map(|_| ()),
             PutRoom(r) => self.put_room(r),
+            RoomMember {
+                room,
+                list,
+                user,
+                present,
+            } => self.set_room_member(room, *list, user, *present),
             PlaceNode(n, r) => self.place_node(n, r.as_deref()),
             SetMinIsolation(l) => self.set_min_isolation(*l),
         }
