@@ -538,9 +538,12 @@ impl NodeService for Service {
     ) -> Result<RequestInfo, ApiFailure> {
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_millis(timeout_ms);
-        let mut versions = self.agent.versions.clone();
+        // Woken by changes of this request only (set once its id is known).
+        let mut versions: Option<tokio::sync::watch::Receiver<u64>> = None;
         loop {
-            versions.borrow_and_update();
+            if let Some(v) = versions.as_mut() {
+                v.borrow_and_update();
+            }
             let info = self
                 .agent
                 .call(|r| Command::Get {
@@ -556,6 +559,11 @@ impl NodeService for Service {
             if since_version.is_none() || info.state.is_terminal() {
                 return Ok(info);
             }
+            let Some(watch) = versions.as_mut() else {
+                // Subscribed, then asked again: a change in between is seen.
+                versions = Some(self.agent.watchers.subscribe(&info.id));
+                continue;
+            };
             let wake_at = if changed {
                 (start + LONG_POLL_MIN).min(deadline)
             } else {
@@ -564,7 +572,7 @@ impl NodeService for Service {
             if changed && tokio::time::Instant::now() >= wake_at {
                 return Ok(info);
             }
-            match tokio::time::timeout_at(wake_at, versions.changed()).await {
+            match tokio::time::timeout_at(wake_at, watch.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Ok(info),
                 Err(_) if changed => continue,

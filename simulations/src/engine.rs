@@ -555,8 +555,28 @@ impl Sim {
                         req.done_t = now;
                     }
                 } else {
-                    // Two successes: the result rule keeps one; this one was for nothing.
-                    self.m.duplicate_ms += ran;
+                    // Two successes: the result rule (`derive_run`: first in
+                    // (epoch, claim priority) order, not first in time) keeps
+                    // one; the other was for nothing.
+                    let old = req.result[r as usize];
+                    let id = req.spec.id.clone();
+                    let rank_of = |x: &Att, node: &NodeId| {
+                        (
+                            x.epoch,
+                            pesc_protocol::run_view::claim_priority(&id, r, x.epoch, node),
+                        )
+                    };
+                    let (o, n) = (&self.atts[old as usize], &self.atts[a as usize]);
+                    let new_wins = rank_of(n, &self.nodes[n.node as usize].id)
+                        < rank_of(o, &self.nodes[o.node as usize].id);
+                    if new_wins {
+                        let old_ran = o.end_t.saturating_sub(o.start_t);
+                        self.reqs[q as usize].result[r as usize] = a;
+                        self.m.useful_ms = self.m.useful_ms - old_ran.min(self.m.useful_ms) + ran;
+                        self.m.duplicate_ms += old_ran;
+                    } else {
+                        self.m.duplicate_ms += ran;
+                    }
                     self.m.double_results += 1;
                 }
             }

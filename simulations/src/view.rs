@@ -314,6 +314,8 @@ impl Sim {
         let partitioned = self.sc.net.partitioned_at(now);
         let lease_quiet = ttl.saturating_sub(self.sc.timing.heartbeat_ms);
         let mut cands = Vec::new();
+        // Alone, a node scans in rank order (as `Node::schedule` does).
+        let alone = self.nodes.iter().filter(|n| n.up).take(2).count() <= 1;
         for (qi, q) in self.reqs.iter().enumerate() {
             let qi = qi as u32;
             if q.submit_t > now
@@ -323,7 +325,11 @@ impl Sim {
                 continue;
             }
             let reps = q.spec.repetitions;
-            let start = scan_start(&self.nodes[b as usize].id, &q.spec.id, reps);
+            let start = if alone {
+                0
+            } else {
+                scan_start(&self.nodes[b as usize].id, &q.spec.id, reps)
+            };
             // The node's scan (`RequestDoc::scan_from`): ranks tried before
             // first, then the others, each from `b`'s own starting point. Of
             // the tried ones, only these can look queued to `b`: open ones to

@@ -26,7 +26,7 @@ use pesc_protocol::node::{
     Action, AttemptKey, Config, ExecutorInfo, Node, NodeError, Now, Policy, Sample, Submitted,
 };
 use pesc_protocol::wire::{Gossip, SyncRequest};
-use pesc_protocol::{BlobHash, NodeId};
+use pesc_protocol::{BlobHash, NodeId, RequestId};
 use pesc_webui::ApiFailure;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -144,6 +144,7 @@ pub struct Agent {
     stop_reply: Option<Reply<()>>,
     /// The core says the stop is complete.
     stopped: bool,
+    watchers: Arc<Watchers>,
 }
 
 /// A handle the API uses to reach the agent.
@@ -151,6 +152,36 @@ pub struct Agent {
 pub struct AgentHandle {
     pub tx: mpsc::Sender<Command>,
     pub versions: watch::Receiver<u64>,
+    /// Per request: what a long poll on it waits for.
+    pub watchers: Arc<Watchers>,
+}
+
+/// Long polls wait on the request they ask about, not on every change of
+/// the node: one watch per request someone waits on.
+#[derive(Default)]
+pub struct Watchers(std::sync::Mutex<HashMap<RequestId, watch::Sender<u64>>>);
+
+impl Watchers {
+    /// Wakes on each change of request `id`.
+    pub fn subscribe(&self, id: &RequestId) -> watch::Receiver<u64> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(id.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Request `id` changed: wakes its waiters (and forgets watches nobody
+    /// holds any more).
+    fn changed(&self, id: &RequestId, version: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(id) {
+            if tx.receiver_count() == 0 {
+                map.remove(id);
+            } else {
+                let _ = tx.send(version);
+            }
+        }
+    }
 }
 
 impl AgentHandle {
@@ -226,6 +257,7 @@ impl Agent {
         let (version_tx, versions) = watch::channel(0);
         // Bounded: a runner that reports faster than the agent reads waits.
         let (events_tx, events_rx) = mpsc::channel(1024);
+        let watchers = Arc::new(Watchers::default());
         let probes = probe::Probes::new(s.policy.clone(), s.gpus, &s.node);
         let agent = Agent {
             node,
@@ -247,8 +279,17 @@ impl Agent {
             probes: Some(probes),
             stop_reply: None,
             stopped: false,
+            watchers: watchers.clone(),
         };
-        Ok((agent, AgentHandle { tx, versions }, rx))
+        Ok((
+            agent,
+            AgentHandle {
+                tx,
+                versions,
+                watchers,
+            },
+            rx,
+        ))
     }
 
     /// Both clocks now.
@@ -406,6 +447,7 @@ impl Agent {
             Action::Changed(v) => {
                 let _ = self.version_tx.send(v);
             }
+            Action::RequestChanged(id, v) => self.watchers.changed(&id, v),
             Action::Stopped => self.stopped = true,
         }
     }

@@ -721,7 +721,8 @@ impl Harness {
             | Action::RequestDone(_)
             | Action::EvictBlobs(_)
             | Action::LiveNodes(_)
-            | Action::Changed(_) => {}
+            | Action::Changed(_)
+            | Action::RequestChanged(..) => {}
         }
     }
 

@@ -46,6 +46,9 @@ pub enum Action {
     LiveNodes(usize),
     /// Requests changed: the node's change counter is now this.
     Changed(u64),
+    /// This request changed (its version is now this): whoever waits on
+    /// it in particular is woken, nobody else.
+    RequestChanged(RequestId, u64),
     /// A stop is complete: runs recorded, the grid told; the node may exit.
     Stopped,
 }

@@ -110,6 +110,8 @@ impl super::Node {
             self.repl.changed.insert(DocKey::Request(id.clone()));
             self.version += 1;
             q.version = self.version;
+            self.actions
+                .push_back(super::Action::RequestChanged(id.clone(), self.version));
             self.event_log.push_back((self.version, id.clone()));
             if self.event_log.len() > super::EVENT_LOG {
                 self.event_log.pop_front();
