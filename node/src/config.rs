@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub max_upload_mb: u64,
     /// A lease expires when no heartbeat was received for this long.
     pub lease_ttl_ms: u64,
+    /// A finished request leaves memory after this many seconds without a
+    /// change (it stays listed, searchable and downloadable).
+    pub archive_after_s: u64,
     /// Where to listen for peers (multiaddrs).
     pub listen: Vec<String>,
     /// Peers to dial on other subnets (multiaddrs, with or without /p2p/ID).
@@ -92,6 +95,7 @@ impl Default for NodeConfig {
                 .unwrap_or_else(|| "user".into()),
             max_upload_mb: 1024,
             lease_ttl_ms: pesc_protocol::lease::DEFAULT_LEASE_TTL_MS,
+            archive_after_s: pesc_protocol::node::ARCHIVE_AFTER_MS / 1000,
             listen: vec![
                 format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}"),
                 format!("/ip6/::/tcp/{DEFAULT_P2P_PORT}"),

@@ -56,6 +56,10 @@ pub struct NodeArgs {
     /// Nodes that must keep a run's results (default: node.toml's `replication`).
     #[arg(long, value_name = "N")]
     pub replication: Option<u32>,
+    /// Archive a finished request after this many seconds without a change
+    /// (default: node.toml's `archive_after_s`, 600).
+    #[arg(long, value_name = "S")]
+    pub archive_after_s: Option<u64>,
     /// Seconds between checkpoint snapshots (default: `checkpoint_interval_s`).
     #[arg(long, value_name = "S")]
     pub checkpoint_interval_s: Option<u64>,
@@ -101,6 +105,9 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
             bail!("--lease-ttl-ms must be at least 1000");
         }
         cfg.lease_ttl_ms = t;
+    }
+    if let Some(a) = args.archive_after_s {
+        cfg.archive_after_s = a;
     }
     if let Some(r) = args.replication {
         if !(1..=16).contains(&r) {
@@ -209,6 +216,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         name: cfg.name.clone(),
         slots: cfg.slots,
         lease_ttl_ms: cfg.lease_ttl_ms,
+        archive_after_ms: cfg.archive_after_s.saturating_mul(1000),
         data_dir: data_dir.clone(),
         grid_id: grid_id.clone(),
         replication: cfg.replication as usize,

@@ -525,8 +525,20 @@ impl NodeService for Service {
             .await
     }
 
-    async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure> {
-        self.agent.ask(Command::List).await
+    async fn list_requests(
+        &self,
+        owner: Option<String>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<RequestInfo>, ApiFailure> {
+        self.agent
+            .ask(|reply| Command::List {
+                owner,
+                offset,
+                limit,
+                reply,
+            })
+            .await
     }
 
     async fn get_request(

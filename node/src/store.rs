@@ -11,6 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_snapshots");
 /// Incremental saves appended after the snapshot: (document, sequence) → bytes.
 const CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("doc_chunks");
+/// Archived documents: key → summary (JSON). Not loaded at start.
+const ARCHIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_archived");
 /// Small values: grid id, …
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -26,6 +28,7 @@ impl Store {
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(CHUNKS)?;
         tx.open_table(META)?;
+        tx.open_table(ARCHIVED)?;
         tx.commit()?;
         Ok(Store { db })
     }
@@ -61,21 +64,30 @@ impl Store {
         let tx = self.db.begin_write()?;
         tx.delete_table(SNAPSHOTS)?;
         tx.delete_table(CHUNKS)?;
+        tx.delete_table(ARCHIVED)?;
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(CHUNKS)?;
+        tx.open_table(ARCHIVED)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Every stored document, snapshot followed by its chunks in order.
+    /// Every document but the archived ones (their summaries are
+    /// [`Store::archived`]).
     pub fn load_docs(&self) -> Result<Vec<StoredDoc>> {
         let tx = self.db.begin_read()?;
         let snaps = tx.open_table(SNAPSHOTS)?;
         let chunks = tx.open_table(CHUNKS)?;
+        let archived = tx.open_table(ARCHIVED)?;
+        let is_archived = |k: &str| -> Result<bool> { Ok(archived.get(k)?.is_some()) };
         let mut out: Vec<StoredDoc> = Vec::new();
         let mut index: std::collections::HashMap<String, usize> = Default::default();
         for item in snaps.iter()? {
             let (k, v) = item?;
+            if is_archived(k.value())? {
+                continue;
+            }
             index.insert(k.value().to_string(), out.len());
             out.push(StoredDoc {
                 key: k.value().to_string(),
@@ -86,6 +98,9 @@ impl Store {
         for item in chunks.iter()? {
             let (k, v) = item?;
             let (key, seq) = k.value();
+            if is_archived(key)? {
+                continue;
+            }
             let idx = *index.entry(key.to_string()).or_insert_with(|| {
                 out.push(StoredDoc {
                     key: key.to_string(),
@@ -101,6 +116,47 @@ impl Store {
         Ok(out)
     }
 
+    /// The summaries of the archived documents (a summary that does not
+    /// parse is skipped: its document is loaded at the next start as an
+    /// unarchived one would be... once its mark is gone).
+    pub fn archived(&self) -> Result<Vec<pesc_protocol::node::ArchivedRequest>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ARCHIVED)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            match serde_json::from_slice(v.value()) {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::warn!("archived summary of {} unreadable: {e}", k.value()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One document, snapshot and chunks (to restore an archived one).
+    pub fn load_doc(&self, key: &str) -> Result<Option<StoredDoc>> {
+        let tx = self.db.begin_read()?;
+        let snaps = tx.open_table(SNAPSHOTS)?;
+        let chunks = tx.open_table(CHUNKS)?;
+        let mut doc = StoredDoc {
+            key: key.to_string(),
+            bytes: Vec::new(),
+            saved: SavedDoc::default(),
+        };
+        let mut found = false;
+        if let Some(v) = snaps.get(key)? {
+            doc.bytes.extend_from_slice(v.value());
+            found = true;
+        }
+        for item in chunks.range((key, 0)..=(key, u64::MAX))? {
+            let (k, v) = item?;
+            doc.bytes.extend_from_slice(v.value());
+            doc.saved.loaded_chunk(k.value().1);
+            found = true;
+        }
+        Ok(found.then_some(doc))
+    }
+
     /// Applies writes in one durable transaction.
     pub fn write(&self, writes: Vec<DocWrite>) -> Result<()> {
         if writes.is_empty() {
@@ -110,6 +166,7 @@ impl Store {
         {
             let mut snaps = tx.open_table(SNAPSHOTS)?;
             let mut chunks = tx.open_table(CHUNKS)?;
+            let mut archived = tx.open_table(ARCHIVED)?;
             for w in writes {
                 match w {
                     DocWrite::Chunk { key, seq, bytes } => {
@@ -122,6 +179,14 @@ impl Store {
                                 false
                             })?;
                     }
+                    DocWrite::Archive { key, summary } => match summary {
+                        Some(s) => {
+                            archived.insert(key.as_str(), s.as_slice())?;
+                        }
+                        None => {
+                            archived.remove(key.as_str())?;
+                        }
+                    },
                 }
             }
         }

@@ -107,6 +107,11 @@ impl Principal {
     pub fn may_see_request(&self, owner: &str) -> bool {
         self.sees_all() || self.user == owner
     }
+    /// Whose requests a listing shows this caller: everyone's (`None`) or
+    /// their own (the same rule as [`Principal::may_see_request`]).
+    pub fn request_owner_filter(&self) -> Option<&str> {
+        (!self.sees_all()).then_some(self.user.as_str())
+    }
     /// May cancel a request made by `owner`: its owner, or an admin.
     pub fn may_cancel_request(&self, owner: &str) -> bool {
         self.is_admin() || self.user == owner

@@ -304,3 +304,47 @@ proptest! {
         prop_assert!(over.is_empty(), "a node ran more than its slots: {over:?}");
     }
 }
+
+#[test]
+fn finished_requests_are_archived_yet_listed_restored_and_served_to_a_new_node() {
+    let mut h = Harness::new(9, Harness::fixed(100));
+    h.set_archive_after(30_000);
+    let n = grid(&mut h, 2, 2);
+    h.run_for(3_000);
+    let ids: Vec<RequestId> = (0..3).map(|_| h.submit(&n[0], "ana", 4)).collect();
+    assert!(h.run_until_true(20_000, |h| ids.iter().all(|id| settled_everywhere(h, id))));
+    h.run_for(45_000);
+    for x in &n {
+        let node = h.node(x).unwrap();
+        for id in &ids {
+            assert!(node.is_archived(id), "{id} archived on {x}");
+        }
+        // Still listed, with their states, newest first.
+        let list = node.list(h.now());
+        assert_eq!(list.len(), 3);
+        assert!(list.iter().all(|r| r.state == RequestState::Succeeded));
+        assert!(list.windows(2).all(|w| w[0].created_ms >= w[1].created_ms));
+        assert_eq!(node.metrics(h.now()).runs.succeeded, 12);
+    }
+    // Archived: no runs until the document is read back.
+    assert!(info(&h, &n[0], &ids[0]).unwrap().runs.is_none());
+    h.restore(&n[0], &ids[0]);
+    assert_eq!(outcome(&h, &n[0], &ids[0]).len(), 4);
+    // A restart reads the summaries, not the documents.
+    h.crash(&n[1]);
+    h.restart(&n[1]);
+    h.run_for(2_000);
+    assert!(h.node(&n[1]).unwrap().is_archived(&ids[1]));
+    assert_eq!(h.node(&n[1]).unwrap().list(h.now()).len(), 3);
+    // A node that joins later asks for every request: the others read
+    // theirs back to answer it.
+    let late = h.add_node("n9", 1);
+    assert!(
+        h.run_until_true(30_000, |h| ids.iter().all(
+            |id| info(h, &late, id).is_some_and(|i| i.state == RequestState::Succeeded)
+        ))
+    );
+    for id in &ids {
+        assert_eq!(outcome(&h, &late, id).len(), 4);
+    }
+}

@@ -155,8 +155,13 @@ fn templates() {}
         (status = 401, body = ApiError)))]
 fn events() {}
 
-#[utoipa::path(get, path = "/api/v1/requests", responses(
-    (status = 200, description = "Every request, without runs", body = Vec<RequestInfo>),
+#[utoipa::path(get, path = "/api/v1/requests",
+    params(
+        ("limit" = Option<usize>, Query, description = "At most this many (all without)"),
+        ("offset" = Option<usize>, Query, description = "After skipping this many")),
+    responses(
+    (status = 200, description = "The requests the caller may see, newest first, without runs (finished requests archived long ago too)", body = Vec<RequestInfo>),
+    (status = 400, description = "A limit or offset that is not a number", body = ApiError),
     (status = 401, body = ApiError)))]
 fn list_requests() {}
 

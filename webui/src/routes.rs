@@ -227,13 +227,27 @@ async fn fetch_file(
     Ok(Json(st.svc.fetch_file(&name).await?))
 }
 
+/// A page of requests.
+#[derive(Deserialize)]
+struct PageQuery {
+    /// At most this many (all without).
+    limit: Option<usize>,
+    /// After skipping this many.
+    offset: Option<usize>,
+}
+
 async fn list_requests(
     State(st): Svc,
     axum::Extension(c): Who,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    let mut all = st.svc.list_requests().await?;
-    all.retain(|r| c.who.may_see_request(&r.owner));
-    Ok(Json(all))
+    let Query(q) = q.map_err(|e| ApiFailure::bad_request(format!("bad query: {e}")))?;
+    let owner = c.who.request_owner_filter().map(str::to_string);
+    let page = st
+        .svc
+        .list_requests(owner, q.offset.unwrap_or(0), q.limit.unwrap_or(usize::MAX))
+        .await?;
+    Ok(Json(page))
 }
 
 /// A request the caller may see (others' look like missing ones).

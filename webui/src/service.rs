@@ -84,7 +84,14 @@ pub trait NodeService: Send + Sync + 'static {
     /// Makes a request for `owner` (rooms were checked already).
     async fn create_request(&self, req: NewRequest, owner: &str)
     -> Result<RequestInfo, ApiFailure>;
-    async fn list_requests(&self) -> Result<Vec<RequestInfo>, ApiFailure>;
+    /// Requests, newest first: `owner`'s only when given, `limit` of them
+    /// after `offset`.
+    async fn list_requests(
+        &self,
+        owner: Option<String>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<RequestInfo>, ApiFailure>;
     /// One request. With `since_version`, waits up to `timeout_ms` until its
     /// version is newer or it is finished (a long poll).
     async fn get_request(

@@ -58,7 +58,13 @@ pub enum Command {
         String,
         Reply<NodeResult<Option<pesc_protocol::access::ApiToken>>>,
     ),
-    List(Reply<Vec<RequestInfo>>),
+    /// A page of requests, newest first (one owner's, or everyone's).
+    List {
+        owner: Option<String>,
+        offset: usize,
+        limit: usize,
+        reply: Reply<Vec<RequestInfo>>,
+    },
     Get {
         id: String,
         runs: bool,
@@ -105,6 +111,8 @@ pub struct Settings {
     pub name: String,
     pub slots: u32,
     pub lease_ttl_ms: u64,
+    /// A finished request is archived after this long without a change.
+    pub archive_after_ms: u64,
     pub data_dir: PathBuf,
     pub grid_id: String,
     /// Nodes that must hold a run's results before it counts as done.
@@ -128,6 +136,8 @@ pub struct Agent {
     name: String,
     cache_bytes: u64,
     writer: StoreWriter,
+    /// For reading archived documents back.
+    store: Arc<Store>,
     /// Replies to send once the next batch is durable.
     after_commit: Vec<AfterCommit>,
     runner: Arc<RunnerCtx>,
@@ -245,6 +255,7 @@ impl Agent {
                 containers: executor.runs_containers(),
             },
             // This start's incarnation: above every earlier start's.
+            archive_after_ms: s.archive_after_ms,
             incarnation: now_ms().max(1),
             seed: rand::random(),
         };
@@ -252,7 +263,8 @@ impl Agent {
             mono_ms: 0,
             wall_ms: now_ms(),
         };
-        let node = Node::load(cfg, store.load_docs()?, now)?;
+        let node = Node::load(cfg, store.load_docs()?, store.archived()?, now)?;
+        let store = Arc::new(store);
         let (tx, rx) = mpsc::channel(1024);
         let (version_tx, versions) = watch::channel(0);
         // Bounded: a runner that reports faster than the agent reads waits.
@@ -267,7 +279,8 @@ impl Agent {
             slots: s.slots,
             name: s.name,
             cache_bytes: s.cache_bytes,
-            writer: StoreWriter::spawn(Arc::new(store))?,
+            writer: StoreWriter::spawn(store.clone())?,
+            store,
             after_commit: Vec::new(),
             runner,
             stops: HashMap::new(),
@@ -495,7 +508,35 @@ impl Agent {
         });
     }
 
+    /// Reads an archived request back into the core before something
+    /// needs its document (its runs, results or logs; a peer's sync).
+    /// `prefix` is an id or its start, as users give it.
+    fn restore(&mut self, prefix: &str) {
+        let Ok(id) = self.node.resolve(prefix) else {
+            return;
+        };
+        if !self.node.is_archived(&id) {
+            return;
+        }
+        let now = self.now();
+        match self.store.load_doc(&Node::doc_key(&id)) {
+            Ok(Some(doc)) => {
+                if let Err(e) = self.node.restore(now, doc) {
+                    tracing::error!("{e}");
+                }
+            }
+            Ok(None) => tracing::error!("archived request {id} is not in the store"),
+            Err(e) => tracing::error!("reading archived request {id}: {e:#}"),
+        }
+    }
+
     fn command(&mut self, c: Command) {
+        match &c {
+            Command::Get { id, runs: true, .. }
+            | Command::Results { id, .. }
+            | Command::Log { id, .. } => self.restore(&id.clone()),
+            _ => {}
+        }
         let now = self.now();
         let n = &mut self.node;
         match c {
@@ -525,8 +566,13 @@ impl Agent {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::List(reply) => {
-                let _ = reply.send(n.list(now));
+            Command::List {
+                owner,
+                offset,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(n.list_page(now, owner.as_deref(), offset, limit));
             }
             Command::Get { id, runs, reply } => {
                 let _ = reply.send(n.get(now, &id, runs));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pesc_protocol::api::RequestInfo;
 use pesc_protocol::node::{NodeError, Submitted};
-use pesc_protocol::wire::{SyncRequest, SyncResponse};
+use pesc_protocol::wire::{DocKey, SyncRequest, SyncResponse};
 use pesc_protocol::{BlobHash, NodeId};
 use tokio::sync::oneshot;
 
@@ -19,6 +19,22 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Agent {
     pub(super) fn net_event(&mut self, ev: NetEvent) {
+        // A peer asking about an archived request: read it back first.
+        if let NetEvent::Sync {
+            req:
+                SyncRequest::Sync {
+                    doc: DocKey::Request(id),
+                    ..
+                }
+                | SyncRequest::Push {
+                    doc: DocKey::Request(id),
+                    ..
+                },
+            ..
+        } = &ev
+        {
+            self.restore(&id.to_string());
+        }
         let now = self.now();
         let n = &mut self.node;
         match ev {

@@ -16,15 +16,59 @@ pub(crate) fn get_scalar(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Opt
 }
 
 pub(crate) fn get_str(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option<String>> {
-    match get_scalar(doc, obj, key)? {
+    as_str(key, get_scalar(doc, obj, key)?)
+}
+
+/// Every field of a map of scalars, read in one pass (one seek instead of
+/// one per field); a field holding an object is an error.
+pub(crate) struct Fields(std::collections::BTreeMap<String, Option<ScalarValue>>);
+
+impl Fields {
+    pub(crate) fn read(doc: &AutoCommit, obj: &ObjId) -> Fields {
+        Fields(
+            doc.map_range(obj, ..)
+                .map(|item| {
+                    let v = match item.value.into_value() {
+                        Value::Scalar(s) => Some(s.into_owned()),
+                        Value::Object(_) => None,
+                    };
+                    (item.key.to_string(), v)
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Result<Option<ScalarValue>> {
+        match self.0.get(key) {
+            Some(Some(v)) => Ok(Some(v.clone())),
+            Some(None) => Err(Error::document(format!("'{key}' is an object"))),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn str(&self, key: &str) -> Result<Option<String>> {
+        as_str(key, self.get(key)?)
+    }
+
+    pub(crate) fn u64(&self, key: &str) -> Result<Option<u64>> {
+        as_u64(key, self.get(key)?)
+    }
+
+    pub(crate) fn i64(&self, key: &str) -> Result<Option<i64>> {
+        as_i64(key, self.get(key)?)
+    }
+}
+
+fn as_str(key: &str, v: Option<ScalarValue>) -> Result<Option<String>> {
+    match v {
         Some(ScalarValue::Str(s)) => Ok(Some(s.to_string())),
         Some(ScalarValue::Null) | None => Ok(None),
         Some(_) => Err(Error::document(format!("'{key}' is not a string"))),
     }
 }
 
-pub(crate) fn get_u64(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option<u64>> {
-    match get_scalar(doc, obj, key)? {
+fn as_u64(key: &str, v: Option<ScalarValue>) -> Result<Option<u64>> {
+    match v {
         Some(ScalarValue::Uint(v)) => Ok(Some(v)),
         Some(ScalarValue::Int(v)) if v >= 0 => Ok(Some(v as u64)),
         Some(ScalarValue::Null) | None => Ok(None),
@@ -34,8 +78,8 @@ pub(crate) fn get_u64(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option
     }
 }
 
-pub(crate) fn get_i64(doc: &AutoCommit, obj: &ObjId, key: &str) -> Result<Option<i64>> {
-    match get_scalar(doc, obj, key)? {
+fn as_i64(key: &str, v: Option<ScalarValue>) -> Result<Option<i64>> {
+    match v {
         Some(ScalarValue::Int(v)) => Ok(Some(v)),
         Some(ScalarValue::Uint(v)) => Ok(i64::try_from(v).ok()),
         Some(ScalarValue::Null) | None => Ok(None),

@@ -500,15 +500,17 @@ fn creation(doc: &mut AutoCommit) -> Result<Creation> {
 
 fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
     let (rank, epoch, node) = parse_attempt_key(key)?;
+    let f = Fields::read(doc, obj);
     let hash = |field: &str| -> Result<Option<BlobHash>> {
-        get_str(doc, obj, field)?
+        f.str(field)?
             .map(|s| {
                 s.parse()
                     .map_err(|_| Error::document(format!("bad hash in '{field}'")))
             })
             .transpose()
     };
-    let state = get_str(doc, obj, "state")?
+    let state = f
+        .str("state")?
         .ok_or_else(|| Error::document(format!("attempt {key} without state")))?
         .parse()?;
     Ok(Attempt {
@@ -516,19 +518,21 @@ fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
         epoch,
         node,
         state,
-        claimed_ms: get_u64(doc, obj, "claimed_ms")?.unwrap_or(0),
-        started_ms: get_u64(doc, obj, "started_ms")?,
-        finished_ms: get_u64(doc, obj, "finished_ms")?,
-        exit_code: get_i64(doc, obj, "exit_code")?.and_then(|v| i32::try_from(v).ok()),
+        claimed_ms: f.u64("claimed_ms")?.unwrap_or(0),
+        started_ms: f.u64("started_ms")?,
+        finished_ms: f.u64("finished_ms")?,
+        exit_code: f.i64("exit_code")?.and_then(|v| i32::try_from(v).ok()),
         output: hash("output")?,
         stdout: hash("stdout")?,
         stderr: hash("stderr")?,
-        reason: get_str(doc, obj, "reason")?,
-        replicas: node_list(get_str(doc, obj, "replicas")?),
+        reason: f.str("reason")?,
+        replicas: node_list(f.str("replicas")?),
         checkpoint: hash("checkpoint")?,
-        checkpoint_holders: node_list(get_str(doc, obj, "checkpoint_holders")?),
-        progress: get_u64(doc, obj, "progress")?.and_then(|p| u8::try_from(p.min(100)).ok()),
-        message: get_str(doc, obj, "message")?,
+        checkpoint_holders: node_list(f.str("checkpoint_holders")?),
+        progress: f
+            .u64("progress")?
+            .and_then(|p| u8::try_from(p.min(100)).ok()),
+        message: f.str("message")?,
     })
 }
 

@@ -115,6 +115,7 @@ pub struct Harness {
     program: Program,
     grid: String,
     lease_ttl_ms: u64,
+    archive_after_ms: u64,
     /// The connections need looking at again (links, sides or hosts changed).
     topology_changed: bool,
     pub observed: Observed,
@@ -133,6 +134,7 @@ impl Harness {
             program,
             grid: "harness-grid".into(),
             lease_ttl_ms: crate::lease::DEFAULT_LEASE_TTL_MS,
+            archive_after_ms: crate::node::ARCHIVE_AFTER_MS,
             topology_changed: true,
             observed: Observed::default(),
         }
@@ -141,6 +143,12 @@ impl Harness {
     /// Every program runs `ms` and succeeds.
     pub fn fixed(ms: u64) -> Program {
         Box::new(move |_, _| (ms, Exit::Code(0)))
+    }
+
+    /// Sets how long finished requests stay in memory, for nodes added
+    /// from now on.
+    pub fn set_archive_after(&mut self, ms: u64) {
+        self.archive_after_ms = ms;
     }
 
     /// Sets the lease TTL of nodes added from now on.
@@ -190,6 +198,7 @@ impl Harness {
                 isolation_detail: "simulated".into(),
                 containers: false,
             },
+            archive_after_ms: self.archive_after_ms,
             incarnation: 0,
             seed: 0,
         };
@@ -220,7 +229,7 @@ impl Harness {
         };
         h.cfg.incarnation = now.wall_ms;
         h.cfg.seed = seed;
-        let node = Node::load(h.cfg.clone(), h.store.docs(), now)
+        let node = Node::load(h.cfg.clone(), h.store.docs(), h.store.archived(), now)
             .unwrap_or_else(|e| panic!("node {id} cannot load its store: {e}"));
         h.node = Some(node);
         self.topology_changed = true;
@@ -517,6 +526,19 @@ impl Harness {
                     }
                     return;
                 }
+                // An archived document a peer asks about is read back first,
+                // as the node's driver does.
+                if let Msg::Sync {
+                    doc: DocKey::Request(id),
+                    ..
+                }
+                | Msg::Push {
+                    doc: DocKey::Request(id),
+                    ..
+                } = &msg
+                {
+                    self.restore(&to, id);
+                }
                 let Some(node) = self.node_mut(&to) else {
                     return;
                 };
@@ -723,6 +745,25 @@ impl Harness {
             | Action::LiveNodes(_)
             | Action::Changed(_)
             | Action::RequestChanged(..) => {}
+        }
+    }
+
+    /// Reads an archived request back into a node's memory, if it is
+    /// archived there (what a driver does before anything needs it).
+    pub fn restore(&mut self, on: &NodeId, id: &RequestId) {
+        let now = self.now();
+        let Some(h) = self.hosts.get_mut(on) else {
+            return;
+        };
+        let Some(node) = h.node.as_mut() else {
+            return;
+        };
+        if !node.is_archived(id) {
+            return;
+        }
+        if let Some(doc) = h.store.doc(&Node::doc_key(id)) {
+            node.restore(now, doc)
+                .expect("an archived document reads back");
         }
     }
 

@@ -159,6 +159,10 @@ impl Node {
     /// running ones are stopped.
     pub fn cancel(&mut self, now: Now, prefix: &str) -> Answer<RequestInfo> {
         let id = self.resolve(prefix)?;
+        if let Some(a) = self.archive.get(&id) {
+            // Finished long ago: nothing to cancel.
+            return Ok(a.info.clone());
+        }
         let node = self.cfg.node.clone();
         let q = self
             .requests

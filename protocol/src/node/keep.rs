@@ -35,6 +35,9 @@ impl Node {
                 }
             }
         }
+        for a in self.archive.values() {
+            keep.extend(a.keep.iter().copied());
+        }
         keep
     }
 }

@@ -14,6 +14,7 @@
 //! time.
 
 mod action;
+mod archive;
 mod commands;
 mod error;
 mod gpu_pool;
@@ -30,6 +31,7 @@ mod shutdown;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 pub use action::{Action, Job, Push};
+pub use archive::ArchivedRequest;
 pub use commands::Submitted;
 pub use error::NodeError;
 pub use gpu_pool::GpuPool;
@@ -89,6 +91,9 @@ pub struct Config {
     /// Rooms this node serves besides General.
     pub rooms: Vec<String>,
     pub executor: ExecutorInfo,
+    /// A finished request is archived after this long without a change
+    /// (see `archive`).
+    pub archive_after_ms: u64,
     /// This start's incarnation: above every earlier start's (wall ms at
     /// start will do).
     pub incarnation: u64,
@@ -102,6 +107,10 @@ pub const TICK_MS: u64 = 500;
 
 /// How often the blob store's size is checked.
 pub const EVICT_EVERY_MS: u64 = 60_000;
+
+/// How long a finished request stays in memory without a change before
+/// it is archived.
+pub const ARCHIVE_AFTER_MS: u64 = 10 * 60_000;
 
 /// Request changes kept for clients that reconnect to the event stream.
 const EVENT_LOG: usize = 10_000;
@@ -129,6 +138,12 @@ pub struct Node {
     grid_dirty: bool,
     grid_saved: SavedDoc,
     requests: BTreeMap<RequestId, Req>,
+    /// Finished requests whose documents are on disk only.
+    archive: BTreeMap<RequestId, ArchivedRequest>,
+    /// Archive marks to write with the next batch.
+    archive_writes: Vec<DocWrite>,
+    /// When each finished request was first seen finished and quiet.
+    finished_since: HashMap<RequestId, u64>,
     running: BTreeMap<AttemptKey, Running>,
     /// Slot workspaces not in use.
     free_slots: Vec<usize>,
@@ -168,14 +183,21 @@ pub struct Node {
     next_heartbeat: u64,
     next_tick: u64,
     next_evict: u64,
+    next_archive: u64,
     actions: VecDeque<Action>,
 }
 
 impl Node {
     /// Loads the node's stored documents and recovers from an earlier
     /// crash: the node's unfinished attempts are marked lost, so they run
-    /// again. `docs` are the store's documents ("grid", "req/ID").
-    pub fn load(cfg: Config, docs: Vec<StoredDoc>, now: Now) -> Result<Node> {
+    /// again. `docs` are the store's documents ("grid", "req/ID") but the
+    /// archived ones, whose summaries are `archived`.
+    pub fn load(
+        cfg: Config,
+        docs: Vec<StoredDoc>,
+        archived: Vec<ArchivedRequest>,
+        now: Now,
+    ) -> Result<Node> {
         let mut rng = cfg.seed | 1;
         let mut actor = || actor_id(&cfg.node, next_random(&mut rng).to_le_bytes());
         let mut grid = None;
@@ -274,6 +296,12 @@ impl Node {
             grid_dirty,
             grid_saved,
             requests,
+            archive: archived
+                .into_iter()
+                .map(|a| (a.info.id.clone(), a))
+                .collect(),
+            archive_writes: Vec::new(),
+            finished_since: HashMap::new(),
             running: BTreeMap::new(),
             free_slots: (0..cfg.slots as usize).rev().collect(),
             liveness: Liveness::new(cfg.node.clone(), cfg.incarnation, cfg.lease_ttl_ms),
@@ -300,6 +328,7 @@ impl Node {
             next_heartbeat: now.mono_ms,
             next_tick: now.mono_ms,
             next_evict: now.mono_ms + EVICT_EVERY_MS,
+            next_archive: now.mono_ms,
             actions: VecDeque::new(),
             cfg,
         };
@@ -321,7 +350,10 @@ impl Node {
 
     /// When [`Node::handle_timeout`] is to be called next (monotonic ms).
     pub fn poll_timeout(&self) -> u64 {
-        let mut t = self.next_heartbeat.min(self.next_tick);
+        let mut t = self
+            .next_heartbeat
+            .min(self.next_tick)
+            .min(self.next_archive);
         if self.cfg.evict_blobs {
             t = t.min(self.next_evict);
         }
@@ -338,6 +370,7 @@ impl Node {
             self.next_heartbeat = now.mono_ms + crate::lease::DEFAULT_HEARTBEAT_MS;
             self.heartbeat(now);
         }
+        self.archive_quiet(now);
         if self.cfg.evict_blobs && now.mono_ms >= self.next_evict {
             self.next_evict = now.mono_ms + EVICT_EVERY_MS;
             let keep = self.blobs_to_keep();

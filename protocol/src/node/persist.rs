@@ -12,6 +12,13 @@ pub enum DocWrite {
     },
     /// Replace everything of this document with a full save (compaction).
     Snapshot { key: String, bytes: Vec<u8> },
+    /// Mark this document archived, with its summary (JSON of
+    /// [`super::ArchivedRequest`]), or no longer (`None`). An archived
+    /// document is not loaded at start; its summary is.
+    Archive {
+        key: String,
+        summary: Option<Vec<u8>>,
+    },
 }
 
 /// A stored document: its bytes (snapshot then chunks) and where it stands.
@@ -125,6 +132,7 @@ impl super::Node {
                 }
             }));
         }
+        writes.append(&mut self.archive_writes);
         self.actions.push_back(super::Action::Persist(writes));
         if self.version != self.version_told {
             self.version_told = self.version;

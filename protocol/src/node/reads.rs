@@ -80,6 +80,7 @@ impl Node {
         let mut it = self
             .requests
             .keys()
+            .chain(self.archive.keys())
             .filter(|k| k.as_str().starts_with(&prefix));
         match (it.next(), it.next()) {
             (Some(id), None) => Ok(id.clone()),
@@ -92,24 +93,64 @@ impl Node {
         }
     }
 
-    /// Every request, without runs.
+    /// Every request, without runs (archived ones too).
     pub fn list(&self, now: Now) -> Vec<RequestInfo> {
-        self.requests
-            .keys()
-            .filter_map(|id| self.info(now, id, false))
+        self.list_page(now, None, 0, usize::MAX)
+    }
+
+    /// A page of the requests `owner` may see (all with `None`), newest
+    /// first: `limit` of them after skipping `offset`. Only the page's
+    /// requests are looked at closely.
+    pub fn list_page(
+        &self,
+        now: Now,
+        owner: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Vec<RequestInfo> {
+        let mut all: Vec<(u64, &RequestId, bool)> = self
+            .requests
+            .iter()
+            .filter(|(_, q)| owner.is_none_or(|o| q.doc.spec().owner == o))
+            .map(|(id, q)| (q.doc.spec().created_ms, id, false))
+            .chain(
+                self.archive
+                    .iter()
+                    .filter(|(_, a)| owner.is_none_or(|o| a.info.owner == o))
+                    .map(|(id, a)| (a.info.created_ms, id, true)),
+            )
+            .collect();
+        all.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        all.into_iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|(_, id, archived)| {
+                if archived {
+                    self.archive.get(id).map(|a| a.info.clone())
+                } else {
+                    self.info(now, id, false)
+                }
+            })
             .collect()
     }
 
     /// A request by id prefix, with its runs if asked.
     pub fn get(&self, now: Now, prefix: &str, runs: bool) -> Answer<RequestInfo> {
         let id = self.resolve(prefix)?;
+        if let Some(a) = self.archive.get(&id) {
+            // Its runs need the document: the driver restores it first.
+            return Ok(a.info.clone());
+        }
         self.info(now, &id, runs)
             .ok_or_else(|| NodeError::NotFound(format!("no request {id} on this grid")))
     }
 
     /// The owner of a request this node holds.
     pub fn owner_of(&self, id: &RequestId) -> Option<&str> {
-        self.requests.get(id).map(|q| q.doc.spec().owner.as_str())
+        match self.requests.get(id) {
+            Some(q) => Some(q.doc.spec().owner.as_str()),
+            None => self.archive.get(id).map(|a| a.info.owner.as_str()),
+        }
     }
 
     pub fn info(&self, now: Now, id: &RequestId, with_runs: bool) -> Option<RequestInfo> {
@@ -232,9 +273,9 @@ impl Node {
         self.running.len() as u32
     }
 
-    /// Requests this node holds.
+    /// Requests this node holds (archived ones too).
     pub fn request_count(&self) -> u32 {
-        self.requests.len() as u32
+        (self.requests.len() + self.archive.len()) as u32
     }
 
     /// The node's metrics (traffic is the driver's to fill in).
@@ -251,9 +292,16 @@ impl Node {
             runs.failed += c.failed;
             runs.cancelled += c.cancelled;
         }
+        for a in self.archive.values() {
+            let c = &a.info.counts;
+            runs.total += c.total;
+            runs.succeeded += c.succeeded;
+            runs.failed += c.failed;
+            runs.cancelled += c.cancelled;
+        }
         Metrics {
             runs,
-            requests: self.requests.len() as u32,
+            requests: self.request_count(),
             slots: self.cfg.slots,
             leases: self.running.len() as u32,
             peers: self.repl.connected.len() as u32,

@@ -102,6 +102,13 @@ impl Replication {
         Ok(self.partial.entry(id.clone()).or_default())
     }
 
+    /// Drops every per-peer state of a document (it was archived).
+    pub(super) fn forget(&mut self, doc: &DocKey) {
+        self.states.retain(|(_, d), _| d != doc);
+        self.due.retain(|(_, d)| d != doc);
+        self.changed.remove(doc);
+    }
+
     /// (peer, document) pairs with changes not yet sent, and documents
     /// changed since the last round.
     pub(super) fn pending(&self) -> usize {
@@ -197,6 +204,11 @@ impl Node {
                         self.request_merged(now, id);
                     }
                 }),
+                None if self.archive.contains_key(id) => {
+                    return SyncResponse::Refused(format!(
+                        "request {id} is archived here: restore it first"
+                    ));
+                }
                 None => {
                     // Parsing the index only for a request not yet arriving here.
                     let indexed = self.repl.partial.contains_key(id) || self.indexed(id);
@@ -244,6 +256,9 @@ impl Node {
                     .merge(&mut incoming)
                     .map(|_| self.grid_merged())
                     .map_err(|e| e.to_string()),
+                DocKey::Request(id) if self.archive.contains_key(id) => {
+                    Err(format!("request {id} is archived here: restore it first"))
+                }
                 DocKey::Request(id) => {
                     let r: Result<(), String> = match self.requests.get_mut(id) {
                         Some(q) => q
@@ -335,6 +350,7 @@ impl Node {
         // Requests the index names that this node has not seen: ask for them.
         for r in self.grid.requests().unwrap_or_default() {
             if !self.requests.contains_key(&r.id)
+                && !self.archive.contains_key(&r.id)
                 && !self.repl.partial.contains_key(&r.id)
                 && !self.repl.unreadable.contains_key(&r.id)
                 && self.repl.partial.len() < MAX_PARTIAL

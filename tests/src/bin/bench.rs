@@ -75,8 +75,9 @@ fn main() -> Result<()> {
         "grid" => grid(repeat, write),
         "blobs" => blobs(write),
         "docker" => docker(repeat, write),
+        "history" => history(write),
         _ => {
-            eprintln!("usage: bench single-node|grid|blobs|docker [--repeat N] [--write]");
+            eprintln!("usage: bench single-node|grid|blobs|docker|history [--repeat N] [--write]");
             Ok(())
         }
     }
@@ -810,6 +811,161 @@ fn docker(repeat: usize, write: bool) -> Result<()> {
     if write {
         record_section("docker", &table)?;
         println!("recorded in docs/performance.md");
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) of a process so far, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (11 and 12 after the name).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of a process now, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// What a node holding `n` finished requests costs at rest.
+struct HistoryRow {
+    n: usize,
+    idle_cpu_pct: f64,
+    rss_mib: f64,
+    list_ms: f64,
+    reconnect_bytes: u64,
+    reconnect_s: f64,
+}
+
+/// Two nodes; `n` one-run requests submitted on the first and finished;
+/// both archive them; then the costs at rest and when the peer reconnects.
+fn history_run(bin: &std::path::Path, n: usize) -> Result<HistoryRow> {
+    use pesc_tests::grid::Grid;
+    use std::time::Duration;
+    let archive_s = 5;
+    let a_s = archive_s.to_string();
+    let mut g = Grid::loopback_with(bin.to_path_buf(), 2, 2, &["--archive-after-s", &a_s])?;
+    let tmp = tempfile::tempdir()?;
+    let prog = tmp.path().join("noop.sh");
+    std::fs::write(&prog, "true\n")?;
+    let prog = prog.to_str().context("temp path")?.to_string();
+    let first = submit_json(&g.nodes[0], &prog, "true", 1, true)?;
+    let process = first["process"].as_str().context("process id")?.to_string();
+    let api = g.nodes[0].http();
+    let t0 = Instant::now();
+    for i in 1..n {
+        let r = api
+            .post("/requests")
+            .json(&serde_json::json!({"process": process, "repetitions": 1}))
+            .send()?;
+        if !r.status().is_success() {
+            bail!("submit {i}: {}", r.text()?);
+        }
+    }
+    let total = n.max(1) as u64;
+    loop {
+        let text = api.get("/metrics").send()?.text()?;
+        let done = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pesc_runs{state=\"succeeded\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if done >= total {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            bail!("only {done} of {total} runs finished");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "history {n}: submitted and finished in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // Let both nodes archive what is finished (and the peer sync it all).
+    std::thread::sleep(Duration::from_secs(archive_s + 15));
+    let pid = g.nodes[0].pid();
+    let c0 = cpu_s(pid);
+    let idle_s = 20.0;
+    std::thread::sleep(Duration::from_secs_f64(idle_s));
+    let idle_cpu_pct = (cpu_s(pid) - c0) / idle_s * 100.0;
+    let rss = rss_mib(pid);
+    let mut lat = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let r = api.get("/requests?limit=50").send()?;
+        let v: serde_json::Value = r.json()?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        if v.as_array().map_or(0, |a| a.len()) != n.min(50) {
+            bail!(
+                "the first page holds {} requests",
+                v.as_array().map_or(0, |a| a.len())
+            );
+        }
+    }
+    // The peer goes away and comes back: what the two exchange.
+    let dir = g.nodes[1].data_dir.clone();
+    g.nodes[1].kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = traffic(&g.nodes[0])?;
+    let t = Instant::now();
+    let back = Node::start_in(
+        dir,
+        2,
+        bin.to_path_buf(),
+        None,
+        &["--archive-after-s", &a_s],
+    )?;
+    back.wait_connected(2, Duration::from_secs(60));
+    // Until the exchange is over: no bytes for two seconds.
+    let mut last = traffic(&g.nodes[0])?;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(2) && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = traffic(&g.nodes[0])?;
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let reconnect_s = (quiet_since - t).as_secs_f64();
+    let reconnect_bytes = last - before;
+    g.nodes[1] = back;
+    Ok(HistoryRow {
+        n,
+        idle_cpu_pct,
+        rss_mib: rss,
+        list_ms: median(lat),
+        reconnect_bytes,
+        reconnect_s,
+    })
+}
+
+fn history(write: bool) -> Result<()> {
+    let bin = pesc_bin()?;
+    let rows = [history_run(&bin, 1)?, history_run(&bin, 10_000)?];
+    let mut table = String::from(
+        "Two nodes × 2 slots on 127.0.0.1; one-run requests of `true` submitted through the API on the first; both archive a finished request after 5 s (`--archive-after-s 5`; 600 s by default). Measured on the first node after the archive, then the second node is killed (-9) and started again.\n\n| finished requests | idle CPU | resident memory | `GET /api/v1/requests?limit=50` (median of 30) | bytes exchanged when the peer reconnects | until quiet |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {:.2} % | {:.0} MiB | {:.1} ms | {} B | {:.1} s |\n",
+            r.n, r.idle_cpu_pct, r.rss_mib, r.list_ms, r.reconnect_bytes, r.reconnect_s
+        ));
+    }
+    print!("{table}");
+    if write {
+        record_section("history", &table)?;
     }
     Ok(())
 }

@@ -34,9 +34,8 @@ fn progress_bar(r: &RequestInfo) -> Markup {
 }
 
 async fn dashboard_body(st: &AppState, p: &Page) -> Result<Markup, ApiFailure> {
-    let mut reqs = st.svc.list_requests().await?;
-    reqs.retain(|r| r.owner == p.who().user || p.who().sees_all());
-    reqs.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+    let owner = p.who().request_owner_filter().map(str::to_string);
+    let reqs = st.svc.list_requests(owner, 0, usize::MAX).await?;
     let nodes = st.svc.nodes().await?;
     let online: Vec<&GridNode> = nodes
         .iter()
