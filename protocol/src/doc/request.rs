@@ -400,7 +400,14 @@ impl RequestDoc {
 
     /// Closes the pending change, if any. Returns whether there was one.
     pub fn commit(&mut self) -> bool {
-        self.doc.commit().is_some()
+        let made = self.doc.commit().is_some();
+        // This node's own writes are in the view already: the change index
+        // starts again from here, so it holds only what merges bring (and
+        // never grows on a node that merges nothing).
+        if made {
+            self.doc.update_diff_cursor();
+        }
+        made
     }
 
     /// Full save (compaction snapshot).
