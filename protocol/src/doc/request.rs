@@ -168,9 +168,9 @@ impl RequestDoc {
             Ok(a) => {
                 self.attempt_objs.insert(key.to_string(), obj);
                 let list = self.attempts.entry(a.rank).or_default();
-                list.push(a);
                 // In key order, as a whole read leaves them.
-                list.sort_by(|x, y| (x.epoch, &x.node).cmp(&(y.epoch, &y.node)));
+                let at = list.partition_point(|x| (x.epoch, &x.node) < (a.epoch, &a.node));
+                list.insert(at, a);
             }
             Err(e) => self.skipped.push((entry, e.to_string())),
         }
@@ -382,7 +382,11 @@ impl RequestDoc {
         write_attempt(&mut self.doc, &obj, a, prev.as_ref())?;
         match old {
             Some(i) => list[i] = a.clone(),
-            None => list.push(a.clone()),
+            // In key order, as a whole read leaves them.
+            None => {
+                let at = list.partition_point(|x| (x.epoch, &x.node) < (a.epoch, &a.node));
+                list.insert(at, a.clone());
+            }
         }
         self.refresh_rank(a.rank);
         Ok(())
