@@ -103,6 +103,8 @@ impl RequestDoc {
             return self.rematerialize_all();
         }
         let patches = self.doc.diff_incremental();
+        // Index only what merges bring: local writes are in the view already.
+        self.doc.reset_diff_cursor();
         self.cancelled = self.doc.length(&self.cancel_obj) > 0;
         let mut keys = BTreeSet::new();
         for p in &patches {
@@ -180,7 +182,7 @@ impl RequestDoc {
     /// Rebuilds the whole view from the document, and starts indexing the
     /// changes that come after.
     fn rematerialize_all(&mut self) -> Result<()> {
-        self.doc.update_diff_cursor();
+        self.doc.reset_diff_cursor();
         self.cancelled = self.doc.length(&self.cancel_obj) > 0;
         self.attempts.clear();
         self.attempt_objs.clear();
@@ -404,14 +406,7 @@ impl RequestDoc {
 
     /// Closes the pending change, if any. Returns whether there was one.
     pub fn commit(&mut self) -> bool {
-        let made = self.doc.commit().is_some();
-        // This node's own writes are in the view already: the change index
-        // starts again from here, so it holds only what merges bring (and
-        // never grows on a node that merges nothing).
-        if made {
-            self.doc.update_diff_cursor();
-        }
-        made
+        self.doc.commit().is_some()
     }
 
     /// Full save (compaction snapshot).
@@ -431,8 +426,29 @@ impl RequestDoc {
 
     /// Merges another replica into this one and refreshes the view.
     pub fn merge(&mut self, other: &mut RequestDoc) -> Result<()> {
+        self.track_merge();
         self.doc.merge(&mut other.doc)?;
         self.rematerialize()
+    }
+
+    /// Indexes the changes about to be merged, so the next
+    /// [`RequestDoc::rematerialize`] reads only the attempts they touch.
+    /// Call before merging into [`RequestDoc::doc_mut`] or receiving a sync
+    /// message there; local writes are never indexed (they update the view
+    /// themselves).
+    pub fn track_merge(&mut self) {
+        self.doc.update_diff_cursor();
+    }
+
+    /// Receives a peer's sync message: whether the document changed (then
+    /// call [`RequestDoc::rematerialize`]).
+    pub fn receive_sync(&mut self, state: &mut super::sync::SyncState, msg: &[u8]) -> Result<bool> {
+        self.track_merge();
+        let changed = super::sync::receive(&mut self.doc, state, msg);
+        if !matches!(changed, Ok(true)) {
+            self.doc.reset_diff_cursor();
+        }
+        changed
     }
 
     /// The attempt chosen as the rank's result, or its latest finished one.

@@ -199,7 +199,7 @@ impl Node {
                 }
             }),
             DocKey::Request(id) => match self.requests.get_mut(id) {
-                Some(q) => sync::receive(q.doc.doc_mut(), &mut state, msg).map(|changed| {
+                Some(q) => q.doc.receive_sync(&mut state, msg).map(|changed| {
                     if changed {
                         self.request_merged(now, id);
                     }
@@ -261,12 +261,12 @@ impl Node {
                 }
                 DocKey::Request(id) => {
                     let r: Result<(), String> = match self.requests.get_mut(id) {
-                        Some(q) => q
-                            .doc
-                            .doc_mut()
-                            .merge(&mut incoming)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
+                        Some(q) => {
+                            q.doc.track_merge();
+                            q.doc.doc_mut().merge(&mut incoming)
+                        }
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                         // A push is whole: it completes or is found
                         // unreadable at once, never stays partial.
                         None => self.repl.partial_for(id, true).and_then(|part| {
