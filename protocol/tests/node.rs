@@ -348,3 +348,22 @@ fn finished_requests_are_archived_yet_listed_restored_and_served_to_a_new_node()
         assert_eq!(outcome(&h, &late, id).len(), 4);
     }
 }
+
+#[test]
+fn after_a_failed_write_the_next_ones_are_whole_so_a_restart_loses_nothing() {
+    let mut h = Harness::new(10, Harness::fixed(1_000));
+    let n = grid(&mut h, 1, 2);
+    let id = h.submit(&n[0], "ana", 6);
+    h.run_for(500);
+    // The batch that records the first two runs' start is lost on disk.
+    h.fail_next_write(&n[0]);
+    assert!(h.run_until_true(20_000, |h| settled_everywhere(h, &id)));
+    h.run_for(1_000);
+    let before = outcome(&h, &n[0], &id);
+    h.crash(&n[0]);
+    h.restart(&n[0]);
+    // Everything the node had recorded is back: no chunk missing after the
+    // lost one kept the later changes from loading.
+    assert_eq!(outcome(&h, &n[0], &id), before);
+    assert_eq!(info(&h, &n[0], &id).unwrap().state, RequestState::Succeeded);
+}

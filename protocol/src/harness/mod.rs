@@ -56,6 +56,11 @@ struct Host {
     life: u64,
     /// Partition side.
     side: u32,
+    /// The next write fails (its chunks are lost).
+    fail_next_write: bool,
+    /// A write failed: the node is told before its next batch, as the
+    /// driver tells it.
+    write_failed: bool,
 }
 
 /// Something due at a virtual time.
@@ -214,6 +219,8 @@ impl Harness {
                 connected: BTreeSet::new(),
                 life: 0,
                 side: 0,
+                fail_next_write: false,
+                write_failed: false,
             },
         );
         self.start(&id);
@@ -253,6 +260,14 @@ impl Harness {
     pub fn restart(&mut self, id: &NodeId) {
         if self.hosts.get(id).is_some_and(|h| h.node.is_none()) {
             self.start(id);
+        }
+    }
+
+    /// The node's next store write fails: that batch's chunks never reach
+    /// the disk.
+    pub fn fail_next_write(&mut self, id: &NodeId) {
+        if let Some(h) = self.hosts.get_mut(id) {
+            h.fail_next_write = true;
         }
     }
 
@@ -613,6 +628,9 @@ impl Harness {
         let Some(node) = h.node.as_mut() else {
             return;
         };
+        if std::mem::take(&mut h.write_failed) {
+            node.store_failed();
+        }
         node.end_batch(now);
         let mut actions = Vec::new();
         while let Some(a) = node.poll_action() {
@@ -725,7 +743,11 @@ impl Harness {
             }
             Action::Persist(writes) => {
                 if let Some(h) = self.hosts.get_mut(id) {
-                    h.store.apply(writes);
+                    if !writes.is_empty() && std::mem::take(&mut h.fail_next_write) {
+                        h.write_failed = true;
+                    } else {
+                        h.store.apply(writes);
+                    }
                 }
             }
             Action::Stopped => {
