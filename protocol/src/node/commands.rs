@@ -34,6 +34,7 @@ impl Node {
     }
 
     pub fn change_access(&mut self, c: &AccessChange) -> Answer<()> {
+        self.rescan = true;
         self.grid.change_access(c)?;
         self.grid_dirty = true;
         self.refresh_caps();
@@ -54,6 +55,7 @@ impl Node {
 
     /// This node now keeps a whole copy of a blob.
     pub fn hold_file(&mut self, hash: &BlobHash) {
+        self.rescan = true;
         self.record_holding(hash);
     }
 
@@ -67,6 +69,7 @@ impl Node {
     /// A new request of `owner`: its document, its line in the grid's
     /// index, and the peers to hand it to.
     pub fn submit(&mut self, now: Now, n: NewRequest, owner: String) -> Answer<Submitted> {
+        self.rescan = true;
         let process = self.grid.process(&n.process)?.ok_or_else(|| {
             NodeError::NotFound(format!(
                 "process {} does not exist: upload it first (pesc submit PATH, or POST /api/v1/processes)",
@@ -158,6 +161,7 @@ impl Node {
     /// Cancels a request (by id prefix): its queued runs never start, its
     /// running ones are stopped.
     pub fn cancel(&mut self, now: Now, prefix: &str) -> Answer<RequestInfo> {
+        self.rescan = true;
         let id = self.resolve(prefix)?;
         if let Some(a) = self.archive.get(&id) {
             // Finished long ago: nothing to cancel.

@@ -14,6 +14,7 @@ use super::{Node, Now};
 impl Node {
     /// Every heartbeat period: judge the ring neighbours, ping them.
     pub(super) fn heartbeat(&mut self, now: Now) {
+        self.rescan = true;
         let members = self.members();
         self.members_n = members.len().max(1);
         let live = self.live(&members);
@@ -97,6 +98,8 @@ impl Node {
         if &beat.node != from {
             return false;
         }
+        // A node held down is heard again: its claims may hold again.
+        self.rescan |= self.liveness.is_down(from);
         self.liveness.heard(from, beat.inc, now.mono_ms);
         if let Some(inc) = beat.you_are_down
             && let Some(up) = self.liveness.told_down(inc)
@@ -136,6 +139,7 @@ impl Node {
 
     /// A gossip message (signed: `from` is its author).
     pub fn gossip(&mut self, now: Now, from: &NodeId, msg: Gossip) {
+        self.rescan = true;
         match msg {
             Gossip::Liveness(n) => {
                 // A node speaks for itself only.

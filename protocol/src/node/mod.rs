@@ -179,9 +179,15 @@ pub struct Node {
     builds: BTreeMap<String, BuildState>,
     /// One-minute load per CPU, as last sampled.
     load: f32,
-    /// Monotonic ms of the next heartbeat, housekeeping pass and eviction.
+    /// Monotonic ms of the next heartbeat, scheduling pass and eviction.
     next_heartbeat: u64,
     next_tick: u64,
+    /// Something that may free or fill a slot happened since the last
+    /// scheduling pass (a merge, a finished run, a liveness notice…): scan
+    /// at the end of this batch rather than at the next tick. Decisions that
+    /// hang on time alone (takeover turns, leases, waiting for inputs) are
+    /// looked at every tick.
+    rescan: bool,
     next_evict: u64,
     next_archive: u64,
     actions: VecDeque<Action>,
@@ -327,6 +333,7 @@ impl Node {
             load: 0.0,
             next_heartbeat: now.mono_ms,
             next_tick: now.mono_ms,
+            rescan: true,
             next_evict: now.mono_ms + EVICT_EVERY_MS,
             next_archive: now.mono_ms,
             actions: VecDeque::new(),
@@ -382,9 +389,12 @@ impl Node {
     /// documents, free slots are filled, what changed is persisted and sent
     /// to peers, and a stop in progress moves on.
     pub fn end_batch(&mut self, now: Now) {
-        self.next_tick = now.mono_ms + TICK_MS;
         self.flush_running(now);
-        self.schedule(now);
+        if self.rescan || now.mono_ms >= self.next_tick {
+            self.rescan = false;
+            self.next_tick = now.mono_ms + TICK_MS;
+            self.schedule(now);
+        }
         self.persist();
         self.sync_out();
         self.stop_progress(now);

@@ -61,6 +61,7 @@ impl std::fmt::Display for Pause {
 impl Node {
     /// A probe reading.
     pub fn probe(&mut self, _now: Now, s: Sample) {
+        self.rescan = true;
         self.load = s.load;
         self.apply_policy(&s);
         self.read_gpus(s.gpus, &s.gpu_use);

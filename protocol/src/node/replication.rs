@@ -125,6 +125,7 @@ impl Replication {
 impl Node {
     /// A peer is connected: every document is offered to it.
     pub fn connected(&mut self, _now: Now, peer: NodeId) {
+        self.rescan = true;
         // Messages in flight on the old connection may be lost.
         for ((p, _), st) in self.repl.states.iter_mut() {
             if *p == peer {
@@ -142,6 +143,7 @@ impl Node {
     }
 
     pub fn disconnected(&mut self, _now: Now, peer: &NodeId) {
+        self.rescan = true;
         self.repl.connected.remove(peer);
     }
 
@@ -343,6 +345,7 @@ impl Node {
 
     /// The grid document got changes from a peer.
     fn grid_merged(&mut self) {
+        self.rescan = true;
         self.grid_dirty = true;
         self.log_skipped();
         self.refresh_caps();
@@ -420,6 +423,7 @@ impl Node {
     /// A request document got changes from a peer: refresh the view, stop
     /// own attempts that lost.
     fn request_merged(&mut self, now: Now, id: &RequestId) {
+        self.rescan = true;
         let Some(q) = self.requests.get_mut(id) else {
             return;
         };

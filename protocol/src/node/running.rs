@@ -109,6 +109,10 @@ pub enum RunEvent {
 impl Node {
     /// A runner's report.
     pub fn run_event(&mut self, now: Now, ev: RunEvent) {
+        // A finished run frees a slot; a held blob may end a wait for inputs.
+        if matches!(ev, RunEvent::Finished { .. } | RunEvent::Holding { .. }) {
+            self.rescan = true;
+        }
         match ev {
             RunEvent::Fetching { key } => {
                 if let Some(r) = self.running.get_mut(&key) {
