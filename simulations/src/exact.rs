@@ -51,6 +51,28 @@ enum Cue {
     Heal,
 }
 
+/// Runs the harness to `until`, printing a line every simulated 10
+/// minutes when asked.
+fn advance(h: &mut Harness, until: u64, progress: bool, t0: std::time::Instant) {
+    const STEP: u64 = 10 * 60_000;
+    while h.now().mono_ms < until {
+        let next = if progress {
+            ((h.now().mono_ms / STEP + 1) * STEP).min(until)
+        } else {
+            until
+        };
+        h.run_until(next);
+        if progress && next % STEP == 0 {
+            eprintln!(
+                "exact: {} min simulated in {:.0} s, {} messages",
+                next / 60_000,
+                t0.elapsed().as_secs_f64(),
+                h.observed.sent
+            );
+        }
+    }
+}
+
 /// Runs a scenario with real protocol cores.
 pub fn run(sc: &Scenario) -> ExactReport {
     let t0 = std::time::Instant::now();
@@ -113,7 +135,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
         if t > sc.time_limit_ms {
             break;
         }
-        h.run_until(t);
+        advance(&mut h, t, sc.progress, t0);
         match cue {
             Cue::Submit(i) => {
                 let plan = &sc.requests[i];

@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if exact {
-        return run_exact(&names, seed);
+        return run_exact(&names, seed, progress);
     }
     let mut reports = Vec::new();
     for name in names {
@@ -159,10 +159,11 @@ fn main() -> ExitCode {
 }
 
 /// Runs scenarios in the exact mode and prints their reports.
-fn run_exact(names: &[&str], seed: u64) -> ExitCode {
+fn run_exact(names: &[&str], seed: u64, progress: bool) -> ExitCode {
     let mut reports = Vec::new();
     for name in names {
-        let sc = by_name(name, seed).expect("listed");
+        let mut sc = by_name(name, seed).expect("listed");
+        sc.progress = progress;
         let r = pesc_sim::exact::run(&sc);
         eprintln!(
             "{name} (exact): makespan {:.0} s, duplicate work {:.2} %, {} claims for {} runs, simulated in {:.1} s",
