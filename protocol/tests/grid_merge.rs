@@ -226,3 +226,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn member_entries_a_peer_forges_are_skipped_and_recorded() {
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    let (mut a, _) = pair();
+    let rooms = match a.doc_mut().get(automerge::ROOT, "rooms").unwrap() {
+        Some((automerge::Value::Object(_), id)) => id,
+        other => panic!("no rooms map: {other:?}"),
+    };
+    let d = a.doc_mut();
+    d.put(&rooms, "lab/users/no such name!", "1").unwrap();
+    d.put(&rooms, "lab/users/eve", "yes").unwrap();
+    d.put(&rooms, "lab/owners/eve", "1").unwrap();
+    let r = lab(&a);
+    assert_eq!(set(&r.users), set(&["u1".into()]));
+    assert_eq!(set(&r.admins), set(&["u0".into()]));
+    assert_eq!(a.skipped().list().1, 3, "{:?}", a.skipped().list().0);
+}

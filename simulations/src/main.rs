@@ -145,17 +145,7 @@ fn main() -> ExitCode {
         eprintln!("cannot update docs/simulations.md: {e}");
         return ExitCode::FAILURE;
     }
-    let json = if reports.len() == 1 {
-        serde_json::to_string_pretty(&reports[0])
-    } else {
-        serde_json::to_string_pretty(&reports)
-    };
-    println!("{}", json.expect("serializable"));
-    if reports.iter().any(|r| r.invariant_violations > 0) {
-        eprintln!("invariant violations: see invariant_violations in the output");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    print_reports(&reports, |r| r.invariant_violations)
 }
 
 /// Runs scenarios in the exact mode and prints their reports.
@@ -171,13 +161,19 @@ fn run_exact(names: &[&str], seed: u64, progress: bool) -> ExitCode {
         );
         reports.push(r);
     }
+    print_reports(&reports, |r| r.invariant_violations)
+}
+
+/// Prints the reports as JSON (one, or a list); fails when any broke an
+/// invariant.
+fn print_reports<R: serde::Serialize>(reports: &[R], violations: impl Fn(&R) -> u64) -> ExitCode {
     let json = if reports.len() == 1 {
         serde_json::to_string_pretty(&reports[0])
     } else {
-        serde_json::to_string_pretty(&reports)
+        serde_json::to_string_pretty(reports)
     };
     println!("{}", json.expect("serializable"));
-    if reports.iter().any(|r| r.invariant_violations > 0) {
+    if reports.iter().any(|r| violations(r) > 0) {
         eprintln!("invariant violations: see invariant_violations in the output");
         return ExitCode::FAILURE;
     }

@@ -55,11 +55,8 @@ impl std::error::Error for ApiFailure {}
 
 impl From<pesc_protocol::Error> for ApiFailure {
     fn from(e: pesc_protocol::Error) -> Self {
-        match e {
-            pesc_protocol::Error::Invalid(m) => ApiFailure::bad_request(m),
-            pesc_protocol::Error::Forbidden(m) => ApiFailure::forbidden(m),
-            other => ApiFailure::internal(other.to_string()),
-        }
+        // One mapping: the protocol's error is a domain error first.
+        pesc_protocol::node::NodeError::from(e).into()
     }
 }
 

@@ -534,7 +534,7 @@ impl Agent {
         match &c {
             Command::Get { id, runs: true, .. }
             | Command::Results { id, .. }
-            | Command::Log { id, .. } => self.restore(&id.clone()),
+            | Command::Log { id, .. } => self.restore(id),
             _ => {}
         }
         let now = self.now();

@@ -211,6 +211,11 @@ impl GridDoc {
             else {
                 continue;
             };
+            if let Err(e) = crate::access::check_name("user", user) {
+                // Written by a peer: a name no user could have is skipped.
+                self.skipped.record(format!("rooms/{key}"), e.to_string());
+                continue;
+            }
             let Some(r) = rooms.get_mut(room) else {
                 // Members of a room not (yet) here: kept until it arrives.
                 continue;

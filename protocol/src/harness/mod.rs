@@ -621,24 +621,7 @@ impl Harness {
 
     /// Ends a node's batch and carries out what it asks.
     fn end_batch(&mut self, id: &NodeId) {
-        let now = self.now();
-        let Some(h) = self.hosts.get_mut(id) else {
-            return;
-        };
-        let Some(node) = h.node.as_mut() else {
-            return;
-        };
-        if std::mem::take(&mut h.write_failed) {
-            node.store_failed();
-        }
-        node.end_batch(now);
-        let mut actions = Vec::new();
-        while let Some(a) = node.poll_action() {
-            actions.push(a);
-        }
-        for a in actions {
-            self.act(id, a);
-        }
+        self.end_batch_quiet(id);
         self.update_connections();
     }
 
@@ -874,9 +857,17 @@ impl Harness {
     /// settled; links a node changes now are looked at on the next step).
     fn end_batch_quiet(&mut self, id: &NodeId) {
         let now = self.now();
-        let Some(node) = self.hosts.get_mut(id).and_then(|h| h.node.as_mut()) else {
+        let Some(h) = self.hosts.get_mut(id) else {
             return;
         };
+        let Some(node) = h.node.as_mut() else {
+            return;
+        };
+        // A write failed: the node is told before its next batch, as the
+        // driver tells it.
+        if std::mem::take(&mut h.write_failed) {
+            node.store_failed();
+        }
         node.end_batch(now);
         let mut actions = Vec::new();
         while let Some(a) = node.poll_action() {
