@@ -9,6 +9,7 @@ mod confined;
 mod daemon;
 mod data_dir;
 mod executor;
+mod file_watch;
 mod gpu;
 mod grid_secret;
 mod identity;

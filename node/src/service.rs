@@ -27,7 +27,8 @@ use crate::runner::RunnerCtx;
 /// not finish the request.
 const LONG_POLL_MIN: Duration = Duration::from_millis(100);
 
-/// How often a followed log checks for new bytes.
+/// How often a followed log checks for new bytes where it cannot be woken
+/// (inotify unavailable).
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub struct Service {
@@ -228,7 +229,7 @@ impl NodeService for Service {
     }
 
     async fn nodes(&self) -> Result<Vec<pesc_protocol::api::GridNode>, ApiFailure> {
-        self.agent.ask(Command::Nodes).await
+        Ok(self.agent.read().nodes())
     }
 
     async fn node_info(&self) -> Result<NodeInfo, ApiFailure> {
@@ -445,7 +446,8 @@ impl NodeService for Service {
     }
 
     async fn metrics(&self) -> Result<String, ApiFailure> {
-        let m = self.agent.ask(Command::Metrics).await?;
+        let mut m = self.agent.read().metrics();
+        m.traffic = self.agent.traffic.snapshot();
         let blobs = self.blobs.clone();
         let (count, bytes, partial) = tokio::task::spawn_blocking(move || blobs.usage())
             .await
@@ -531,14 +533,7 @@ impl NodeService for Service {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<RequestInfo>, ApiFailure> {
-        self.agent
-            .ask(|reply| Command::List {
-                owner,
-                offset,
-                limit,
-                reply,
-            })
-            .await
+        Ok(self.agent.read().page(owner.as_deref(), offset, limit))
     }
 
     async fn get_request(
@@ -714,6 +709,8 @@ async fn blob_stream(blobs: &BlobStore, h: Option<BlobHash>) -> Result<ByteStrea
 }
 
 /// Streams a running attempt's log as it grows, until the attempt ends.
+/// Nothing polls: the stream wakes when the log file is written (inotify)
+/// and when the request changes (its attempt started or ended).
 fn follow_log(
     agent: AgentHandle,
     runner: Arc<RunnerCtx>,
@@ -738,10 +735,17 @@ fn follow_log(
         let pick = |stdout: Option<BlobHash>, stderr: Option<BlobHash>| {
             if which == "stdout" { stdout } else { stderr }
         };
+        // Subscribed before asking again: a change in between is seen.
+        let mut request = match agent.read().request(&id) {
+            Ok(info) => RequestWatch::Changes(agent.watchers.subscribe(&info.id)),
+            Err(_) => RequestWatch::Poll,
+        };
         let mut src = first;
         // Wait for the run to start here.
         while matches!(src, LogSource::NotYet) {
-            tokio::time::sleep(FOLLOW_POLL).await;
+            if request.changed().await.is_err() {
+                return;
+            }
             let Some(s) = ask().await else { return };
             src = s;
         }
@@ -762,11 +766,16 @@ fn follow_log(
             }
             LogSource::NotYet => return,
         };
-        let Ok(mut f) = tokio::fs::File::open(runner.log_path(slot, which)).await else {
+        let path = runner.log_path(slot, which);
+        // Watched before the first read: no write after it goes unseen.
+        let writes = crate::file_watch::FileWatch::new(&path).ok();
+        let Ok(mut f) = tokio::fs::File::open(&path).await else {
             return;
         };
         let mut buf = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
+        // Whether the request changed since the attempt was last looked at.
+        let mut ask_again = true;
         loop {
             let n = match f.read(&mut buf).await {
                 Ok(n) => n,
@@ -787,34 +796,80 @@ fn follow_log(
                 continue;
             }
             // At the end of what is written: is the attempt still running?
-            match ask().await {
-                Some(LogSource::Live { key: k, .. }) if k == key => {
-                    tokio::time::sleep(FOLLOW_POLL).await
-                }
-                // Ended: the rest comes from the stored log (the slot's file
-                // may already belong to the slot's next run).
-                Some(LogSource::Stored { stdout, stderr, .. }) => {
-                    let Some(h) = pick(stdout, stderr) else {
-                        return;
-                    };
-                    let Ok(mut b) = tokio::fs::File::open(blobs.path(&h)).await else {
-                        return;
-                    };
-                    if b.seek(std::io::SeekFrom::Start(sent)).await.is_err() {
-                        return;
-                    }
-                    let mut stream = tokio_util::io::ReaderStream::new(b);
-                    while let Some(chunk) = stream.next().await {
-                        if tx.send(chunk).await.is_err() {
+            if ask_again {
+                ask_again = false;
+                match ask().await {
+                    Some(LogSource::Live { key: k, .. }) if k == key => {}
+                    Some(LogSource::Stored {
+                        stdout,
+                        stderr,
+                        holders,
+                    }) => {
+                        // It ended: the rest is in the stored blob.
+                        let Some(h) = pick(stdout, stderr) else {
+                            return;
+                        };
+                        if runner.fetcher.ensure(&h, &holders).await.is_err() {
                             return;
                         }
+                        let Ok(mut b) = tokio::fs::File::open(blobs.path(&h)).await else {
+                            return;
+                        };
+                        if b.seek(std::io::SeekFrom::Start(sent)).await.is_err() {
+                            return;
+                        }
+                        let mut stream = tokio_util::io::ReaderStream::new(b);
+                        while let Some(chunk) = stream.next().await {
+                            if tx.send(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
                     }
-                    return;
+                    _ => return,
                 }
-                _ => return,
+            }
+            let written = async {
+                match &writes {
+                    Some(w) => w.changed().await.is_ok(),
+                    None => {
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                        true
+                    }
+                }
+            };
+            tokio::select! {
+                ok = written => if !ok { ask_again = true },
+                r = request.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    ask_again = true;
+                }
+                _ = tx.closed() => return,
             }
         }
     })
+}
+
+/// What wakes a follower when the request it follows changes: the
+/// request's own watch, or (when it could not be named) a timer.
+enum RequestWatch {
+    Changes(tokio::sync::watch::Receiver<u64>),
+    Poll,
+}
+
+impl RequestWatch {
+    /// Waits for the next change; an error when the node is gone.
+    async fn changed(&mut self) -> Result<(), ()> {
+        match self {
+            RequestWatch::Changes(rx) => rx.changed().await.map_err(|_| ()),
+            RequestWatch::Poll => {
+                tokio::time::sleep(FOLLOW_POLL).await;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A stream fed by a task through a channel.

@@ -16,13 +16,21 @@ const ARCHIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_archive
 /// Small values: grid id, …
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
 pub struct Store {
     db: Database,
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path)
+        // redb caches up to 1 GiB of pages by default: reading every
+        // snapshot at start (archived ones included) would keep history in
+        // memory. The OS page cache holds the file anyway.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .with_context(|| format!("opening the node database {}", path.display()))?;
         let tx = db.begin_write()?;
         tx.open_table(SNAPSHOTS)?;
@@ -195,6 +203,18 @@ impl Store {
     }
 }
 
+/// Documents just left memory (archived, or read at start): hand the
+/// freed pages back to the OS, or glibc keeps them and a node that once
+/// held its whole history stays that large.
+pub fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is
+    // thread-safe and takes no pointer from us.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Something to do once a batch is durable (e.g. answer a submit).
 /// Called once its batch is written: `true` if it is on disk, `false` if
 /// the write failed (the caller must not say it is kept).
@@ -223,6 +243,15 @@ impl StoreWriter {
                         writes.extend(w);
                         after.extend(a);
                     }
+                    let archived = writes.iter().any(|w| {
+                        matches!(
+                            w,
+                            DocWrite::Archive {
+                                summary: Some(_),
+                                ..
+                            }
+                        )
+                    });
                     let ok = match store.write(writes) {
                         Ok(()) => true,
                         Err(e) => {
@@ -233,6 +262,9 @@ impl StoreWriter {
                     };
                     for f in after {
                         f(ok);
+                    }
+                    if archived {
+                        give_back_freed_memory();
                     }
                 }
             })?;

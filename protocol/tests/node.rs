@@ -39,6 +39,20 @@ fn outcome(
         .collect()
 }
 
+/// A list as a user compares it: id, state, counts, version.
+fn listed(
+    list: Vec<RequestInfo>,
+) -> Vec<(
+    RequestId,
+    RequestState,
+    pesc_protocol::run_view::RunCounts,
+    u64,
+)> {
+    list.into_iter()
+        .map(|i| (i.id, i.state, i.counts, i.version))
+        .collect()
+}
+
 fn grid(h: &mut Harness, n: usize, slots: u32) -> Vec<NodeId> {
     (0..n)
         .map(|i| h.add_node(&format!("n{i}"), slots))
@@ -302,6 +316,18 @@ proptest! {
         }
         let over: BTreeMap<_, _> = h.observed.over_slots.iter().cloned().collect();
         prop_assert!(over.is_empty(), "a node ran more than its slots: {over:?}");
+        // What the API reads (published batch by batch) is what the node
+        // holds, read afresh.
+        for x in &n {
+            let fresh = h.node(x).unwrap().read_model(h.now());
+            let published = h.reads(x).unwrap();
+            prop_assert_eq!(
+                listed(published.page(None, 0, usize::MAX)),
+                listed(fresh.page(None, 0, usize::MAX)),
+                "{} publishes another list", x
+            );
+            prop_assert_eq!(published.metrics().runs, fresh.metrics().runs);
+        }
     }
 }
 
@@ -319,8 +345,8 @@ fn finished_requests_are_archived_yet_listed_restored_and_served_to_a_new_node()
         for id in &ids {
             assert!(node.is_archived(id), "{id} archived on {x}");
         }
-        // Still listed, with their states, newest first.
-        let list = node.list(h.now());
+        // Still listed, with their states, newest first, as the API reads it.
+        let list = h.reads(x).unwrap().page(None, 0, usize::MAX);
         assert_eq!(list.len(), 3);
         assert!(list.iter().all(|r| r.state == RequestState::Succeeded));
         assert!(list.windows(2).all(|w| w[0].created_ms >= w[1].created_ms));
@@ -366,4 +392,39 @@ fn after_a_failed_write_the_next_ones_are_whole_so_a_restart_loses_nothing() {
     // lost one kept the later changes from loading.
     assert_eq!(outcome(&h, &n[0], &id), before);
     assert_eq!(info(&h, &n[0], &id).unwrap().state, RequestState::Succeeded);
+}
+
+#[test]
+fn what_the_api_reads_shows_each_change_at_the_end_of_the_batch_that_made_it() {
+    let mut h = Harness::new(12, Harness::fixed(60_000));
+    let n = grid(&mut h, 2, 2);
+    h.run_for(3_000);
+    let before = h.reads(&n[0]).unwrap().metrics().requests;
+    // The submit's own batch publishes it: listed at once, no tick needed.
+    let id = h.submit(&n[0], "ana", 3);
+    let reads = h.reads(&n[0]).unwrap();
+    assert_eq!(reads.metrics().requests, before + 1);
+    assert_eq!(reads.page(None, 0, 1)[0].id, id);
+    assert_eq!(
+        reads.page(Some("bia"), 0, 10).len(),
+        0,
+        "bia sees none of ana's"
+    );
+    assert_eq!(reads.request(&id.as_str()[..6]).unwrap().id, id);
+    h.run_for(2_000);
+    let reads = h.reads(&n[1]).unwrap();
+    assert_eq!(reads.request(id.as_str()).unwrap().counts.running, 3);
+    // A cancel reads cancelled on the node that took it, in the same batch.
+    let now = h.now();
+    h.node_mut(&n[1]).unwrap().cancel(now, id.as_str()).unwrap();
+    h.node_mut(&n[1]).unwrap().end_batch(now);
+    let mut published = h.reads(&n[1]).unwrap().clone();
+    h.node_mut(&n[1])
+        .unwrap()
+        .publish_reads(now, &mut published);
+    assert_eq!(
+        published.request(id.as_str()).unwrap().state,
+        RequestState::Cancelled
+    );
+    assert_eq!(published.metrics().runs.cancelled, 3);
 }

@@ -23,7 +23,8 @@ use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, SharedFileInfo};
 use pesc_protocol::domain::Domain;
 use pesc_protocol::model::{Process, SharedFile};
 use pesc_protocol::node::{
-    Action, AttemptKey, Config, ExecutorInfo, Node, NodeError, Now, Policy, Sample, Submitted,
+    Action, AttemptKey, Config, ExecutorInfo, Node, NodeError, Now, Policy, ReadModel, Sample,
+    Submitted,
 };
 use pesc_protocol::wire::{Gossip, SyncRequest};
 use pesc_protocol::{BlobHash, NodeId, RequestId};
@@ -59,12 +60,6 @@ pub enum Command {
         Reply<NodeResult<Option<pesc_protocol::access::ApiToken>>>,
     ),
     /// A page of requests, newest first (one owner's, or everyone's).
-    List {
-        owner: Option<String>,
-        offset: usize,
-        limit: usize,
-        reply: Reply<Vec<RequestInfo>>,
-    },
     Get {
         id: String,
         runs: bool,
@@ -84,7 +79,6 @@ pub enum Command {
         rank: u32,
         reply: Reply<NodeResult<LogSource>>,
     },
-    Nodes(Reply<Vec<pesc_protocol::api::GridNode>>),
     /// A shared file was stored here: record it in the grid.
     PutFile(SharedFile, Reply<NodeResult<SharedFileInfo>>),
     Files(Reply<Vec<SharedFileInfo>>),
@@ -94,7 +88,6 @@ pub enum Command {
     /// Records a domain (checked already) in the grid.
     PutDomain(Domain, Reply<NodeResult<Domain>>),
     Domains(Reply<Vec<Domain>>),
-    Metrics(Reply<pesc_protocol::api::Metrics>),
     /// Request changes after this version (the event stream); with an
     /// owner, only changes to that user's requests.
     Events(u64, Option<String>, Reply<EventsPage>),
@@ -155,6 +148,10 @@ pub struct Agent {
     /// The core says the stop is complete.
     stopped: bool,
     watchers: Arc<Watchers>,
+    /// What the API reads without asking (see [`ReadModel`]).
+    reads: Arc<std::sync::RwLock<ReadModel>>,
+    /// Replies to send once this batch's read model is published.
+    after_publish: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 /// A handle the API uses to reach the agent.
@@ -164,6 +161,11 @@ pub struct AgentHandle {
     pub versions: watch::Receiver<u64>,
     /// Per request: what a long poll on it waits for.
     pub watchers: Arc<Watchers>,
+    /// Published after every batch: lists, metrics and nodes are read
+    /// here, never queued behind the agent's work.
+    pub reads: Arc<std::sync::RwLock<ReadModel>>,
+    /// The node's traffic counters (for the metrics).
+    pub traffic: Arc<crate::net::NetStats>,
 }
 
 /// Long polls wait on the request they ask about, not on every change of
@@ -195,6 +197,12 @@ impl Watchers {
 }
 
 impl AgentHandle {
+    /// The read model as last published (held briefly: the agent waits
+    /// for it to publish the next batch).
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, ReadModel> {
+        self.reads.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Sends a command and waits for its reply.
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> ApiResult<T> {
         let (tx, rx) = oneshot::channel();
@@ -264,12 +272,16 @@ impl Agent {
             wall_ms: now_ms(),
         };
         let node = Node::load(cfg, store.load_docs()?, store.archived()?, now)?;
+        // Reading the store took far more than the node keeps.
+        crate::store::give_back_freed_memory();
         let store = Arc::new(store);
         let (tx, rx) = mpsc::channel(1024);
         let (version_tx, versions) = watch::channel(0);
         // Bounded: a runner that reports faster than the agent reads waits.
         let (events_tx, events_rx) = mpsc::channel(1024);
         let watchers = Arc::new(Watchers::default());
+        let reads = Arc::new(std::sync::RwLock::new(ReadModel::default()));
+        let traffic = net.stats.clone();
         let probes = probe::Probes::new(s.policy.clone(), s.gpus, &s.node);
         let agent = Agent {
             node,
@@ -293,6 +305,8 @@ impl Agent {
             stop_reply: None,
             stopped: false,
             watchers: watchers.clone(),
+            reads: reads.clone(),
+            after_publish: Vec::new(),
         };
         Ok((
             agent,
@@ -300,6 +314,8 @@ impl Agent {
                 tx,
                 versions,
                 watchers,
+                reads,
+                traffic,
             },
             rx,
         ))
@@ -392,6 +408,15 @@ impl Agent {
         }
         let now = self.now();
         self.node.end_batch(now);
+        // Published before the actions are carried out: whoever they wake
+        // (event streams, long polls) reads this batch's state.
+        {
+            let mut model = self.reads.write().unwrap_or_else(|e| e.into_inner());
+            self.node.publish_reads(now, &mut model);
+        }
+        for reply in self.after_publish.drain(..) {
+            reply();
+        }
         while let Some(a) = self.node.poll_action() {
             self.act(a);
         }
@@ -566,19 +591,16 @@ impl Agent {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::List {
-                owner,
-                offset,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(n.list_page(now, owner.as_deref(), offset, limit));
-            }
             Command::Get { id, runs, reply } => {
                 let _ = reply.send(n.get(now, &id, runs));
             }
             Command::Cancel { id, reply } => {
-                let _ = reply.send(n.cancel(now, &id));
+                // Answered once the read model shows it: a list right
+                // after the answer sees the request cancelled.
+                let r = n.cancel(now, &id);
+                self.after_publish.push(Box::new(move || {
+                    let _ = reply.send(r);
+                }));
             }
             Command::NodeInfo(reply) => {
                 let _ = reply.send(self.node_info());
@@ -588,9 +610,6 @@ impl Agent {
             }
             Command::Log { id, rank, reply } => {
                 let _ = reply.send(n.log_source(&id, rank));
-            }
-            Command::Nodes(reply) => {
-                let _ = reply.send(n.grid_nodes(now));
             }
             Command::PutFile(f, reply) => {
                 let _ = reply.send(n.put_file(f));
@@ -614,11 +633,6 @@ impl Agent {
             }
             Command::Events(since, owner, reply) => {
                 let _ = reply.send(n.events(since, owner.as_deref()));
-            }
-            Command::Metrics(reply) => {
-                let mut m = n.metrics(now);
-                m.traffic = self.net.stats.snapshot();
-                let _ = reply.send(m);
             }
             Command::Domains(reply) => {
                 let _ = reply.send(n.domains());

@@ -21,7 +21,8 @@ use crate::api::NewRequest;
 use crate::isolation::IsolationLevel;
 use crate::model::{Language, Process, ProcessKind};
 use crate::node::{
-    Action, AttemptKey, Config, ExecutorInfo, Exit, Job, Node, Now, Outcome, Policy, RunEvent,
+    Action, AttemptKey, Config, ExecutorInfo, Exit, Job, Node, Now, Outcome, Policy, ReadModel,
+    RunEvent,
 };
 use crate::wire::{Beat, DocKey, Gossip, SyncResponse};
 use crate::{BlobHash, NodeId, RequestId};
@@ -43,6 +44,8 @@ const SYNC_TIMEOUT_MS: u64 = 2_000;
 struct Host {
     cfg: Config,
     node: Option<Node>,
+    /// What its API would read, published after each batch as the driver does.
+    reads: ReadModel,
     store: MemStore,
     /// Attempts its programs run now.
     running: BTreeSet<AttemptKey>,
@@ -212,6 +215,7 @@ impl Harness {
             Host {
                 cfg,
                 node: None,
+                reads: ReadModel::default(),
                 store: MemStore::default(),
                 running: BTreeSet::new(),
                 links: BTreeSet::new(),
@@ -239,6 +243,7 @@ impl Harness {
         let node = Node::load(h.cfg.clone(), h.store.docs(), h.store.archived(), now)
             .unwrap_or_else(|e| panic!("node {id} cannot load its store: {e}"));
         h.node = Some(node);
+        h.reads = ReadModel::default();
         self.topology_changed = true;
         self.end_batch(id);
     }
@@ -306,6 +311,12 @@ impl Harness {
 
     pub fn node(&self, id: &NodeId) -> Option<&Node> {
         self.hosts.get(id)?.node.as_ref()
+    }
+
+    /// The read model node `id` last published.
+    pub fn reads(&self, id: &NodeId) -> Option<&ReadModel> {
+        let h = self.hosts.get(id)?;
+        h.node.as_ref().map(|_| &h.reads)
     }
 
     pub fn node_mut(&mut self, id: &NodeId) -> Option<&mut Node> {
@@ -869,6 +880,7 @@ impl Harness {
             node.store_failed();
         }
         node.end_batch(now);
+        node.publish_reads(now, &mut h.reads);
         let mut actions = Vec::new();
         while let Some(a) = node.poll_action() {
             actions.push(a);

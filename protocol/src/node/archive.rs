@@ -60,6 +60,7 @@ impl Node {
             summary: None,
         });
         self.finished_since.insert(id.clone(), now.mono_ms);
+        self.read_stale(&id);
         self.requests.insert(
             id,
             Req {
@@ -130,5 +131,6 @@ impl Node {
             summary: Some(json),
         });
         self.archive.insert(id.clone(), summary);
+        self.read_stale(id);
     }
 }

@@ -140,6 +140,7 @@ impl Node {
     /// A gossip message (signed: `from` is its author).
     pub fn gossip(&mut self, now: Now, from: &NodeId, msg: Gossip) {
         self.rescan = true;
+        self.read_stale_all();
         match msg {
             Gossip::Liveness(n) => {
                 // A node speaks for itself only.

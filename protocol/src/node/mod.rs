@@ -22,6 +22,7 @@ mod heartbeat;
 mod keep;
 mod persist;
 mod probe;
+mod read_model;
 mod reads;
 mod replication;
 mod running;
@@ -37,6 +38,7 @@ pub use error::NodeError;
 pub use gpu_pool::GpuPool;
 pub use persist::{DocWrite, SavedDoc, StoredDoc};
 pub use probe::{Pause, Policy, Sample};
+pub use read_model::ReadModel;
 pub use reads::{EventsPage, LogSource, RankPlan, ResultPlan};
 pub use running::{Exit, FETCHING_INPUTS, Outcome, RunEvent};
 
@@ -190,6 +192,8 @@ pub struct Node {
     rescan: bool,
     next_evict: u64,
     next_archive: u64,
+    /// What the next [`Node::publish_reads`] redoes.
+    stale: read_model::Stale,
     actions: VecDeque<Action>,
 }
 
@@ -336,6 +340,10 @@ impl Node {
             rescan: true,
             next_evict: now.mono_ms + EVICT_EVERY_MS,
             next_archive: now.mono_ms,
+            stale: read_model::Stale {
+                all: true,
+                ..Default::default()
+            },
             actions: VecDeque::new(),
             cfg,
         };

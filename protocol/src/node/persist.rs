@@ -117,6 +117,7 @@ impl super::Node {
             self.repl.changed.insert(DocKey::Request(id.clone()));
             self.version += 1;
             q.version = self.version;
+            self.stale.requests.insert(id.clone());
             self.actions
                 .push_back(super::Action::RequestChanged(id.clone(), self.version));
             self.event_log.push_back((self.version, id.clone()));

@@ -71,67 +71,12 @@ impl Node {
 
     /// The request an id prefix names.
     pub fn resolve(&self, prefix: &str) -> Answer<RequestId> {
-        let prefix = prefix.trim().to_ascii_lowercase();
-        if prefix.is_empty() || !prefix.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(NodeError::Invalid(format!(
-                "'{prefix}' is not a request id (hex digits)"
-            )));
-        }
-        let mut it = self
-            .requests
-            .keys()
-            .chain(self.archive.keys())
-            .filter(|k| k.as_str().starts_with(&prefix));
-        match (it.next(), it.next()) {
-            (Some(id), None) => Ok(id.clone()),
-            (None, _) => Err(NodeError::NotFound(format!(
-                "no request {prefix} on this grid"
-            ))),
-            (Some(_), Some(_)) => Err(NodeError::Invalid(format!(
-                "'{prefix}' matches several requests: give more digits"
-            ))),
-        }
+        resolve_in(prefix, self.requests.keys().chain(self.archive.keys()))
     }
 
-    /// Every request, without runs (archived ones too).
+    /// Every request, without runs (archived ones too), newest first.
     pub fn list(&self, now: Now) -> Vec<RequestInfo> {
-        self.list_page(now, None, 0, usize::MAX)
-    }
-
-    /// A page of the requests `owner` may see (all with `None`), newest
-    /// first: `limit` of them after skipping `offset`. Only the page's
-    /// requests are looked at closely.
-    pub fn list_page(
-        &self,
-        now: Now,
-        owner: Option<&str>,
-        offset: usize,
-        limit: usize,
-    ) -> Vec<RequestInfo> {
-        let mut all: Vec<(u64, &RequestId, bool)> = self
-            .requests
-            .iter()
-            .filter(|(_, q)| owner.is_none_or(|o| q.doc.spec().owner == o))
-            .map(|(id, q)| (q.doc.spec().created_ms, id, false))
-            .chain(
-                self.archive
-                    .iter()
-                    .filter(|(_, a)| owner.is_none_or(|o| a.info.owner == o))
-                    .map(|(id, a)| (a.info.created_ms, id, true)),
-            )
-            .collect();
-        all.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        all.into_iter()
-            .skip(offset)
-            .take(limit)
-            .filter_map(|(_, id, archived)| {
-                if archived {
-                    self.archive.get(id).map(|a| a.info.clone())
-                } else {
-                    self.info(now, id, false)
-                }
-            })
-            .collect()
+        self.read_model(now).page(None, 0, usize::MAX)
     }
 
     /// A request by id prefix, with its runs if asked.
@@ -280,37 +225,7 @@ impl Node {
 
     /// The node's metrics (traffic is the driver's to fill in).
     pub fn metrics(&self, now: Now) -> Metrics {
-        let now = now.mono_ms;
-        let mut runs = RunCounts::default();
-        for (id, q) in &self.requests {
-            let c = q.doc.counts(|a: &Attempt| self.is_live(id, a, now));
-            runs.total += c.total;
-            runs.queued += c.queued;
-            runs.claimed += c.claimed;
-            runs.running += c.running;
-            runs.succeeded += c.succeeded;
-            runs.failed += c.failed;
-            runs.cancelled += c.cancelled;
-        }
-        for a in self.archive.values() {
-            let c = &a.info.counts;
-            runs.total += c.total;
-            runs.succeeded += c.succeeded;
-            runs.failed += c.failed;
-            runs.cancelled += c.cancelled;
-        }
-        Metrics {
-            runs,
-            requests: self.request_count(),
-            slots: self.cfg.slots,
-            leases: self.running.len() as u32,
-            peers: self.repl.connected.len() as u32,
-            sync_pending: self.repl.pending() as u32,
-            paused: self.paused.is_some(),
-            gpus: self.gpus.len() as u32,
-            traffic: Default::default(),
-            skipped: self.skipped_entries().1,
-        }
+        self.read_model(now).metrics()
     }
 
     /// What a finished request's results archive is made of.
@@ -497,6 +412,29 @@ impl Node {
     /// Whether the node takes no new runs now (the owner's policy), and why.
     pub fn paused(&self) -> Option<&super::Pause> {
         self.paused.as_ref()
+    }
+}
+
+/// The one request among `ids` that an id prefix names.
+pub(super) fn resolve_in<'a>(
+    prefix: &str,
+    ids: impl Iterator<Item = &'a RequestId>,
+) -> Answer<RequestId> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.is_empty() || !prefix.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(NodeError::Invalid(format!(
+            "'{prefix}' is not a request id (hex digits)"
+        )));
+    }
+    let mut it = ids.filter(|k| k.as_str().starts_with(&prefix));
+    match (it.next(), it.next()) {
+        (Some(id), None) => Ok(id.clone()),
+        (None, _) => Err(NodeError::NotFound(format!(
+            "no request {prefix} on this grid"
+        ))),
+        (Some(_), Some(_)) => Err(NodeError::Invalid(format!(
+            "'{prefix}' matches several requests: give more digits"
+        ))),
     }
 }
 

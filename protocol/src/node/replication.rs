@@ -126,6 +126,7 @@ impl Node {
     /// A peer is connected: every document is offered to it.
     pub fn connected(&mut self, _now: Now, peer: NodeId) {
         self.rescan = true;
+        self.read_stale_all();
         // Messages in flight on the old connection may be lost.
         for ((p, _), st) in self.repl.states.iter_mut() {
             if *p == peer {
@@ -144,6 +145,7 @@ impl Node {
 
     pub fn disconnected(&mut self, _now: Now, peer: &NodeId) {
         self.rescan = true;
+        self.read_stale_all();
         self.repl.connected.remove(peer);
     }
 
