@@ -136,6 +136,17 @@ impl Principal {
                 .filter(|r| shared.contains(&r.name))
                 .any(|r| self.may_use_room(r))
     }
+    /// Sees an upload of `owner` shared with `shared` rooms where uploads
+    /// are listed: what [`Principal::may_see_upload`] or
+    /// [`Principal::may_use_shared`] allows.
+    pub fn may_list_upload(&self, owner: &str, shared: &[String], rooms: &[Room]) -> bool {
+        self.may_see_upload(owner) || self.may_use_shared(owner, shared, rooms)
+    }
+    /// May add a domain (a container image recipe every node may build):
+    /// operators and admins.
+    pub fn may_make_domain(&self) -> bool {
+        self.sees_all()
+    }
     /// May send runs to this room.
     pub fn may_use_room(&self, room: &Room) -> bool {
         room.public
@@ -150,6 +161,85 @@ impl Principal {
     /// May put a node that is now in `from` (a named room, or none) into `to`.
     pub fn may_place_node(&self, from: Option<&Room>, to: &Room) -> bool {
         self.is_room_admin(to) && from.is_none_or(|f| self.is_room_admin(f))
+    }
+    /// May see (and revoke) API token `t`: its user's own, or an admin.
+    pub fn may_see_token(&self, t: &ApiToken) -> bool {
+        self.is_admin() || t.user == self.user
+    }
+}
+
+/// Checks that `who` is an admin, the only ones who may `what` (make rooms,
+/// list or delete users, change the grid's settings…).
+pub fn check_admin(who: &Principal, what: &str) -> Result<()> {
+    if who.is_admin() {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!("only admins {what}")))
+}
+
+/// Checks that `who` may add a domain.
+pub fn check_make_domain(who: &Principal) -> Result<()> {
+    if who.may_make_domain() {
+        return Ok(());
+    }
+    Err(Error::Forbidden(
+        "only operators and admins make domains: ask one to add it".into(),
+    ))
+}
+
+/// Checks that `who` may change user `name`: anyone their own password;
+/// only admins roles, disabling, and other users.
+pub fn check_user_change(who: &Principal, name: &str, role_or_disabled: bool) -> Result<()> {
+    if who.is_admin() || (who.user == name && !role_or_disabled) {
+        return Ok(());
+    }
+    Err(Error::Forbidden(
+        "only admins change roles, disable accounts or change other users' passwords".into(),
+    ))
+}
+
+/// Checks that `who` may change `list` of `room`: grid admins name room
+/// admins; room admins change its users.
+pub fn check_room_list_change(who: &Principal, room: &Room, list: RoomList) -> Result<()> {
+    match list {
+        RoomList::Admins if who.is_admin() => Ok(()),
+        RoomList::Users if who.is_room_admin(room) => Ok(()),
+        RoomList::Admins => Err(Error::Forbidden("only admins name room admins".into())),
+        RoomList::Users => Err(Error::Forbidden(format!(
+            "only admins of room '{}' change its users",
+            room.name
+        ))),
+    }
+}
+
+/// Checks that `who` may put node `node` (now in `from`, or in no named
+/// room) into room `to`, or with `to` = `None` take it out of `from`.
+pub fn check_node_placement(
+    who: &Principal,
+    node: &str,
+    from: Option<&Room>,
+    to: Option<&Room>,
+) -> Result<()> {
+    match (from, to) {
+        (from, Some(to)) => {
+            let from = from.filter(|f| f.name != to.name);
+            if who.may_place_node(from, to) {
+                return Ok(());
+            }
+            Err(Error::Forbidden(match from {
+                Some(f) => format!(
+                    "node {node} is in room '{}': moving it to '{}' needs admin of both rooms",
+                    f.name, to.name
+                ),
+                None => format!("only admins of room '{}' add nodes to it", to.name),
+            }))
+        }
+        (Some(from), None) if who.is_room_admin(from) => Ok(()),
+        (Some(from), None) => Err(Error::Forbidden(format!(
+            "only admins of room '{}' take nodes out of it",
+            from.name
+        ))),
+        (None, None) => Ok(()),
     }
 }
 
@@ -360,6 +450,46 @@ mod tests {
             admins: admins.iter().map(|s| s.to_string()).collect(),
             users: users.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn account_and_room_changes_follow_roles() {
+        let (root, op, ana, bob) = (
+            p("root", Role::Admin),
+            p("op", Role::Operator),
+            p("ana", Role::User),
+            p("bob", Role::User),
+        );
+        assert!(check_admin(&root, "make rooms").is_ok());
+        assert!(
+            matches!(check_admin(&op, "make rooms"), Err(Error::Forbidden(m)) if m == "only admins make rooms")
+        );
+        // Own password yes; own role, or anyone else's account, no.
+        assert!(check_user_change(&ana, "ana", false).is_ok());
+        assert!(check_user_change(&ana, "ana", true).is_err());
+        assert!(check_user_change(&ana, "bob", false).is_err());
+        assert!(check_user_change(&root, "bob", true).is_ok());
+        let lab = room("lab", &["ana"], &["bob"]);
+        assert!(check_room_list_change(&ana, &lab, RoomList::Users).is_ok());
+        assert!(check_room_list_change(&ana, &lab, RoomList::Admins).is_err());
+        assert!(check_room_list_change(&bob, &lab, RoomList::Users).is_err());
+        assert!(check_room_list_change(&root, &lab, RoomList::Admins).is_ok());
+        // Moving a node between rooms needs admin of both.
+        let gpu = room("gpu", &["bob"], &[]);
+        assert!(check_node_placement(&ana, "n1", None, Some(&lab)).is_ok());
+        assert!(check_node_placement(&ana, "n1", Some(&gpu), Some(&lab)).is_err());
+        assert!(check_node_placement(&ana, "n1", Some(&lab), Some(&lab)).is_ok());
+        assert!(check_node_placement(&bob, "n1", Some(&lab), None).is_err());
+        assert!(check_node_placement(&root, "n1", Some(&gpu), Some(&lab)).is_ok());
+        assert!(check_make_domain(&op).is_ok() && check_make_domain(&ana).is_err());
+        let t = |user: &str| ApiToken {
+            id: "t1".into(),
+            user: user.into(),
+            label: String::new(),
+            created_ms: 0,
+        };
+        assert!(ana.may_see_token(&t("ana")) && !ana.may_see_token(&t("bob")));
+        assert!(root.may_see_token(&t("bob")));
     }
 
     #[test]

@@ -51,16 +51,34 @@ enum Cue {
     Heal,
 }
 
-/// Runs the harness to `until`, printing a line every simulated 10
-/// minutes when asked.
-fn advance(h: &mut Harness, until: u64, progress: bool, t0: std::time::Instant) {
-    const STEP: u64 = 10 * 60_000;
+/// How often (simulated) the exact mode looks whether every request has
+/// settled everywhere, once all are submitted: the scenario's remaining
+/// cues (crashes, owners coming back) are not simulated past that.
+const SETTLE_CHECK_MS: u64 = 1_000;
+
+/// Runs the harness to `until`, or until `done` holds (looked at every
+/// [`SETTLE_CHECK_MS`]); printing a line every simulated minute when
+/// asked. Whether `done` held.
+fn advance(
+    h: &mut Harness,
+    until: u64,
+    progress: bool,
+    t0: std::time::Instant,
+    done: Option<&dyn Fn(&Harness) -> bool>,
+) -> bool {
+    const STEP: u64 = 60_000;
     while h.now().mono_ms < until {
-        let next = if progress {
+        if done.is_some_and(|d| d(h)) {
+            return true;
+        }
+        let mut next = if progress {
             ((h.now().mono_ms / STEP + 1) * STEP).min(until)
         } else {
             until
         };
+        if done.is_some() {
+            next = next.min(h.now().mono_ms + SETTLE_CHECK_MS);
+        }
         h.run_until(next);
         if progress && next % STEP == 0 {
             eprintln!(
@@ -71,6 +89,7 @@ fn advance(h: &mut Harness, until: u64, progress: bool, t0: std::time::Instant) 
             );
         }
     }
+    done.is_some_and(|d| d(h))
 }
 
 /// Runs a scenario with real protocol cores.
@@ -131,13 +150,22 @@ pub fn run(sc: &Scenario) -> ExactReport {
     cues.sort_by_key(|c| c.0);
     let mut requests: Vec<(RequestId, usize)> = Vec::new();
     let mut first_submit = u64::MAX;
+    let mut submits_left = sc.requests.len();
+    let mut finished = false;
     for (t, cue) in cues {
         if t > sc.time_limit_ms {
             break;
         }
-        advance(&mut h, t, sc.progress, t0);
+        let submitted: Vec<RequestId> = requests.iter().map(|r| r.0.clone()).collect();
+        let settled = move |h: &Harness| submitted.iter().all(|id| settled_everywhere(h, id));
+        let done: Option<&dyn Fn(&Harness) -> bool> = (submits_left == 0).then_some(&settled);
+        if advance(&mut h, t, sc.progress, t0, done) {
+            finished = true;
+            break;
+        }
         match cue {
             Cue::Submit(i) => {
+                submits_left -= 1;
                 let plan = &sc.requests[i];
                 // On the planned node, or the first one up.
                 let on = std::iter::once(plan.node as usize)
@@ -167,8 +195,10 @@ pub fn run(sc: &Scenario) -> ExactReport {
         }
     }
     let all: Vec<RequestId> = requests.iter().map(|r| r.0.clone()).collect();
-    let limit = sc.time_limit_ms.saturating_sub(h.now().mono_ms);
-    let finished = h.run_until_true(limit, |h| all.iter().all(|id| settled_everywhere(h, id)));
+    let settled = move |h: &Harness| all.iter().all(|id| settled_everywhere(h, id));
+    if !finished {
+        finished = advance(&mut h, sc.time_limit_ms, sc.progress, t0, Some(&settled));
+    }
     // Time for the last results to reach every replica.
     h.run_for(5_000);
     report(sc, &h, &requests, first_submit, finished, t0)

@@ -65,11 +65,7 @@ fn need_admin(c: &Caller, what: &str) -> Result<(), ApiFailure> {
 }
 
 fn need_admin_principal(who: &Principal, what: &str) -> Result<(), ApiFailure> {
-    if who.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiFailure::forbidden(format!("only admins {what}")))
-    }
+    Ok(pesc_protocol::access::check_admin(who, what)?)
 }
 
 /// Checks a user and password; starts a session.
@@ -202,11 +198,11 @@ pub(crate) async fn apply_user_change(
         .user(name)
         .await?
         .ok_or_else(|| ApiFailure::not_found(format!("no user '{name}'")))?;
-    if !who.is_admin() && (who.user != name || ch.role.is_some() || ch.disabled.is_some()) {
-        return Err(ApiFailure::forbidden(
-            "only admins change roles, disable accounts or change other users' passwords",
-        ));
-    }
+    pesc_protocol::access::check_user_change(
+        who,
+        name,
+        ch.role.is_some() || ch.disabled.is_some(),
+    )?;
     let stays_admin =
         ch.role.unwrap_or(u.role) == Role::Admin && !ch.disabled.unwrap_or(u.disabled);
     if u.role == Role::Admin && !u.disabled && !stays_admin {
@@ -383,7 +379,7 @@ pub(crate) async fn revoke_token(
         .svc
         .token(id)
         .await?
-        .filter(|t| who.is_admin() || t.user == who.user)
+        .filter(|t| who.may_see_token(t))
         .ok_or_else(|| ApiFailure::not_found(format!("you have no token {id}")))?;
     st.svc.change_access(AccessChange::RemoveToken(t.id)).await
 }
@@ -443,9 +439,7 @@ pub(crate) async fn add_room(
     who: &Principal,
     n: NewRoom,
 ) -> Result<Room, ApiFailure> {
-    if !who.is_admin() {
-        return Err(ApiFailure::forbidden("only admins make rooms"));
-    }
+    need_admin_principal(who, "make rooms")?;
     check_name("room", &n.name)?;
     let a = st.svc.access().await?;
     if a.room(&n.name).is_some() {
@@ -508,22 +502,17 @@ pub(crate) async fn edit_member(
                 "no room '{room}' to change (General is open to everyone)"
             ))
         })?;
-    let allowed = match list {
-        Member::Admin => who.is_admin(),
-        Member::User => who.is_room_admin(&r),
+    let which = match list {
+        Member::Admin => pesc_protocol::access::RoomList::Admins,
+        Member::User => pesc_protocol::access::RoomList::Users,
     };
-    if !allowed {
-        return Err(ApiFailure::forbidden(match list {
-            Member::Admin => "only admins name room admins".to_string(),
-            Member::User => format!("only admins of room '{room}' change its users"),
-        }));
-    }
+    pesc_protocol::access::check_room_list_change(who, &r, which)?;
     if present && a.user(user).is_none() {
         return Err(ApiFailure::bad_request(format!("no user '{user}'")));
     }
-    let (v, which) = match list {
-        Member::Admin => (&mut r.admins, pesc_protocol::access::RoomList::Admins),
-        Member::User => (&mut r.users, pesc_protocol::access::RoomList::Users),
+    let v = match list {
+        Member::Admin => &mut r.admins,
+        Member::User => &mut r.users,
     };
     v.retain(|u| u != user);
     if present {
@@ -612,26 +601,12 @@ pub(crate) async fn move_node(
     let id: NodeId = n.id.clone();
     let current = a.placement(&id).and_then(|r| a.room(r));
     if put_in {
-        let from = current.filter(|c| c.name != target.name);
-        if !who.may_place_node(from, target) {
-            return Err(ApiFailure::forbidden(match from {
-                Some(f) => format!(
-                    "node {} is in room '{}': moving it to '{}' needs admin of both rooms",
-                    n.name, f.name, target.name
-                ),
-                None => format!("only admins of room '{}' add nodes to it", target.name),
-            }));
-        }
+        pesc_protocol::access::check_node_placement(who, &n.name, current, Some(target))?;
         st.svc
             .change_access(AccessChange::PlaceNode(id, Some(target.name.clone())))
             .await
     } else {
-        if !who.is_room_admin(target) {
-            return Err(ApiFailure::forbidden(format!(
-                "only admins of room '{}' take nodes out of it",
-                target.name
-            )));
-        }
+        pesc_protocol::access::check_node_placement(who, &n.name, Some(target), None)?;
         if current.is_none_or(|c| c.name != target.name) {
             return Err(ApiFailure::not_found(format!(
                 "node {} is not in room '{}'",
@@ -698,11 +673,7 @@ pub(crate) async fn change_grid_settings(
     who: &Principal,
     g: &GridSettings,
 ) -> Result<(), ApiFailure> {
-    if !who.is_admin() {
-        return Err(ApiFailure::forbidden(
-            "only admins change the grid's settings",
-        ));
-    }
+    need_admin_principal(who, "change the grid's settings")?;
     st.svc
         .change_access(AccessChange::SetMinIsolation(g.min_isolation))
         .await

@@ -80,7 +80,7 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let owner = (!c.who.sees_all()).then(|| c.who.user.clone());
+    let owner = c.who.request_owner_filter().map(str::to_string);
     let stream = st.svc.events(q.since.or(last).unwrap_or(0), owner).await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -122,7 +122,7 @@ pub(crate) async fn visible_processes(
 ) -> Result<Vec<pesc_protocol::model::Process>, ApiFailure> {
     let mut all = st.svc.list_processes().await?;
     let rooms = st.svc.access().await?.rooms;
-    all.retain(|p| who.may_see_upload(&p.owner) || who.may_use_shared(&p.owner, &p.rooms, &rooms));
+    all.retain(|p| who.may_list_upload(&p.owner, &p.rooms, &rooms));
     Ok(all)
 }
 
@@ -133,10 +133,7 @@ pub(crate) async fn visible_files(
 ) -> Result<Vec<pesc_protocol::api::SharedFileInfo>, ApiFailure> {
     let mut all = st.svc.list_files().await?;
     let rooms = st.svc.access().await?.rooms;
-    all.retain(|f| {
-        who.may_see_upload(&f.file.owner)
-            || who.may_use_shared(&f.file.owner, &f.file.rooms, &rooms)
-    });
+    all.retain(|f| who.may_list_upload(&f.file.owner, &f.file.rooms, &rooms));
     Ok(all)
 }
 
@@ -296,11 +293,7 @@ async fn create_domain(
 ) -> Result<impl IntoResponse, ApiFailure> {
     let Json(d) =
         body.map_err(|e| ApiFailure::bad_request(format!("bad domain body: {}", e.body_text())))?;
-    if !c.who.sees_all() {
-        return Err(ApiFailure::forbidden(
-            "only operators and admins make domains: ask one to add it",
-        ));
-    }
+    pesc_protocol::access::check_make_domain(&c.who)?;
     Ok((
         StatusCode::CREATED,
         Json(st.svc.create_domain(d, &c.who.user).await?),

@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use super::{Flash, Page, back, csrf_field, failed, fmt_bytes, layout, when};
 use crate::auth::AppState;
-use crate::error::ApiFailure;
 
 type St = State<AppState>;
 
@@ -56,7 +55,7 @@ pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) ->
                 }
             }
         }
-        @if p.who().sees_all() {
+        @if p.who().may_make_domain() {
             h2 { "New domain" }
             form.card method="post" action="/domains" {
                 (csrf_field(&p))
@@ -99,11 +98,7 @@ pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm
         return *r;
     }
     let r = async {
-        if !p.who().sees_all() {
-            return Err(ApiFailure::forbidden(
-                "only operators and admins make domains",
-            ));
-        }
+        pesc_protocol::access::check_make_domain(p.who())?;
         let nonempty = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
         let d = NewDomain {
             name: f.name.trim().to_string(),
