@@ -82,10 +82,11 @@ fn advance(
         h.run_until(next);
         if progress && next % STEP == 0 {
             eprintln!(
-                "exact: {} min simulated in {:.0} s, {} messages",
+                "exact: {} min simulated in {:.0} s, {} messages {:?}",
                 next / 60_000,
                 t0.elapsed().as_secs_f64(),
-                h.observed.sent
+                h.observed.sent,
+                h.observed.sent_by_kind
             );
         }
     }

@@ -139,6 +139,8 @@ pub struct Node {
     grid: GridDoc,
     grid_dirty: bool,
     grid_saved: SavedDoc,
+    /// Writes of the grid document since it was last rebuilt whole.
+    grid_writes: u64,
     requests: BTreeMap<RequestId, Req>,
     /// Finished requests whose documents are on disk only.
     archive: BTreeMap<RequestId, ArchivedRequest>,
@@ -305,6 +307,7 @@ impl Node {
             grid,
             grid_dirty,
             grid_saved,
+            grid_writes: 0,
             requests,
             archive: archived
                 .into_iter()
@@ -347,6 +350,11 @@ impl Node {
             actions: VecDeque::new(),
             cfg,
         };
+        // Read as a snapshot and its chunks: held many times larger than
+        // whole, so rebuilt whole at once.
+        if node.grid_saved.chunks() > 0 {
+            node.compact_grid();
+        }
         node.refresh_caps();
         node.log_skipped();
         node.dial_grid_nodes();

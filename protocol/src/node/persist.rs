@@ -31,6 +31,10 @@ pub struct StoredDoc {
 /// Compact a document into a snapshot after this many incremental chunks.
 const COMPACT_AFTER_CHUNKS: u64 = 256;
 
+/// Rebuild the grid document in memory after this many writes of it
+/// (see [`crate::doc::GridDoc::compact`]).
+const GRID_COMPACT_AFTER_WRITES: u64 = 1_000;
+
 /// Where a document stands in the store: the chunks after its snapshot.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SavedDoc {
@@ -39,6 +43,16 @@ pub struct SavedDoc {
 }
 
 impl SavedDoc {
+    /// The next write is a full snapshot.
+    pub(super) fn snapshot_next(&mut self) {
+        self.chunks = COMPACT_AFTER_CHUNKS;
+    }
+
+    /// Chunks stored after the snapshot.
+    pub(super) fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
     /// A stored chunk with sequence number `seq` was read at load.
     pub fn loaded_chunk(&mut self, seq: u64) {
         self.chunks += 1;
@@ -77,6 +91,19 @@ impl SavedDoc {
 }
 
 impl super::Node {
+    /// Rebuilds the grid document whole in memory; its next write is a
+    /// snapshot (which holds whatever was not saved yet).
+    pub(super) fn compact_grid(&mut self) {
+        self.grid_writes = 0;
+        match self.grid.compact() {
+            Ok(()) => {
+                self.grid_saved.snapshot_next();
+                self.grid_dirty = true;
+            }
+            Err(e) => tracing::error!("rebuilding the grid document failed: {e}"),
+        }
+    }
+
     /// A store write failed: that batch's chunks are lost, so every
     /// document is written whole next and nothing stays missing on disk.
     pub fn store_failed(&mut self) {
@@ -98,6 +125,10 @@ impl super::Node {
         let committed = self.grid.commit();
         if self.grid_dirty || committed {
             self.grid_dirty = false;
+            self.grid_writes += 1;
+            if self.grid_writes >= GRID_COMPACT_AFTER_WRITES {
+                self.compact_grid();
+            }
             self.repl.changed.insert(DocKey::Grid);
             let grid = &mut self.grid;
             writes.extend(self.grid_saved.next_write("grid".into(), |full| {
