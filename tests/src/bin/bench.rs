@@ -976,7 +976,7 @@ fn history(write: bool) -> Result<()> {
         .unwrap_or(10_000);
     let rows = [history_run(&bin, 1)?, history_run(&bin, big)?];
     let mut table = String::from(
-        "Two nodes × 2 slots on 127.0.0.1; one-run requests of `true` submitted through the API on the first; both archive a finished request after 5 s (`--archive-after-s 5`; 600 s by default). Measured on the first node after the archive (its memory includes what the allocator kept from holding every document before archiving), then the second node is killed (-9) and started again: what the two exchange until quiet, and the restarted node's memory (it loads summaries, not documents).\n\n| finished requests | idle CPU | resident memory | `GET /api/v1/requests?limit=50` (median of 30) | bytes exchanged when the peer reconnects | until quiet | restarted peer's memory |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+        "Two nodes × 2 slots on 127.0.0.1; one-run requests of `true` submitted through the API on the first; both archive a finished request after 5 s (`--archive-after-s 5`; 600 s by default). Measured on the first node after the archive (it held every document before archiving), then the second node is killed (-9) and started again: what the two exchange until quiet, and the restarted node's memory (it loads summaries, not documents).\n\n| finished requests | idle CPU | resident memory | `GET /api/v1/requests?limit=50` (median of 30) | bytes exchanged when the peer reconnects | until quiet | restarted peer's memory |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &rows {
         table.push_str(&format!(
