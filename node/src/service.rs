@@ -741,6 +741,11 @@ fn follow_log(
             Err(_) => RequestWatch::Poll,
         };
         let mut src = first;
+        if matches!(src, LogSource::NotYet) {
+            // Asked again once subscribed: a start in between is not missed.
+            let Some(s) = ask().await else { return };
+            src = s;
+        }
         // Wait for the run to start here.
         while matches!(src, LogSource::NotYet) {
             if request.changed().await.is_err() {

@@ -59,7 +59,7 @@ pub enum Command {
         String,
         Reply<NodeResult<Option<pesc_protocol::access::ApiToken>>>,
     ),
-    /// A page of requests, newest first (one owner's, or everyone's).
+    /// A request, with its runs if asked (archived ones are read back).
     Get {
         id: String,
         runs: bool,
