@@ -70,3 +70,41 @@ impl FileWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_write_to_the_file_wakes_the_watch_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let w = FileWatch::new(&path).unwrap();
+        // Nothing written: no wake-up.
+        let quiet = tokio::time::timeout(Duration::from_millis(300), w.changed()).await;
+        assert!(quiet.is_err(), "woke without a write");
+        // Another file in the same directory is not this one.
+        std::fs::write(dir.path().join("stderr"), b"other").unwrap();
+        let other = tokio::time::timeout(Duration::from_millis(300), w.changed()).await;
+        assert!(other.is_err(), "woke for another file");
+        f.write_all(b"tick 1\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), w.changed())
+            .await
+            .expect("a write wakes the watch")
+            .unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_cannot_be_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        assert!(FileWatch::new(&dir.path().join("nope")).is_err());
+    }
+}
