@@ -128,6 +128,11 @@ pub struct Harness {
     archive_after_ms: u64,
     /// The connections need looking at again (links, sides or hosts changed).
     topology_changed: bool,
+    /// Nodes that took inputs at this instant and have yet to end their
+    /// batch: like the driver, which takes everything waiting before
+    /// ending one batch, a node ends one batch for all that reached it at
+    /// the same millisecond.
+    pending: BTreeSet<NodeId>,
     pub observed: Observed,
 }
 
@@ -146,6 +151,7 @@ impl Harness {
             lease_ttl_ms: crate::lease::DEFAULT_LEASE_TTL_MS,
             archive_after_ms: crate::node::ARCHIVE_AFTER_MS,
             topology_changed: true,
+            pending: BTreeSet::new(),
             observed: Observed::default(),
         }
     }
@@ -418,9 +424,18 @@ impl Harness {
     pub fn run_until(&mut self, until: u64) {
         loop {
             let next_event = self.queue.keys().next().map(|k| k.0);
+            // Everything due at this instant is in: end the batches it made.
+            if !self.pending.is_empty() && next_event.is_none_or(|e| e > self.now) {
+                for id in std::mem::take(&mut self.pending) {
+                    self.end_batch(&id);
+                }
+                continue;
+            }
             let next_timer = self
                 .hosts
                 .iter()
+                // A node yet to end its batch sets its timers when it does.
+                .filter(|(id, _)| !self.pending.contains(*id))
                 .filter_map(|(id, h)| Some((h.node.as_ref()?.poll_timeout(), id.clone())))
                 .min();
             let t = match (next_event, &next_timer) {
@@ -440,7 +455,7 @@ impl Harness {
                     if let Some(n) = self.node_mut(&id) {
                         n.handle_timeout(now);
                     }
-                    self.end_batch(&id);
+                    self.pending.insert(id);
                 }
                 _ => {
                     let Some((_, ev)) = self.queue.pop_first() else {
@@ -600,7 +615,7 @@ impl Harness {
                         None
                     }
                 };
-                self.end_batch(&to);
+                self.pending.insert(to.clone());
                 if let Some(r) = reply {
                     self.send(&to, &from, r);
                 }
@@ -617,7 +632,7 @@ impl Harness {
                 if let Some(n) = self.node_mut(&node) {
                     n.sync_failed(peer, doc);
                 }
-                self.end_batch(&node);
+                self.pending.insert(node);
             }
             Event::Run { node, life, ev } => {
                 if self.life(&node) != life {
@@ -635,7 +650,7 @@ impl Harness {
                 if let Some(n) = h.node.as_mut() {
                     n.run_event(now, ev);
                 }
-                self.end_batch(&node);
+                self.pending.insert(node);
             }
         }
     }
