@@ -147,6 +147,11 @@ impl Skipped {
         }
     }
 
+    /// How many entries were skipped.
+    pub fn count(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
     /// The skipped entries remembered (entry, why), and how many there were.
     pub fn list(&self) -> (Vec<(String, String)>, u64) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -36,7 +36,7 @@ pub struct ReadModel {
 pub(super) struct Stale {
     /// Requests changed, archived or restored since the last publish.
     pub requests: HashSet<RequestId>,
-    /// Everything: the first publish, or after a change of liveness.
+    /// Everything, archived requests too: the first publish.
     pub all: bool,
     /// Monotonic ms of the next periodic refresh of what hangs on time.
     pub next_refresh: u64,
@@ -168,7 +168,7 @@ impl Node {
             paused: self.paused.is_some(),
             gpus: self.gpus.len() as u32,
             traffic: Default::default(),
-            skipped: self.skipped_entries().1,
+            skipped: self.skipped_count(),
         };
     }
 

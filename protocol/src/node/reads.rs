@@ -186,18 +186,28 @@ impl Node {
     /// checks (entry, why), and how many there are: the grid's, each
     /// request's attempts, and requests unreadable as a whole.
     pub fn skipped_entries(&self) -> (Vec<(String, String)>, u64) {
-        let (mut list, mut count) = self.grid.skipped().list();
+        let (mut list, _) = self.grid.skipped().list();
         for (id, q) in &self.requests {
             for (entry, why) in q.doc.skipped() {
                 list.push((format!("req/{id}/{entry}"), why.clone()));
-                count += 1;
             }
         }
         for (id, why) in &self.repl.unreadable {
             list.push((format!("req/{id}"), why.clone()));
-            count += 1;
         }
-        (list, count)
+        (list, self.skipped_count())
+    }
+
+    /// How many entries [`Node::skipped_entries`] counts, without copying
+    /// them (the metrics read it after every batch).
+    pub fn skipped_count(&self) -> u64 {
+        self.grid.skipped().count()
+            + self
+                .requests
+                .values()
+                .map(|q| q.doc.skipped().len() as u64)
+                .sum::<u64>()
+            + self.repl.unreadable.len() as u64
     }
 
     /// The first `max` skipped entries, and how many there are.
