@@ -11,6 +11,7 @@
 pub mod access;
 pub mod api;
 pub mod blob_tree;
+pub mod claim_order;
 pub mod doc;
 pub mod domain;
 pub mod error;

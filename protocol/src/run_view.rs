@@ -49,6 +49,12 @@ fn by_priority<'a>(
     Some(best)
 }
 
+/// The claim that won the first race for a run: lowest epoch, then claim
+/// priority (`None` when nobody claimed it).
+pub fn first_claim<'a>(request: &RequestId, attempts: &'a [Attempt]) -> Option<&'a Attempt> {
+    by_priority(request, attempts.iter(), Pick::First)
+}
+
 /// What a run looks like from its attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunView<'a> {

@@ -111,28 +111,6 @@ pub fn scan_position(rank: u32, start: u32, repetitions: u32) -> u32 {
     }
 }
 
-/// Walks unfinished ranks in scan order and keeps the first `want` that
-/// `queued` says may be claimed (it returns the epoch the claim must use).
-pub fn first_queued(
-    ranks: impl IntoIterator<Item = u32>,
-    want: usize,
-    mut queued: impl FnMut(u32) -> Option<u32>,
-) -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    if want == 0 {
-        return out;
-    }
-    for rank in ranks {
-        if let Some(epoch) = queued(rank) {
-            out.push((rank, epoch));
-            if out.len() == want {
-                break;
-            }
-        }
-    }
-    out
-}
-
 /// What a node offers, as far as placement cares.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeCaps {
@@ -456,9 +434,6 @@ mod tests {
         assert!(starts.len() > 40, "50 nodes start at different places");
         assert_eq!(scan_position(7, 7, 10), 0);
         assert_eq!(scan_position(2, 7, 10), 5);
-        let got = first_queued([7, 8, 9, 0, 1], 2, |r| (r % 2 == 1).then_some(r));
-        assert_eq!(got, vec![(7, 7), (9, 9)]);
-        assert!(first_queued([1, 2], 0, Some).is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The discrete-event core: virtual nodes that claim, run, finish and abandon
-//! runs with the protocol's own functions (`scan_start`, `first_queued`,
-//! `pick`, `derive_run`, `should_abandon`, the liveness overlay), a virtual
+//! runs with the protocol's own functions (`scan_start`,
+//! `first_queued_in_blocks`, `pick`, `derive_run`, `should_abandon`, the liveness overlay), a virtual
 //! clock, and a network that decides when each node sees each write.
 //!
 //! Scale comes from one idea: every attempt is stored once, with the time it

@@ -57,7 +57,7 @@ enum Cue {
 const SETTLE_CHECK_MS: u64 = 1_000;
 
 /// Runs the harness to `until`, or until `done` holds (looked at every
-/// [`SETTLE_CHECK_MS`]); printing a line every simulated minute when
+/// [`SETTLE_CHECK_MS`]); printing a line every ten simulated seconds when
 /// asked. Whether `done` held.
 fn advance(
     h: &mut Harness,
@@ -66,7 +66,7 @@ fn advance(
     t0: std::time::Instant,
     done: Option<&dyn Fn(&Harness) -> bool>,
 ) -> bool {
-    const STEP: u64 = 60_000;
+    const STEP: u64 = 10_000;
     while h.now().mono_ms < until {
         if done.is_some_and(|d| d(h)) {
             return true;
@@ -82,8 +82,8 @@ fn advance(
         h.run_until(next);
         if progress && next % STEP == 0 {
             eprintln!(
-                "exact: {} min simulated in {:.0} s, {} messages {:?}",
-                next / 60_000,
+                "exact: {} s simulated in {:.0} s, {} messages {:?}",
+                next / 1_000,
                 t0.elapsed().as_secs_f64(),
                 h.observed.sent,
                 h.observed.sent_by_kind

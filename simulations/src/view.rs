@@ -7,9 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use pesc_protocol::claim_order::{block_len, block_start, first_queued_in_blocks, holder};
 use pesc_protocol::model::{Attempt, AttemptState, RunState};
 use pesc_protocol::run_view::{Abandon, RunPolicy, derive_run, should_abandon};
-use pesc_protocol::schedule::{Candidate, eligible, first_queued, pick, scan_position, scan_start};
+use pesc_protocol::schedule::{Candidate, eligible, pick, scan_position, scan_start};
+use std::borrow::Cow;
 
 use crate::engine::{NEVER, Sim};
 use crate::net::NetModel;
@@ -325,10 +327,14 @@ impl Sim {
                 continue;
             }
             let reps = q.spec.repetitions;
+            let len = block_len(reps, self.nodes.len());
             let start = if alone {
                 0
             } else {
-                scan_start(&self.nodes[b as usize].id, &q.spec.id, reps)
+                block_start(
+                    scan_start(&self.nodes[b as usize].id, &q.spec.id, reps),
+                    len,
+                )
             };
             // The node's scan (`RequestDoc::scan_from`): ranks tried before
             // first, then the others, each from `b`'s own starting point. Of
@@ -379,8 +385,28 @@ impl Sim {
                 start,
                 reps,
             };
-            let ranks = tried.into_iter().chain(untried);
-            let found = first_queued(ranks, free, |rank| self.queued_in_view(b, qi, rank, now));
+            let me = &self.nodes[b as usize].id;
+            let block_holder = |first: u32| {
+                let end = first.saturating_add(len).min(reps);
+                holder(me, &q.spec.id, first..end, |r| {
+                    Cow::Owned(
+                        self.view_of(b, qi, r, now)
+                            .into_iter()
+                            .map(|(_, a)| a)
+                            .collect(),
+                    )
+                })
+            };
+            let found = first_queued_in_blocks(
+                me,
+                &q.spec.id,
+                tried,
+                untried,
+                free,
+                len,
+                |rank| self.queued_in_view(b, qi, rank, now),
+                block_holder,
+            );
             cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
                 request: q.spec.id.clone(),
                 owner: q.spec.owner.clone(),

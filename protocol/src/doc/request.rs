@@ -320,15 +320,22 @@ impl RequestDoc {
     /// ranks that were tried already first (a run whose holder died, or one
     /// to retry, must not wait behind a million fresh ones), then the rest.
     pub fn scan_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
-        let tried = self
-            .tried
+        self.tried_from(start).chain(self.fresh_from(start))
+    }
+
+    /// The first part of [`Self::scan_from`]: unfinished ranks that were
+    /// tried already.
+    pub fn tried_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
+        self.tried
             .range(start..)
             .chain(self.tried.range(..start))
-            .copied();
-        tried.chain(
-            self.unfinished_ranks_from(start)
-                .filter(|r| !self.tried.contains(r)),
-        )
+            .copied()
+    }
+
+    /// The rest of [`Self::scan_from`]: unfinished ranks never tried.
+    pub fn fresh_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
+        self.unfinished_ranks_from(start)
+            .filter(|r| !self.tried.contains(r))
     }
 
     fn policy(&self) -> RunPolicy {

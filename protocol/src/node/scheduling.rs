@@ -1,13 +1,13 @@
 //! Filling free slots: which queued runs this node claims, and when.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::claim_order::{block_len, block_start, first_queued_in_blocks, holder};
 use crate::lease::LeaseKey;
 use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
 use crate::model::{Attempt, RequestSpec, RunState, SharedFile};
-use crate::schedule::{
-    Candidate, INPUT_WAIT_MS, eligible, first_queued, pick, scan_start, waits_for_inputs,
-};
+use crate::schedule::{Candidate, INPUT_WAIT_MS, eligible, pick, scan_start, waits_for_inputs};
 use crate::{NodeId, RequestId};
 
 use super::action::{Action, Job};
@@ -72,13 +72,22 @@ impl Node {
                     continue;
                 }
             }
-            // Alone, in rank order; with peers, each node from its own place.
+            // Alone, in rank order; with peers, each node from its own place,
+            // block by block (see `claim_order`).
+            let len = block_len(spec.repetitions, self.members_n);
             let start = if alone {
                 0
             } else {
-                scan_start(&self.cfg.node, id, spec.repetitions)
+                block_start(scan_start(&self.cfg.node, id, spec.repetitions), len)
             };
-            let found = first_queued(req.doc.scan_from(start), free, |rank| {
+            let me = &self.cfg.node;
+            let block_holder = |first: u32| {
+                let end = first.saturating_add(len).min(spec.repetitions);
+                holder(me, id, first..end, |r| {
+                    Cow::Borrowed(req.doc.attempts_of(r))
+                })
+            };
+            let queued = |rank| {
                 let v = req.doc.run(rank, |a| self.is_live(id, a, now));
                 if v.state != RunState::Queued {
                     return None;
@@ -96,7 +105,17 @@ impl Node {
                 self.liveness
                     .may_take(holder, since, now, || self.far_delay(id, rank))
                     .then_some(v.next_epoch)
-            });
+            };
+            let found = first_queued_in_blocks(
+                me,
+                id,
+                req.doc.tried_from(start),
+                req.doc.fresh_from(start),
+                free,
+                len,
+                queued,
+                block_holder,
+            );
             cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
                 request: id.clone(),
                 owner: spec.owner.clone(),

@@ -73,11 +73,15 @@ fn main() -> Result<()> {
     match scenario {
         "single-node" => single_node(repeat, write),
         "grid" => grid(repeat, write),
+        // Only the first rows of `grid` (dispatch throughput), printed.
+        "grid-w1" => grid_w1_only(repeat),
         "blobs" => blobs(write),
         "docker" => docker(repeat, write),
         "history" => history(write),
         _ => {
-            eprintln!("usage: bench single-node|grid|blobs|docker|history [--repeat N] [--write]");
+            eprintln!(
+                "usage: bench single-node|grid|grid-w1|blobs|docker|history [--repeat N] [--write]"
+            );
             Ok(())
         }
     }
@@ -395,6 +399,84 @@ fn submit_json(
     Ok(node.cli_json(&args))
 }
 
+/// Attempts made for a request's runs (more than its runs when claims raced
+/// or runs were retried).
+fn attempts(node: &Node, id: &str) -> Result<u64> {
+    let v: serde_json::Value = node.http().get(&format!("/requests/{id}")).send()?.json()?;
+    let runs = v["runs"].as_array().context("runs")?;
+    Ok(runs
+        .iter()
+        .map(|r| r["attempts"].as_u64().unwrap_or(0))
+        .sum())
+}
+
+/// W1 on 4 nodes × 2 slots beside W1 on one node × 8 slots, timed in
+/// turn: the grid's dispatch throughput against the single node's.
+fn grid_w1(
+    bin: &std::path::Path,
+    prog: &str,
+    tmp: &std::path::Path,
+    repeat: usize,
+) -> Result<String> {
+    use pesc_tests::grid::Grid;
+    let w1 = &WORKLOADS[0];
+    let single = Node::start_in(tmp.join("single"), SLOTS, bin.to_path_buf(), None, &[])?;
+    let g = Grid::loopback_with(bin.to_path_buf(), 4, 2, &[])?;
+    // Both warmed up as in single-node: slot workspaces made, program fetched.
+    for n in [&single, &g.nodes[0]] {
+        let v = submit_json(n, prog, w1.pesc_entry, 64, true)?;
+        if v["state"] != "succeeded" {
+            bail!("warm-up ended {}: {v}", v["state"]);
+        }
+    }
+    let (mut one, mut four, mut dup, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        let t0 = Instant::now();
+        let v = submit_json(&single, prog, w1.pesc_entry, w1.runs, true)?;
+        one.push(t0.elapsed().as_secs_f64());
+        if v["state"] != "succeeded" {
+            bail!("single-node W1 ended {}: {v}", v["state"]);
+        }
+        let b0 = total_traffic(&g.nodes)?;
+        let t0 = Instant::now();
+        let v = submit_json(&g.nodes[0], prog, w1.pesc_entry, w1.runs, true)?;
+        four.push(t0.elapsed().as_secs_f64());
+        if v["state"] != "succeeded" {
+            bail!("grid W1 ended {}: {v}", v["state"]);
+        }
+        let id = v["id"].as_str().context("id")?;
+        let made = attempts(&g.nodes[0], id)?;
+        dup.push(made.saturating_sub(u64::from(w1.runs)) as f64 / f64::from(w1.runs));
+        // Traffic is counted on both ends: halved, per node, per run.
+        let sent = (total_traffic(&g.nodes)? - b0) as f64 / 2.0;
+        bytes.push(sent / 4.0 / f64::from(w1.runs));
+    }
+    let (one, four) = (
+        f64::from(w1.runs) / median(one),
+        f64::from(w1.runs) / median(four),
+    );
+    Ok(format!(
+        "| W1 (400 × true) on 4 nodes × 2 slots, submitted on one | {four:.0} runs/s | |\n\
+         | W1 on one node × {SLOTS} slots, same invocation | {one:.0} runs/s | |\n\
+         | 4 nodes / one node | {:.3} | ≥ 0.5 |\n\
+         | duplicate attempts (attempts − runs) / runs, W1 on 4 nodes | {:.1} % | ≤ 1 % |\n\
+         | bytes sent per run per node, W1 on 4 nodes | {:.0} B | |\n",
+        four / one,
+        median(dup) * 100.0,
+        median(bytes)
+    ))
+}
+
+fn grid_w1_only(repeat: usize) -> Result<()> {
+    let bin = pesc_bin()?;
+    let tmp = tempfile::tempdir()?;
+    let prog = tmp.path().join("noop.sh");
+    std::fs::write(&prog, "true\n")?;
+    let prog = prog.to_str().context("temp path")?.to_string();
+    print!("{}", grid_w1(&bin, &prog, tmp.path(), repeat)?);
+    Ok(())
+}
+
 fn grid(repeat: usize, write: bool) -> Result<()> {
     use pesc_tests::grid::Grid;
     use std::time::Duration;
@@ -404,6 +486,11 @@ fn grid(repeat: usize, write: bool) -> Result<()> {
     std::fs::write(&prog, "true\n")?;
     let prog = prog.to_str().context("temp path")?.to_string();
     let mut table = String::new();
+
+    table.push_str(&format!(
+        "4 nodes × 2 slots on 127.0.0.1, process executor; median of {repeat}.\n\n| metric | value | target |\n|---|---|---|\n"
+    ));
+    table.push_str(&grid_w1(&bin, &prog, tmp.path(), repeat)?);
 
     // W2 across 4 nodes × 2 slots, and the time to the first run started.
     let g = Grid::loopback_with(bin.clone(), 4, 2, &[])?;
@@ -447,9 +534,6 @@ fn grid(repeat: usize, write: bool) -> Result<()> {
     }
     drop(g);
     let w2 = median(walls);
-    table.push_str(&format!(
-        "4 nodes × 2 slots on 127.0.0.1, process executor; median of {repeat}.\n\n| metric | value | target |\n|---|---|---|\n"
-    ));
     table.push_str(&format!(
         "| W2 (64 × sleep 0.5) efficiency, 4.0 s / wall | {:.2} ({w2:.2} s) | ≥ 0.90 |\n",
         4.0 / w2
