@@ -49,8 +49,8 @@ pub enum Holder {
     Nobody,
     /// This node claimed its lowest claimed rank first.
     Me,
-    /// Another node did.
-    Other,
+    /// Another node did; `alive` while this node has not declared it down.
+    Other { alive: bool },
 }
 
 /// Who holds a block, from its ranks' attempts in rank order (`attempts`
@@ -60,13 +60,16 @@ pub fn holder<'a>(
     request: &RequestId,
     ranks: impl IntoIterator<Item = u32>,
     mut attempts: impl FnMut(u32) -> Cow<'a, [Attempt]>,
+    alive: impl Fn(&NodeId) -> bool,
 ) -> Holder {
     for rank in ranks {
         if let Some(a) = first_claim(request, &attempts(rank)) {
             return if &a.node == me {
                 Holder::Me
             } else {
-                Holder::Other
+                Holder::Other {
+                    alive: alive(&a.node),
+                }
             };
         }
     }
@@ -78,95 +81,164 @@ pub fn holder<'a>(
 /// same one, and the scan stops once it has seen that many.
 pub const BLOCK_CHOICES: usize = 8;
 
-/// Which block of `blocks` node `me` prefers for `request`: its own order,
-/// the same on every pass.
-fn preference(me: &NodeId, request: &RequestId, block: u32) -> u64 {
-    hash64(&format!("{me}/{request}/{block}"))
+/// How a node cuts one request into blocks and which it takes first.
+#[derive(Debug, Clone, Copy)]
+pub struct Blocks<'a> {
+    pub me: &'a NodeId,
+    pub request: &'a RequestId,
+    /// Ranks per block.
+    pub len: u32,
+    /// This node's place among the grid's members in id order, and their
+    /// number: untouched blocks are dealt out among them, so that nodes that
+    /// have not yet seen each other's latest claims still pick apart.
+    pub index: usize,
+    pub members: usize,
 }
 
-/// Walks `tried` ranks, then `fresh` ranks in scan order, and keeps the
-/// first `want` that `queued` says may be claimed (with the epoch the claim
-/// must use). `holder` is asked once per block, with its first rank. Fresh
-/// ranks come from this node's blocks first, then from an untouched block
-/// (one of the first [`BLOCK_CHOICES`] met, in the node's own order), and
-/// only then from blocks another node holds, each from its end.
-#[allow(clippy::too_many_arguments)]
-pub fn first_queued_in_blocks(
-    me: &NodeId,
-    request: &RequestId,
-    tried: impl IntoIterator<Item = u32>,
-    fresh: impl IntoIterator<Item = u32>,
-    want: usize,
-    len: u32,
-    mut queued: impl FnMut(u32) -> Option<u32>,
-    mut holder: impl FnMut(u32) -> Holder,
-) -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    if want == 0 {
-        return out;
-    }
-    let mut take = |rank: u32, out: &mut Vec<(u32, u32)>| {
-        if let Some(epoch) = queued(rank) {
-            out.push((rank, epoch));
+impl<'a> Blocks<'a> {
+    pub fn new(
+        me: &'a NodeId,
+        request: &'a RequestId,
+        repetitions: u32,
+        index: usize,
+        members: usize,
+    ) -> Blocks<'a> {
+        Blocks {
+            me,
+            request,
+            len: block_len(repetitions, members),
+            index,
+            members: members.max(1),
         }
-        out.len() == want
-    };
-    for rank in tried {
-        if take(rank, &mut out) {
+    }
+
+    /// Whether the block starting at `first` is dealt to this node.
+    fn dealt_to_me(&self, first: u32) -> bool {
+        let k = u64::from(first / self.len.max(1));
+        let offset = hash64(self.request.as_str());
+        (k.wrapping_add(offset) % self.members as u64) as usize == self.index
+    }
+
+    /// Whether `rank` of a block another node holds is this node's to help
+    /// with: the ranks are dealt out too, so that helpers never chase the
+    /// same one.
+    fn rank_dealt_to_me(&self, rank: u32) -> bool {
+        let offset = hash64(self.request.as_str());
+        (u64::from(rank).wrapping_add(offset) % self.members as u64) as usize == self.index
+    }
+
+    /// This node's order among blocks dealt to others, the same on every pass.
+    fn preference(&self, first: u32) -> u64 {
+        hash64(&format!("{}/{}/{first}", self.me, self.request))
+    }
+
+    /// Walks `tried` ranks, then `fresh` ranks in scan order, and keeps the
+    /// first `want` that `queued` says may be claimed (with the epoch the
+    /// claim must use). `holder` is asked once per block, with its first
+    /// rank. Fresh ranks come from this node's blocks first (held, or
+    /// untouched and dealt to it), then from an untouched block dealt to
+    /// another (one of the first [`BLOCK_CHOICES`] met, in this node's own
+    /// order), and only then from blocks another node holds, each from its
+    /// end.
+    pub fn first_queued(
+        &self,
+        tried: impl IntoIterator<Item = u32>,
+        fresh: impl IntoIterator<Item = u32>,
+        want: usize,
+        mut queued: impl FnMut(u32) -> Option<u32>,
+        mut holder: impl FnMut(u32) -> Holder,
+    ) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        if want == 0 {
             return out;
         }
-    }
-    let len = len.max(1);
-    // Blocks met in scan order, with their fresh ranks: untouched ones (the
-    // first few) and those others hold.
-    let mut untouched: Vec<(u32, Vec<u32>)> = Vec::new();
-    let mut others: Vec<(u32, Vec<u32>)> = Vec::new();
-    let mut held: BTreeMap<u32, Holder> = BTreeMap::new();
-    for rank in fresh {
-        let first = block_start(rank, len);
-        let h = *held.entry(first).or_insert_with(|| holder(first));
-        let list = match h {
-            Holder::Me => {
+        let mut take = |rank: u32, out: &mut Vec<(u32, u32)>| {
+            if let Some(epoch) = queued(rank) {
+                out.push((rank, epoch));
+            }
+            out.len() == want
+        };
+        for rank in tried {
+            if take(rank, &mut out) {
+                return out;
+            }
+        }
+        let len = self.len.max(1);
+        // Blocks met in scan order, with their fresh ranks: untouched ones
+        // dealt to others (the first few) and those others hold.
+        let mut untouched: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut others: Vec<(u32, bool, Vec<u32>)> = Vec::new();
+        let mut held: BTreeMap<u32, Holder> = BTreeMap::new();
+        for rank in fresh {
+            let first = block_start(rank, len);
+            let h = *held.entry(first).or_insert_with(|| holder(first));
+            let list = match h {
+                Holder::Nobody if self.dealt_to_me(first) => {
+                    if take(rank, &mut out) {
+                        return out;
+                    }
+                    continue;
+                }
+                Holder::Me => {
+                    if take(rank, &mut out) {
+                        return out;
+                    }
+                    continue;
+                }
+                Holder::Nobody => {
+                    if untouched.last().is_none_or(|(b, _)| *b != first)
+                        && untouched.len() == BLOCK_CHOICES
+                    {
+                        // Enough to choose from; blocks of this node beyond
+                        // are found again once these are taken.
+                        break;
+                    }
+                    &mut untouched
+                }
+                Holder::Other { alive } => {
+                    match others.last_mut() {
+                        Some((b, _, ranks)) if *b == first => ranks.push(rank),
+                        _ => others.push((first, alive, vec![rank])),
+                    }
+                    continue;
+                }
+            };
+            match list.last_mut() {
+                Some((b, ranks)) if *b == first => ranks.push(rank),
+                _ => list.push((first, vec![rank])),
+            }
+        }
+        untouched.sort_by_key(|(b, _)| self.preference(*b));
+        for (_, ranks) in untouched {
+            for rank in ranks {
                 if take(rank, &mut out) {
                     return out;
                 }
+            }
+        }
+        // Only blocks others hold are left: help from their ends with the
+        // ranks dealt to this node; the rest of a block too once its holder
+        // is known down (its claims are taken over as tried ranks).
+        others.sort_by_key(|(b, _, _)| self.preference(*b));
+        for (_, _, ranks) in &others {
+            for &rank in ranks.iter().rev() {
+                if self.rank_dealt_to_me(rank) && take(rank, &mut out) {
+                    return out;
+                }
+            }
+        }
+        for (_, alive, ranks) in &others {
+            if *alive {
                 continue;
             }
-            Holder::Nobody => {
-                if untouched.last().is_none_or(|(b, _)| *b != first)
-                    && untouched.len() == BLOCK_CHOICES
-                {
-                    // Enough to choose from; blocks of this node beyond
-                    // are found again once these are taken.
-                    break;
+            for &rank in ranks.iter().rev() {
+                if !self.rank_dealt_to_me(rank) && take(rank, &mut out) {
+                    return out;
                 }
-                &mut untouched
-            }
-            Holder::Other => &mut others,
-        };
-        match list.last_mut() {
-            Some((b, ranks)) if *b == first => ranks.push(rank),
-            _ => list.push((first, vec![rank])),
-        }
-    }
-    untouched.sort_by_key(|(b, _)| preference(me, request, *b));
-    for (_, ranks) in untouched {
-        for rank in ranks {
-            if take(rank, &mut out) {
-                return out;
             }
         }
+        out
     }
-    // Only blocks others hold are left: help from their ends.
-    others.sort_by_key(|(b, _)| preference(me, request, *b));
-    for (_, ranks) in others {
-        for rank in ranks.into_iter().rev() {
-            if take(rank, &mut out) {
-                return out;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -182,20 +254,22 @@ mod tests {
         assert_eq!(block_start(37, 25), 25);
     }
 
+    fn ids() -> (NodeId, RequestId) {
+        (NodeId::new("a"), RequestId::from_bytes([1; 8]))
+    }
+
     /// Ranks 0..20 in blocks of 5; block 5..10 is another node's, block
-    /// 10..15 is this node's; all ranks queued.
-    fn pick(want: usize, start: u32) -> Vec<u32> {
+    /// 10..15 is this node's, the others untouched; all ranks queued. Two
+    /// members, this node the first.
+    fn pick(b: &Blocks, want: usize, start: u32) -> Vec<u32> {
         let fresh = (start..20).chain(0..start);
-        first_queued_in_blocks(
-            &NodeId::new("a"),
-            &RequestId::from_bytes([1; 8]),
+        b.first_queued(
             Vec::new(),
             fresh,
             want,
-            5,
             |_| Some(0),
             |first| match first {
-                5 => Holder::Other,
+                5 => Holder::Other { alive: false },
                 10 => Holder::Me,
                 _ => Holder::Nobody,
             },
@@ -205,42 +279,106 @@ mod tests {
         .collect()
     }
 
-    #[test]
-    fn a_node_goes_on_with_its_own_block_then_an_untouched_one() {
-        let got = pick(7, 3);
-        assert_eq!(&got[..5], &[10, 11, 12, 13, 14]);
-        assert!(
-            got[5..].iter().all(|r| !(5..10).contains(r)),
-            "took from another's block while untouched ones remain: {got:?}"
-        );
-        // The untouched block it moves to is swept in rank order.
-        assert_eq!(got[6], got[5] + 1);
+    fn blocks<'a>(me: &'a NodeId, r: &'a RequestId) -> Blocks<'a> {
+        Blocks {
+            me,
+            request: r,
+            len: 5,
+            index: 0,
+            members: 2,
+        }
     }
 
     #[test]
-    fn with_nothing_else_left_a_node_helps_from_the_blocks_end() {
-        assert_eq!(pick(22, 0).len(), 20);
-        assert_eq!(&pick(22, 0)[15..], &[9, 8, 7, 6, 5]);
+    fn a_node_takes_its_own_blocks_then_untouched_ones_then_helps_from_the_end() {
+        let (me, r) = ids();
+        let b = blocks(&me, &r);
+        let got = pick(&b, 20, 3);
+        assert_eq!(got.len(), 20);
+        // Its own: the block it holds and the untouched ones dealt to it.
+        let own = |rank: u32| {
+            let first = block_start(rank, 5);
+            first == 10 || (first != 5 && b.dealt_to_me(first))
+        };
+        let n_own = got.iter().filter(|&&r| own(r)).count();
+        assert!(got[..n_own].iter().all(|&r| own(r)), "{got:?}");
+        assert!(got[..n_own].contains(&10), "{got:?}");
+        // Another's block last, from its end: the ranks dealt to this node,
+        // then (its holder being down) the rest.
+        let (mut dealt, mut rest): (Vec<u32>, Vec<u32>) =
+            (5..10).rev().partition(|&r| b.rank_dealt_to_me(r));
+        dealt.append(&mut rest);
+        assert_eq!(&got[15..], &dealt[..]);
+        // Each untouched block is swept upwards.
+        for w in got[..15].windows(2) {
+            if block_start(w[0], 5) == block_start(w[1], 5) {
+                assert!(w[0] < w[1] || w[1] == 0, "{got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn helpers_leave_a_live_holder_the_ranks_not_dealt_to_them() {
+        let (me, r) = ids();
+        let b = blocks(&me, &r);
+        let got = b.first_queued(
+            Vec::new(),
+            0..10,
+            10,
+            |_| Some(0),
+            |_| Holder::Other { alive: true },
+        );
+        let want: Vec<(u32, u32)> = (0..10)
+            .rev()
+            .filter(|&r| b.rank_dealt_to_me(r))
+            .map(|r| (r, 0))
+            .collect();
+        assert!(!want.is_empty() && want.len() < 10);
+        let mut got = got;
+        got.sort_by_key(|&(r, _)| std::cmp::Reverse(r));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn untouched_blocks_are_dealt_out_among_the_members() {
+        let (r, len) = (RequestId::from_bytes([7; 8]), 4);
+        let names: Vec<NodeId> = (0..4).map(|i| NodeId::new(format!("n{i}"))).collect();
+        for first in (0..64).step_by(len) {
+            let takers = names
+                .iter()
+                .enumerate()
+                .filter(|(i, me)| {
+                    Blocks {
+                        me,
+                        request: &r,
+                        len: len as u32,
+                        index: *i,
+                        members: 4,
+                    }
+                    .dealt_to_me(first as u32)
+                })
+                .count();
+            assert_eq!(takers, 1, "block {first}");
+        }
     }
 
     #[test]
     fn tried_ranks_come_first_wherever_they_are() {
-        let got = first_queued_in_blocks(
-            &NodeId::new("a"),
-            &RequestId::from_bytes([1; 8]),
+        let (me, r) = ids();
+        let got = blocks(&me, &r).first_queued(
             vec![6],
             0..10,
             2,
-            5,
             |_| Some(1),
             |first| {
                 if first == 5 {
-                    Holder::Other
+                    Holder::Other { alive: true }
                 } else {
                     Holder::Nobody
                 }
             },
         );
-        assert_eq!(got, vec![(6, 1), (0, 1)]);
+        assert_eq!(got[0], (6, 1));
+        assert_eq!(got.len(), 2);
     }
 }

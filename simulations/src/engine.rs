@@ -1,6 +1,6 @@
 //! The discrete-event core: virtual nodes that claim, run, finish and abandon
 //! runs with the protocol's own functions (`scan_start`,
-//! `first_queued_in_blocks`, `pick`, `derive_run`, `should_abandon`, the liveness overlay), a virtual
+//! `Blocks::first_queued`, `pick`, `derive_run`, `should_abandon`, the liveness overlay), a virtual
 //! clock, and a network that decides when each node sees each write.
 //!
 //! Scale comes from one idea: every attempt is stored once, with the time it
@@ -11,7 +11,7 @@
 //! that received those messages at those times would hold.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use pesc_protocol::liveness::{FAR_TAKEOVER_DELAY_MS, UP_ANNOUNCEMENTS, takeover_delay_ms};
 use pesc_protocol::model::{AttemptState, RequestSpec};
@@ -111,6 +111,8 @@ pub struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     pub nodes: Vec<Node>,
+    /// Each node's index, by id.
+    pub index_of: HashMap<NodeId, u32>,
     pub reqs: Vec<Req>,
     pub atts: Vec<Att>,
     pub sizes: Sizes,
@@ -162,7 +164,13 @@ impl Sim {
         let ids: Vec<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
         let overlay = Overlay::build(&ids);
         let degree = 2.0 * overlay.edges as f64 / nodes.len().max(1) as f64;
+        let index_of = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
         let mut sim = Sim {
+            index_of,
             overlay,
             degree,
             now: 0,

@@ -56,6 +56,10 @@ enum Cue {
 /// cues (crashes, owners coming back) are not simulated past that.
 const SETTLE_CHECK_MS: u64 = 1_000;
 
+/// Simulated time the nodes are given to meet before the scenario's clock
+/// starts: a few heartbeats, so each knows the grid's members.
+const GRID_FORMS_MS: u64 = 5_000;
+
 /// Runs the harness to `until`, or until `done` holds (looked at every
 /// [`SETTLE_CHECK_MS`]); printing a line every ten simulated seconds when
 /// asked. Whether `done` held.
@@ -108,9 +112,18 @@ pub fn run(sc: &Scenario) -> ExactReport {
         .map(|(id, n)| (id.clone(), n.speed))
         .collect();
     let overhead = sc.timing.start_overhead_ms;
+    // The work of the request being submitted: its node may start runs
+    // within the submit itself, before its id is known here.
+    let submitting: Rc<RefCell<Option<Vec<u32>>>> = Default::default();
     let program = {
         let work = work.clone();
+        let submitting = submitting.clone();
         Box::new(move |node: &NodeId, job: &pesc_protocol::node::Job| {
+            if !work.borrow().contains_key(&job.key.0)
+                && let Some(w) = submitting.borrow_mut().take()
+            {
+                work.borrow_mut().insert(job.key.0.clone(), w);
+            }
             let w = work
                 .borrow()
                 .get(&job.key.0)
@@ -132,21 +145,25 @@ pub fn run(sc: &Scenario) -> ExactReport {
     for (id, n) in ids.iter().zip(&sc.nodes) {
         h.add_node(id.as_str(), n.slots);
     }
+    // The scenario starts on a grid that has formed (as the fast engine
+    // assumes, and as a lab's grid runs before anyone submits): its clock
+    // starts once the nodes have met.
+    let w = GRID_FORMS_MS;
     let mut cues: Vec<(u64, Cue)> = Vec::new();
     for (i, plan) in sc.requests.iter().enumerate() {
-        cues.push((plan.at_ms, Cue::Submit(i)));
+        cues.push((w + plan.at_ms, Cue::Submit(i)));
     }
     for (i, n) in sc.nodes.iter().enumerate() {
         for &(d, u) in &n.avail.off {
-            cues.push((d, Cue::Down(i)));
+            cues.push((w + d, Cue::Down(i)));
             if u < sc.time_limit_ms {
-                cues.push((u, Cue::Up(i)));
+                cues.push((w + u, Cue::Up(i)));
             }
         }
     }
     for (p_i, p) in sc.net.partitions.iter().enumerate() {
-        cues.push((p.start_ms, Cue::Cut(p_i)));
-        cues.push((p.end_ms, Cue::Heal));
+        cues.push((w + p.start_ms, Cue::Cut(p_i)));
+        cues.push((w + p.end_ms, Cue::Heal));
     }
     cues.sort_by_key(|c| c.0);
     let mut requests: Vec<(RequestId, usize)> = Vec::new();
@@ -154,7 +171,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
     let mut submits_left = sc.requests.len();
     let mut finished = false;
     for (t, cue) in cues {
-        if t > sc.time_limit_ms {
+        if t > w + sc.time_limit_ms {
             break;
         }
         let submitted: Vec<RequestId> = requests.iter().map(|r| r.0.clone()).collect();
@@ -174,8 +191,11 @@ pub fn run(sc: &Scenario) -> ExactReport {
                     .map(|k| ids[k % ids.len()].clone())
                     .find(|n| h.is_up(n));
                 if let Some(on) = on {
+                    *submitting.borrow_mut() = Some(drawn[i].1.clone());
                     let id = h.submit(&on, &plan.owner, plan.runs);
-                    work.borrow_mut().insert(id.clone(), drawn[i].1.clone());
+                    if let Some(w) = submitting.borrow_mut().take() {
+                        work.borrow_mut().insert(id.clone(), w);
+                    }
                     requests.push((id, plan.runs as usize));
                     first_submit = first_submit.min(t);
                 }
@@ -198,7 +218,13 @@ pub fn run(sc: &Scenario) -> ExactReport {
     let all: Vec<RequestId> = requests.iter().map(|r| r.0.clone()).collect();
     let settled = move |h: &Harness| all.iter().all(|id| settled_everywhere(h, id));
     if !finished {
-        finished = advance(&mut h, sc.time_limit_ms, sc.progress, t0, Some(&settled));
+        finished = advance(
+            &mut h,
+            w + sc.time_limit_ms,
+            sc.progress,
+            t0,
+            Some(&settled),
+        );
     }
     // Time for the last results to reach every replica.
     h.run_for(5_000);

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use pesc_protocol::claim_order::{block_len, block_start, first_queued_in_blocks, holder};
+use pesc_protocol::NodeId;
+use pesc_protocol::claim_order::{Blocks, block_start, holder};
 use pesc_protocol::model::{Attempt, AttemptState, RunState};
 use pesc_protocol::run_view::{Abandon, RunPolicy, derive_run, should_abandon};
 use pesc_protocol::schedule::{Candidate, eligible, pick, scan_position, scan_start};
@@ -327,14 +328,19 @@ impl Sim {
                 continue;
             }
             let reps = q.spec.repetitions;
-            let len = block_len(reps, self.nodes.len());
+            let me = &self.nodes[b as usize].id;
+            // Node ids are made in index order: b's place among the members.
+            let (index, members) = if alone {
+                (0, 1)
+            } else {
+                (b as usize, self.nodes.len())
+            };
+            let blocks = Blocks::new(me, &q.spec.id, reps, index, members);
+            let len = blocks.len;
             let start = if alone {
                 0
             } else {
-                block_start(
-                    scan_start(&self.nodes[b as usize].id, &q.spec.id, reps),
-                    len,
-                )
+                block_start(scan_start(me, &q.spec.id, reps), len)
             };
             // The node's scan (`RequestDoc::scan_from`): ranks tried before
             // first, then the others, each from `b`'s own starting point. Of
@@ -385,25 +391,34 @@ impl Sim {
                 start,
                 reps,
             };
-            let me = &self.nodes[b as usize].id;
             let block_holder = |first: u32| {
                 let end = first.saturating_add(len).min(reps);
-                holder(me, &q.spec.id, first..end, |r| {
-                    Cow::Owned(
-                        self.view_of(b, qi, r, now)
-                            .into_iter()
-                            .map(|(_, a)| a)
-                            .collect(),
-                    )
-                })
+                // Whether b has declared the holder down: approximated
+                // by whether it is on.
+                let alive = |n: &NodeId| {
+                    self.index_of
+                        .get(n)
+                        .is_some_and(|&i| self.nodes[i as usize].up)
+                };
+                holder(
+                    me,
+                    &q.spec.id,
+                    first..end,
+                    |r| {
+                        Cow::Owned(
+                            self.view_of(b, qi, r, now)
+                                .into_iter()
+                                .map(|(_, a)| a)
+                                .collect(),
+                        )
+                    },
+                    alive,
+                )
             };
-            let found = first_queued_in_blocks(
-                me,
-                &q.spec.id,
+            let found = blocks.first_queued(
                 tried,
                 untried,
                 free,
-                len,
                 |rank| self.queued_in_view(b, qi, rank, now),
                 block_holder,
             );

@@ -159,6 +159,8 @@ pub struct Node {
     claims_paused_until: u64,
     /// Grid members at the last heartbeat (sizes the takeover order).
     members_n: usize,
+    /// This node's place among the grid's members in id order.
+    member_index: usize,
     /// Members believed alive (this node included).
     live_n: usize,
     /// When this node first saw each request with shared files.
@@ -322,6 +324,7 @@ impl Node {
             races_lost: 0,
             claims_paused_until: 0,
             members_n: 1,
+            member_index: 0,
             live_n: 1,
             first_seen: HashMap::new(),
             idle: false,
@@ -383,6 +386,9 @@ impl Node {
         if let Some(s) = &self.stopping {
             t = t.min(s.next_deadline());
         }
+        if let Some(at) = self.repl.next_send {
+            t = t.min(at);
+        }
         t
     }
 
@@ -412,7 +418,7 @@ impl Node {
             self.schedule(now);
         }
         self.persist();
-        self.sync_out();
+        self.sync_out(now);
         self.stop_progress(now);
     }
 

@@ -29,6 +29,13 @@ use super::persist::SavedDoc;
 use super::running::abandon_state;
 use super::{Node, Now, Req};
 
+/// Least time between two sync messages for one document to one peer. The
+/// first change after a quiet spell goes at once; under load, the changes
+/// made meanwhile travel together in the next message instead of one
+/// message (and one merge on the other side, which walks the document's
+/// history) each.
+pub const SYNC_GAP_MS: u64 = 20;
+
 /// Requests known only in part at once: a peer cannot make this node keep
 /// documents without end by naming request ids it never completes.
 const MAX_PARTIAL: usize = 1024;
@@ -50,6 +57,10 @@ pub(super) struct Replication {
     pub(super) changed: BTreeSet<DocKey>,
     /// (peer, document) pairs to generate a sync message for.
     due: BTreeSet<(NodeId, DocKey)>,
+    /// When the last sync message of each (peer, document) left (mono ms).
+    sent_at: HashMap<(NodeId, DocKey), u64>,
+    /// The earliest time a deferred message may leave.
+    pub(super) next_send: Option<u64>,
     /// Last ping or pong of each neighbour: its status and when (mono ms).
     pub(super) live: HashMap<NodeId, (NodeStatus, u64)>,
     /// The sync links last handed to the driver.
@@ -105,6 +116,7 @@ impl Replication {
     /// Drops every per-peer state of a document (it was archived).
     pub(super) fn forget(&mut self, doc: &DocKey) {
         self.states.retain(|(_, d), _| d != doc);
+        self.sent_at.retain(|(_, d), _| d != doc);
         self.due.retain(|(_, d)| d != doc);
         self.changed.remove(doc);
     }
@@ -133,6 +145,7 @@ impl Node {
                 *st = sync::reset(st);
             }
         }
+        self.repl.sent_at.retain(|(p, _), _| *p != peer);
         for d in self.all_doc_keys() {
             self.repl.due.insert((peer.clone(), d));
         }
@@ -481,8 +494,11 @@ impl Node {
         }
     }
 
-    /// Sends every sync message that is due.
-    pub(super) fn sync_out(&mut self) {
+    /// Sends every sync message that is due, but at most one per
+    /// [`SYNC_GAP_MS`] for a (peer, document) while the node runs (a
+    /// stopping node sends at once).
+    pub(super) fn sync_out(&mut self, now: Now) {
+        self.repl.next_send = None;
         if self.repl.connected.is_empty() {
             // Alone: nobody to tell; peers sync everything when they connect.
             self.repl.changed.clear();
@@ -494,10 +510,26 @@ impl Node {
                 self.repl.due.insert((p.clone(), d.clone()));
             }
         }
+        let gap = if self.stopping.is_some() {
+            0
+        } else {
+            SYNC_GAP_MS
+        };
+        let mut deferred = BTreeSet::new();
         for (peer, doc) in std::mem::take(&mut self.repl.due) {
             if !self.repl.connected.contains(&peer) {
                 continue;
             }
+            let key = (peer, doc);
+            if let Some(&t) = self.repl.sent_at.get(&key)
+                && now.mono_ms < t + gap
+            {
+                let at = t + gap;
+                self.repl.next_send = Some(self.repl.next_send.map_or(at, |n| n.min(at)));
+                deferred.insert(key);
+                continue;
+            }
+            let (peer, doc) = key;
             let state = self
                 .repl
                 .states
@@ -514,9 +546,13 @@ impl Node {
                 },
             };
             if let Some(msg) = msg {
+                self.repl
+                    .sent_at
+                    .insert((peer.clone(), doc.clone()), now.mono_ms);
                 self.actions.push_back(Action::Sync { to: peer, doc, msg });
             }
         }
+        self.repl.due = deferred;
     }
 }
 

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::claim_order::{block_len, block_start, first_queued_in_blocks, holder};
+use crate::claim_order::{Blocks, block_start, holder};
 use crate::lease::LeaseKey;
 use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
 use crate::model::{Attempt, RequestSpec, RunState, SharedFile};
@@ -74,18 +74,28 @@ impl Node {
             }
             // Alone, in rank order; with peers, each node from its own place,
             // block by block (see `claim_order`).
-            let len = block_len(spec.repetitions, self.members_n);
+            let me = &self.cfg.node;
+            let (index, members) = if alone {
+                (0, 1)
+            } else {
+                (self.member_index, self.members_n)
+            };
+            let blocks = Blocks::new(me, id, spec.repetitions, index, members);
+            let len = blocks.len;
             let start = if alone {
                 0
             } else {
-                block_start(scan_start(&self.cfg.node, id, spec.repetitions), len)
+                block_start(scan_start(me, id, spec.repetitions), len)
             };
-            let me = &self.cfg.node;
             let block_holder = |first: u32| {
                 let end = first.saturating_add(len).min(spec.repetitions);
-                holder(me, id, first..end, |r| {
-                    Cow::Borrowed(req.doc.attempts_of(r))
-                })
+                holder(
+                    me,
+                    id,
+                    first..end,
+                    |r| Cow::Borrowed(req.doc.attempts_of(r)),
+                    |n| !self.liveness.is_down(n),
+                )
             };
             let queued = |rank| {
                 let v = req.doc.run(rank, |a| self.is_live(id, a, now));
@@ -106,13 +116,10 @@ impl Node {
                     .may_take(holder, since, now, || self.far_delay(id, rank))
                     .then_some(v.next_epoch)
             };
-            let found = first_queued_in_blocks(
-                me,
-                id,
+            let found = blocks.first_queued(
                 req.doc.tried_from(start),
                 req.doc.fresh_from(start),
                 free,
-                len,
                 queued,
                 block_holder,
             );

@@ -117,7 +117,7 @@ impl Node {
                     self.write_attempt(req, a);
                 }
                 self.persist();
-                self.sync_out();
+                self.sync_out(now);
                 if let Some(s) = &mut self.stopping {
                     s.recorded_ms = Some(t);
                 }

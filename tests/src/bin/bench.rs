@@ -404,6 +404,17 @@ fn submit_json(
 fn attempts(node: &Node, id: &str) -> Result<u64> {
     let v: serde_json::Value = node.http().get(&format!("/requests/{id}")).send()?.json()?;
     let runs = v["runs"].as_array().context("runs")?;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        for r in runs
+            .iter()
+            .filter(|r| r["attempts"].as_u64().unwrap_or(0) > 1)
+        {
+            eprintln!(
+                "dup rank {} attempts {} node {} started {}",
+                r["rank"], r["attempts"], r["node"], r["started_ms"]
+            );
+        }
+    }
     Ok(runs
         .iter()
         .map(|r| r["attempts"].as_u64().unwrap_or(0))
