@@ -49,8 +49,8 @@ pub enum Holder {
     Nobody,
     /// This node claimed its lowest claimed rank first.
     Me,
-    /// Another node did; `alive` while this node has not declared it down.
-    Other { alive: bool },
+    /// Another node did.
+    Other,
 }
 
 /// Who holds a block, from its ranks' attempts in rank order (`attempts`
@@ -60,16 +60,13 @@ pub fn holder<'a>(
     request: &RequestId,
     ranks: impl IntoIterator<Item = u32>,
     mut attempts: impl FnMut(u32) -> Cow<'a, [Attempt]>,
-    alive: impl Fn(&NodeId) -> bool,
 ) -> Holder {
     for rank in ranks {
         if let Some(a) = first_claim(request, &attempts(rank)) {
             return if &a.node == me {
                 Holder::Me
             } else {
-                Holder::Other {
-                    alive: alive(&a.node),
-                }
+                Holder::Other
             };
         }
     }
@@ -86,45 +83,73 @@ pub const BLOCK_CHOICES: usize = 8;
 pub struct Blocks<'a> {
     pub me: &'a NodeId,
     pub request: &'a RequestId,
+    pub repetitions: u32,
     /// Ranks per block.
     pub len: u32,
-    /// This node's place among the grid's members in id order, and their
-    /// number: untouched blocks are dealt out among them, so that nodes that
-    /// have not yet seen each other's latest claims still pick apart.
-    pub index: usize,
-    pub members: usize,
+    /// The grid's members in id order: untouched blocks are dealt out among
+    /// them, so that nodes that have not yet seen each other's latest claims
+    /// still pick apart.
+    members: &'a [NodeId],
+    /// This node's place among them.
+    index: usize,
 }
 
 impl<'a> Blocks<'a> {
+    /// `members` in id order; empty or without this node, it counts as the
+    /// first.
     pub fn new(
         me: &'a NodeId,
         request: &'a RequestId,
         repetitions: u32,
-        index: usize,
-        members: usize,
+        members: &'a [NodeId],
     ) -> Blocks<'a> {
+        let members = if members.is_empty() {
+            std::slice::from_ref(me)
+        } else {
+            members
+        };
         Blocks {
             me,
             request,
-            len: block_len(repetitions, members),
-            index,
-            members: members.max(1),
+            repetitions,
+            len: block_len(repetitions, members.len()),
+            members,
+            index: members.iter().position(|m| m == me).unwrap_or(0),
         }
+    }
+
+    /// The member a block (by its first rank) or a rank is dealt to.
+    fn dealt(&self, n: u32) -> usize {
+        let offset = hash64(self.request.as_str());
+        (u64::from(n).wrapping_add(offset) % self.members.len() as u64) as usize
     }
 
     /// Whether the block starting at `first` is dealt to this node.
     fn dealt_to_me(&self, first: u32) -> bool {
-        let k = u64::from(first / self.len.max(1));
-        let offset = hash64(self.request.as_str());
-        (k.wrapping_add(offset) % self.members as u64) as usize == self.index
+        self.dealt(first / self.len.max(1)) == self.index
     }
 
     /// Whether `rank` of a block another node holds is this node's to help
-    /// with: the ranks are dealt out too, so that helpers never chase the
-    /// same one.
-    fn rank_dealt_to_me(&self, rank: u32) -> bool {
-        let offset = hash64(self.request.as_str());
-        (u64::from(rank).wrapping_add(offset) % self.members as u64) as usize == self.index
+    /// with. The ranks are dealt out too, so that helpers never chase the
+    /// same one: to the first member alive (as this node sees it) in an
+    /// order drawn for the rank, the block's holder among them — a rank
+    /// that falls to the live holder is left to it, and the ranks of a
+    /// holder declared down are spread over the others, not taken by all.
+    fn rank_dealt_to_me(&self, rank: u32, alive: &impl Fn(&NodeId) -> bool) -> bool {
+        const PROBES: u32 = 8;
+        let n = self.members.len() as u64;
+        for i in 0..PROBES {
+            let m = if i == 0 {
+                self.dealt(rank)
+            } else {
+                (hash64(&format!("{}/{rank}/{i}", self.request)) % n) as usize
+            };
+            if m == self.index || alive(&self.members[m]) {
+                return m == self.index;
+            }
+        }
+        // Nobody alive in the draw: any helper may.
+        true
     }
 
     /// This node's order among blocks dealt to others, the same on every pass.
@@ -147,6 +172,7 @@ impl<'a> Blocks<'a> {
         want: usize,
         mut queued: impl FnMut(u32) -> Option<u32>,
         mut holder: impl FnMut(u32) -> Holder,
+        alive: impl Fn(&NodeId) -> bool,
     ) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
         if want == 0 {
@@ -167,7 +193,7 @@ impl<'a> Blocks<'a> {
         // Blocks met in scan order, with their fresh ranks: untouched ones
         // dealt to others (the first few) and those others hold.
         let mut untouched: Vec<(u32, Vec<u32>)> = Vec::new();
-        let mut others: Vec<(u32, bool, Vec<u32>)> = Vec::new();
+        let mut others: Vec<(u32, Vec<u32>)> = Vec::new();
         let mut held: BTreeMap<u32, Holder> = BTreeMap::new();
         for rank in fresh {
             let first = block_start(rank, len);
@@ -195,13 +221,7 @@ impl<'a> Blocks<'a> {
                     }
                     &mut untouched
                 }
-                Holder::Other { alive } => {
-                    match others.last_mut() {
-                        Some((b, _, ranks)) if *b == first => ranks.push(rank),
-                        _ => others.push((first, alive, vec![rank])),
-                    }
-                    continue;
-                }
+                Holder::Other => &mut others,
             };
             match list.last_mut() {
                 Some((b, ranks)) if *b == first => ranks.push(rank),
@@ -217,22 +237,11 @@ impl<'a> Blocks<'a> {
             }
         }
         // Only blocks others hold are left: help from their ends with the
-        // ranks dealt to this node; the rest of a block too once its holder
-        // is known down (its claims are taken over as tried ranks).
-        others.sort_by_key(|(b, _, _)| self.preference(*b));
-        for (_, _, ranks) in &others {
-            for &rank in ranks.iter().rev() {
-                if self.rank_dealt_to_me(rank) && take(rank, &mut out) {
-                    return out;
-                }
-            }
-        }
-        for (_, alive, ranks) in &others {
-            if *alive {
-                continue;
-            }
-            for &rank in ranks.iter().rev() {
-                if !self.rank_dealt_to_me(rank) && take(rank, &mut out) {
+        // ranks dealt to this node.
+        others.sort_by_key(|(b, _)| self.preference(*b));
+        for (_, ranks) in others {
+            for rank in ranks.into_iter().rev() {
+                if self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
                     return out;
                 }
             }
@@ -254,8 +263,11 @@ mod tests {
         assert_eq!(block_start(37, 25), 25);
     }
 
-    fn ids() -> (NodeId, RequestId) {
-        (NodeId::new("a"), RequestId::from_bytes([1; 8]))
+    fn ids() -> ([NodeId; 2], RequestId) {
+        (
+            [NodeId::new("a"), NodeId::new("z")],
+            RequestId::from_bytes([1; 8]),
+        )
     }
 
     /// Ranks 0..20 in blocks of 5; block 5..10 is another node's, block
@@ -269,30 +281,28 @@ mod tests {
             want,
             |_| Some(0),
             |first| match first {
-                5 => Holder::Other { alive: false },
+                5 => Holder::Other,
                 10 => Holder::Me,
                 _ => Holder::Nobody,
             },
+            // The other member, holder of block 5, is down.
+            |n| n.as_str() != "z",
         )
         .into_iter()
         .map(|(r, _)| r)
         .collect()
     }
 
-    fn blocks<'a>(me: &'a NodeId, r: &'a RequestId) -> Blocks<'a> {
-        Blocks {
-            me,
-            request: r,
-            len: 5,
-            index: 0,
-            members: 2,
-        }
+    fn blocks<'a>(members: &'a [NodeId], r: &'a RequestId) -> Blocks<'a> {
+        let mut b = Blocks::new(&members[0], r, 20, members);
+        b.len = 5;
+        b
     }
 
     #[test]
     fn a_node_takes_its_own_blocks_then_untouched_ones_then_helps_from_the_end() {
-        let (me, r) = ids();
-        let b = blocks(&me, &r);
+        let (members, r) = ids();
+        let b = blocks(&members, &r);
         let got = pick(&b, 20, 3);
         assert_eq!(got.len(), 20);
         // Its own: the block it holds and the untouched ones dealt to it.
@@ -303,12 +313,9 @@ mod tests {
         let n_own = got.iter().filter(|&&r| own(r)).count();
         assert!(got[..n_own].iter().all(|&r| own(r)), "{got:?}");
         assert!(got[..n_own].contains(&10), "{got:?}");
-        // Another's block last, from its end: the ranks dealt to this node,
-        // then (its holder being down) the rest.
-        let (mut dealt, mut rest): (Vec<u32>, Vec<u32>) =
-            (5..10).rev().partition(|&r| b.rank_dealt_to_me(r));
-        dealt.append(&mut rest);
-        assert_eq!(&got[15..], &dealt[..]);
+        // Another's block last, from its end: all of it, its holder (the
+        // only other member) being down.
+        assert_eq!(&got[15..], &[9, 8, 7, 6, 5]);
         // Each untouched block is swept upwards.
         for w in got[..15].windows(2) {
             if block_start(w[0], 5) == block_start(w[1], 5) {
@@ -319,18 +326,19 @@ mod tests {
 
     #[test]
     fn helpers_leave_a_live_holder_the_ranks_not_dealt_to_them() {
-        let (me, r) = ids();
-        let b = blocks(&me, &r);
+        let (members, r) = ids();
+        let b = blocks(&members, &r);
         let got = b.first_queued(
             Vec::new(),
             0..10,
             10,
             |_| Some(0),
-            |_| Holder::Other { alive: true },
+            |_| Holder::Other,
+            |_| true,
         );
         let want: Vec<(u32, u32)> = (0..10)
             .rev()
-            .filter(|&r| b.rank_dealt_to_me(r))
+            .filter(|&r| b.rank_dealt_to_me(r, &|_| true))
             .map(|r| (r, 0))
             .collect();
         assert!(!want.is_empty() && want.len() < 10);
@@ -346,16 +354,10 @@ mod tests {
         for first in (0..64).step_by(len) {
             let takers = names
                 .iter()
-                .enumerate()
-                .filter(|(i, me)| {
-                    Blocks {
-                        me,
-                        request: &r,
-                        len: len as u32,
-                        index: *i,
-                        members: 4,
-                    }
-                    .dealt_to_me(first as u32)
+                .filter(|me| {
+                    let mut b = Blocks::new(me, &r, 64, &names);
+                    b.len = len as u32;
+                    b.dealt_to_me(first as u32)
                 })
                 .count();
             assert_eq!(takers, 1, "block {first}");
@@ -364,19 +366,20 @@ mod tests {
 
     #[test]
     fn tried_ranks_come_first_wherever_they_are() {
-        let (me, r) = ids();
-        let got = blocks(&me, &r).first_queued(
+        let (members, r) = ids();
+        let got = blocks(&members, &r).first_queued(
             vec![6],
             0..10,
             2,
             |_| Some(1),
             |first| {
                 if first == 5 {
-                    Holder::Other { alive: true }
+                    Holder::Other
                 } else {
                     Holder::Nobody
                 }
             },
+            |_| true,
         );
         assert_eq!(got[0], (6, 1));
         assert_eq!(got.len(), 2);

@@ -113,6 +113,9 @@ pub struct Sim {
     pub nodes: Vec<Node>,
     /// Each node's index, by id.
     pub index_of: HashMap<NodeId, u32>,
+    /// Node ids in index order, which is id order (the grid's members as
+    /// every node lists them).
+    pub ids: Vec<NodeId>,
     pub reqs: Vec<Req>,
     pub atts: Vec<Att>,
     pub sizes: Sizes,
@@ -171,6 +174,7 @@ impl Sim {
             .collect();
         let mut sim = Sim {
             index_of,
+            ids: ids.clone(),
             overlay,
             degree,
             now: 0,

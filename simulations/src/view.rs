@@ -329,13 +329,12 @@ impl Sim {
             }
             let reps = q.spec.repetitions;
             let me = &self.nodes[b as usize].id;
-            // Node ids are made in index order: b's place among the members.
-            let (index, members) = if alone {
-                (0, 1)
+            let members = if alone {
+                std::slice::from_ref(me)
             } else {
-                (b as usize, self.nodes.len())
+                &self.ids[..]
             };
-            let blocks = Blocks::new(me, &q.spec.id, reps, index, members);
+            let blocks = Blocks::new(me, &q.spec.id, reps, members);
             let len = blocks.len;
             let start = if alone {
                 0
@@ -393,27 +392,14 @@ impl Sim {
             };
             let block_holder = |first: u32| {
                 let end = first.saturating_add(len).min(reps);
-                // Whether b has declared the holder down: approximated
-                // by whether it is on.
-                let alive = |n: &NodeId| {
-                    self.index_of
-                        .get(n)
-                        .is_some_and(|&i| self.nodes[i as usize].up)
-                };
-                holder(
-                    me,
-                    &q.spec.id,
-                    first..end,
-                    |r| {
-                        Cow::Owned(
-                            self.view_of(b, qi, r, now)
-                                .into_iter()
-                                .map(|(_, a)| a)
-                                .collect(),
-                        )
-                    },
-                    alive,
-                )
+                holder(me, &q.spec.id, first..end, |r| {
+                    Cow::Owned(
+                        self.view_of(b, qi, r, now)
+                            .into_iter()
+                            .map(|(_, a)| a)
+                            .collect(),
+                    )
+                })
             };
             let found = blocks.first_queued(
                 tried,
@@ -421,6 +407,13 @@ impl Sim {
                 free,
                 |rank| self.queued_in_view(b, qi, rank, now),
                 block_holder,
+                // Whether b has declared a node down: approximated by
+                // whether it is on.
+                |n: &NodeId| {
+                    self.index_of
+                        .get(n)
+                        .is_some_and(|&i| self.nodes[i as usize].up)
+                },
             );
             cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
                 request: q.spec.id.clone(),

@@ -17,10 +17,7 @@ impl Node {
         self.rescan = true;
         let members = self.members();
         self.members_n = members.len().max(1);
-        self.member_index = members
-            .iter()
-            .position(|m| m == &self.cfg.node)
-            .unwrap_or(0);
+        self.members_list.clone_from(&members);
         let live = self.live(&members);
         self.live_n = live.len().max(1);
         self.actions.push_back(Action::LiveNodes(self.live_n));

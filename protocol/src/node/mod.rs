@@ -159,8 +159,8 @@ pub struct Node {
     claims_paused_until: u64,
     /// Grid members at the last heartbeat (sizes the takeover order).
     members_n: usize,
-    /// This node's place among the grid's members in id order.
-    member_index: usize,
+    /// The grid's members in id order (as of the last heartbeat).
+    members_list: Vec<NodeId>,
     /// Members believed alive (this node included).
     live_n: usize,
     /// When this node first saw each request with shared files.
@@ -324,7 +324,7 @@ impl Node {
             races_lost: 0,
             claims_paused_until: 0,
             members_n: 1,
-            member_index: 0,
+            members_list: Vec::new(),
             live_n: 1,
             first_seen: HashMap::new(),
             idle: false,

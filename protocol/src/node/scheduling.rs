@@ -75,12 +75,12 @@ impl Node {
             // Alone, in rank order; with peers, each node from its own place,
             // block by block (see `claim_order`).
             let me = &self.cfg.node;
-            let (index, members) = if alone {
-                (0, 1)
+            let members = if alone {
+                std::slice::from_ref(me)
             } else {
-                (self.member_index, self.members_n)
+                &self.members_list[..]
             };
-            let blocks = Blocks::new(me, id, spec.repetitions, index, members);
+            let blocks = Blocks::new(me, id, spec.repetitions, members);
             let len = blocks.len;
             let start = if alone {
                 0
@@ -89,13 +89,9 @@ impl Node {
             };
             let block_holder = |first: u32| {
                 let end = first.saturating_add(len).min(spec.repetitions);
-                holder(
-                    me,
-                    id,
-                    first..end,
-                    |r| Cow::Borrowed(req.doc.attempts_of(r)),
-                    |n| !self.liveness.is_down(n),
-                )
+                holder(me, id, first..end, |r| {
+                    Cow::Borrowed(req.doc.attempts_of(r))
+                })
             };
             let queued = |rank| {
                 let v = req.doc.run(rank, |a| self.is_live(id, a, now));
@@ -122,6 +118,7 @@ impl Node {
                 free,
                 queued,
                 block_holder,
+                |n| !self.liveness.is_down(n),
             );
             cands.extend(found.into_iter().map(|(rank, epoch)| Candidate {
                 request: id.clone(),
