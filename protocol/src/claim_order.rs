@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use crate::ids::{NodeId, RequestId};
 use crate::model::Attempt;
 use crate::run_view::first_claim;
-use crate::schedule::hash64;
+use crate::schedule::{hash64, scan_start};
 
 /// Blocks a request is cut in per node of the grid: enough that a sweep
 /// that ends finds an untouched block to go on with, few enough that a node
@@ -124,9 +124,44 @@ impl<'a> Blocks<'a> {
         (u64::from(n).wrapping_add(offset) % self.members.len() as u64) as usize
     }
 
-    /// Whether the block starting at `first` is dealt to this node.
+    /// How many blocks the request has.
+    fn blocks(&self) -> u64 {
+        u64::from(self.repetitions.div_ceil(self.len.max(1))).max(1)
+    }
+
+    /// Where this node's run of members starts, counted from the one the
+    /// request's first blocks go to (a hash of the request).
+    fn turn(&self) -> u64 {
+        let n = self.members.len() as u64;
+        (self.index as u64 + n - hash64(self.request.as_str()) % n) % n
+    }
+
+    /// Whether the block starting at `first` is dealt to this node. Blocks
+    /// are dealt in runs, an equal share of consecutive blocks per member
+    /// (from a member the request's hash picks), so a node sweeps its share
+    /// in order and meets another's only at its end.
     fn dealt_to_me(&self, first: u32) -> bool {
-        self.dealt(first / self.len.max(1)) == self.index
+        let (n, k) = (
+            self.members.len() as u64,
+            u64::from(first / self.len.max(1)),
+        );
+        k * n / self.blocks() == self.turn()
+    }
+
+    /// Where this node starts scanning: the first rank of its share of
+    /// blocks; with no share (more members than blocks), a place drawn from
+    /// its id (`schedule::scan_start`).
+    pub fn start(&self) -> u32 {
+        let (n, b) = (self.members.len() as u64, self.blocks());
+        let first = (self.turn() * b).div_ceil(n);
+        if first * n / b == self.turn() && first < b {
+            u32::try_from(first).unwrap_or(0) * self.len
+        } else {
+            block_start(
+                scan_start(self.me, self.request, self.repetitions),
+                self.len,
+            )
+        }
     }
 
     /// Whether `rank` of a block another node holds is this node's to help
@@ -362,6 +397,29 @@ mod tests {
                 .count();
             assert_eq!(takers, 1, "block {first}");
         }
+    }
+
+    #[test]
+    fn each_member_starts_at_its_own_share_of_consecutive_blocks() {
+        let r = RequestId::from_bytes([9; 8]);
+        let names: Vec<NodeId> = (0..4).map(|i| NodeId::new(format!("n{i}"))).collect();
+        let mut starts = Vec::new();
+        for me in &names {
+            let b = Blocks::new(me, &r, 400, &names);
+            assert_eq!(b.len, 25);
+            let start = b.start();
+            assert!(b.dealt_to_me(start), "{me} starts in its own share");
+            // Its share: 4 consecutive blocks from its start.
+            let own: Vec<u32> = (0..16)
+                .map(|k| k * 25)
+                .filter(|&f| b.dealt_to_me(f))
+                .collect();
+            assert_eq!(own, (0..4).map(|k| start + k * 25).collect::<Vec<_>>());
+            starts.push(start);
+        }
+        starts.sort_unstable();
+        starts.dedup();
+        assert_eq!(starts.len(), 4);
     }
 
     #[test]

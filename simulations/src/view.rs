@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 
 use pesc_protocol::NodeId;
-use pesc_protocol::claim_order::{Blocks, block_start, holder};
+use pesc_protocol::claim_order::{Blocks, holder};
 use pesc_protocol::model::{Attempt, AttemptState, RunState};
 use pesc_protocol::run_view::{Abandon, RunPolicy, derive_run, should_abandon};
-use pesc_protocol::schedule::{Candidate, eligible, pick, scan_position, scan_start};
+use pesc_protocol::schedule::{Candidate, eligible, pick, scan_position};
 use std::borrow::Cow;
 
 use crate::engine::{NEVER, Sim};
@@ -336,11 +336,7 @@ impl Sim {
             };
             let blocks = Blocks::new(me, &q.spec.id, reps, members);
             let len = blocks.len;
-            let start = if alone {
-                0
-            } else {
-                block_start(scan_start(me, &q.spec.id, reps), len)
-            };
+            let start = if alone { 0 } else { blocks.start() };
             // The node's scan (`RequestDoc::scan_from`): ranks tried before
             // first, then the others, each from `b`'s own starting point. Of
             // the tried ones, only these can look queued to `b`: open ones to

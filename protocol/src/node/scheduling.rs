@@ -3,11 +3,11 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::claim_order::{Blocks, block_start, holder};
+use crate::claim_order::{Blocks, holder};
 use crate::lease::LeaseKey;
 use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
 use crate::model::{Attempt, RequestSpec, RunState, SharedFile};
-use crate::schedule::{Candidate, INPUT_WAIT_MS, eligible, pick, scan_start, waits_for_inputs};
+use crate::schedule::{Candidate, INPUT_WAIT_MS, eligible, pick, waits_for_inputs};
 use crate::{NodeId, RequestId};
 
 use super::action::{Action, Job};
@@ -82,11 +82,7 @@ impl Node {
             };
             let blocks = Blocks::new(me, id, spec.repetitions, members);
             let len = blocks.len;
-            let start = if alone {
-                0
-            } else {
-                block_start(scan_start(me, id, spec.repetitions), len)
-            };
+            let start = if alone { 0 } else { blocks.start() };
             let block_holder = |first: u32| {
                 let end = first.saturating_add(len).min(spec.repetitions);
                 holder(me, id, first..end, |r| {
