@@ -53,24 +53,52 @@ pub enum Holder {
     Other,
 }
 
+/// A block as one node sees it: who holds it and, in a block this node
+/// holds, the other nodes helping there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockView {
+    pub holder: Holder,
+    /// Nodes other than this one with an attempt in the block (filled only
+    /// when this node holds it).
+    pub helpers: Vec<NodeId>,
+}
+
+impl BlockView {
+    /// A block without helpers.
+    pub fn held_by(holder: Holder) -> BlockView {
+        BlockView {
+            holder,
+            helpers: Vec::new(),
+        }
+    }
+}
+
 /// Who holds a block, from its ranks' attempts in rank order (`attempts`
-/// gives a rank's attempts, empty when none).
+/// gives a rank's attempts, empty when none), and who helps in it when this
+/// node holds it.
 pub fn holder<'a>(
     me: &NodeId,
     request: &RequestId,
     ranks: impl IntoIterator<Item = u32>,
     mut attempts: impl FnMut(u32) -> Cow<'a, [Attempt]>,
-) -> Holder {
+) -> BlockView {
+    let mut view = BlockView::held_by(Holder::Nobody);
     for rank in ranks {
-        if let Some(a) = first_claim(request, &attempts(rank)) {
-            return if &a.node == me {
-                Holder::Me
-            } else {
-                Holder::Other
-            };
+        let list = attempts(rank);
+        if view.holder == Holder::Nobody {
+            match first_claim(request, &list) {
+                Some(a) if &a.node == me => view.holder = Holder::Me,
+                Some(_) => return BlockView::held_by(Holder::Other),
+                None => continue,
+            }
+        }
+        for a in list.iter() {
+            if &a.node != me && !view.helpers.contains(&a.node) {
+                view.helpers.push(a.node.clone());
+            }
         }
     }
-    Holder::Nobody
+    view
 }
 
 /// How many untouched blocks a node that needs a new one chooses among (by
@@ -171,20 +199,40 @@ impl<'a> Blocks<'a> {
     /// that falls to the live holder is left to it, and the ranks of a
     /// holder declared down are spread over the others, not taken by all.
     fn rank_dealt_to_me(&self, rank: u32, alive: &impl Fn(&NodeId) -> bool) -> bool {
+        self.rank_dealt(rank, alive).is_none_or(|m| m == self.index)
+    }
+
+    /// The member a rank of a held block is dealt to: the first in the
+    /// rank's draw that is this node or alive; `None` when nobody in the
+    /// draw is (then any helper may take it).
+    fn rank_dealt(&self, rank: u32, alive: &impl Fn(&NodeId) -> bool) -> Option<usize> {
         const PROBES: u32 = 8;
         let n = self.members.len() as u64;
-        for i in 0..PROBES {
-            let m = if i == 0 {
-                self.dealt(rank)
-            } else {
-                (hash64(&format!("{}/{rank}/{i}", self.request)) % n) as usize
-            };
-            if m == self.index || alive(&self.members[m]) {
-                return m == self.index;
-            }
-        }
-        // Nobody alive in the draw: any helper may.
-        true
+        (0..PROBES)
+            .map(|i| {
+                if i == 0 {
+                    self.dealt(rank)
+                } else {
+                    (hash64(&format!("{}/{rank}/{i}", self.request)) % n) as usize
+                }
+            })
+            .find(|&m| m == self.index || alive(&self.members[m]))
+    }
+
+    /// Whether the holder of a block leaves `rank` to one of the block's
+    /// `helpers` for now: the rank is dealt to a helper already working
+    /// there from the block's end, which will reach it. Taken last if
+    /// still queued, so a helper that went away leaves nothing behind.
+    fn left_to_helper(
+        &self,
+        rank: u32,
+        helpers: &[NodeId],
+        alive: &impl Fn(&NodeId) -> bool,
+    ) -> bool {
+        !helpers.is_empty()
+            && self
+                .rank_dealt(rank, alive)
+                .is_some_and(|m| m != self.index && helpers.contains(&self.members[m]))
     }
 
     /// This node's order among blocks dealt to others, the same on every pass.
@@ -198,15 +246,17 @@ impl<'a> Blocks<'a> {
     /// rank. Fresh ranks come from this node's blocks first (held, or
     /// untouched and dealt to it), then from an untouched block dealt to
     /// another (one of the first [`BLOCK_CHOICES`] met, in this node's own
-    /// order), and only then from blocks another node holds, each from its
-    /// end.
+    /// order), and only then from blocks another node holds (those with most
+    /// left first), each from its end. In a block it holds, ranks dealt to a node helping there come
+    /// last of all (see [`Blocks::left_to_helper`]): holder and helper do
+    /// not meet on the same rank.
     pub fn first_queued(
         &self,
         tried: impl IntoIterator<Item = u32>,
         fresh: impl IntoIterator<Item = u32>,
         want: usize,
         mut queued: impl FnMut(u32) -> Option<u32>,
-        mut holder: impl FnMut(u32) -> Holder,
+        mut holder: impl FnMut(u32) -> BlockView,
         alive: impl Fn(&NodeId) -> bool,
     ) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
@@ -229,11 +279,13 @@ impl<'a> Blocks<'a> {
         // dealt to others (the first few) and those others hold.
         let mut untouched: Vec<(u32, Vec<u32>)> = Vec::new();
         let mut others: Vec<(u32, Vec<u32>)> = Vec::new();
-        let mut held: BTreeMap<u32, Holder> = BTreeMap::new();
+        let mut held: BTreeMap<u32, BlockView> = BTreeMap::new();
+        // Ranks of this node's blocks left to their helpers for now.
+        let mut deferred: Vec<u32> = Vec::new();
         for rank in fresh {
             let first = block_start(rank, len);
-            let h = *held.entry(first).or_insert_with(|| holder(first));
-            let list = match h {
+            let view = held.entry(first).or_insert_with(|| holder(first));
+            let list = match view.holder {
                 Holder::Nobody if self.dealt_to_me(first) => {
                     if take(rank, &mut out) {
                         return out;
@@ -241,6 +293,10 @@ impl<'a> Blocks<'a> {
                     continue;
                 }
                 Holder::Me => {
+                    if self.left_to_helper(rank, &view.helpers, &alive) {
+                        deferred.push(rank);
+                        continue;
+                    }
                     if take(rank, &mut out) {
                         return out;
                     }
@@ -272,13 +328,20 @@ impl<'a> Blocks<'a> {
             }
         }
         // Only blocks others hold are left: help from their ends with the
-        // ranks dealt to this node.
-        others.sort_by_key(|(b, _)| self.preference(*b));
+        // ranks dealt to this node, in the blocks with the most ranks left
+        // first: their holders are far from the end, and have seen this
+        // node's claims there before they come near them.
+        others.sort_by_key(|(b, ranks)| (std::cmp::Reverse(ranks.len()), self.preference(*b)));
         for (_, ranks) in others {
             for rank in ranks.into_iter().rev() {
                 if self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
                     return out;
                 }
+            }
+        }
+        for rank in deferred {
+            if take(rank, &mut out) {
+                return out;
             }
         }
         out
@@ -315,10 +378,12 @@ mod tests {
             fresh,
             want,
             |_| Some(0),
-            |first| match first {
-                5 => Holder::Other,
-                10 => Holder::Me,
-                _ => Holder::Nobody,
+            |first| {
+                BlockView::held_by(match first {
+                    5 => Holder::Other,
+                    10 => Holder::Me,
+                    _ => Holder::Nobody,
+                })
             },
             // The other member, holder of block 5, is down.
             |n| n.as_str() != "z",
@@ -368,7 +433,7 @@ mod tests {
             0..10,
             10,
             |_| Some(0),
-            |_| Holder::Other,
+            |_| BlockView::held_by(Holder::Other),
             |_| true,
         );
         let want: Vec<(u32, u32)> = (0..10)
@@ -380,6 +445,57 @@ mod tests {
         let mut got = got;
         got.sort_by_key(|&(r, _)| std::cmp::Reverse(r));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_holder_leaves_a_helper_its_dealt_ranks_until_nothing_else_is_left() {
+        let (members, r) = ids();
+        let mut b = Blocks::new(&members[0], &r, 10, &members);
+        b.len = 10;
+        let helper = members[1].clone();
+        let run = |helpers: Vec<NodeId>, want: usize| -> Vec<u32> {
+            b.first_queued(
+                Vec::new(),
+                0..10,
+                want,
+                |_| Some(0),
+                |_| BlockView {
+                    holder: Holder::Me,
+                    helpers: helpers.clone(),
+                },
+                |_| true,
+            )
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+        };
+        let (mine, theirs): (Vec<u32>, Vec<u32>) =
+            (0..10).partition(|&r| b.rank_dealt_to_me(r, &|_| true));
+        assert!(!mine.is_empty() && !theirs.is_empty());
+        // No helper seen: the holder sweeps its block in order.
+        assert_eq!(run(Vec::new(), 10), (0..10).collect::<Vec<_>>());
+        // A helper works there: its ranks come last, still in order.
+        let got = run(vec![helper.clone()], 10);
+        assert_eq!(got, [mine.clone(), theirs].concat());
+        assert_eq!(run(vec![helper], mine.len()), mine);
+    }
+
+    #[test]
+    fn a_block_view_names_the_helpers_of_a_block_this_node_holds() {
+        let (members, r) = ids();
+        let attempt = |node: &NodeId, rank: u32| Attempt::claim(rank, 0, node.clone(), 0);
+        let attempts = |rank: u32| -> Cow<'static, [Attempt]> {
+            Cow::Owned(match rank {
+                2 => vec![attempt(&members[0], 2)],
+                8 => vec![attempt(&members[1], 8)],
+                _ => Vec::new(),
+            })
+        };
+        let mine = holder(&members[0], &r, 0..10, attempts);
+        assert_eq!(mine.holder, Holder::Me);
+        assert_eq!(mine.helpers, vec![members[1].clone()]);
+        let theirs = holder(&members[1], &r, 0..10, attempts);
+        assert_eq!(theirs, BlockView::held_by(Holder::Other));
     }
 
     #[test]
@@ -431,11 +547,11 @@ mod tests {
             2,
             |_| Some(1),
             |first| {
-                if first == 5 {
+                BlockView::held_by(if first == 5 {
                     Holder::Other
                 } else {
                     Holder::Nobody
-                }
+                })
             },
             |_| true,
         );

@@ -15,9 +15,8 @@ impl Node {
     /// Every heartbeat period: judge the ring neighbours, ping them.
     pub(super) fn heartbeat(&mut self, now: Now) {
         self.rescan = true;
-        let members = self.members();
-        self.members_n = members.len().max(1);
-        self.members_list.clone_from(&members);
+        self.refresh_members();
+        let members = self.members_list.clone();
         let live = self.live(&members);
         self.live_n = live.len().max(1);
         self.actions.push_back(Action::LiveNodes(self.live_n));

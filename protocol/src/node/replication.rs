@@ -361,6 +361,9 @@ impl Node {
     /// The grid document got changes from a peer.
     fn grid_merged(&mut self) {
         self.rescan = true;
+        // At once, not at the next heartbeat: a request submitted just after
+        // nodes joined is dealt out among all of them.
+        self.refresh_members();
         self.grid_dirty = true;
         self.log_skipped();
         self.refresh_caps();
@@ -410,6 +413,13 @@ impl Node {
         m.sort();
         m.dedup();
         m
+    }
+
+    /// Reads the grid's members again (after the grid document changed).
+    pub(super) fn refresh_members(&mut self) {
+        let members = self.members();
+        self.members_n = members.len().max(1);
+        self.members_list = members;
     }
 
     /// Of `members`, those not known down.

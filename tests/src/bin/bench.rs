@@ -462,6 +462,13 @@ fn grid_w1(
         let sent = (total_traffic(&g.nodes)? - b0) as f64 / 2.0;
         bytes.push(sent / 4.0 / f64::from(w1.runs));
     }
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        for (i, n) in g.nodes.iter().enumerate() {
+            for l in n.log().lines().filter(|l| !l.contains("DEBUG")).take(60) {
+                eprintln!("node {i}: {l}");
+            }
+        }
+    }
     let (one, four) = (
         f64::from(w1.runs) / median(one),
         f64::from(w1.runs) / median(four),
