@@ -120,6 +120,9 @@ pub struct Blocks<'a> {
     members: &'a [NodeId],
     /// This node's place among them.
     index: usize,
+    /// The request's hash, which every dealing starts from (hashed once:
+    /// the end of a large request asks for it per rank).
+    request_hash: u64,
 }
 
 impl<'a> Blocks<'a> {
@@ -143,12 +146,13 @@ impl<'a> Blocks<'a> {
             len: block_len(repetitions, members.len()),
             members,
             index: members.iter().position(|m| m == me).unwrap_or(0),
+            request_hash: hash64(request.as_str()),
         }
     }
 
     /// The member a block (by its first rank) or a rank is dealt to.
     fn dealt(&self, n: u32) -> usize {
-        let offset = hash64(self.request.as_str());
+        let offset = self.request_hash;
         (u64::from(n).wrapping_add(offset) % self.members.len() as u64) as usize
     }
 
@@ -161,7 +165,7 @@ impl<'a> Blocks<'a> {
     /// request's first blocks go to (a hash of the request).
     fn turn(&self) -> u64 {
         let n = self.members.len() as u64;
-        (self.index as u64 + n - hash64(self.request.as_str()) % n) % n
+        (self.index as u64 + n - self.request_hash % n) % n
     }
 
     /// Whether the block starting at `first` is dealt to this node. Blocks
@@ -319,7 +323,7 @@ impl<'a> Blocks<'a> {
                 _ => list.push((first, vec![rank])),
             }
         }
-        untouched.sort_by_key(|(b, _)| self.preference(*b));
+        untouched.sort_by_cached_key(|(b, _)| self.preference(*b));
         for (_, ranks) in untouched {
             for rank in ranks {
                 if take(rank, &mut out) {
@@ -331,7 +335,7 @@ impl<'a> Blocks<'a> {
         // ranks dealt to this node, in the blocks with the most ranks left
         // first: their holders are far from the end, and have seen this
         // node's claims there before they come near them.
-        others.sort_by_key(|(b, ranks)| (std::cmp::Reverse(ranks.len()), self.preference(*b)));
+        others.sort_by_cached_key(|(b, ranks)| (std::cmp::Reverse(ranks.len()), self.preference(*b)));
         for (_, ranks) in others {
             for rank in ranks.into_iter().rev() {
                 if self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
