@@ -197,11 +197,12 @@ impl<'a> Blocks<'a> {
     }
 
     /// Whether `rank` of a block another node holds is this node's to help
-    /// with. The ranks are dealt out too, so that helpers never chase the
-    /// same one: to the first member alive (as this node sees it) in an
-    /// order drawn for the rank, the block's holder among them — a rank
-    /// that falls to the live holder is left to it, and the ranks of a
-    /// holder declared down are spread over the others, not taken by all.
+    /// with first. The ranks are dealt out too, so that helpers do not chase
+    /// the same one: to the first member alive (as this node sees it) in an
+    /// order drawn for the rank, the block's holder among them; the ranks
+    /// of a holder declared down are spread over the others, not taken by
+    /// all. Ranks dealt to others come after, so no slot idles while runs
+    /// wait.
     fn rank_dealt_to_me(&self, rank: u32, alive: &impl Fn(&NodeId) -> bool) -> bool {
         self.rank_dealt(rank, alive).is_none_or(|m| m == self.index)
     }
@@ -335,10 +336,21 @@ impl<'a> Blocks<'a> {
         // ranks dealt to this node, in the blocks with the most ranks left
         // first: their holders are far from the end, and have seen this
         // node's claims there before they come near them.
-        others.sort_by_cached_key(|(b, ranks)| (std::cmp::Reverse(ranks.len()), self.preference(*b)));
+        others
+            .sort_by_cached_key(|(b, ranks)| (std::cmp::Reverse(ranks.len()), self.preference(*b)));
+        for (_, ranks) in &others {
+            for &rank in ranks.iter().rev() {
+                if self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
+                    return out;
+                }
+            }
+        }
+        // Then the rest, from the ends too: a busy holder's long runs do not
+        // wait for it while this node's slots idle (it cost lab ×1.095 →
+        // ×1.181 when they did).
         for (_, ranks) in others {
             for rank in ranks.into_iter().rev() {
-                if self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
+                if !self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
                     return out;
                 }
             }
@@ -429,26 +441,49 @@ mod tests {
     }
 
     #[test]
-    fn helpers_leave_a_live_holder_the_ranks_not_dealt_to_them() {
+    fn helpers_take_their_dealt_ranks_first_and_a_busy_holders_last() {
         let (members, r) = ids();
         let b = blocks(&members, &r);
-        let got = b.first_queued(
+        let got: Vec<u32> = b
+            .first_queued(
+                Vec::new(),
+                0..10,
+                10,
+                |_| Some(0),
+                |_| BlockView::held_by(Holder::Other),
+                |_| true,
+            )
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        let (mine, holders): (Vec<u32>, Vec<u32>) = (0..10)
+            .rev()
+            .partition(|&r| b.rank_dealt_to_me(r, &|_| true));
+        assert!(!mine.is_empty() && !holders.is_empty());
+        // Its own first, the holder's only after (far from where the holder
+        // works, and no slot stays idle while a busy holder's long runs wait
+        // for it); in each block, from the end.
+        assert_eq!(got.len(), 10);
+        let (first, then) = got.split_at(mine.len());
+        assert!(first.iter().all(|r| mine.contains(r)), "{got:?}");
+        assert!(then.iter().all(|r| holders.contains(r)), "{got:?}");
+        for part in [first, then] {
+            for w in part.windows(2) {
+                if block_start(w[0], 5) == block_start(w[1], 5) {
+                    assert!(w[0] > w[1], "{got:?}");
+                }
+            }
+        }
+        // Asked for fewer, it takes only its own.
+        let few = b.first_queued(
             Vec::new(),
             0..10,
-            10,
+            1,
             |_| Some(0),
             |_| BlockView::held_by(Holder::Other),
             |_| true,
         );
-        let want: Vec<(u32, u32)> = (0..10)
-            .rev()
-            .filter(|&r| b.rank_dealt_to_me(r, &|_| true))
-            .map(|r| (r, 0))
-            .collect();
-        assert!(!want.is_empty() && want.len() < 10);
-        let mut got = got;
-        got.sort_by_key(|&(r, _)| std::cmp::Reverse(r));
-        assert_eq!(got, want);
+        assert!(b.rank_dealt_to_me(few[0].0, &|_| true));
     }
 
     #[test]
