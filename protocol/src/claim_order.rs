@@ -106,6 +106,11 @@ pub fn holder<'a>(
 /// same one, and the scan stops once it has seen that many.
 pub const BLOCK_CHOICES: usize = 8;
 
+/// How many blocks held by others a node looks at, in its scan order, to
+/// help in: enough to spread helpers over, few enough that a node of a
+/// large grid does not scan a million-rank request on every free slot.
+pub const HELP_CHOICES: usize = 64;
+
 /// How a node cuts one request into blocks and which it takes first.
 #[derive(Debug, Clone, Copy)]
 pub struct Blocks<'a> {
@@ -317,7 +322,16 @@ impl<'a> Blocks<'a> {
                     }
                     &mut untouched
                 }
-                Holder::Other => &mut others,
+                Holder::Other => {
+                    if others.last().is_none_or(|(b, _)| *b != first)
+                        && others.len() == HELP_CHOICES
+                    {
+                        // Enough to help in: the scan of a large request's
+                        // every fresh rank on each free slot stops here.
+                        break;
+                    }
+                    &mut others
+                }
             };
             match list.last_mut() {
                 Some((b, ranks)) if *b == first => ranks.push(rank),
