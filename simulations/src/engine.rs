@@ -78,6 +78,9 @@ pub struct Node {
     /// Claim races lost in a row (`schedule::race_backoff_ms`).
     pub races_lost: u32,
     pub runs_done: u32,
+    /// How long its last finished run of each request took
+    /// (`claim_order::short_runs`), by request index.
+    pub last_run_ms: std::collections::HashMap<u32, u64>,
 }
 
 pub struct Req {
@@ -160,6 +163,7 @@ impl Sim {
                 ready_t: 0,
                 races_lost: 0,
                 runs_done: 0,
+                last_run_ms: std::collections::HashMap::new(),
             })
             .collect();
         let sizes = Sizes::measure();
@@ -554,6 +558,7 @@ impl Sim {
         let ran = now.saturating_sub(start);
         let node = &mut self.nodes[b as usize];
         node.running.retain(|&x| x != a);
+        node.last_run_ms.insert(q, ran);
         let req = &mut self.reqs[q as usize];
         match state {
             AttemptState::Succeeded => {

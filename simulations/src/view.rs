@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use pesc_protocol::NodeId;
-use pesc_protocol::claim_order::{Blocks, holder};
+use pesc_protocol::claim_order::{Blocks, holder, short_runs};
 use pesc_protocol::model::{Attempt, AttemptState, RunState};
 use pesc_protocol::run_view::{Abandon, RunPolicy, derive_run, should_abandon};
 use pesc_protocol::schedule::{Candidate, eligible, pick, scan_position};
@@ -334,7 +334,8 @@ impl Sim {
             } else {
                 &self.ids[..]
             };
-            let blocks = Blocks::new(me, &q.spec.id, reps, members);
+            let mut blocks = Blocks::new(me, &q.spec.id, reps, members);
+            blocks.short_runs = short_runs(self.nodes[b as usize].last_run_ms.get(&qi).copied());
             let len = blocks.len;
             let start = if alone { 0 } else { blocks.start() };
             // The node's scan (`RequestDoc::scan_from`): ranks tried before

@@ -64,6 +64,7 @@ impl Node {
         self.requests.insert(
             id,
             Req {
+                last_run_ms: None,
                 doc: rd,
                 version: 0,
                 dirty: false,

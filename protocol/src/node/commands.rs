@@ -125,6 +125,7 @@ impl Node {
         self.requests.insert(
             spec.id.clone(),
             Req {
+                last_run_ms: None,
                 doc,
                 version: 0,
                 dirty: true,

@@ -125,6 +125,9 @@ const MAX_BUILDS_SHOWN: usize = 64;
 
 /// A request this node holds: its document and where it stands.
 struct Req {
+    /// How long this node's last finished run of it took
+    /// (`claim_order::short_runs`).
+    last_run_ms: Option<u64>,
     doc: RequestDoc,
     /// The node's change counter when this request last changed.
     version: u64,
@@ -233,6 +236,7 @@ impl Node {
                 match RequestDoc::load(&d.bytes, actor()) {
                     Ok(doc) => {
                         let req = Req {
+                            last_run_ms: None,
                             doc,
                             version: 0,
                             dirty: false,

@@ -341,6 +341,7 @@ impl Node {
                 self.requests.insert(
                     id.clone(),
                     Req {
+                        last_run_ms: None,
                         doc,
                         version: 0,
                         dirty: true,

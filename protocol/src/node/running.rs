@@ -182,6 +182,11 @@ impl Node {
                 self.gpu_pool.give_back(&key);
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping, now.wall_ms);
+                if let (Some(q), Some(start), Some(end)) =
+                    (self.requests.get_mut(&key.0), a.started_ms, a.finished_ms)
+                {
+                    q.last_run_ms = Some(end.saturating_sub(start));
+                }
                 if a.state == AttemptState::Succeeded {
                     self.races_lost = 0;
                 }

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::claim_order::{Blocks, holder};
+use crate::claim_order::{Blocks, holder, short_runs};
 use crate::lease::LeaseKey;
 use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
 use crate::model::{Attempt, RequestSpec, RunState, SharedFile};
@@ -80,7 +80,8 @@ impl Node {
             } else {
                 &self.members_list[..]
             };
-            let blocks = Blocks::new(me, id, spec.repetitions, members);
+            let mut blocks = Blocks::new(me, id, spec.repetitions, members);
+            blocks.short_runs = short_runs(req.last_run_ms);
             let len = blocks.len;
             let start = if alone { 0 } else { blocks.start() };
             let block_holder = |first: u32| {
