@@ -272,9 +272,9 @@ impl<'a> Blocks<'a> {
     /// untouched and dealt to it), then from an untouched block dealt to
     /// another (one of the first [`BLOCK_CHOICES`] met, in this node's own
     /// order), and only then from blocks another node holds (those with most
-    /// left first), each from its end. In a block it holds, ranks dealt to a node helping there come
-    /// last of all (see [`Blocks::left_to_helper`]): holder and helper do
-    /// not meet on the same rank.
+    /// left first), each from its end. In a block it holds, ranks dealt to a
+    /// node helping there come last of all (see [`Blocks::left_to_helper`]):
+    /// holder and helper do not meet on the same rank.
     pub fn first_queued(
         &self,
         tried: impl IntoIterator<Item = u32>,
@@ -327,26 +327,14 @@ impl<'a> Blocks<'a> {
                     }
                     continue;
                 }
-                Holder::Nobody => {
-                    if untouched.last().is_none_or(|(b, _)| *b != first)
-                        && untouched.len() == BLOCK_CHOICES
-                    {
-                        // Enough to choose from; blocks of this node beyond
-                        // are found again once these are taken.
-                        break;
-                    }
-                    &mut untouched
-                }
-                Holder::Other => {
-                    if others.last().is_none_or(|(b, _)| *b != first)
-                        && others.len() == HELP_CHOICES
-                    {
-                        // Enough to help in: the scan of a large request's
-                        // every fresh rank on each free slot stops here.
-                        break;
-                    }
-                    &mut others
-                }
+                // Enough to choose from: blocks of this node beyond are
+                // found again once these are taken.
+                Holder::Nobody if opens_past(&untouched, first, BLOCK_CHOICES) => break,
+                Holder::Nobody => &mut untouched,
+                // Enough to help in: the scan of a large request's every
+                // fresh rank on each free slot stops here.
+                Holder::Other if opens_past(&others, first, HELP_CHOICES) => break,
+                Holder::Other => &mut others,
             };
             match list.last_mut() {
                 Some((b, ranks)) if *b == first => ranks.push(rank),
@@ -395,6 +383,12 @@ impl<'a> Blocks<'a> {
         }
         out
     }
+}
+
+/// Whether the block starting at `first` would be one more than `cap` in
+/// `list` (blocks met so far, each with its ranks, in scan order).
+fn opens_past(list: &[(u32, Vec<u32>)], first: u32, cap: usize) -> bool {
+    list.last().is_none_or(|(b, _)| *b != first) && list.len() == cap
 }
 
 #[cfg(test)]
@@ -473,22 +467,27 @@ mod tests {
         }
     }
 
+    /// What `b` takes, `want` at most, from ranks 0..10 all queued in
+    /// blocks another node holds, every member alive.
+    fn help_in(b: &Blocks, want: usize) -> Vec<u32> {
+        b.first_queued(
+            Vec::new(),
+            0..10,
+            want,
+            |_| Some(0),
+            |_| BlockView::held_by(Holder::Other),
+            |_| true,
+        )
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+    }
+
     #[test]
     fn helpers_take_their_dealt_ranks_first_and_a_busy_holders_last() {
         let (members, r) = ids();
         let b = blocks(&members, &r);
-        let got: Vec<u32> = b
-            .first_queued(
-                Vec::new(),
-                0..10,
-                10,
-                |_| Some(0),
-                |_| BlockView::held_by(Holder::Other),
-                |_| true,
-            )
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect();
+        let got = help_in(&b, 10);
         let (mine, holders): (Vec<u32>, Vec<u32>) = (0..10)
             .rev()
             .partition(|&r| b.rank_dealt_to_me(r, &|_| true));
@@ -508,15 +507,8 @@ mod tests {
             }
         }
         // Asked for fewer, it takes only its own.
-        let few = b.first_queued(
-            Vec::new(),
-            0..10,
-            1,
-            |_| Some(0),
-            |_| BlockView::held_by(Holder::Other),
-            |_| true,
-        );
-        assert!(b.rank_dealt_to_me(few[0].0, &|_| true));
+        let few = help_in(&b, 1);
+        assert!(b.rank_dealt_to_me(few[0], &|_| true));
     }
 
     #[test]
@@ -525,16 +517,9 @@ mod tests {
         let mut b = blocks(&members, &r);
         assert!(!short_runs(None) && short_runs(Some(5)) && !short_runs(Some(SHORT_RUN_MS)));
         b.short_runs = true;
-        let got = b.first_queued(
-            Vec::new(),
-            0..10,
-            10,
-            |_| Some(0),
-            |_| BlockView::held_by(Holder::Other),
-            |_| true,
-        );
+        let got = help_in(&b, 10);
         assert!(!got.is_empty());
-        assert!(got.iter().all(|&(r, _)| b.rank_dealt_to_me(r, &|_| true)));
+        assert!(got.iter().all(|&r| b.rank_dealt_to_me(r, &|_| true)));
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub struct Node {
     pub runs_done: u32,
     /// How long its last finished run of each request took
     /// (`claim_order::short_runs`), by request index.
-    pub last_run_ms: std::collections::HashMap<u32, u64>,
+    pub last_run_ms: HashMap<u32, u64>,
 }
 
 pub struct Req {
@@ -163,7 +163,7 @@ impl Sim {
                 ready_t: 0,
                 races_lost: 0,
                 runs_done: 0,
-                last_run_ms: std::collections::HashMap::new(),
+                last_run_ms: HashMap::new(),
             })
             .collect();
         let sizes = Sizes::measure();
