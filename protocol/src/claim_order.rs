@@ -122,6 +122,19 @@ pub fn short_runs(last_run_ms: Option<u64>) -> bool {
     last_run_ms.is_some_and(|ms| ms < SHORT_RUN_MS)
 }
 
+/// How long after a node first holds a request it leaves the untouched
+/// blocks dealt to other live members to them: their first claims, made as
+/// soon as they saw the request, reach this node in a sync round or two.
+/// Taken sooner, a request of one run starts on two idle nodes at once
+/// (one copy then yields). After it, a member that is busy elsewhere or
+/// slow does not hold its share back.
+pub const DEALT_GRACE_MS: u64 = 150;
+
+/// Whether a request held for `held_for_ms` is past [`DEALT_GRACE_MS`].
+pub fn past_dealt_grace(held_for_ms: u64) -> bool {
+    held_for_ms >= DEALT_GRACE_MS
+}
+
 /// How a node cuts one request into blocks and which it takes first.
 #[derive(Debug, Clone, Copy)]
 pub struct Blocks<'a> {
@@ -139,6 +152,9 @@ pub struct Blocks<'a> {
     /// The request's runs are short ([`short_runs`]): helpers leave the
     /// ranks dealt to live others to them.
     pub short_runs: bool,
+    /// Untouched blocks dealt to other live members may be taken
+    /// ([`past_dealt_grace`]); before, they are left to them.
+    pub dealt_open: bool,
     /// The request's hash, which every dealing starts from (hashed once:
     /// the end of a large request asks for it per rank).
     request_hash: u64,
@@ -167,6 +183,7 @@ impl<'a> Blocks<'a> {
             index: members.iter().position(|m| m == me).unwrap_or(0),
             request_hash: hash64(request.as_str()),
             short_runs: false,
+            dealt_open: true,
         }
     }
 
@@ -188,16 +205,22 @@ impl<'a> Blocks<'a> {
         (self.index as u64 + n - self.request_hash % n) % n
     }
 
-    /// Whether the block starting at `first` is dealt to this node. Blocks
-    /// are dealt in runs, an equal share of consecutive blocks per member
-    /// (from a member the request's hash picks), so a node sweeps its share
-    /// in order and meets another's only at its end.
+    /// Whether the block starting at `first` is dealt to this node.
     fn dealt_to_me(&self, first: u32) -> bool {
+        self.block_dealt(first) == self.index
+    }
+
+    /// The member the block starting at `first` is dealt to. Blocks are
+    /// dealt in runs, an equal share of consecutive blocks per member (from
+    /// a member the request's hash picks), so a node sweeps its share in
+    /// order and meets another's only at its end.
+    fn block_dealt(&self, first: u32) -> usize {
         let (n, k) = (
             self.members.len() as u64,
             u64::from(first / self.len.max(1)),
         );
-        k * n / self.blocks() == self.turn()
+        let turn = k * n / self.blocks();
+        ((turn + self.request_hash % n) % n) as usize
     }
 
     /// Where this node starts scanning: the first rank of its share of
@@ -325,6 +348,12 @@ impl<'a> Blocks<'a> {
                     if take(rank, &mut out) {
                         return out;
                     }
+                    continue;
+                }
+                // Its member claims it as soon as it sees the request.
+                Holder::Nobody
+                    if !self.dealt_open && alive(&self.members[self.block_dealt(first)]) =>
+                {
                     continue;
                 }
                 // Enough to choose from: blocks of this node beyond are
@@ -611,6 +640,31 @@ mod tests {
         starts.sort_unstable();
         starts.dedup();
         assert_eq!(starts.len(), 4);
+    }
+
+    #[test]
+    fn a_one_run_request_waits_for_its_member_within_the_grace() {
+        let (members, r) = ids();
+        // One run, one block, dealt to one of the two members.
+        let [a, z] = [0, 1].map(|i| Blocks::new(&members[i], &r, 1, &members));
+        let (dealt, other) = if a.dealt_to_me(0) { (a, z) } else { (z, a) };
+        let take = |b: &Blocks, alive: bool| {
+            b.first_queued(
+                Vec::new(),
+                0..1,
+                1,
+                |_| Some(0),
+                |_| BlockView::held_by(Holder::Nobody),
+                |_| alive,
+            )
+        };
+        assert_eq!(take(&dealt, true), vec![(0, 0)]);
+        let mut waiting = other;
+        waiting.dealt_open = false;
+        assert_eq!(take(&waiting, true), vec![], "its member claims it");
+        assert_eq!(take(&waiting, false), vec![(0, 0)], "its member is down");
+        assert_eq!(take(&other, true), vec![(0, 0)], "past the grace");
+        assert!(!past_dealt_grace(DEALT_GRACE_MS - 1) && past_dealt_grace(DEALT_GRACE_MS));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use pesc_protocol::NodeId;
-use pesc_protocol::claim_order::{Blocks, holder, short_runs};
+use pesc_protocol::claim_order::{Blocks, DEALT_GRACE_MS, holder, past_dealt_grace, short_runs};
 use pesc_protocol::model::{Attempt, AttemptState, RunState};
 use pesc_protocol::run_view::{Abandon, RunPolicy, derive_run, should_abandon};
 use pesc_protocol::schedule::{Candidate, eligible, pick, scan_position};
@@ -321,10 +321,11 @@ impl Sim {
         let alone = self.nodes.iter().filter(|n| n.up).take(2).count() <= 1;
         for (qi, q) in self.reqs.iter().enumerate() {
             let qi = qi as u32;
-            if q.submit_t > now
-                || self.visible_at(q.submit_t, q.node, b, u64::from(qi) << 40) > now
-                || !eligible(&q.spec, &self.nodes[b as usize].caps)
-            {
+            if q.submit_t > now || !eligible(&q.spec, &self.nodes[b as usize].caps) {
+                continue;
+            }
+            let seen = self.visible_at(q.submit_t, q.node, b, u64::from(qi) << 40);
+            if seen > now {
                 continue;
             }
             let reps = q.spec.repetitions;
@@ -336,6 +337,10 @@ impl Sim {
             };
             let mut blocks = Blocks::new(me, &q.spec.id, reps, members);
             blocks.short_runs = short_runs(self.nodes[b as usize].last_run_ms.get(&qi).copied());
+            blocks.dealt_open = past_dealt_grace(now - seen);
+            if !blocks.dealt_open {
+                self.turn_at(seen + DEALT_GRACE_MS);
+            }
             let len = blocks.len;
             let start = if alone { 0 } else { blocks.start() };
             // The node's scan (`RequestDoc::scan_from`): ranks tried before

@@ -310,10 +310,11 @@ fn a_stopped_node_hands_its_runs_back_with_their_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let prog = write_file(tmp.path(), "count.sh", &counter(80));
     let id = g.nodes[0].submit(&[&prog, "-n", "1"]);
-    let v = g.nodes[0].wait_for(&id, Duration::from_secs(60), |v| {
-        runs(v)[0]["state"] == "running"
-    });
+    let running = |v: &Value| runs(v)[0]["state"] == "running";
+    g.nodes[0].wait_for(&id, Duration::from_secs(60), running);
     std::thread::sleep(Duration::from_millis(2500));
+    // Read again: the node that runs it now.
+    let v = g.nodes[0].wait_for(&id, Duration::from_secs(10), running);
     let runner = runs(&v)[0]["node"].as_str().unwrap().to_string();
     let victim = (0..2).find(|i| g.nodes[*i].node_id() == runner).unwrap();
     let other = 1 - victim;

@@ -61,16 +61,8 @@ impl Node {
         });
         self.finished_since.insert(id.clone(), now.mono_ms);
         self.read_stale(&id);
-        self.requests.insert(
-            id,
-            Req {
-                last_run_ms: None,
-                doc: rd,
-                version: 0,
-                dirty: false,
-                saved: doc.saved,
-            },
-        );
+        self.requests
+            .insert(id, Req::new(rd, doc.saved, false, now));
         Ok(())
     }
 

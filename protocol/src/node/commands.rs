@@ -124,13 +124,7 @@ impl Node {
         let push = self.push_of(&mut doc, &spec);
         self.requests.insert(
             spec.id.clone(),
-            Req {
-                last_run_ms: None,
-                doc,
-                version: 0,
-                dirty: true,
-                saved: SavedDoc::default(),
-            },
+            Req::new(doc, SavedDoc::default(), true, now),
         );
         tracing::info!(request = %spec.id, repetitions = spec.repetitions, "request submitted");
         let info = self

@@ -128,11 +128,29 @@ struct Req {
     /// How long this node's last finished run of it took
     /// (`claim_order::short_runs`).
     last_run_ms: Option<u64>,
+    /// When this node first held it (monotonic ms): blocks dealt to other
+    /// nodes wait for their claims until [`claim_order::DEALT_GRACE_MS`]
+    /// after.
+    seen_ms: u64,
     doc: RequestDoc,
     /// The node's change counter when this request last changed.
     version: u64,
     dirty: bool,
     saved: SavedDoc,
+}
+
+impl Req {
+    /// A request first held now; `dirty` when it is not on disk yet.
+    fn new(doc: RequestDoc, saved: SavedDoc, dirty: bool, now: Now) -> Req {
+        Req {
+            last_run_ms: None,
+            seen_ms: now.mono_ms,
+            doc,
+            version: 0,
+            dirty,
+            saved,
+        }
+    }
 }
 
 /// One node's protocol state (see the module documentation).
@@ -235,13 +253,7 @@ impl Node {
             } else if let Some(id) = d.key.strip_prefix("req/") {
                 match RequestDoc::load(&d.bytes, actor()) {
                     Ok(doc) => {
-                        let req = Req {
-                            last_run_ms: None,
-                            doc,
-                            version: 0,
-                            dirty: false,
-                            saved: d.saved,
-                        };
+                        let req = Req::new(doc, d.saved, false, now);
                         requests.insert(req.doc.id().clone(), req);
                     }
                     Err(e) => {

@@ -338,16 +338,8 @@ impl Node {
         doc.set_actor(self.actor());
         match RequestDoc::from_automerge(doc) {
             Ok(doc) if doc.id() == id => {
-                self.requests.insert(
-                    id.clone(),
-                    Req {
-                        last_run_ms: None,
-                        doc,
-                        version: 0,
-                        dirty: true,
-                        saved: SavedDoc::default(),
-                    },
-                );
+                self.requests
+                    .insert(id.clone(), Req::new(doc, SavedDoc::default(), true, now));
                 tracing::info!(request = %id, "request received from the grid");
                 self.request_merged(now, id);
             }

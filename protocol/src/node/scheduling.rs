@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::claim_order::{Blocks, holder, short_runs};
+use crate::claim_order::{Blocks, DEALT_GRACE_MS, holder, past_dealt_grace, short_runs};
 use crate::lease::LeaseKey;
 use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
 use crate::model::{Attempt, RequestSpec, RunState, SharedFile};
@@ -58,6 +58,8 @@ impl Node {
         // Runs seen queued for a new try for the first time: recorded after.
         let mut newly_queued = Vec::new();
         let alone = self.repl.connected.is_empty();
+        // When blocks left to their members for now open to this node.
+        let mut dealt_opens: Option<u64> = None;
         for (id, req) in &self.requests {
             if req.doc.is_finished() {
                 continue;
@@ -82,6 +84,11 @@ impl Node {
             };
             let mut blocks = Blocks::new(me, id, spec.repetitions, members);
             blocks.short_runs = short_runs(req.last_run_ms);
+            blocks.dealt_open = past_dealt_grace(now.saturating_sub(req.seen_ms));
+            if !blocks.dealt_open {
+                let at = req.seen_ms.saturating_add(DEALT_GRACE_MS);
+                dealt_opens = Some(dealt_opens.map_or(at, |t| t.min(at)));
+            }
             let len = blocks.len;
             let start = if alone { 0 } else { blocks.start() };
             let block_holder = |first: u32| {
@@ -127,6 +134,9 @@ impl Node {
         }
         for (id, rank, epoch) in newly_queued {
             self.sightings.saw_queued(id, rank, epoch, now);
+        }
+        if let Some(at) = dealt_opens {
+            self.next_tick = self.next_tick.min(at);
         }
         for c in pick(cands, &in_progress, free) {
             self.claim(c, at.wall_ms);
