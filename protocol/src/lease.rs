@@ -37,8 +37,15 @@ pub struct Sightings {
 
 impl Sightings {
     /// A claim was seen; only the first sighting counts.
-    pub fn observe(&mut self, key: LeaseKey, now: u64) {
-        self.first.entry(key).or_insert(now);
+    /// Returns whether it is new here.
+    pub fn observe(&mut self, key: LeaseKey, now: u64) -> bool {
+        match self.first.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(now);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        }
     }
 
     /// When the claim was first seen (`None`: never observed).

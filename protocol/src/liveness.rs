@@ -102,13 +102,20 @@ pub fn ring_neighbours(me: &NodeId, members: &[NodeId], side: usize) -> Vec<Node
     out
 }
 
+/// Whether, in a grid of `members`, every node's ring neighbours are all
+/// the others (then no node has long links, and no change needs
+/// forwarding to reach everyone).
+pub fn links_everyone(members: usize) -> bool {
+    members <= 2 * WATCH_SIDE + 1
+}
+
 /// The peers a node keeps connections to for document sync: its ring
 /// neighbours and `long` members picked by a hash of its own id, so the
 /// links are the same on every node that knows the same members.
 pub fn sync_links(me: &NodeId, members: &[NodeId], side: usize, long: usize) -> Vec<NodeId> {
     let mut out = ring_neighbours(me, members, side);
     let n = members.len() as u64;
-    if n > (2 * side + 1) as u64 {
+    if members.len() > 2 * side + 1 {
         for i in 0..long as u64 {
             let m = &members[(fnv(me.as_str().as_bytes(), i) % n) as usize];
             if m != me {

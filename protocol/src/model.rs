@@ -526,7 +526,8 @@ impl RequestSpec {
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AttemptState {
-    /// The node claimed the run and is preparing it.
+    /// The node claimed the run and is preparing it (or, claimed ahead,
+    /// waits for one of its slots).
     Claimed,
     /// The program is running.
     Running,

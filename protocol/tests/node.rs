@@ -208,6 +208,75 @@ fn a_cancel_on_one_node_stops_the_runs_on_every_node() {
     }
 }
 
+/// Runs of `id` that `on` shows claimed (by any node) but not started.
+fn claimed_not_started(h: &Harness, on: &NodeId, id: &RequestId) -> usize {
+    outcome(h, on, id)
+        .iter()
+        .filter(|(s, ..)| *s == RunState::Claimed)
+        .count()
+}
+
+#[test]
+fn short_runs_are_claimed_ahead_and_each_starts_as_a_slot_frees() {
+    // Runs of 5 ms: short once the node has run one.
+    let mut h = Harness::new(8, Harness::fixed(5));
+    let n = grid(&mut h, 1, 2);
+    let id = h.submit(&n[0], "ana", 60);
+    // Claimed ahead: more runs held than the node has slots.
+    let mut most_held = 0;
+    let done = h.run_until_true(10_000, |h| {
+        let held = outcome(h, &n[0], &id)
+            .iter()
+            .filter(|(s, ..)| matches!(s, RunState::Claimed | RunState::Running))
+            .count();
+        most_held = most_held.max(held);
+        settled_everywhere(h, &id)
+    });
+    assert!(done);
+    assert!(most_held > 2, "no run was ever claimed ahead");
+    assert!(
+        h.observed.over_slots.is_empty(),
+        "{:?}",
+        h.observed.over_slots
+    );
+    let i = info(&h, &n[0], &id).unwrap();
+    assert_eq!(i.state, RequestState::Succeeded);
+    for r in i.runs.unwrap() {
+        assert_eq!(r.attempts, 1, "rank {} ran more than once", r.rank);
+    }
+}
+
+#[test]
+fn runs_claimed_ahead_end_at_once_when_cancelled_or_handed_back() {
+    // Cancelled: nothing claimed ahead stays claimed.
+    let mut h = Harness::new(9, Harness::fixed(5));
+    let n = grid(&mut h, 2, 2);
+    h.run_for(5_000);
+    let id = h.submit(&n[0], "ana", 2_000);
+    assert!(h.run_until_true(10_000, |h| claimed_not_started(h, &n[0], &id) > 0));
+    let now = h.now();
+    h.node_mut(&n[0]).unwrap().cancel(now, id.as_str()).unwrap();
+    assert!(h.run_until_true(5_000, |h| settled_everywhere(h, &id)));
+    for x in &n {
+        let i = info(&h, x, &id).unwrap();
+        assert_eq!(i.state, RequestState::Cancelled);
+        assert_eq!(claimed_not_started(&h, x, &id), 0);
+    }
+    // Handed back by a stopping node: the other node runs them, long before
+    // any lease runs out.
+    let mut h = Harness::new(10, Harness::fixed(5));
+    h.set_lease_ttl(600_000);
+    let n = grid(&mut h, 2, 2);
+    h.run_for(5_000);
+    let id = h.submit(&n[0], "ana", 2_000);
+    assert!(h.run_until_true(10_000, |h| {
+        h.node(&n[1]).is_some_and(|x| x.metrics(h.now()).leases > 2)
+    }));
+    h.stop(&n[1]);
+    assert!(h.run_until_true(60_000, |h| settled_everywhere(h, &id)));
+    assert_eq!(info(&h, &n[0], &id).unwrap().state, RequestState::Succeeded);
+}
+
 #[test]
 fn a_stopping_node_hands_its_runs_back_before_any_lease_runs_out() {
     let mut h = Harness::new(7, Harness::fixed(3_000));

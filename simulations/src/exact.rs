@@ -134,6 +134,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
         })
     };
     let mut h = Harness::new(sc.seed, program);
+    h.skip_read_models();
     h.set_lease_ttl(sc.timing.lease_ttl_ms);
     let jitter = sc.net.jitter_ms.ceil() as u64;
     h.link = Link {

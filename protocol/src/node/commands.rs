@@ -126,6 +126,7 @@ impl Node {
             spec.id.clone(),
             Req::new(doc, SavedDoc::default(), true, now),
         );
+        self.repl.urgent.insert(DocKey::Request(spec.id.clone()));
         tracing::info!(request = %spec.id, repetitions = spec.repetitions, "request submitted");
         let info = self
             .info(now, &spec.id, false)
@@ -170,6 +171,7 @@ impl Node {
         if !q.doc.is_finished() {
             q.doc.cancel(&node, now.wall_ms)?;
             q.dirty = true;
+            self.repl.urgent.insert(DocKey::Request(id.clone()));
             self.abandon_lost(now, &id);
             tracing::info!(request = %id, "request cancelled");
         }

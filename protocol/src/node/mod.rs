@@ -170,6 +170,9 @@ pub struct Node {
     /// When each finished request was first seen finished and quiet.
     finished_since: HashMap<RequestId, u64>,
     running: BTreeMap<AttemptKey, Running>,
+    /// Attempts claimed ahead of a free slot, in claim order (each also in
+    /// `running`, without a slot).
+    ahead: VecDeque<AttemptKey>,
     /// Slot workspaces not in use.
     free_slots: Vec<usize>,
     liveness: Liveness,
@@ -335,6 +338,7 @@ impl Node {
             finished_since: HashMap::new(),
             running: BTreeMap::new(),
             free_slots: (0..cfg.slots as usize).rev().collect(),
+            ahead: VecDeque::new(),
             liveness: Liveness::new(cfg.node.clone(), cfg.incarnation, cfg.lease_ttl_ms),
             sightings,
             races_lost: 0,

@@ -130,6 +130,9 @@ impl super::Node {
                 self.compact_grid();
             }
             self.repl.changed.insert(DocKey::Grid);
+            // Accounts, files, rooms, nodes: rare, and read on other nodes
+            // right away (a revoked session must end everywhere).
+            self.repl.urgent.insert(DocKey::Grid);
             let grid = &mut self.grid;
             writes.extend(self.grid_saved.next_write("grid".into(), |full| {
                 if full {

@@ -223,9 +223,9 @@ impl Node {
         }
     }
 
-    /// Attempts running here now.
+    /// Slots in use here now (runs claimed ahead wait outside them).
     pub fn slots_busy(&self) -> u32 {
-        self.running.len() as u32
+        self.running.values().filter(|r| r.slot.is_some()).count() as u32
     }
 
     /// Requests this node holds (archived ones too).
@@ -284,15 +284,20 @@ impl Node {
                 q.doc.spec().repetitions - 1
             )));
         }
-        if let Some((k, r)) = self
+        if let Some((k, slot)) = self
             .running
             .iter()
             .filter(|(k, _)| k.0 == id && k.1 == rank)
             .max_by_key(|(k, _)| k.2)
+            .map(|(k, r)| (k, r.slot))
         {
+            // Claimed ahead and waiting for a slot: nothing written yet.
+            let Some(slot) = slot else {
+                return Ok(LogSource::NotYet);
+            };
             return Ok(LogSource::Live {
                 key: k.clone(),
-                slot: r.slot,
+                slot,
             });
         }
         let latest = q

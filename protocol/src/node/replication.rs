@@ -18,7 +18,7 @@ use automerge::AutoCommit;
 use crate::doc::RequestDoc;
 use crate::doc::sync::{self, SyncState};
 use crate::lease::{LeaseKey, Sightings};
-use crate::liveness::{LONG_LINKS, WATCH_SIDE, sync_links};
+use crate::liveness::{LONG_LINKS, WATCH_SIDE, links_everyone, sync_links};
 use crate::run_view::{Abandon, should_abandon};
 use crate::schedule::race_backoff_ms;
 use crate::wire::{DocKey, NodeStatus, SyncResponse};
@@ -35,6 +35,10 @@ use super::{Node, Now, Req};
 /// message (and one merge on the other side, which walks the document's
 /// history) each.
 pub const SYNC_GAP_MS: u64 = 20;
+
+/// Least time between two sync messages for one document to one peer when
+/// nothing in them is urgent (see [`Replication::urgent`]).
+pub const QUIET_GAP_MS: u64 = 100;
 
 /// Requests known only in part at once: a peer cannot make this node keep
 /// documents without end by naming request ids it never completes.
@@ -55,8 +59,13 @@ pub(super) struct Replication {
     partial: HashMap<RequestId, AutoCommit>,
     /// Documents that changed here since the last sync round.
     pub(super) changed: BTreeSet<DocKey>,
-    /// (peer, document) pairs to generate a sync message for.
-    due: BTreeSet<(NodeId, DocKey)>,
+    /// Documents with an urgent change since the last sync round: a claim
+    /// (others must see it before they claim the same run), or the news
+    /// that ends a request.
+    pub(super) urgent: BTreeSet<DocKey>,
+    /// (peer, document) pairs to generate a sync message for, and whether
+    /// it is urgent.
+    due: BTreeMap<(NodeId, DocKey), bool>,
     /// When the last sync message of each (peer, document) left (mono ms).
     sent_at: HashMap<(NodeId, DocKey), u64>,
     /// The earliest time a deferred message may leave.
@@ -117,8 +126,9 @@ impl Replication {
     pub(super) fn forget(&mut self, doc: &DocKey) {
         self.states.retain(|(_, d), _| d != doc);
         self.sent_at.retain(|(_, d), _| d != doc);
-        self.due.retain(|(_, d)| d != doc);
+        self.due.retain(|(_, d), _| d != doc);
         self.changed.remove(doc);
+        self.urgent.remove(doc);
     }
 
     /// (peer, document) pairs with changes not yet sent, and documents
@@ -147,7 +157,7 @@ impl Node {
         }
         self.repl.sent_at.retain(|(p, _), _| *p != peer);
         for d in self.all_doc_keys() {
-            self.repl.due.insert((peer.clone(), d));
+            self.repl.due.insert((peer.clone(), d), true);
         }
         // Back after a partition: tell it at once that it was declared down.
         if self.liveness.is_down(&peer) {
@@ -188,7 +198,7 @@ impl Node {
             *st = sync::reset(st);
         }
         if self.repl.connected.contains(&peer) {
-            self.repl.due.insert((peer, doc));
+            self.repl.due.insert((peer, doc), true);
         }
     }
 
@@ -245,7 +255,7 @@ impl Node {
         match result {
             Ok(()) => {
                 // Answer: the peer may need our changes, or an acknowledgement.
-                self.repl.due.insert(key);
+                self.repl.due.entry(key).or_insert(false);
                 SyncResponse::Ack
             }
             Err(e) => {
@@ -340,6 +350,8 @@ impl Node {
             Ok(doc) if doc.id() == id => {
                 self.requests
                     .insert(id.clone(), Req::new(doc, SavedDoc::default(), true, now));
+                // New here: passed on at once, so every node starts on it.
+                self.repl.urgent.insert(DocKey::Request(id.clone()));
                 tracing::info!(request = %id, "request received from the grid");
                 self.request_merged(now, id);
             }
@@ -373,7 +385,7 @@ impl Node {
                 for p in &self.repl.connected {
                     self.repl
                         .due
-                        .insert((p.clone(), DocKey::Request(r.id.clone())));
+                        .insert((p.clone(), DocKey::Request(r.id.clone())), true);
                 }
             }
         }
@@ -460,7 +472,14 @@ impl Node {
             }
         }
         q.dirty = true;
-        observe_claims(&mut self.sightings, &self.cfg.node, &q.doc, now.mono_ms);
+        // Others' new claims are forwarded at once where some of this
+        // node's peers may not hear them from the claimer itself: they must
+        // see them before they claim the same runs.
+        if observe_claims(&mut self.sightings, &self.cfg.node, &q.doc, now.mono_ms)
+            && !links_everyone(self.members_list.len())
+        {
+            self.repl.urgent.insert(DocKey::Request(id.clone()));
+        }
         self.abandon_lost(now, id);
         if self.requests.get(id).is_some_and(|q| q.doc.is_finished()) {
             self.request_finished(id);
@@ -487,7 +506,7 @@ impl Node {
             }
         }
         for (k, why) in stops {
-            self.stop_attempt(&k, why);
+            self.stop_attempt(now, &k, why);
         }
         if lost {
             // Others chase the same runs: pause before claiming again.
@@ -505,31 +524,34 @@ impl Node {
         if self.repl.connected.is_empty() {
             // Alone: nobody to tell; peers sync everything when they connect.
             self.repl.changed.clear();
+            self.repl.urgent.clear();
             self.repl.due.clear();
             return;
         }
+        let urgent = std::mem::take(&mut self.repl.urgent);
         for d in std::mem::take(&mut self.repl.changed) {
+            let u = urgent.contains(&d);
             for p in &self.repl.connected {
-                self.repl.due.insert((p.clone(), d.clone()));
+                *self.repl.due.entry((p.clone(), d.clone())).or_default() |= u;
             }
         }
-        let gap = if self.stopping.is_some() {
-            0
-        } else {
-            SYNC_GAP_MS
-        };
-        let mut deferred = BTreeSet::new();
-        for (peer, doc) in std::mem::take(&mut self.repl.due) {
+        let mut deferred = BTreeMap::new();
+        for ((peer, doc), urgent) in std::mem::take(&mut self.repl.due) {
             if !self.repl.connected.contains(&peer) {
                 continue;
             }
+            let gap = match (self.stopping.is_some(), urgent) {
+                (true, _) => 0,
+                (false, true) => SYNC_GAP_MS,
+                (false, false) => QUIET_GAP_MS,
+            };
             let key = (peer, doc);
             if let Some(&t) = self.repl.sent_at.get(&key)
                 && now.mono_ms < t + gap
             {
                 let at = t + gap;
                 self.repl.next_send = Some(self.repl.next_send.map_or(at, |n| n.min(at)));
-                deferred.insert(key);
+                deferred.insert(key, urgent);
                 continue;
             }
             let (peer, doc) = key;
@@ -559,12 +581,19 @@ impl Node {
     }
 }
 
-/// Records when each claim of another node was first seen.
-pub(super) fn observe_claims(sightings: &mut Sightings, me: &NodeId, doc: &RequestDoc, now: u64) {
+/// Records when each claim of another node was first seen; says whether
+/// one was new.
+pub(super) fn observe_claims(
+    sightings: &mut Sightings,
+    me: &NodeId,
+    doc: &RequestDoc,
+    now: u64,
+) -> bool {
+    let mut new = false;
     for rank in doc.unfinished_ranks() {
         for a in doc.attempts_of(rank) {
             if &a.node != me && !a.state.is_terminal() {
-                sightings.observe(
+                new |= sightings.observe(
                     LeaseKey {
                         request: doc.id().clone(),
                         rank: a.rank,
@@ -576,4 +605,5 @@ pub(super) fn observe_claims(sightings: &mut Sightings, me: &NodeId, doc: &Reque
             }
         }
     }
+    new
 }

@@ -5,6 +5,7 @@ use crate::model::{Attempt, AttemptState, BuildState};
 use crate::run_view::Abandon;
 use crate::{BlobHash, NodeId, RequestId};
 
+use super::action::Job;
 use super::{AttemptKey, MAX_BUILDS_SHOWN, Node, Now};
 
 /// Progress reports go into the documents at most this often per run.
@@ -22,7 +23,11 @@ const SIGXFSZ: i32 = 25;
 /// An attempt of this node, as the node tracks it.
 pub(super) struct Running {
     pub(super) attempt: Attempt,
-    pub(super) slot: usize,
+    /// The slot it runs in; `None` while it waits for one (claimed ahead,
+    /// see `Node::schedule`).
+    pub(super) slot: Option<usize>,
+    /// The runner's job, kept here until a slot is free for it.
+    pub(super) waiting: Option<Box<Job>>,
     pub(super) owner: String,
     /// Why we asked it to stop, if we did: the state to record and why.
     pub(super) stopping: Option<(AttemptState, String)>,
@@ -178,19 +183,35 @@ impl Node {
                 let Some(r) = self.running.remove(&key) else {
                     return;
                 };
-                self.free_slots.push(r.slot);
+                if let Some(slot) = r.slot {
+                    self.free_slots.push(slot);
+                }
                 self.gpu_pool.give_back(&key);
+                let ran = r.slot.is_some();
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping, now.wall_ms);
-                if let (Some(q), Some(start), Some(end)) =
-                    (self.requests.get_mut(&key.0), a.started_ms, a.finished_ms)
-                {
+                if let (true, Some(q), Some(start), Some(end)) = (
+                    ran,
+                    self.requests.get_mut(&key.0),
+                    a.started_ms,
+                    a.finished_ms,
+                ) {
                     q.last_run_ms = Some(end.saturating_sub(start));
                 }
                 if a.state == AttemptState::Succeeded {
                     self.races_lost = 0;
                 }
                 self.write_attempt(&key.0, &a);
+                // The request's last runs: its end must not wait.
+                if self
+                    .requests
+                    .get(&key.0)
+                    .is_some_and(|q| q.doc.fresh_from(0).next().is_none())
+                {
+                    self.repl
+                        .urgent
+                        .insert(crate::wire::DocKey::Request(key.0.clone()));
+                }
                 if self
                     .requests
                     .get(&key.0)
@@ -260,13 +281,53 @@ impl Node {
         }
     }
 
-    /// Asks this node's attempt to stop, recording `why` when it ends.
-    pub(super) fn stop_attempt(&mut self, key: &AttemptKey, why: (AttemptState, String)) {
-        if let Some(r) = self.running.get_mut(key)
-            && r.stopping.is_none()
-        {
-            r.stopping = Some(why);
+    /// Asks this node's attempt to stop, recording `why` when it ends; one
+    /// still waiting for a slot ends now.
+    pub(super) fn stop_attempt(&mut self, now: Now, key: &AttemptKey, why: (AttemptState, String)) {
+        let Some(r) = self.running.get_mut(key) else {
+            return;
+        };
+        if r.stopping.is_some() {
+            return;
+        }
+        r.stopping = Some(why);
+        if r.slot.is_some() {
             self.actions.push_back(super::Action::Stop(key.clone()));
+        } else {
+            self.ahead.retain(|k| k != key);
+            self.run_event(
+                now,
+                RunEvent::Finished {
+                    key: key.clone(),
+                    outcome: Outcome::default(),
+                },
+            );
+        }
+    }
+
+    /// Starts the attempts claimed ahead in the free slots, oldest first.
+    pub(super) fn start_ahead(&mut self) {
+        while !self.free_slots.is_empty() {
+            let Some(key) = self.ahead.pop_front() else {
+                return;
+            };
+            let Some(r) = self.running.get_mut(&key) else {
+                continue;
+            };
+            let (Some(mut job), Some(slot)) = (r.waiting.take(), self.free_slots.pop()) else {
+                continue;
+            };
+            r.slot = Some(slot);
+            job.slot = slot;
+            self.actions.push_back(super::Action::Start(job));
+        }
+    }
+
+    /// Hands back every attempt still waiting for a slot (the node takes no
+    /// runs now, or stops).
+    pub(super) fn release_ahead(&mut self, now: Now, why: &str) {
+        for key in std::mem::take(&mut self.ahead) {
+            self.stop_attempt(now, &key, (AttemptState::Yielded, why.to_string()));
         }
     }
 }

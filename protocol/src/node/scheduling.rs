@@ -40,13 +40,30 @@ impl Node {
     }
 
     /// Claims queued runs for the free slots (fair share between owners).
+    ///
+    /// Runs of a request whose runs are short (`claim_order::short_runs`)
+    /// are also claimed ahead: once the last run claimed ahead has started,
+    /// as many again as the node has slots, each started the moment a slot
+    /// frees. A node running runs of a few milliseconds then claims once
+    /// per few runs, not once per run: fewer urgent sync messages (see
+    /// `Replication::urgent`), fewer scans, and no slot waits for a pass.
     pub(super) fn schedule(&mut self, at: Now) {
-        if self.stopping.is_some() || self.paused.is_some() {
+        if self.stopping.is_some() {
             return;
         }
+        if self.paused.is_some() {
+            self.release_ahead(at, NOT_STARTED_PAUSED);
+            return;
+        }
+        self.start_ahead();
         let free = self.free_slots.len();
+        let room = if self.ahead.is_empty() {
+            self.ahead_room()
+        } else {
+            0
+        };
         let now = at.mono_ms;
-        if free == 0 || now < self.claims_paused_until {
+        if free + room == 0 || now < self.claims_paused_until {
             self.idle = free > 0;
             return;
         }
@@ -66,6 +83,15 @@ impl Node {
             }
             let spec = req.doc.spec();
             if !eligible(spec, &self.caps) {
+                continue;
+            }
+            let want = free
+                + if claims_ahead(req.last_run_ms, spec) {
+                    room
+                } else {
+                    0
+                };
+            if want == 0 {
                 continue;
             }
             if !spec.inputs.is_empty() {
@@ -119,7 +145,7 @@ impl Node {
             let found = blocks.first_queued(
                 req.doc.tried_from(start),
                 req.doc.fresh_from(start),
-                free,
+                want,
                 queued,
                 block_holder,
                 |n| !self.liveness.is_down(n),
@@ -138,10 +164,15 @@ impl Node {
         if let Some(at) = dealt_opens {
             self.next_tick = self.next_tick.min(at);
         }
-        for c in pick(cands, &in_progress, free) {
+        for c in pick(cands, &in_progress, free + room) {
             self.claim(c, at.wall_ms);
         }
         self.idle = !self.free_slots.is_empty();
+    }
+
+    /// How many runs the node claims ahead at once.
+    fn ahead_room(&self) -> usize {
+        (self.cfg.slots as usize * AHEAD_PER_SLOT).max(AHEAD_LEAST)
     }
 
     /// Whether to leave a request's runs to nodes that hold its shared files
@@ -192,9 +223,13 @@ impl Node {
     /// Takes a run: a GPU and a slot, the claim in the document, and a job
     /// for the driver.
     fn claim(&mut self, c: Candidate, wall: u64) {
+        let room = self.ahead_room();
         let Some(req) = self.requests.get_mut(&c.request) else {
             return;
         };
+        self.repl
+            .urgent
+            .insert(crate::wire::DocKey::Request(c.request.clone()));
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
         let need = &req.doc.spec().gpu;
         let gpus = if need.count > 0 {
@@ -214,14 +249,18 @@ impl Node {
         } else {
             Vec::new()
         };
-        let Some(slot) = self.free_slots.pop() else {
+        // A free slot, or a place among the runs claimed ahead.
+        let slot = self.free_slots.pop();
+        if slot.is_none()
+            && !(claims_ahead(req.last_run_ms, req.doc.spec()) && self.ahead.len() < room)
+        {
             self.gpu_pool.give_back(&key);
             return;
-        };
+        }
         let attempt = Attempt::claim(c.rank, c.epoch, self.cfg.node.clone(), wall);
         if let Err(e) = req.doc.put_attempt(&attempt) {
             tracing::error!("cannot record a claim: {e}");
-            self.free_slots.push(slot);
+            self.free_slots.extend(slot);
             self.gpu_pool.give_back(&key);
             return;
         }
@@ -242,7 +281,7 @@ impl Node {
             process: spec.process.clone(),
             world_size: spec.repetitions,
             parameters: spec.parameters.clone(),
-            slot,
+            slot: slot.unwrap_or_default(),
             inputs,
             restore,
             domain: spec.domain.clone(),
@@ -254,17 +293,43 @@ impl Node {
                 .min(self.live_n.max(self.repl.connected.len() + 1))
                 .saturating_sub(1),
         };
+        let job = Box::new(job);
+        let waiting = match slot {
+            Some(_) => {
+                self.actions.push_back(Action::Start(job));
+                None
+            }
+            None => {
+                self.ahead.push_back(key.clone());
+                Some(job)
+            }
+        };
         self.running.insert(
             key,
             Running {
                 attempt,
                 slot,
+                waiting,
                 owner: c.owner,
                 stopping: None,
                 unwritten: false,
                 progress_written: None,
             },
         );
-        self.actions.push_back(Action::Start(Box::new(job)));
     }
+}
+
+/// Runs claimed ahead per slot, and at least (see [`Node::schedule`]).
+const AHEAD_PER_SLOT: usize = 2;
+const AHEAD_LEAST: usize = 4;
+
+/// Why a run claimed ahead went back to the grid unstarted.
+const NOT_STARTED_PAUSED: &str =
+    "the node paused before a slot came free; the run goes on elsewhere";
+
+/// Whether runs of a request are claimed ahead of free slots: short ones
+/// (as this node last ran one), and never those that need GPUs (a device is
+/// taken at the claim).
+fn claims_ahead(last_run_ms: Option<u64>, spec: &RequestSpec) -> bool {
+    short_runs(last_run_ms) && spec.gpu.count == 0
 }

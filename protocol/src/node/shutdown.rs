@@ -53,6 +53,7 @@ impl Node {
             "stopping: ending {} run(s) here and handing them back to the grid",
             self.running.len()
         );
+        self.release_ahead(now, STOPPED_NODE);
         let keys: Vec<_> = self.running.keys().cloned().collect();
         for k in keys {
             if let Some(r) = self.running.get_mut(&k)

@@ -414,6 +414,16 @@ fn attempts(node: &Node, id: &str) -> Result<u64> {
                 r["rank"], r["attempts"], r["node"], r["started_ms"]
             );
         }
+        let field = |k: &'static str| runs.iter().filter_map(move |r| r[k].as_u64());
+        let (Some(first), Some(last)) = (field("started_ms").min(), field("finished_ms").max())
+        else {
+            return Ok(0);
+        };
+        eprintln!(
+            "first start → last finish {} ms; created {} ms before the first start",
+            last - first,
+            first.saturating_sub(v["created_ms"].as_u64().unwrap_or(first))
+        );
     }
     Ok(runs
         .iter()
