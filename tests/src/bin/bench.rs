@@ -431,6 +431,32 @@ fn attempts(node: &Node, id: &str) -> Result<u64> {
         .sum())
 }
 
+/// Where a W2 request's time went, per node: its first start and last
+/// finish after the request was made (`BENCH_DEBUG`).
+fn w2_timeline(node: &Node, id: &str, wall: std::time::Duration) -> Result<()> {
+    let v: serde_json::Value = node.http().get(&format!("/requests/{id}")).send()?.json()?;
+    let created = v["created_ms"].as_u64().unwrap_or(0);
+    let mut per: std::collections::BTreeMap<String, (u64, u64, u32)> = Default::default();
+    for r in v["runs"].as_array().context("runs")? {
+        let n = r["node"].as_str().unwrap_or("?");
+        let e = per
+            .entry(n.chars().rev().take(6).collect())
+            .or_insert((u64::MAX, 0, 0));
+        e.0 = e.0.min(r["started_ms"].as_u64().unwrap_or(u64::MAX));
+        e.1 = e.1.max(r["finished_ms"].as_u64().unwrap_or(0));
+        e.2 += 1;
+    }
+    for (n, (first, last, runs)) in per {
+        eprintln!(
+            "W2 node …{n}: {runs} runs, first start +{} ms, last finish +{} ms",
+            first.saturating_sub(created),
+            last.saturating_sub(created)
+        );
+    }
+    eprintln!("W2 wall {} ms", wall.as_millis());
+    Ok(())
+}
+
 /// W1 on 4 nodes × 2 slots beside W1 on one node × 8 slots, timed in
 /// turn: the grid's dispatch throughput against the single node's.
 fn grid_w1(
@@ -536,6 +562,9 @@ fn grid(repeat: usize, write: bool) -> Result<()> {
         walls.push(t0.elapsed().as_secs_f64());
         if v["state"] != "succeeded" {
             bail!("W2 ended {}: {v}", v["state"]);
+        }
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            w2_timeline(&g.nodes[0], v["id"].as_str().unwrap_or_default(), t0.elapsed())?;
         }
     }
     let busy = (total_traffic(&g.nodes)? - busy0) as f64 / busy_t0.elapsed().as_secs_f64() / 4.0;
