@@ -278,6 +278,35 @@ fn runs_claimed_ahead_end_at_once_when_cancelled_or_handed_back() {
 }
 
 #[test]
+fn a_slot_takes_its_next_run_while_the_last_ones_results_are_copied() {
+    let mut h = Harness::new(11, Harness::fixed(300));
+    h.set_copy_ms(200);
+    let n = grid(&mut h, 2, 1);
+    h.run_for(5_000);
+    let id = h.submit(&n[0], "ana", 8);
+    assert!(h.run_until_true(20_000, |h| settled_everywhere(h, &id)));
+    assert!(
+        h.observed.over_slots.is_empty(),
+        "{:?}",
+        h.observed.over_slots
+    );
+    let runs = info(&h, &n[0], &id).unwrap().runs.unwrap();
+    assert!(runs.iter().all(|r| r.state == RunState::Succeeded));
+    // On a node of one slot, a run started before the one before it ended
+    // (its results still being copied).
+    let overlapped = n.iter().any(|x| {
+        let mut spans: Vec<(u64, u64)> = runs
+            .iter()
+            .filter(|r| r.node.as_ref() == Some(x))
+            .map(|r| (r.started_ms.unwrap(), r.finished_ms.unwrap()))
+            .collect();
+        spans.sort_unstable();
+        spans.windows(2).any(|w| w[1].0 < w[0].1)
+    });
+    assert!(overlapped, "{runs:?}");
+}
+
+#[test]
 fn a_stopping_node_hands_its_runs_back_before_any_lease_runs_out() {
     let mut h = Harness::new(7, Harness::fixed(3_000));
     h.set_lease_ttl(60_000);

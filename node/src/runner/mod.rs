@@ -337,6 +337,13 @@ async fn attempt(
     .await
     .context("storing the results")?;
     let (refused, output, stdout, stderr) = stored;
+    // The slot's workspace is done with: the next run may have it while
+    // other nodes fetch the results.
+    let _ = events
+        .send(RunnerEvent::Released {
+            key: job.key.clone(),
+        })
+        .await;
     let mut replicas = vec![job.node.clone()];
     if run.is_ok() && !*stop.borrow() {
         // Done only once other nodes keep the results too.

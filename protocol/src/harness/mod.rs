@@ -49,6 +49,8 @@ struct Host {
     store: MemStore,
     /// Attempts its programs run now.
     running: BTreeSet<AttemptKey>,
+    /// Attempts whose programs ended, while their results are copied.
+    copying: BTreeSet<AttemptKey>,
     /// The node's sync links, as it last said.
     links: BTreeSet<NodeId>,
     /// Nodes it joined through (kept connected, like a join token's peer).
@@ -136,6 +138,9 @@ pub struct Harness {
     /// Whether nodes publish their read models after each batch, as the
     /// driver does (see [`Harness::skip_read_models`]).
     publish_reads: bool,
+    /// How long copying a run's results to other nodes takes, once its
+    /// program ended (0: the attempt ends with its program).
+    copy_ms: u64,
     pub observed: Observed,
 }
 
@@ -156,8 +161,16 @@ impl Harness {
             topology_changed: true,
             pending: BTreeSet::new(),
             publish_reads: true,
+            copy_ms: 0,
             observed: Observed::default(),
         }
+    }
+
+    /// Copying a run's results to other nodes takes `ms` after its
+    /// program ends (the slot is free meanwhile, as on a real node); nodes
+    /// added from now on keep two copies of results.
+    pub fn set_copy_ms(&mut self, ms: u64) {
+        self.copy_ms = ms;
     }
 
     /// Nodes no longer publish read models ([`Harness::reads`] stays
@@ -212,7 +225,8 @@ impl Harness {
             slots,
             lease_ttl_ms: self.lease_ttl_ms,
             grid_id: self.grid.clone(),
-            replication: 1,
+            // Results copied to one more node only when copying is modelled.
+            replication: if self.copy_ms > 0 { 2 } else { 1 },
             evict_blobs: false,
             policy: Policy {
                 cpu_percent_limit: 100,
@@ -238,6 +252,7 @@ impl Harness {
                 reads: ReadModel::default(),
                 store: MemStore::default(),
                 running: BTreeSet::new(),
+                copying: BTreeSet::new(),
                 links: BTreeSet::new(),
                 boot,
                 connected: BTreeSet::new(),
@@ -274,6 +289,7 @@ impl Harness {
         if let Some(h) = self.hosts.get_mut(id) {
             h.node = None;
             h.running.clear();
+            h.copying.clear();
             h.links.clear();
             h.life += 1;
             self.topology_changed = true;
@@ -653,11 +669,20 @@ impl Harness {
                 let Some(h) = self.hosts.get_mut(&node) else {
                     return;
                 };
-                if let RunEvent::Finished { key, .. } = &ev
-                    && !h.running.remove(key)
-                {
-                    // Stopped already: its first end was reported.
-                    return;
+                match &ev {
+                    RunEvent::Finished { key, .. }
+                        if !h.running.remove(key) && !h.copying.remove(key) =>
+                    {
+                        // Stopped already: its first end was reported.
+                        return;
+                    }
+                    RunEvent::Released { key } => {
+                        if !h.running.remove(key) {
+                            return;
+                        }
+                        h.copying.insert(key.clone());
+                    }
+                    _ => {}
                 }
                 if let Some(n) = h.node.as_mut() {
                     n.run_event(now, ev);
@@ -696,8 +721,22 @@ impl Harness {
                     },
                 );
                 let out = BlobHash::of(format!("{key:?} on {id}").as_bytes());
+                // With copies to make, the slot is given back when the
+                // program ends, and the attempt ends once they are made.
+                let mut end = self.now + ms.max(2);
+                if self.copy_ms > 0 && job.copies > 0 {
+                    self.schedule(
+                        end,
+                        Event::Run {
+                            node: id.clone(),
+                            life,
+                            ev: RunEvent::Released { key: key.clone() },
+                        },
+                    );
+                    end += self.copy_ms;
+                }
                 self.schedule(
-                    self.now + ms.max(2),
+                    end,
                     Event::Run {
                         node: id.clone(),
                         life,
@@ -786,6 +825,7 @@ impl Harness {
                 if let Some(h) = self.hosts.get_mut(id) {
                     h.node = None;
                     h.running.clear();
+                    h.copying.clear();
                     h.links.clear();
                     h.life += 1;
                     self.topology_changed = true;

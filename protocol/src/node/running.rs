@@ -28,6 +28,8 @@ pub(super) struct Running {
     pub(super) slot: Option<usize>,
     /// The runner's job, kept here until a slot is free for it.
     pub(super) waiting: Option<Box<Job>>,
+    /// It ran, and gave its slot back while its results are copied.
+    pub(super) released: bool,
     pub(super) owner: String,
     /// Why we asked it to stop, if we did: the state to record and why.
     pub(super) stopping: Option<(AttemptState, String)>,
@@ -99,6 +101,11 @@ pub enum RunEvent {
     Started {
         key: AttemptKey,
     },
+    /// The program ended and its results are stored here: its slot is
+    /// free for the next run while other nodes are asked to keep copies.
+    Released {
+        key: AttemptKey,
+    },
     /// A snapshot of the run's `checkpoint/`, kept by `holders`.
     Checkpoint {
         key: AttemptKey,
@@ -115,7 +122,10 @@ impl Node {
     /// A runner's report.
     pub fn run_event(&mut self, now: Now, ev: RunEvent) {
         // A finished run frees a slot; a held blob may end a wait for inputs.
-        if matches!(ev, RunEvent::Finished { .. } | RunEvent::Holding { .. }) {
+        if matches!(
+            ev,
+            RunEvent::Finished { .. } | RunEvent::Released { .. } | RunEvent::Holding { .. }
+        ) {
             self.rescan = true;
         }
         match ev {
@@ -175,6 +185,14 @@ impl Node {
                 // first: one document write instead of two for short runs.
                 r.unwritten = true;
             }
+            RunEvent::Released { key } => {
+                if let Some(r) = self.running.get_mut(&key)
+                    && let Some(slot) = r.slot.take()
+                {
+                    r.released = true;
+                    self.free_slots.push(slot);
+                }
+            }
             RunEvent::Finished { key, outcome } => {
                 // Ended while its image was still being built: the build failed.
                 self.set_build(&key, |s| {
@@ -187,7 +205,7 @@ impl Node {
                     self.free_slots.push(slot);
                 }
                 self.gpu_pool.give_back(&key);
-                let ran = r.slot.is_some();
+                let ran = r.slot.is_some() || r.released;
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping, now.wall_ms);
                 if let (true, Some(q), Some(start), Some(end)) = (
@@ -291,7 +309,7 @@ impl Node {
             return;
         }
         r.stopping = Some(why);
-        if r.slot.is_some() {
+        if r.slot.is_some() || r.released {
             self.actions.push_back(super::Action::Stop(key.clone()));
         } else {
             self.ahead.retain(|k| k != key);

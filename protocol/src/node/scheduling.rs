@@ -310,6 +310,7 @@ impl Node {
                 attempt,
                 slot,
                 waiting,
+                released: false,
                 owner: c.owner,
                 stopping: None,
                 unwritten: false,

@@ -564,7 +564,11 @@ fn grid(repeat: usize, write: bool) -> Result<()> {
             bail!("W2 ended {}: {v}", v["state"]);
         }
         if std::env::var_os("BENCH_DEBUG").is_some() {
-            w2_timeline(&g.nodes[0], v["id"].as_str().unwrap_or_default(), t0.elapsed())?;
+            w2_timeline(
+                &g.nodes[0],
+                v["id"].as_str().unwrap_or_default(),
+                t0.elapsed(),
+            )?;
         }
     }
     let busy = (total_traffic(&g.nodes)? - busy0) as f64 / busy_t0.elapsed().as_secs_f64() / 4.0;
