@@ -247,6 +247,34 @@ fn short_runs_are_claimed_ahead_and_each_starts_as_a_slot_frees() {
 }
 
 #[test]
+fn the_start_of_a_short_run_is_not_written_unless_it_runs_on() {
+    // How many runs the request's document ever shows running.
+    let seen_running = |ms: u64| {
+        let mut h = Harness::new(12, Harness::fixed(ms));
+        let n = grid(&mut h, 1, 1);
+        let id = h.submit(&n[0], "ana", 20);
+        let mut seen = std::collections::BTreeSet::new();
+        // Looked at every millisecond.
+        for _ in 0..60_000 {
+            if settled_everywhere(&h, &id) {
+                return seen.len();
+            }
+            for (rank, (s, ..)) in outcome(&h, &n[0], &id).into_iter().enumerate() {
+                if s == RunState::Running {
+                    seen.insert(rank);
+                }
+            }
+            h.run_for(1);
+        }
+        panic!("the request did not end");
+    };
+    // 30 ms runs: only the first (the node does not know them short yet).
+    assert!(seen_running(30) <= 1, "{}", seen_running(30));
+    // 500 ms runs: each is written running.
+    assert!(seen_running(500) >= 5, "{}", seen_running(500));
+}
+
+#[test]
 fn runs_claimed_ahead_end_at_once_when_cancelled_or_handed_back() {
     // Cancelled: nothing claimed ahead stays claimed.
     let mut h = Harness::new(9, Harness::fixed(5));

@@ -7,6 +7,7 @@ use crate::{BlobHash, NodeId, RequestId};
 
 use super::action::Job;
 use super::{AttemptKey, MAX_BUILDS_SHOWN, Node, Now};
+use crate::claim_order::{SHORT_RUN_MS, short_runs};
 
 /// Progress reports go into the documents at most this often per run.
 const PROGRESS_EVERY_MS: u64 = 5_000;
@@ -30,6 +31,10 @@ pub(super) struct Running {
     pub(super) waiting: Option<Box<Job>>,
     /// It ran, and gave its slot back while its results are copied.
     pub(super) released: bool,
+    /// Its start is not in the document yet: a short run's start is
+    /// written only if it is still running [`SHORT_RUN_MS`] later (monotonic
+    /// ms of the start).
+    pub(super) start_unwritten: Option<u64>,
     pub(super) owner: String,
     /// Why we asked it to stop, if we did: the state to record and why.
     pub(super) stopping: Option<(AttemptState, String)>,
@@ -182,8 +187,19 @@ impl Node {
                 r.attempt.started_ms = Some(now.wall_ms);
                 r.attempt.reason = None;
                 // Written at the end of the batch, unless the run finishes
-                // first: one document write instead of two for short runs.
-                r.unwritten = true;
+                // first: one document write instead of two. A run of a
+                // request whose runs are short waits longer: most end before
+                // anyone needs to read that they started, and every node
+                // merges each write.
+                let short = self
+                    .requests
+                    .get(&key.0)
+                    .is_some_and(|q| short_runs(q.last_run_ms));
+                match self.running.get_mut(&key) {
+                    Some(r) if short => r.start_unwritten = Some(now.mono_ms),
+                    Some(r) => r.unwritten = true,
+                    None => {}
+                }
             }
             RunEvent::Released { key } => {
                 if let Some(r) = self.running.get_mut(&key)
@@ -242,12 +258,17 @@ impl Node {
     }
 
     /// Writes the running attempts' pending changes into their documents.
-    pub(super) fn flush_running(&mut self, _now: Now) {
+    pub(super) fn flush_running(&mut self, now: Now) {
         let pending: Vec<(RequestId, Attempt)> = self
             .running
             .iter_mut()
-            .filter(|(_, r)| r.unwritten)
+            .filter(|(_, r)| {
+                r.unwritten
+                    || r.start_unwritten
+                        .is_some_and(|t| now.mono_ms >= t + SHORT_RUN_MS)
+            })
             .map(|(k, r)| {
+                r.start_unwritten = None;
                 r.unwritten = false;
                 (k.0.clone(), r.attempt.clone())
             })

@@ -311,6 +311,7 @@ impl Node {
                 slot,
                 waiting,
                 released: false,
+                start_unwritten: None,
                 owner: c.owner,
                 stopping: None,
                 unwritten: false,
