@@ -155,6 +155,12 @@ pub struct Blocks<'a> {
     /// Untouched blocks dealt to other live members may be taken
     /// ([`past_dealt_grace`]); before, they are left to them.
     pub dealt_open: bool,
+    /// How many more ranks than asked to take, to claim ahead of free
+    /// slots: only from blocks of this node's own share that it holds,
+    /// where no other node claims (a block's first claim, a helper's, or
+    /// one in a block dealt to another, races others, and a race lost
+    /// there would cost every run claimed with it).
+    pub ahead: usize,
     /// The request's hash, which every dealing starts from (hashed once:
     /// the end of a large request asks for it per rank).
     request_hash: u64,
@@ -184,6 +190,7 @@ impl<'a> Blocks<'a> {
             request_hash: hash64(request.as_str()),
             short_runs: false,
             dealt_open: true,
+            ahead: 0,
         }
     }
 
@@ -297,7 +304,8 @@ impl<'a> Blocks<'a> {
     /// order), and only then from blocks another node holds (those with most
     /// left first), each from its end. In a block it holds, ranks dealt to a
     /// node helping there come last of all (see [`Blocks::left_to_helper`]):
-    /// holder and helper do not meet on the same rank.
+    /// holder and helper do not meet on the same rank. Past `want`, up to
+    /// [`Blocks::ahead`] more are kept, from blocks this node holds only.
     pub fn first_queued(
         &self,
         tried: impl IntoIterator<Item = u32>,
@@ -308,17 +316,22 @@ impl<'a> Blocks<'a> {
         alive: impl Fn(&NodeId) -> bool,
     ) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        if want == 0 {
+        let cap = want + self.ahead;
+        if cap == 0 {
             return out;
         }
-        let mut take = |rank: u32, out: &mut Vec<(u32, u32)>| {
-            if let Some(epoch) = queued(rank) {
+        // `mine`: the rank is in a block this node holds, and not left to a
+        // helper there (the only ranks claimed ahead).
+        let mut take = |rank: u32, mine: bool, out: &mut Vec<(u32, u32)>| {
+            if (out.len() < want || mine)
+                && let Some(epoch) = queued(rank)
+            {
                 out.push((rank, epoch));
             }
-            out.len() == want
+            out.len() == cap
         };
         for rank in tried {
-            if take(rank, &mut out) {
+            if take(rank, false, &mut out) {
                 return out;
             }
         }
@@ -335,7 +348,7 @@ impl<'a> Blocks<'a> {
             let view = held.entry(first).or_insert_with(|| holder(first));
             let list = match view.holder {
                 Holder::Nobody if self.dealt_to_me(first) => {
-                    if take(rank, &mut out) {
+                    if take(rank, false, &mut out) {
                         return out;
                     }
                     continue;
@@ -345,7 +358,9 @@ impl<'a> Blocks<'a> {
                         deferred.push(rank);
                         continue;
                     }
-                    if take(rank, &mut out) {
+                    // Ahead only in its own share: a block dealt to another
+                    // may be held, in their replicas, by that node too.
+                    if take(rank, self.dealt_to_me(first), &mut out) {
                         return out;
                     }
                     continue;
@@ -373,7 +388,7 @@ impl<'a> Blocks<'a> {
         untouched.sort_by_cached_key(|(b, _)| self.preference(*b));
         for (_, ranks) in untouched {
             for rank in ranks {
-                if take(rank, &mut out) {
+                if take(rank, false, &mut out) {
                     return out;
                 }
             }
@@ -386,7 +401,7 @@ impl<'a> Blocks<'a> {
             .sort_by_cached_key(|(b, ranks)| (std::cmp::Reverse(ranks.len()), self.preference(*b)));
         for (_, ranks) in &others {
             for &rank in ranks.iter().rev() {
-                if self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
+                if self.rank_dealt_to_me(rank, &alive) && take(rank, false, &mut out) {
                     return out;
                 }
             }
@@ -400,13 +415,13 @@ impl<'a> Blocks<'a> {
         }
         for (_, ranks) in others {
             for rank in ranks.into_iter().rev() {
-                if !self.rank_dealt_to_me(rank, &alive) && take(rank, &mut out) {
+                if !self.rank_dealt_to_me(rank, &alive) && take(rank, false, &mut out) {
                     return out;
                 }
             }
         }
         for rank in deferred {
-            if take(rank, &mut out) {
+            if take(rank, false, &mut out) {
                 return out;
             }
         }
@@ -665,6 +680,21 @@ mod tests {
         assert_eq!(take(&waiting, false), vec![(0, 0)], "its member is down");
         assert_eq!(take(&other, true), vec![(0, 0)], "past the grace");
         assert!(!past_dealt_grace(DEALT_GRACE_MS - 1) && past_dealt_grace(DEALT_GRACE_MS));
+    }
+
+    #[test]
+    fn ranks_claimed_ahead_come_only_from_blocks_this_node_holds() {
+        let (members, r) = ids();
+        let mut b = blocks(&members, &r);
+        b.ahead = 3;
+        // One for a free slot, from anywhere in scan order (here an
+        // untouched block of its own); three ahead, all from block 10..15.
+        let got = pick(&b, 1, 0);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[1..].iter().all(|r| (10..15).contains(r)), "{got:?}");
+        // Nothing free: only ranks ahead, still only from the held block.
+        let got = pick(&b, 0, 0);
+        assert_eq!(got, vec![10, 11, 12], "{got:?}");
     }
 
     #[test]

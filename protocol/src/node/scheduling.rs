@@ -85,13 +85,12 @@ impl Node {
             if !eligible(spec, &self.caps) {
                 continue;
             }
-            let want = free
-                + if claims_ahead(req.last_run_ms, spec) {
-                    room
-                } else {
-                    0
-                };
-            if want == 0 {
+            let ahead = if claims_ahead(req.last_run_ms, spec) {
+                room
+            } else {
+                0
+            };
+            if free + ahead == 0 {
                 continue;
             }
             if !spec.inputs.is_empty() {
@@ -110,6 +109,7 @@ impl Node {
             };
             let mut blocks = Blocks::new(me, id, spec.repetitions, members);
             blocks.short_runs = short_runs(req.last_run_ms);
+            blocks.ahead = ahead;
             blocks.dealt_open = past_dealt_grace(now.saturating_sub(req.seen_ms));
             if !blocks.dealt_open {
                 let at = req.seen_ms.saturating_add(DEALT_GRACE_MS);
@@ -145,7 +145,7 @@ impl Node {
             let found = blocks.first_queued(
                 req.doc.tried_from(start),
                 req.doc.fresh_from(start),
-                want,
+                free,
                 queued,
                 block_holder,
                 |n| !self.liveness.is_down(n),
