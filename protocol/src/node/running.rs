@@ -27,10 +27,10 @@ pub(super) struct Running {
     /// The slot it runs in; `None` while it waits for one (claimed ahead,
     /// see `Node::schedule`).
     pub(super) slot: Option<usize>,
-    /// The runner's job, kept here until a slot is free for it.
+    /// The runner's job, kept here until a slot is free for it (with no
+    /// slot and no job waiting, it ran and gave its slot back while its
+    /// results are copied).
     pub(super) waiting: Option<Box<Job>>,
-    /// It ran, and gave its slot back while its results are copied.
-    pub(super) released: bool,
     /// Its start is not in the document yet: a short run's start is
     /// written only if it is still running [`SHORT_RUN_MS`] later (monotonic
     /// ms of the start).
@@ -202,10 +202,7 @@ impl Node {
                 }
             }
             RunEvent::Released { key } => {
-                if let Some(r) = self.running.get_mut(&key)
-                    && let Some(slot) = r.slot.take()
-                {
-                    r.released = true;
+                if let Some(slot) = self.running.get_mut(&key).and_then(|r| r.slot.take()) {
                     self.free_slots.push(slot);
                 }
             }
@@ -221,7 +218,7 @@ impl Node {
                     self.free_slots.push(slot);
                 }
                 self.gpu_pool.give_back(&key);
-                let ran = r.slot.is_some() || r.released;
+                let ran = r.waiting.is_none();
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping, now.wall_ms);
                 if let (true, Some(q), Some(start), Some(end)) = (
@@ -330,7 +327,7 @@ impl Node {
             return;
         }
         r.stopping = Some(why);
-        if r.slot.is_some() || r.released {
+        if r.waiting.is_none() {
             self.actions.push_back(super::Action::Stop(key.clone()));
         } else {
             self.ahead.retain(|k| k != key);
@@ -353,8 +350,11 @@ impl Node {
             let Some(r) = self.running.get_mut(&key) else {
                 continue;
             };
-            let (Some(mut job), Some(slot)) = (r.waiting.take(), self.free_slots.pop()) else {
+            let Some(mut job) = r.waiting.take() else {
                 continue;
+            };
+            let Some(slot) = self.free_slots.pop() else {
+                return;
             };
             r.slot = Some(slot);
             job.slot = slot;

@@ -227,9 +227,6 @@ impl Node {
         let Some(req) = self.requests.get_mut(&c.request) else {
             return;
         };
-        self.repl
-            .urgent
-            .insert(crate::wire::DocKey::Request(c.request.clone()));
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
         let need = &req.doc.spec().gpu;
         let gpus = if need.count > 0 {
@@ -265,6 +262,10 @@ impl Node {
             return;
         }
         req.dirty = true;
+        // Others must see it before they claim the same run.
+        self.repl
+            .urgent
+            .insert(crate::wire::DocKey::Request(c.request.clone()));
         let spec = req.doc.spec();
         let inputs = spec
             .inputs
@@ -310,7 +311,6 @@ impl Node {
                 attempt,
                 slot,
                 waiting,
-                released: false,
                 start_unwritten: None,
                 owner: c.owner,
                 stopping: None,
