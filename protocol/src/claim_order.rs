@@ -61,6 +61,8 @@ pub struct BlockView {
     /// Nodes other than this one with an attempt in the block (filled only
     /// when this node holds it).
     pub helpers: Vec<NodeId>,
+    /// The node holding it, when another does (`None` when unknown).
+    pub by: Option<NodeId>,
 }
 
 impl BlockView {
@@ -69,6 +71,7 @@ impl BlockView {
         BlockView {
             holder,
             helpers: Vec::new(),
+            by: None,
         }
     }
 }
@@ -88,7 +91,12 @@ pub fn holder<'a>(
         if view.holder == Holder::Nobody {
             match first_claim(request, &list) {
                 Some(a) if &a.node == me => view.holder = Holder::Me,
-                Some(_) => return BlockView::held_by(Holder::Other),
+                Some(a) => {
+                    return BlockView {
+                        by: Some(a.node.clone()),
+                        ..BlockView::held_by(Holder::Other)
+                    };
+                }
                 None => continue,
             }
         }
@@ -115,6 +123,15 @@ pub const HELP_CHOICES: usize = 64;
 /// short: a holder's last ranks cost it little to run itself, and a helper
 /// that takes them from the block's end would meet the holder there.
 pub const SHORT_RUN_MS: u64 = 100;
+
+/// How many of the lowest queued ranks of a block another live node holds
+/// a helper leaves to it when the runs are short: the holder sweeps up
+/// through them faster than the helper's claims would reach it (a sync round
+/// is tens of short runs), so a helper there would only run them twice.
+/// When shares end at once, a node whose share is done waits for the last
+/// ranks of the others' instead, which their holders finish in a few
+/// milliseconds.
+pub const SHORT_HELP_LEAD: usize = 16;
 
 /// Whether a request's runs are short, from how long this node's last run
 /// of it took (`None`: none finished here yet, so not known short).
@@ -311,7 +328,7 @@ impl<'a> Blocks<'a> {
         tried: impl IntoIterator<Item = u32>,
         fresh: impl IntoIterator<Item = u32>,
         want: usize,
-        mut queued: impl FnMut(u32) -> Option<u32>,
+        queued: impl FnMut(u32) -> Option<u32>,
         mut holder: impl FnMut(u32) -> BlockView,
         alive: impl Fn(&NodeId) -> bool,
     ) -> Vec<(u32, u32)> {
@@ -322,9 +339,10 @@ impl<'a> Blocks<'a> {
         }
         // `mine`: the rank is in a block this node holds, and not left to a
         // helper there (the only ranks claimed ahead).
-        let mut take = |rank: u32, mine: bool, out: &mut Vec<(u32, u32)>| {
+        let queued = std::cell::RefCell::new(queued);
+        let take = |rank: u32, mine: bool, out: &mut Vec<(u32, u32)>| {
             if (out.len() < want || mine)
-                && let Some(epoch) = queued(rank)
+                && let Some(epoch) = (queued.borrow_mut())(rank)
             {
                 out.push((rank, epoch));
             }
@@ -343,6 +361,9 @@ impl<'a> Blocks<'a> {
         let mut held: BTreeMap<u32, BlockView> = BTreeMap::new();
         // Ranks of this node's blocks left to their helpers for now.
         let mut deferred: Vec<u32> = Vec::new();
+        // Blocks of short runs held by another live node: their lowest
+        // queued ranks are left to it (`SHORT_HELP_LEAD`).
+        let mut led: Vec<u32> = Vec::new();
         for rank in fresh {
             let first = block_start(rank, len);
             let view = held.entry(first).or_insert_with(|| holder(first));
@@ -378,7 +399,15 @@ impl<'a> Blocks<'a> {
                 // Enough to help in: the scan of a large request's every
                 // fresh rank on each free slot stops here.
                 Holder::Other if opens_past(&others, first, HELP_CHOICES) => break,
-                Holder::Other => &mut others,
+                Holder::Other => {
+                    if self.short_runs
+                        && view.by.as_ref().is_some_and(&alive)
+                        && !led.contains(&first)
+                    {
+                        led.push(first);
+                    }
+                    &mut others
+                }
             };
             match list.last_mut() {
                 Some((b, ranks)) if *b == first => ranks.push(rank),
@@ -397,6 +426,15 @@ impl<'a> Blocks<'a> {
         // ranks dealt to this node, in the blocks with the most ranks left
         // first: their holders are far from the end, and have seen this
         // node's claims there before they come near them.
+        for (_, ranks) in others.iter_mut().filter(|(b, _)| led.contains(b)) {
+            ranks.sort_unstable();
+            let mut lead = SHORT_HELP_LEAD;
+            ranks.retain(|&r| {
+                let left = lead > 0 && (queued.borrow_mut())(r).is_some();
+                lead -= usize::from(left);
+                !left
+            });
+        }
         others
             .sort_by_cached_key(|(b, ranks)| (std::cmp::Reverse(ranks.len()), self.preference(*b)));
         for (_, ranks) in &others {
@@ -566,12 +604,58 @@ mod tests {
         assert!(got.iter().all(|&r| b.rank_dealt_to_me(r, &|_| true)));
     }
 
+    /// A block of short runs held by a live node: helpers leave its lowest
+    /// queued ranks to it, which it sweeps up through before their claims
+    /// could reach it; held by a node that is down, nothing is left.
+    #[test]
+    fn helpers_leave_the_lowest_queued_short_runs_to_a_live_holder() {
+        let (members, r) = ids();
+        let mut b = Blocks::new(&members[0], &r, 40, &members);
+        b.len = 40;
+        b.short_runs = true;
+        let run = |alive: bool| -> Vec<u32> {
+            b.first_queued(
+                Vec::new(),
+                0..40,
+                40,
+                // The holder has run ranks 0..4.
+                |r| (r >= 4).then_some(0),
+                |_| BlockView {
+                    by: Some(members[1].clone()),
+                    ..BlockView::held_by(Holder::Other)
+                },
+                |n| alive || n != &members[1],
+            )
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+        };
+        let got = run(true);
+        assert!(!got.is_empty());
+        assert!(
+            got.iter().all(|&r| r >= 4 + SHORT_HELP_LEAD as u32),
+            "{got:?}"
+        );
+        assert!(
+            run(false).contains(&4),
+            "a holder that is down leaves it all"
+        );
+    }
+
     #[test]
     fn a_holder_leaves_a_helper_its_dealt_ranks_until_nothing_else_is_left() {
         let (members, r) = ids();
-        let mut b = Blocks::new(&members[0], &r, 10, &members);
+        // The holder is the member the block is dealt to (its own share).
+        let me = (0..2)
+            .find(|&i| {
+                let mut b = Blocks::new(&members[i], &r, 10, &members);
+                b.len = 10;
+                b.dealt_to_me(0)
+            })
+            .expect("the block is dealt to a member");
+        let mut b = Blocks::new(&members[me], &r, 10, &members);
         b.len = 10;
-        let helper = members[1].clone();
+        let helper = members[1 - me].clone();
         let run = |helpers: Vec<NodeId>, want: usize| -> Vec<u32> {
             b.first_queued(
                 Vec::new(),
@@ -581,6 +665,7 @@ mod tests {
                 |_| BlockView {
                     holder: Holder::Me,
                     helpers: helpers.clone(),
+                    by: None,
                 },
                 |_| true,
             )
@@ -614,7 +699,13 @@ mod tests {
         assert_eq!(mine.holder, Holder::Me);
         assert_eq!(mine.helpers, vec![members[1].clone()]);
         let theirs = holder(&members[1], &r, 0..10, attempts);
-        assert_eq!(theirs, BlockView::held_by(Holder::Other));
+        assert_eq!(
+            theirs,
+            BlockView {
+                by: Some(members[0].clone()),
+                ..BlockView::held_by(Holder::Other)
+            }
+        );
     }
 
     #[test]
