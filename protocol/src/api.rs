@@ -151,6 +151,16 @@ pub struct RequestInfo {
     pub repetitions: u32,
     pub parameters: Vec<String>,
     pub created_ms: u64,
+    /// Every rank runs at once and finds rank 0 (a gang).
+    #[serde(default)]
+    pub parallel: bool,
+    /// A parallel request's ranks all on one node.
+    #[serde(default)]
+    pub same_node: bool,
+    /// A parallel request's gang in plain words ("waiting for 2 more
+    /// slots", "starting on A, B", "running on A, B, C").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<String>,
     pub counts: RunCounts,
     /// Why its queued runs wait, in plain words (while some do).
     #[serde(default)]

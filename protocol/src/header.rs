@@ -17,6 +17,11 @@ pub struct RunContext {
     pub world_size: u32,
     pub master_addr: String,
     pub master_port: u16,
+    /// The rank among the ranks on its node, and how many there are
+    /// (torchrun's `LOCAL_RANK`, `LOCAL_WORLD_SIZE`): 0 and 1 but for a
+    /// parallel request with several ranks on one node.
+    pub local_rank: u32,
+    pub local_world_size: u32,
     pub parameters: Vec<String>,
     pub request_id: String,
     pub attempt: u32,
@@ -70,8 +75,8 @@ pub fn header_env(ctx: &RunContext) -> Vec<(String, String)> {
         ),
         kv("RANK", ctx.rank.to_string()),
         kv("WORLD_SIZE", ctx.world_size.to_string()),
-        // Every rank is alone on its node unless the request is a gang on one node.
-        kv("LOCAL_RANK", "0".to_string()),
+        kv("LOCAL_RANK", ctx.local_rank.to_string()),
+        kv("LOCAL_WORLD_SIZE", ctx.local_world_size.to_string()),
         kv("MASTER_ADDR", ctx.master_addr.clone()),
         kv("MASTER_PORT", ctx.master_port.to_string()),
     ]
@@ -90,6 +95,8 @@ mod tests {
             world_size: 10,
             master_addr: "127.0.0.1".into(),
             master_port: 29500,
+            local_rank: 0,
+            local_world_size: 1,
             parameters: vec!["alpha".into(), "0.5".into()],
             request_id: "00112233445566ff".into(),
             attempt: 1,

@@ -16,6 +16,7 @@ pub mod doc;
 pub mod domain;
 pub mod error;
 pub mod fuzzing;
+pub mod gang;
 pub mod harness;
 pub mod header;
 pub mod ids;

@@ -395,10 +395,11 @@ pub struct RequestSpec {
     pub inputs: Vec<SharedFile>,
     #[serde(default)]
     pub gpu: GpuNeeds,
-    /// Gang scheduling: all ranks start together (a later issue).
+    /// Gang scheduling: all ranks start together and find rank 0 (see
+    /// [`crate::gang`]).
     #[serde(default)]
     pub parallel: bool,
-    /// All ranks on one node (a later issue).
+    /// A parallel request's ranks all on one node.
     #[serde(default)]
     pub same_node: bool,
     /// Extra attempts after the program exits non-zero.
@@ -424,6 +425,18 @@ impl RequestSpec {
                 "repetitions must be at most {MAX_REPETITIONS} (got {})",
                 self.repetitions
             )));
+        }
+        if self.parallel && self.repetitions > crate::gang::MAX_GANG {
+            return Err(Error::invalid(format!(
+                "a parallel request has at most {} ranks (got {})",
+                crate::gang::MAX_GANG,
+                self.repetitions
+            )));
+        }
+        if self.same_node && !self.parallel {
+            return Err(Error::invalid(
+                "same-node is for parallel requests: ask for parallel too",
+            ));
         }
         if self.parameters.len() > MAX_PARAMETERS {
             return Err(Error::invalid(format!(

@@ -175,6 +175,9 @@ pub enum Abandon {
     Cancelled,
     /// The run was reassigned in a later epoch (our lease was presumed dead).
     Reassigned,
+    /// A parallel request's round stopped (another rank ended without
+    /// success, or its node went away): every rank starts again together.
+    GangStopped,
 }
 
 /// Decides whether `mine` (a non-terminal attempt of this node) should stop,

@@ -521,6 +521,11 @@ impl Executor for DockerExecutor {
             host_config: Some({
                 let mut h = self.host_config(&job.app_dir, memory_mb, cpus);
                 h.device_requests = device_requests(&job.gpus);
+                // A parallel request's ranks reach each other's nodes, and
+                // rank 0 listens on its node's port: the host's network.
+                if job.network {
+                    h.network_mode = Some("host".into());
+                }
                 if let Some(b) = h.binds.as_mut() {
                     b.extend(
                         job.shared

@@ -161,6 +161,27 @@ pub struct NetHandle {
     tx: mpsc::UnboundedSender<NetCmd>,
     connected: watch::Receiver<BTreeSet<PeerId>>,
     pub stats: Arc<NetStats>,
+    ips: Arc<std::sync::Mutex<Ips>>,
+}
+
+/// The IP addresses connections were made over: each peer's (as this node
+/// reaches it) and this node's own (as peers reach it).
+#[derive(Default)]
+struct Ips {
+    peers: std::collections::HashMap<PeerId, std::net::IpAddr>,
+    /// Where peers reached this node last (a listener's local address).
+    own: Option<std::net::IpAddr>,
+    /// Addresses this node listens on.
+    listen: Vec<std::net::IpAddr>,
+}
+
+/// The IP of a multiaddr, if it has one.
+fn ip_of(a: &Multiaddr) -> Option<std::net::IpAddr> {
+    a.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 impl NetHandle {
@@ -171,6 +192,24 @@ impl NetHandle {
     /// Peers with an open connection now.
     pub fn connected(&self) -> BTreeSet<PeerId> {
         self.connected.borrow().clone()
+    }
+
+    /// The IP this node reaches a peer at (its last connection's).
+    pub fn peer_ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
+        self.ips.lock().ok()?.peers.get(peer).copied()
+    }
+
+    /// An IP other nodes reach this node at: the one a peer's connection
+    /// came in on, else an address it listens on that names one host.
+    pub fn own_ip(&self) -> Option<std::net::IpAddr> {
+        let ips = self.ips.lock().ok()?;
+        ips.own.or_else(|| {
+            ips.listen
+                .iter()
+                .find(|ip| !ip.is_unspecified() && !ip.is_loopback())
+                .or_else(|| ips.listen.iter().find(|ip| !ip.is_unspecified()))
+                .copied()
+        })
     }
 
     /// Sends a sync request and waits for the answer.
@@ -251,6 +290,7 @@ pub fn start(
     let (events_tx, events_rx) = mpsc::channel(EVENTS);
     let (connected_tx, connected) = watch::channel(BTreeSet::new());
     let stats = Arc::new(NetStats::default());
+    let ips = Arc::new(std::sync::Mutex::new(Ips::default()));
     let mut book = PeerBook::new(me);
     for a in &cfg.peers {
         book.add_static(a.clone());
@@ -271,6 +311,7 @@ pub fn start(
         listen: BTreeSet::new(),
         addr_file: cfg.addr_file,
         stats: stats.clone(),
+        ips: ips.clone(),
     };
     tokio::spawn(task.run(rx));
     Ok((
@@ -278,6 +319,7 @@ pub fn start(
             tx,
             connected,
             stats,
+            ips,
         },
         events_rx,
     ))
@@ -316,6 +358,7 @@ struct NetTask {
     listen: BTreeSet<Multiaddr>,
     addr_file: PathBuf,
     stats: Arc<NetStats>,
+    ips: Arc<std::sync::Mutex<Ips>>,
 }
 
 impl NetTask {
@@ -406,12 +449,30 @@ impl NetTask {
         self.outbox.push_back(ev);
     }
 
+    /// Records the IPs a connection was made over.
+    fn note_ips(&self, peer: PeerId, endpoint: &libp2p::core::ConnectedPoint) {
+        let Ok(mut ips) = self.ips.lock() else {
+            return;
+        };
+        if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+            ips.peers.insert(peer, ip);
+        }
+        if let libp2p::core::ConnectedPoint::Listener { local_addr, .. } = endpoint
+            && let Some(ip) = ip_of(local_addr).filter(|ip| !ip.is_unspecified())
+        {
+            ips.own = Some(ip);
+        }
+    }
+
     fn publish_connected(&self) {
         let set: BTreeSet<PeerId> = self.connections.keys().copied().collect();
         self.connected_tx.send_replace(set);
     }
 
     fn listen_changed(&mut self) {
+        if let Ok(mut ips) = self.ips.lock() {
+            ips.listen = self.listen.iter().filter_map(ip_of).collect();
+        }
         let addrs: Vec<String> = self
             .listen
             .iter()
@@ -438,6 +499,7 @@ impl NetTask {
                 peer_id, endpoint, ..
             } => {
                 self.book.connected(peer_id, &endpoint);
+                self.note_ips(peer_id, &endpoint);
                 let n = self.connections.entry(peer_id).or_default();
                 *n += 1;
                 if *n == 1 {

@@ -121,6 +121,25 @@ impl RunnerCtx {
     }
 }
 
+/// The address a parallel request's rank reaches its rank 0 at: the IP
+/// this node reaches rank 0's node at, or its own (as peers reach it) when
+/// rank 0 runs here; 127.0.0.1 for other runs, or when nothing better is
+/// known.
+fn master_addr(
+    ctx: &RunnerCtx,
+    me: &pesc_protocol::NodeId,
+    gang: Option<&pesc_protocol::node::GangJob>,
+) -> String {
+    let Some(g) = gang else {
+        return "127.0.0.1".into();
+    };
+    let ip = match crate::net::peer_of(&g.master) {
+        Some(p) if g.master != *me => ctx.net.peer_ip(&p),
+        _ => ctx.net.own_ip(),
+    };
+    ip.map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string())
+}
+
 /// The workspace of `slot` under the node's work dir.
 pub fn slot_dir(work_dir: &Path, slot: usize) -> PathBuf {
     work_dir.join("slots").join(slot.to_string())
@@ -226,8 +245,10 @@ async fn attempt(
         output_dir: seen.join("output").display().to_string(),
         rank,
         world_size: job.world_size,
-        master_addr: "127.0.0.1".into(),
-        master_port: DEFAULT_MASTER_PORT,
+        master_addr: master_addr(ctx, &job.node, job.gang.as_ref()),
+        master_port: job.gang.as_ref().map_or(DEFAULT_MASTER_PORT, |g| g.port),
+        local_rank: job.gang.as_ref().map_or(0, |g| g.local_rank),
+        local_world_size: job.gang.as_ref().map_or(1, |g| g.local_world_size),
         parameters: job.parameters.clone(),
         request_id: req.to_string(),
         attempt: epoch,
@@ -250,7 +271,9 @@ async fn attempt(
             .map(|(f, _)| (ctx.blobs.path(&f.hash), f.name.clone()))
             .collect(),
         slot: job.slot,
-        network: false,
+        // The ranks of a parallel request talk to each other; no other run
+        // gets a network.
+        network: job.gang.is_some(),
     };
     let _ = events
         .send(RunnerEvent::Started {

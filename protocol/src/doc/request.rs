@@ -9,6 +9,7 @@ use automerge::{
 use super::SCHEMA;
 use super::fields::*;
 use crate::error::{Error, Result};
+use crate::gang::{self, GangView};
 use crate::ids::{BlobHash, NodeId, RequestId};
 use crate::model::{Attempt, AttemptState, RequestSpec, RunState, parse_attempt_key};
 use crate::run_view::{RunCounts, RunPolicy, RunView, derive_run};
@@ -260,9 +261,34 @@ impl RequestDoc {
             retries: self.spec.retries,
             cancelled: false,
         };
+        if self.spec.parallel {
+            // One rank's attempt moves every rank of a gang.
+            let world = self.spec.repetitions;
+            let states: Vec<RunState> = {
+                let view = gang::derive(
+                    &self.spec.id,
+                    world,
+                    |r| self.attempts_of(r),
+                    policy,
+                    |_| true,
+                );
+                (0..world).map(|r| view.run(r).state).collect()
+            };
+            for (r, state) in (0..world).zip(states) {
+                let tried = !self.attempts_of(r).is_empty();
+                self.settle_rank(r, state, tried);
+            }
+            return;
+        }
         let list = self.attempts.get(&rank).map(Vec::as_slice).unwrap_or(&[]);
         let state = derive_run(&self.spec.id, list, policy, |_| true).state;
         let tried = !list.is_empty();
+        self.settle_rank(rank, state, tried);
+    }
+
+    /// Keeps the unfinished, tried and terminal bookkeeping of `rank` in
+    /// step with its derived state.
+    fn settle_rank(&mut self, rank: u32, state: RunState, tried: bool) {
         if rank >= self.spec.repetitions {
             return;
         }
@@ -347,13 +373,36 @@ impl RequestDoc {
 
     /// One run's view; `live` judges non-terminal attempts' leases.
     pub fn run(&self, rank: u32, live: impl Fn(&Attempt) -> bool) -> RunView<'_> {
+        if self.spec.parallel {
+            return self.gang(live).run(rank);
+        }
         derive_run(&self.spec.id, self.attempts_of(rank), self.policy(), live)
+    }
+
+    /// A parallel request's gang (see [`crate::gang`]); `live` judges
+    /// non-terminal attempts' leases.
+    pub fn gang(&self, live: impl Fn(&Attempt) -> bool) -> GangView<'_> {
+        gang::derive(
+            &self.spec.id,
+            self.spec.repetitions,
+            |r| self.attempts_of(r),
+            self.policy(),
+            live,
+        )
     }
 
     /// Counts of runs per state.
     pub fn counts(&self, live: impl Fn(&Attempt) -> bool) -> RunCounts {
         let mut c = self.done;
         c.total = self.spec.repetitions;
+        if self.spec.parallel {
+            // Derived once for every rank.
+            let view = self.gang(live);
+            for rank in &self.unfinished {
+                c.add(view.run(*rank).state);
+            }
+            return c;
+        }
         for rank in &self.unfinished {
             c.add(self.run(*rank, &live).state);
         }

@@ -76,6 +76,21 @@ pub struct Job {
     pub limits: RunLimits,
     /// The GPUs this attempt holds.
     pub gpus: Vec<Gpu>,
+    /// A rank of a parallel request: where its rank 0 is; set when the
+    /// gang has gathered and the rank starts.
+    pub gang: Option<GangJob>,
+}
+
+/// Where a parallel request's rank finds the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GangJob {
+    /// The node running rank 0 (the driver turns it into the address this
+    /// node reaches it at).
+    pub master: NodeId,
+    /// The port rank 0 listens on (`gang::master_port`).
+    pub port: u16,
+    pub local_rank: u32,
+    pub local_world_size: u32,
 }
 
 /// A new request to hand whole to a few peers, so it survives this node.

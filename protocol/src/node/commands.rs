@@ -98,11 +98,6 @@ impl Node {
             created_ms: now.wall_ms,
         };
         spec.validate()?;
-        if spec.parallel || spec.same_node {
-            return Err(NodeError::Invalid(
-                "parallel and same-node requests are not supported by this node yet".into(),
-            ));
-        }
         let rooms = self.grid.rooms()?;
         if let Some(room) = spec
             .rooms

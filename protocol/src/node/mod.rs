@@ -17,6 +17,7 @@ mod action;
 mod archive;
 mod commands;
 mod error;
+mod gangs;
 mod gpu_pool;
 mod heartbeat;
 mod keep;
@@ -31,7 +32,7 @@ mod shutdown;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-pub use action::{Action, Job, Push};
+pub use action::{Action, GangJob, Job, Push};
 pub use archive::ArchivedRequest;
 pub use commands::Submitted;
 pub use error::NodeError;

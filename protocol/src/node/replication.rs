@@ -494,12 +494,22 @@ impl Node {
         };
         let mut lost = false;
         let mut stops = Vec::new();
+        let now_ms = now.mono_ms;
+        let gang = q
+            .doc
+            .spec()
+            .parallel
+            .then(|| q.doc.gang(|a| self.is_live(id, a, now_ms)));
         for (k, r) in self.running.iter() {
             if &k.0 != id || r.stopping.is_some() {
                 continue;
             }
             let attempts = q.doc.attempts_of(k.1);
-            if let Some(why) = should_abandon(id, &r.attempt, attempts, q.doc.is_cancelled()) {
+            let why = match &gang {
+                Some(g) => g.abandon(id, &r.attempt, attempts),
+                None => should_abandon(id, &r.attempt, attempts, q.doc.is_cancelled()),
+            };
+            if let Some(why) = why {
                 tracing::info!(request = %id, rank = k.1, epoch = k.2, "stopping: {why:?}");
                 lost |= why == Abandon::LostRace;
                 stops.push((k.clone(), abandon_state(why)));

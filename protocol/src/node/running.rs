@@ -479,5 +479,10 @@ pub(super) fn abandon_state(why: Abandon) -> (AttemptState, String) {
             AttemptState::Yielded,
             "the run was given to another node (this node's lease was presumed lost)".into(),
         ),
+        Abandon::GangStopped => (
+            AttemptState::Yielded,
+            "another rank of this parallel request stopped: every rank starts again together"
+                .into(),
+        ),
     }
 }

@@ -56,6 +56,7 @@ impl Node {
             return;
         }
         self.start_ahead();
+        self.schedule_gangs(at);
         let free = self.free_slots.len();
         let room = if self.ahead.is_empty() {
             self.ahead_room()
@@ -82,7 +83,8 @@ impl Node {
                 continue;
             }
             let spec = req.doc.spec();
-            if !eligible(spec, &self.caps) {
+            // Gangs are claimed apart (`schedule_gangs`).
+            if spec.parallel || !eligible(spec, &self.caps) {
                 continue;
             }
             let ahead = if claims_ahead(req.last_run_ms, spec) {
@@ -222,7 +224,7 @@ impl Node {
 
     /// Takes a run: a GPU and a slot, the claim in the document, and a job
     /// for the driver.
-    fn claim(&mut self, c: Candidate, wall: u64) {
+    pub(super) fn claim(&mut self, c: Candidate, wall: u64) {
         let room = self.ahead_room();
         let Some(req) = self.requests.get_mut(&c.request) else {
             return;
@@ -246,10 +248,12 @@ impl Node {
         } else {
             Vec::new()
         };
-        // A free slot, or a place among the runs claimed ahead.
+        // A free slot, or a place among the runs claimed ahead (never a
+        // gang's rank: it holds its slot while the gang gathers).
+        let gang = req.doc.spec().parallel;
         let slot = self.free_slots.pop();
         if slot.is_none()
-            && !(claims_ahead(req.last_run_ms, req.doc.spec()) && self.ahead.len() < room)
+            && (gang || !(claims_ahead(req.last_run_ms, req.doc.spec()) && self.ahead.len() < room))
         {
             self.gpu_pool.give_back(&key);
             return;
@@ -288,6 +292,7 @@ impl Node {
             domain: spec.domain.clone(),
             limits: spec.limits,
             gpus,
+            gang: None,
             copies: self
                 .cfg
                 .replication
@@ -296,6 +301,8 @@ impl Node {
         };
         let job = Box::new(job);
         let waiting = match slot {
+            // Started once every rank has a claim (`start_gathered`).
+            Some(_) if gang => Some(job),
             Some(_) => {
                 self.actions.push_back(Action::Start(job));
                 None
