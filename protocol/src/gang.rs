@@ -31,6 +31,15 @@ pub const MAX_GANG: u32 = 256;
 /// slots forever.
 pub const GATHER_WAIT_MS: u64 = 10_000;
 
+/// How long a node waits after it first sees a gang's round gathered
+/// before it starts its ranks: claims made at the same moment elsewhere
+/// (two nodes that could each hold the whole gang, say) reach it, and the
+/// node that lost them hands them back before anything ran twice. A request
+/// just pushed to two nodes takes them two or three sync exchanges at the
+/// quiet gap (100 ms) to learn each other's claims: 200 ms was too short in
+/// the harness (both nodes of a same-node race started the whole gang).
+pub const SETTLE_MS: u64 = 600;
+
 /// The ports rank 0's node gives a gang: `MASTER_PORT` is drawn from these
 /// for each request and round, so a gang that starts again after a port
 /// was taken gets another.
@@ -72,14 +81,18 @@ pub struct GangView<'a> {
     pub broke: Option<&'a Attempt>,
     /// Each rank's latest attempt.
     latest: Vec<Option<&'a Attempt>>,
+    /// Every rank on one node: rank 0's.
+    same_node: bool,
 }
 
 /// Derives a gang of `world` ranks from every rank's attempts
 /// (`attempts(rank)`); `live` says whether a non-terminal attempt's holder
-/// is trusted.
+/// is trusted. With `same_node`, a rank stands only on rank 0's node: a
+/// claim elsewhere lost to rank 0's claim.
 pub fn derive<'a>(
     request: &RequestId,
     world: u32,
+    same_node: bool,
     attempts: impl Fn(u32) -> &'a [Attempt],
     policy: RunPolicy,
     live: impl Fn(&Attempt) -> bool,
@@ -96,6 +109,7 @@ pub fn derive<'a>(
         holders,
         broke,
         latest: latest.clone(),
+        same_node,
     };
     let mut rounds: Vec<u32> = all().map(|a| a.epoch).collect();
     rounds.sort_unstable();
@@ -147,25 +161,39 @@ pub fn derive<'a>(
             last_failure,
         );
     }
+    // A rank's first claim in the round by priority, among those not
+    // handed back.
+    let first_of = |list: &'a [Attempt], on: Option<&NodeId>| {
+        list.iter()
+            .filter(|a| a.epoch == round && a.state != AttemptState::Yielded)
+            .filter(|a| on.is_none_or(|n| &a.node == n))
+            .min_by_key(|a| rank_key(request, a))
+    };
+    // On one node, rank 0's claim says which: claims elsewhere lost to it.
+    let zero_node = if same_node {
+        ranks
+            .first()
+            .and_then(|l| first_of(l, None))
+            .map(|a| &a.node)
+    } else {
+        None
+    };
     let mut holders = Vec::with_capacity(world as usize);
     let mut broke = None;
-    for list in &ranks {
-        let mut of_round = list
-            .iter()
-            .filter(|a| a.epoch == round && a.state != AttemptState::Yielded)
-            .peekable();
-        if of_round.peek().is_none() {
+    for (rank, list) in ranks.iter().enumerate() {
+        let on = zero_node.filter(|_| rank > 0);
+        let Some(first) = first_of(list, on) else {
             // Unclaimed in this round, or every claim of it handed back:
-            // handed back breaks the round (its slots went to another gang).
-            if list.iter().any(|a| a.epoch == round) {
-                broke = broke.or_else(|| list.iter().find(|a| a.epoch == round));
-            }
+            // handed back breaks the round (its slot went to another gang).
+            // A claim on a node other than rank 0's (same node) was a race
+            // lost, not a hand-back.
+            let handed = list
+                .iter()
+                .find(|a| a.epoch == round && on.is_none_or(|n| &a.node == n));
+            broke = broke.or(handed);
             holders.push(None);
             continue;
-        }
-        let first = of_round
-            .min_by_key(|a| claim_priority(request, a.rank, a.epoch, &a.node))
-            .expect("peeked");
+        };
         let stands =
             first.state == AttemptState::Succeeded || (!first.state.is_terminal() && live(first));
         if stands {
@@ -260,12 +288,20 @@ impl<'a> GangView<'a> {
         if mine.epoch == self.round && self.phase == Phase::Broken {
             return Some(Abandon::GangStopped);
         }
-        let my_prio = claim_priority(request, mine.rank, mine.epoch, &mine.node);
+        // On one node: rank 0's claim decides which node holds every rank.
+        if self.same_node
+            && mine.rank != 0
+            && let Some(zero) = self.holders.first().copied().flatten()
+            && zero.epoch == mine.epoch
+        {
+            return (zero.node != mine.node).then_some(Abandon::LostRace);
+        }
+        let mine_key = rank_key(request, mine);
         let beaten = attempts.iter().any(|a| {
             a.epoch == mine.epoch
                 && a.node != mine.node
                 && a.state != AttemptState::Yielded
-                && claim_priority(request, a.rank, a.epoch, &a.node) < my_prio
+                && rank_key(request, a) < mine_key
         });
         beaten.then_some(Abandon::LostRace)
     }
@@ -299,6 +335,16 @@ impl<'a> GangView<'a> {
             Phase::Cancelled => "cancelled".into(),
         }
     }
+}
+
+/// Which of two claims of a rank in one round holds it: one that started
+/// first (a node that claimed the rank late, from an old copy of the
+/// request, must not stop a gang that already runs), then claim priority.
+fn rank_key(request: &RequestId, a: &Attempt) -> (bool, [u8; 32]) {
+    (
+        a.state == AttemptState::Claimed,
+        claim_priority(request, a.rank, a.epoch, &a.node),
+    )
 }
 
 /// Ranks numbered per node, as torchrun does: (local rank, local world
@@ -353,7 +399,7 @@ mod tests {
             ],
             3,
         );
-        let v = derive(&r, 3, |k| &all[k as usize], OPEN, |_| true);
+        let v = derive(&r, 3, false, |k| &all[k as usize], OPEN, |_| true);
         assert_eq!(v.phase, Phase::Gathering);
         assert_eq!(v.gathered(), 2);
         assert_eq!(v.run(2).state, RunState::Queued);
@@ -367,7 +413,7 @@ mod tests {
             ],
             3,
         );
-        let v = derive(&r, 3, |k| &all[k as usize], OPEN, |_| true);
+        let v = derive(&r, 3, false, |k| &all[k as usize], OPEN, |_| true);
         assert_eq!(v.phase, Phase::Gathered);
         assert_eq!(v.describe(3, |n| n.to_string()), "starting on a, b");
         assert_eq!(local_rank(&v, 2), (1, 2));
@@ -389,7 +435,7 @@ mod tests {
             ],
             3,
         );
-        let v = derive(&r, 3, |k| &all[k as usize], policy, |_| true);
+        let v = derive(&r, 3, false, |k| &all[k as usize], policy, |_| true);
         assert_eq!(v.phase, Phase::Broken);
         for k in 0..3 {
             assert_eq!(v.run(k).state, RunState::Queued);
@@ -405,7 +451,7 @@ mod tests {
             att(2, 1, "c", AttemptState::Yielded),
         ]);
         let all = by_rank(&flat, 3);
-        let v = derive(&r, 3, |k| &all[k as usize], policy, |_| true);
+        let v = derive(&r, 3, false, |k| &all[k as usize], policy, |_| true);
         assert_eq!(v.phase, Phase::Failed);
         assert_eq!(v.run(1).state, RunState::Failed);
     }
@@ -423,6 +469,7 @@ mod tests {
         let v = derive(
             &r,
             2,
+            false,
             |k| &all[k as usize],
             OPEN,
             |a| a.node.as_str() != "dead",
@@ -439,7 +486,7 @@ mod tests {
             ],
             2,
         );
-        let v = derive(&r, 2, |k| &all[k as usize], OPEN, |_| true);
+        let v = derive(&r, 2, false, |k| &all[k as usize], OPEN, |_| true);
         assert_eq!(v.phase, Phase::Succeeded);
         assert_eq!(v.run(1).current.map(|a| a.node.as_str()), Some("b"));
     }
@@ -454,7 +501,7 @@ mod tests {
             ],
             2,
         );
-        let v = derive(&r, 2, |k| &all[k as usize], OPEN, |_| true);
+        let v = derive(&r, 2, false, |k| &all[k as usize], OPEN, |_| true);
         assert_eq!(v.phase, Phase::Broken);
         assert_eq!(v.run(0).next_epoch, 1);
         // A claim race lost is not a hand-back: the winner stands.
@@ -466,8 +513,26 @@ mod tests {
             ],
             2,
         );
-        let v = derive(&r, 2, |k| &all[k as usize], OPEN, |_| true);
+        let v = derive(&r, 2, false, |k| &all[k as usize], OPEN, |_| true);
         assert_eq!(v.phase, Phase::Gathered);
+    }
+
+    #[test]
+    fn on_one_node_only_rank_zeros_node_holds_ranks() {
+        let r = req();
+        let all = by_rank(
+            &[
+                att(0, 0, "a", AttemptState::Claimed),
+                att(1, 0, "a", AttemptState::Claimed),
+                att(1, 0, "b", AttemptState::Claimed),
+                att(2, 0, "b", AttemptState::Claimed),
+            ],
+            3,
+        );
+        let v = derive(&r, 3, true, |k| &all[k as usize], OPEN, |_| true);
+        assert_eq!(v.phase, Phase::Gathering, "rank 2 is on the wrong node");
+        assert_eq!(v.abandon(&r, &all[2][0], &all[2]), Some(Abandon::LostRace));
+        assert_eq!(v.nodes(), vec![&NodeId::new("a")]);
     }
 
     #[test]

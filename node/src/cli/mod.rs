@@ -32,9 +32,17 @@ pub struct SubmitArgs {
     /// The file to run inside a directory, or a whole command line (e.g. "true").
     #[arg(long)]
     pub entry: Option<String>,
-    /// Extra attempts when the program exits non-zero.
+    /// Extra attempts when the program exits non-zero (for a parallel
+    /// request: extra rounds of the whole gang).
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
+    /// Every rank runs at the same time and finds rank 0 (MASTER_ADDR,
+    /// MASTER_PORT): torch.distributed and other programs whose ranks talk.
+    #[arg(long)]
+    pub parallel: bool,
+    /// With --parallel: every rank on one node (it needs that many slots).
+    #[arg(long, requires = "parallel")]
+    pub same_node: bool,
     /// Name shown for the process.
     #[arg(long)]
     pub name: Option<String>,
@@ -137,8 +145,8 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
             count: a.gpus,
             min_capability: a.gpu_capability,
         },
-        parallel: false,
-        same_node: false,
+        parallel: a.parallel,
+        same_node: a.same_node,
         retries: a.retries,
     };
     let info: RequestInfo = c

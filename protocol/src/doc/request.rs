@@ -268,6 +268,7 @@ impl RequestDoc {
                 let view = gang::derive(
                     &self.spec.id,
                     world,
+                    self.spec.same_node,
                     |r| self.attempts_of(r),
                     policy,
                     |_| true,
@@ -385,6 +386,7 @@ impl RequestDoc {
         gang::derive(
             &self.spec.id,
             self.spec.repetitions,
+            self.spec.same_node,
             |r| self.attempts_of(r),
             self.policy(),
             live,

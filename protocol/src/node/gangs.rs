@@ -11,7 +11,7 @@
 //! [`GATHER_WAIT_MS`], so gangs that cannot run at once never wait on each
 //! other forever: the older one always gathers.
 
-use crate::gang::{GATHER_WAIT_MS, GangView, Phase, local_rank, master_port};
+use crate::gang::{GATHER_WAIT_MS, GangView, Phase, SETTLE_MS, local_rank, master_port};
 use crate::model::{AttemptState, RequestSpec};
 use crate::schedule::{Candidate, eligible, hash64};
 use crate::{NodeId, RequestId};
@@ -186,6 +186,8 @@ impl Node {
     /// rank 0's node and the round's port.
     fn start_gathered(&mut self, at: Now) {
         let mut go: Vec<(super::AttemptKey, GangJob)> = Vec::new();
+        let mut gathered_at = std::mem::take(&mut self.gathered_at);
+        let mut wake = None;
         for (k, r) in &self.running {
             if r.waiting.is_none() || r.slot.is_none() || r.stopping.is_some() {
                 continue;
@@ -194,6 +196,14 @@ impl Node {
                 continue;
             };
             if view.phase != Phase::Gathered {
+                continue;
+            }
+            // Claims made at the same moment elsewhere arrive first.
+            let seen = *gathered_at
+                .entry((k.0.clone(), view.round))
+                .or_insert(at.mono_ms);
+            if at.mono_ms < seen + SETTLE_MS {
+                wake = Some(wake.map_or(seen + SETTLE_MS, |w: u64| w.min(seen + SETTLE_MS)));
                 continue;
             }
             let mine = view.holders.get(k.1 as usize).copied().flatten();
@@ -213,6 +223,16 @@ impl Node {
                     local_world_size,
                 },
             ));
+        }
+        // Rounds no rank of which waits here any more are forgotten.
+        gathered_at.retain(|(id, _), _| {
+            self.running
+                .iter()
+                .any(|(k, r)| &k.0 == id && r.waiting.is_some())
+        });
+        self.gathered_at = gathered_at;
+        if let Some(w) = wake {
+            self.next_tick = self.next_tick.min(w);
         }
         for (k, gang) in go {
             let Some(r) = self.running.get_mut(&k) else {

@@ -174,6 +174,9 @@ pub struct Node {
     /// Attempts claimed ahead of a free slot, in claim order (each also in
     /// `running`, without a slot).
     ahead: VecDeque<AttemptKey>,
+    /// When this node first saw each gang round gathered (monotonic ms):
+    /// its ranks start [`crate::gang::SETTLE_MS`] later.
+    gathered_at: HashMap<(RequestId, u32), u64>,
     /// Slot workspaces not in use.
     free_slots: Vec<usize>,
     liveness: Liveness,
@@ -340,6 +343,7 @@ impl Node {
             running: BTreeMap::new(),
             free_slots: (0..cfg.slots as usize).rev().collect(),
             ahead: VecDeque::new(),
+            gathered_at: HashMap::new(),
             liveness: Liveness::new(cfg.node.clone(), cfg.incarnation, cfg.lease_ttl_ms),
             sightings,
             races_lost: 0,

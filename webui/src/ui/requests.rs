@@ -219,6 +219,7 @@ async fn request_body(st: &AppState, p: &Page, r: &RequestInfo) -> Result<Markup
             span { " " (r.counts.succeeded) " done · " (r.counts.running) " running · "
                 (r.counts.queued + r.counts.claimed) " waiting · " (r.counts.failed) " failed · " (r.counts.cancelled) " cancelled" }
         }
+        @if let Some(g) = &r.gang { p.gang { b { "Gang: " } (g) } }
         @if let Some(w) = &r.waiting { p.waiting { b { "Why is it waiting? " } (w) } }
         table.runs {
             thead { tr { th { "Rank" } th { "State" } th { "Node" } th { "Attempt" } th { "Duration" } th { "Exit" } th { "Progress" } th { "Last message" } th { "Logs" } } }
@@ -277,6 +278,7 @@ pub(crate) async fn request_page(
     let content = html! {
         p.meta { "Process " b { (r.process_name) } " (" (r.language.as_str()) "), " (r.repetitions) " repetition(s)"
             @if !r.parameters.is_empty() { ", parameters " code { (r.parameters.join(" ")) } }
+            @if r.parallel { ", parallel (world size " (r.repetitions) @if r.same_node { ", all on one node" } ")" }
             ", by " (r.owner) ", " (when(r.created_ms)) }
         div #request data-live={ "/requests/" (r.id) "/fragment" } data-request=(r.id) { (body) }
     };
