@@ -2,7 +2,7 @@
 //! are built, so that they show as *skipped* in nextest's summary (ignored,
 //! with the reason) instead of passing without doing anything:
 //! `PESC_SKIP_DOCKER`, `PESC_SKIP_BROWSER`, `PESC_SKIP_NETNS`,
-//! `PESC_SKIP_SCHEMATHESIS`, and tests that need a root node. Without a skip
+//! `PESC_SKIP_SCHEMATHESIS`, `PESC_SKIP_TORCH`, and tests that need a root node. Without a skip
 //! variable a missing tool still fails its test loudly.
 
 fn main() {
@@ -11,6 +11,7 @@ fn main() {
         ("PESC_SKIP_BROWSER", "pesc_skip_browser"),
         ("PESC_SKIP_NETNS", "pesc_skip_netns"),
         ("PESC_SKIP_SCHEMATHESIS", "pesc_skip_schemathesis"),
+        ("PESC_SKIP_TORCH", "pesc_skip_torch"),
     ] {
         println!("cargo::rerun-if-env-changed={var}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");

@@ -252,7 +252,12 @@ fn a_same_node_gang_runs_on_one_node_with_local_ranks() {
             .filter_map(|s| s.2.as_ref().map(|g| (g.local_rank, g.local_world_size)))
             .collect();
         local.sort();
-        assert_eq!(local, vec![(0, 4), (1, 4), (2, 4), (3, 4)], "seed {seed}: {:?}", seen.borrow());
+        assert_eq!(
+            local,
+            vec![(0, 4), (1, 4), (2, 4), (3, 4)],
+            "seed {seed}: {:?}",
+            seen.borrow()
+        );
     }
     let (program, _) = recording(1_000, |_, _| Exit::Code(0));
     let mut h = Harness::new(15, program);

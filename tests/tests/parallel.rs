@@ -163,3 +163,103 @@ fn ranks_in_three_network_namespaces_reach_rank_zero_at_its_own_address() {
         assert!(l.contains(&format!("reached {addr}:")), "{text}");
     }
 }
+
+/// The Python with torch that the torch tests run their ranks with:
+/// `PESC_TORCH_PYTHON`, or CI's venv.
+fn torch_python() -> String {
+    let py =
+        std::env::var("PESC_TORCH_PYTHON").unwrap_or_else(|_| "/opt/pesc-torch/bin/python".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch.distributed"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no torch at '{py}': python3 -m venv /opt/pesc-torch && /opt/pesc-torch/bin/pip install torch numpy \
+         (or set PESC_TORCH_PYTHON, or PESC_SKIP_TORCH=1)"
+    );
+    py
+}
+
+/// A docs/examples program as a directory whose `run.sh` starts it with
+/// torch's Python (the sandbox reads /opt and the venv's files).
+fn torch_program(tmp: &Path, example: &str) -> String {
+    let src = pesc_tests::workspace().join("docs/examples").join(example);
+    let dir = tmp.join("prog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = src.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::copy(&src, dir.join(&file)).unwrap();
+    write_file(
+        &dir,
+        "run.sh",
+        &format!("exec {} {file} \"$@\"\n", torch_python()),
+    );
+    dir.to_str().unwrap().to_string()
+}
+
+fn run_torch(g: &Grid, prog: &str, world: u32, extra: &[&str], tmp: &Path) -> (Value, String) {
+    let n = world.to_string();
+    let mut args = vec![
+        prog,
+        "--entry",
+        "run.sh",
+        "--language",
+        "shell",
+        "-n",
+        &n,
+        "--parallel",
+    ];
+    args.extend_from_slice(extra);
+    let id = g.nodes[0].submit(&args);
+    let v = g.nodes[0].wait_for(&id, Duration::from_secs(300), |v| {
+        v["state"]
+            .as_str()
+            .is_some_and(|s| s != "queued" && s != "running")
+    });
+    if !succeeded(&v) {
+        let errs: Vec<String> = (0..world)
+            .map(|r| {
+                let r = r.to_string();
+                pesc_tests::stdout(&g.nodes[0].cli(&["logs", &id, "--rank", &r, "--stderr"]))
+            })
+            .collect();
+        panic!("{v:#}\nthe ranks' stderr:\n{}", errs.join("\n---\n"));
+    }
+    let zip = g.nodes[0].results_zip(&id, &tmp.join("res"));
+    (v.clone(), zip_text(&zip, "output.txt").unwrap())
+}
+
+#[test]
+#[cfg_attr(pesc_skip_torch, ignore = "PESC_SKIP_TORCH is set")]
+fn torch_gloo_all_reduce_across_three_nodes() {
+    let g = Grid::loopback(3, 1, &[]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = torch_program(tmp.path(), "torch-allreduce/allreduce.py");
+    let (v, text) = run_torch(&g, &prog, 3, &[], tmp.path());
+    let nodes: BTreeSet<&str> = runs(&v)
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 3, "{v:#}");
+    let want: Vec<String> = (0..3).map(|r| format!("rank {r} of 3: sum 6")).collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+}
+
+#[test]
+#[cfg_attr(pesc_skip_torch, ignore = "PESC_SKIP_TORCH is set")]
+fn the_thesis_agent_and_observers_talk_over_torch_rpc() {
+    let g = Grid::loopback(3, 1, &[]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = torch_program(tmp.path(), "torch-rpc/agent_observer.py");
+    let (_, text) = run_torch(&g, &prog, 3, &["--parameters", "5"], tmp.path());
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("agent: 2 observers, 5 steps each, 10 actions chosen, rewards "),
+        "{text}"
+    );
+    assert_eq!(
+        &lines[1..],
+        ["observer 1 served", "observer 2 served"],
+        "{text}"
+    );
+}
