@@ -276,3 +276,22 @@ fn a_same_node_gang_runs_on_one_node_with_local_ranks() {
         i.gang
     );
 }
+
+#[test]
+fn a_cancel_stops_every_rank_of_a_running_gang() {
+    let (program, _) = recording(60_000, |_, _| Exit::Code(0));
+    let mut h = Harness::new(16, program);
+    let n = grid(&mut h, &[1, 1, 1]);
+    h.run_for(5_000);
+    let id = parallel(&mut h, &n[0], 3, false, 0);
+    assert!(h.run_until_true(10_000, |h| {
+        info(h, &n[0], &id).is_some_and(|i| i.counts.running == 3)
+    }));
+    let now = h.now();
+    h.node_mut(&n[1]).unwrap().cancel(now, id.as_str()).unwrap();
+    h.run_for(3_000);
+    assert!(n.iter().all(|x| h.running_on(x) == 0), "a rank still runs");
+    for x in &n {
+        assert_eq!(info(&h, x, &id).unwrap().state, RequestState::Cancelled);
+    }
+}

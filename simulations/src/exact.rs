@@ -39,6 +39,18 @@ pub struct ExactReport {
     pub messages_lost: u64,
     pub invariant_violations: u64,
     pub violation_examples: Vec<String>,
+    /// Parallel requests (gangs): how many, how many finished, how long
+    /// each waited from its submit to the start of the round that
+    /// succeeded (median and most), how many rounds were started again
+    /// (a rank's node crashed, or slots went to an older gang), and the
+    /// slot-time held by gang ranks that waited for the rest of their gang
+    /// (claimed, not yet started, or handed back unstarted).
+    pub gangs: u64,
+    pub gangs_finished: u64,
+    pub gang_wait_p50_s: f64,
+    pub gang_wait_max_s: f64,
+    pub gang_rounds_restarted: u64,
+    pub gang_idle_slot_s: f64,
     pub simulated_in_s: f64,
 }
 
@@ -135,6 +147,9 @@ pub fn run(sc: &Scenario) -> ExactReport {
     };
     let mut h = Harness::new(sc.seed, program);
     h.skip_read_models();
+    // The report reads every request's runs at the end: none is archived
+    // (an archived request lists no runs until restored).
+    h.set_archive_after(u64::MAX / 4);
     h.set_lease_ttl(sc.timing.lease_ttl_ms);
     let jitter = sc.net.jitter_ms.ceil() as u64;
     h.link = Link {
@@ -193,7 +208,28 @@ pub fn run(sc: &Scenario) -> ExactReport {
                     .find(|n| h.is_up(n));
                 if let Some(on) = on {
                     *submitting.borrow_mut() = Some(drawn[i].1.clone());
-                    let id = h.submit(&on, &plan.owner, plan.runs);
+                    let id = if plan.parallel {
+                        let process = h.program_of(&on, &plan.owner).id;
+                        h.submit_new(
+                            &on,
+                            &plan.owner,
+                            pesc_protocol::api::NewRequest {
+                                process,
+                                repetitions: plan.runs,
+                                parameters: Vec::new(),
+                                rooms: Vec::new(),
+                                shared_files: Vec::new(),
+                                domain: None,
+                                limits: Default::default(),
+                                gpu: Default::default(),
+                                parallel: true,
+                                same_node: plan.same_node,
+                                retries: 0,
+                            },
+                        )
+                    } else {
+                        h.submit(&on, &plan.owner, plan.runs)
+                    };
                     if let Some(w) = submitting.borrow_mut().take() {
                         work.borrow_mut().insert(id.clone(), w);
                     }
@@ -254,6 +290,7 @@ fn report(
     let up: Vec<NodeId> = h.ids().into_iter().filter(|n| h.is_up(n)).collect();
     let mut violations = Vec::new();
     let (mut last, mut useful, mut wasted, mut claims, mut unfinished) = (0u64, 0u64, 0u64, 0, 0);
+    let mut gang = GangStats::default();
     for (id, _) in requests {
         let views: BTreeMap<&NodeId, _> = up
             .iter()
@@ -270,6 +307,9 @@ fn report(
                 .collect()
         };
         let reference = outcome(first);
+        if first.parallel {
+            gang.add(first);
+        }
         for (n, v) in &views {
             if outcome(v) != reference {
                 violations.push(format!("{n} sees another outcome of request {id}"));
@@ -324,6 +364,49 @@ fn report(
         messages_lost: h.observed.lost,
         invariant_violations: count,
         violation_examples: violations,
+        gangs: gang.count,
+        gangs_finished: gang.finished,
+        gang_wait_p50_s: gang.wait_p50_s(),
+        gang_wait_max_s: gang.waits_ms.iter().max().copied().unwrap_or(0) as f64 / 1000.0,
+        gang_rounds_restarted: gang.restarted,
+        gang_idle_slot_s: gang.idle_ms as f64 / 1000.0,
         simulated_in_s: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// What the gangs of a scenario did.
+#[derive(Default)]
+struct GangStats {
+    count: u64,
+    finished: u64,
+    waits_ms: Vec<u64>,
+    restarted: u64,
+    idle_ms: u64,
+}
+
+impl GangStats {
+    fn add(&mut self, i: &pesc_protocol::api::RequestInfo) {
+        self.count += 1;
+        let runs = i.runs.as_deref().unwrap_or_default();
+        for r in runs {
+            for a in &r.history {
+                // Unstarted attempts record their end as their start.
+                let held_until = a.started_ms.or(a.finished_ms).unwrap_or(a.claimed_ms);
+                self.idle_ms += held_until.saturating_sub(a.claimed_ms);
+            }
+        }
+        if !runs.is_empty() && runs.iter().all(|r| r.state == RunState::Succeeded) {
+            self.finished += 1;
+            if let Some(start) = runs.iter().filter_map(|r| r.started_ms).min() {
+                self.waits_ms.push(start.saturating_sub(i.created_ms));
+            }
+            self.restarted += u64::from(runs.iter().filter_map(|r| r.attempt).max().unwrap_or(0));
+        }
+    }
+
+    fn wait_p50_s(&self) -> f64 {
+        let mut w = self.waits_ms.clone();
+        w.sort_unstable();
+        w.get(w.len() / 2).copied().unwrap_or(0) as f64 / 1000.0
     }
 }

@@ -112,6 +112,14 @@ fn main() -> ExitCode {
     for name in names {
         let mut sc = by_name(name, seed).expect("listed");
         sc.progress = progress;
+        if sc.has_gangs() {
+            // A rule written twice is a defect: gangs are decided by the
+            // protocol core, which only the exact mode runs.
+            eprintln!(
+                "{name}: has parallel requests, which only the exact mode runs (--mode exact {name}); skipped"
+            );
+            continue;
+        }
         let t0 = Instant::now();
         let r = pesc_sim::run(sc);
         eprintln!(

@@ -67,6 +67,10 @@ pub struct RequestPlan {
     pub durations: Durations,
     pub gpus: u32,
     pub rooms: Vec<String>,
+    /// A gang (`pesc_protocol::gang`): every rank at once; `same_node`, all
+    /// on one node. Only the exact mode runs gangs.
+    pub parallel: bool,
+    pub same_node: bool,
 }
 
 impl RequestPlan {
@@ -79,6 +83,8 @@ impl RequestPlan {
             durations,
             gpus: 0,
             rooms: Vec::new(),
+            parallel: false,
+            same_node: false,
         }
     }
 }
@@ -159,6 +165,12 @@ pub struct Scenario {
 impl Scenario {
     /// Each request's id bytes and the work of each of its runs (ms on the
     /// reference machine), drawn from the seed: both modes run the same work.
+    /// Whether a request of the scenario is a gang (only the exact mode
+    /// runs those: the fast engine does not model them).
+    pub fn has_gangs(&self) -> bool {
+        self.requests.iter().any(|r| r.parallel)
+    }
+
     pub fn drawn_work(&self) -> Vec<([u8; 8], Vec<u32>)> {
         let mut rng = Rng::new(self.seed);
         // The engine's first fork draws heartbeat phases.

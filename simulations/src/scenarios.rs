@@ -8,7 +8,7 @@ use crate::scenario::{Durations, NodeSpec, Reference, RequestPlan, Scenario, Tim
 const MIN: u64 = 60_000;
 const HOUR: u64 = 60 * MIN;
 
-pub const ALL: [(&str, &str); 10] = [
+pub const ALL: [(&str, &str); 11] = [
     (
         "validate",
         "4 nodes × 2 slots, 64 runs of 0.5 s on loopback: the scenario also run with real pesc processes",
@@ -43,6 +43,10 @@ pub const ALL: [(&str, &str); 10] = [
         "200 desktops × 2 slots, 2 000 runs of 30–90 s, 1 %/min of nodes crash and reboot",
     ),
     (
+        "gangs",
+        "12 desktops × 2 slots, 2 %/min crash; 16 parallel requests of 2–16 ranks (some on one node) within a minute, among 400 ordinary runs (exact mode only)",
+    ),
+    (
         "smoke",
         "a small mixed scenario for the test suite: 12 nodes, churn, a partition",
     ),
@@ -60,6 +64,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "scale-10k" => scale(seed, "scale-10k", 10_000, 1_000_000, 0.01),
         "smoke" => smoke(seed),
         "churn-200" => churn_200(seed),
+        "gangs" => gangs(seed),
         _ => return None,
     };
     Some(sc)
@@ -349,5 +354,34 @@ fn churn_200(seed: u64) -> Scenario {
         Durations::Uniform(30.0, 90.0),
     ));
     sc.time_limit_ms = 4 * HOUR;
+    sc
+}
+
+/// Gangs of mixed sizes on a grid that cannot hold the largest two at once,
+/// among ordinary runs, with desktops crashing: every gang must finish.
+fn gangs(seed: u64) -> Scenario {
+    let mut rng = Rng::new(seed).fork(17);
+    let mut nodes = desktops(&mut rng, 12, 2, 0.9, 1.1);
+    crashes(&mut rng, &mut nodes, 0.02, (1.0, 3.0), 2 * HOUR);
+    let mut sc = base("gangs", seed, nodes, NetModel::lan(seed));
+    // World sizes: the two largest (16 and 12) need 28 of 24 slots together.
+    let worlds = [2u32, 16, 4, 12, 3, 8, 2, 6, 4, 2, 10, 3, 5, 2, 8, 4];
+    for (i, &w) in worlds.iter().enumerate() {
+        let secs = rng.range(60.0, 180.0);
+        // Submitted within a minute, from different desktops: nodes start
+        // gathering several gangs at once.
+        let mut g = RequestPlan::new(i as u64 * 4_000, "ana", w, Durations::Fixed(secs));
+        g.parallel = true;
+        // The small ones on one node (a desktop has 2 slots).
+        g.same_node = w == 2 && i % 2 == 0;
+        g.node = (i % 12) as u32;
+        sc.requests.push(g);
+    }
+    for (at, owner, node) in [(0, "bia", 3u32), (60_000, "caio", 7)] {
+        let mut r = RequestPlan::new(at, owner, 200, Durations::Uniform(20.0, 60.0));
+        r.node = node;
+        sc.requests.push(r);
+    }
+    sc.time_limit_ms = 2 * HOUR;
     sc
 }

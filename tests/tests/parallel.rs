@@ -263,3 +263,57 @@ fn the_thesis_agent_and_observers_talk_over_torch_rpc() {
         "{text}"
     );
 }
+
+/// MEET, then every rank stays 6 s (long enough to kill a node under it).
+const MEET_THEN_STAY: &str = "import time\nexec(open('meet.py').read())\ntime.sleep(6)\n";
+
+#[test]
+fn a_node_killed_mid_gang_restarts_the_gang_elsewhere_with_one_result_per_rank() {
+    let mut g = Grid::loopback(4, 1, &["--lease-ttl-ms", "3000"]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("prog");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_file(&dir, "meet.py", MEET);
+    write_file(&dir, "stay.py", MEET_THEN_STAY);
+    let id = g.nodes[0].submit(&[
+        dir.to_str().unwrap(),
+        "--entry",
+        "stay.py",
+        "--language",
+        "python",
+        "-n",
+        "3",
+        "--parallel",
+    ]);
+    let v = g.nodes[0].wait_for(&id, Duration::from_secs(60), |v| {
+        v["counts"]["running"] == 3
+    });
+    // A node other than the submitter's, running a rank.
+    let ids: Vec<String> = g.nodes.iter().map(|n| n.node_id()).collect();
+    let victim = (1..4)
+        .find(|&i| runs(&v).iter().any(|r| r["node"] == ids[i].as_str()))
+        .unwrap();
+    g.nodes[victim].kill9();
+    let v = g.nodes[0].wait_for(&id, Duration::from_secs(120), |v| {
+        v["state"]
+            .as_str()
+            .is_some_and(|s| s != "queued" && s != "running")
+    });
+    assert!(succeeded(&v), "{v:#}");
+    let round = runs(&v)[0]["attempt"].as_u64().unwrap();
+    assert!(round >= 1, "the gang started again: {v:#}");
+    for r in runs(&v) {
+        assert_ne!(r["node"], ids[victim].as_str(), "{v:#}");
+        assert_eq!(r["attempt"].as_u64(), Some(round), "one round: {v:#}");
+        let results = r["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "succeeded")
+            .count();
+        assert_eq!(results, 1, "{r:#}");
+    }
+    let zip = g.nodes[0].results_zip(&id, &tmp.path().join("res"));
+    let text = zip_text(&zip, "output.txt").unwrap();
+    assert!(text.lines().next().unwrap().contains("heard 1,2"), "{text}");
+}
