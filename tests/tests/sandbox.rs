@@ -169,6 +169,66 @@ echo done >>$out
     );
 }
 
+/// A parallel request's runs have the network: they reach the node's API,
+/// but without its token (which they still cannot read) every call that
+/// matters is refused.
+#[test]
+fn a_parallel_runs_network_reaches_the_api_but_not_its_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(2).unwrap();
+    let admin = node.http();
+    let mallory = admin.add_user("mallory", "user");
+    let data = node.data_dir.canonicalize().unwrap();
+    let data = data.display();
+    let base = node.api_base();
+    let script = format!(
+        r#"out=output/output.txt
+for f in {data}/api-token {data}/grid.key {data}/node.key; do
+  if cat "$f" >/dev/null 2>&1; then echo "READ $f" >>$out; else echo "DENIED $f" >>$out; fi
+done
+python3 - >>$out <<'PY'
+import urllib.request, urllib.error, json
+def call(method, path, body=None, token=None):
+    req = urllib.request.Request("{base}" + path, method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={{"Content-Type": "application/json", **({{"Authorization": "Bearer " + token}} if token else {{}})}})
+    try:
+        return urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError as e:
+        return "unreachable " + str(e)
+print("GET /node", call("GET", "/node"))
+print("GET /users", call("GET", "/users"))
+print("POST /users", call("POST", "/users", {{"name": "mallory3", "password": "long-enough-pass", "role": "admin"}}))
+print("POST /users forged", call("POST", "/users", {{"name": "mallory4", "password": "long-enough-pass", "role": "admin"}}, "pesc_forged"))
+PY
+echo done >>$out
+"#
+    );
+    let id = submit(&mallory, &script, json!({"parallel": true}));
+    let v = node.wait_for(&id, Duration::from_secs(60), finished);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let zip = node.results_zip(&id, &tmp.path().join("results"));
+    let report = zip_contents(&zip)
+        .into_iter()
+        .find(|(n, _)| n == "output.txt")
+        .map(|(_, b)| String::from_utf8_lossy(&b).to_string())
+        .expect("output.txt");
+    assert!(report.contains("done"), "{report}");
+    assert!(!report.contains("READ "), "{report}");
+    // It has the network (the API answered), and nothing without a token.
+    assert!(!report.contains("unreachable"), "{report}");
+    for l in ["GET /users 401", "POST /users 401", "POST /users forged 401"] {
+        assert!(report.contains(l), "{report}");
+    }
+    let users: Value = admin.get("/users").send().unwrap().json().unwrap();
+    assert!(
+        !users.to_string().contains("mallory3") && !users.to_string().contains("mallory4"),
+        "{users}"
+    );
+}
+
 #[test]
 fn links_a_run_plants_are_never_followed() {
     let tmp = tempfile::tempdir().unwrap();
