@@ -192,6 +192,13 @@ impl Node {
             if r.waiting.is_none() || r.slot.is_none() || r.stopping.is_some() {
                 continue;
             }
+            if !self
+                .requests
+                .get(&k.0)
+                .is_some_and(|q| q.doc.spec().parallel)
+            {
+                continue;
+            }
             let Some(view) = self.gang_view(&k.0, at.mono_ms) else {
                 continue;
             };
