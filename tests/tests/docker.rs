@@ -698,3 +698,71 @@ fn links_a_container_plants_are_never_followed_by_the_node() {
         "the token is in the results"
     );
 }
+
+#[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
+fn the_ranks_of_a_parallel_request_reach_rank_zero_from_their_containers() {
+    if !can_run() {
+        return;
+    }
+    let node = docker_node();
+    let tmp = tempfile::tempdir().unwrap();
+    // Rank 0 listens on MASTER_PORT, rank 1 connects to MASTER_ADDR; an
+    // ordinary run beside them still has no network.
+    let prog = write_file(
+        tmp.path(),
+        "meet.py",
+        r#"import os, socket, time
+rank, port, addr = int(os.environ["RANK"]), int(os.environ["MASTER_PORT"]), os.environ["MASTER_ADDR"]
+out = open(os.path.join(os.environ["PESC_OUTPUT_DIR"], "output.txt"), "w")
+if os.environ.get("PESC_WORLD_SIZE") == "1":
+    # The node's API listens on the host's loopback: reachable only with
+    # the host's network.
+    api = int(os.environ["PESC_PARAMETERS"])
+    try:
+        socket.create_connection(("127.0.0.1", api), timeout=3)
+        out.write("network\n")
+    except OSError as e:
+        out.write(f"no network: {e.__class__.__name__}\n")
+elif rank == 0:
+    s = socket.create_server(("0.0.0.0", port)); s.settimeout(60)
+    c, _ = s.accept(); out.write(f"rank 0 heard {c.recv(10).decode()}\n")
+else:
+    for _ in range(300):
+        try:
+            c = socket.create_connection((addr, port), timeout=5); break
+        except OSError:
+            time.sleep(0.2)
+    c.sendall(b"1"); out.write(f"rank 1 reached {addr}:{port}\n")
+"#,
+    );
+    let text = run_for_output(
+        &node,
+        &[&prog, "-n", "2", "--parallel"],
+        &tmp.path().join("a"),
+    );
+    assert!(
+        text.starts_with("rank 0 heard 1\nrank 1 reached "),
+        "{text}"
+    );
+    let api_port = node
+        .api_base()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .to_string();
+    let text = run_for_output(
+        &node,
+        &[&prog, "-n", "1", "--parameters", &api_port],
+        &tmp.path().join("b"),
+    );
+    assert!(text.starts_with("no network"), "{text}");
+    // The same probe in a gang of one reaches it.
+    let text = run_for_output(
+        &node,
+        &[&prog, "-n", "1", "--parallel", "--parameters", &api_port],
+        &tmp.path().join("c"),
+    );
+    assert_eq!(text, "network\n");
+}

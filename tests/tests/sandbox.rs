@@ -219,7 +219,11 @@ echo done >>$out
     assert!(!report.contains("READ "), "{report}");
     // It has the network (the API answered), and nothing without a token.
     assert!(!report.contains("unreachable"), "{report}");
-    for l in ["GET /users 401", "POST /users 401", "POST /users forged 401"] {
+    for l in [
+        "GET /users 401",
+        "POST /users 401",
+        "POST /users forged 401",
+    ] {
         assert!(report.contains(l), "{report}");
     }
     let users: Value = admin.get("/users").send().unwrap().json().unwrap();

@@ -121,6 +121,17 @@ impl RunnerCtx {
     }
 }
 
+/// Whether rank 0 of a gang can listen on `port` on this node.
+fn port_free(port: u16) -> Result<()> {
+    std::net::TcpListener::bind(("0.0.0.0", port))
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "MASTER_PORT {port} is taken on this node: the gang starts again with another port"
+            )
+        })
+}
+
 /// The address a parallel request's rank reaches its rank 0 at: the IP
 /// this node reaches rank 0's node at, or its own (as peers reach it) when
 /// rank 0 runs here; 127.0.0.1 for other runs, or when nothing better is
@@ -238,6 +249,13 @@ async fn attempt(
         None => None,
     };
 
+    // Rank 0 listens on the gang's port: taken here, the round starts again
+    // with another (the node's fault, not the program's).
+    if let Some(g) = &job.gang
+        && rank == 0
+    {
+        port_free(g.port)?;
+    }
     let seen = ctx.executor.app_dir_in_run(&app_dir);
     let hctx = RunContext {
         app_dir: seen.display().to_string(),
@@ -620,5 +638,23 @@ fn adopt_log(blobs: &BlobStore, p: &Path) -> Result<Option<BlobHash>> {
         Ok(m) if m.len() == 0 => Ok(None),
         Ok(_) => Ok(Some(blobs.adopt_file(p)?.0)),
         Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_free;
+
+    #[test]
+    fn a_port_another_program_listens_on_is_not_free() {
+        let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = port_free(port).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("is taken on this node"),
+            "{err:#}"
+        );
+        drop(taken);
+        assert!(port_free(port).is_ok());
     }
 }
