@@ -295,3 +295,45 @@ fn a_cancel_stops_every_rank_of_a_running_gang() {
         assert_eq!(info(&h, x, &id).unwrap().state, RequestState::Cancelled);
     }
 }
+
+#[test]
+fn a_stopping_node_hands_back_the_gang_ranks_it_holds_at_once() {
+    let (program, _) = recording(8_000, |_, _| Exit::Code(0));
+    let mut h = Harness::new(17, program);
+    let n = grid(&mut h, &[1, 1, 1, 1, 1]);
+    h.run_for(5_000);
+    // Two of five nodes busy for 8 s: a gang of 4 holds three slots and
+    // waits for a fourth.
+    let busy = h.submit(&n[3], "bia", 2);
+    h.run_for(500);
+    let id = parallel(&mut h, &n[0], 4, false, 0);
+    assert!(h.run_until_true(3_000, |h| {
+        info(h, &n[0], &id).is_some_and(|i| i.counts.claimed == 3)
+    }));
+    let holder = runs_claimed_by(&h, &n[0], &id)
+        .into_iter()
+        .find(|x| x != &n[0])
+        .unwrap();
+    let t0 = h.now().mono_ms;
+    h.stop(&holder);
+    assert!(h.run_until_true(5_000, |h| !h.is_up(&holder)));
+    assert!(
+        h.now().mono_ms - t0 < 2_000,
+        "the stop waited for a rank that never started"
+    );
+    h.restart(&holder);
+    assert!(h.run_until_true(120_000, |h| settled_everywhere(h, &id)));
+    assert_eq!(info(&h, &n[0], &id).unwrap().state, RequestState::Succeeded);
+    assert!(info(&h, &n[0], &busy).unwrap().state.is_terminal());
+}
+
+/// Nodes holding a claim on a rank of `id`, as `on` sees it.
+fn runs_claimed_by(h: &Harness, on: &NodeId, id: &RequestId) -> Vec<NodeId> {
+    info(h, on, id)
+        .and_then(|i| i.runs)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.state == RunState::Claimed)
+        .filter_map(|r| r.node)
+        .collect()
+}

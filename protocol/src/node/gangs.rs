@@ -19,6 +19,11 @@ use crate::{NodeId, RequestId};
 use super::action::{Action, GangJob};
 use super::{Node, Now};
 
+/// Why a rank claimed for a gang went back unstarted because its node
+/// paused (its owner came back, say).
+pub(super) const PAUSED_WHILE_GATHERING: &str =
+    "the node paused before the gang gathered; the gang gathers again elsewhere";
+
 /// Why a rank claimed for a gang went back unstarted.
 const HANDED_TO_OLDER: &str =
     "handed its slot to an older parallel request that was still gathering";
@@ -179,6 +184,20 @@ impl Node {
         for k in stale {
             tracing::info!(request = %k.0, rank = k.1, "{HANDED_TO_OLDER}");
             self.stop_attempt(at, &k, (AttemptState::Yielded, HANDED_TO_OLDER.into()));
+        }
+    }
+
+    /// Hands back every gang rank this node holds unstarted (it pauses or
+    /// stops): the round gathers again elsewhere instead of waiting for it.
+    pub(super) fn release_gathering(&mut self, now: Now, why: &str) {
+        let waiting: Vec<_> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.waiting.is_some() && r.slot.is_some() && r.stopping.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in waiting {
+            self.stop_attempt(now, &k, (AttemptState::Yielded, why.to_string()));
         }
     }
 

@@ -292,9 +292,10 @@ impl Node {
             .iter()
             .filter(|(k, _)| k.0 == id && k.1 == rank)
             .max_by_key(|(k, _)| k.2)
-            .map(|(k, r)| (k, r.slot))
+            .map(|(k, r)| (k, r.slot.filter(|_| r.waiting.is_none())))
         {
-            // Claimed ahead and waiting for a slot: nothing written yet.
+            // Claimed ahead and waiting for a slot, or a gang's rank waiting
+            // for the rest of its gang: nothing written yet.
             let Some(slot) = slot else {
                 return Ok(LogSource::NotYet);
             };

@@ -53,6 +53,7 @@ impl Node {
         }
         if self.paused.is_some() {
             self.release_ahead(at, NOT_STARTED_PAUSED);
+            self.release_gathering(at, super::gangs::PAUSED_WHILE_GATHERING);
             return;
         }
         self.start_ahead();

@@ -54,6 +54,7 @@ impl Node {
             self.running.len()
         );
         self.release_ahead(now, STOPPED_NODE);
+        self.release_gathering(now, STOPPED_NODE);
         let keys: Vec<_> = self.running.keys().cloned().collect();
         for k in keys {
             if let Some(r) = self.running.get_mut(&k)
