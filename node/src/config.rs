@@ -124,9 +124,6 @@ impl NodeConfig {
                 .with_context(|| format!("reading {}", path.display()))?;
             let cfg: NodeConfig = toml::from_str(&text)
                 .with_context(|| format!("{} is not a valid node config", path.display()))?;
-            if cfg.slots == 0 {
-                anyhow::bail!("{}: slots must be at least 1", path.display());
-            }
             if cfg.replication == 0 || cfg.replication > 16 {
                 anyhow::bail!("{}: replication must be 1 to 16", path.display());
             }

@@ -29,9 +29,13 @@ pub struct NodeArgs {
     /// Address of the API and UI (default 127.0.0.1:7372; port 0 picks a free one).
     #[arg(long)]
     pub api: Option<SocketAddr>,
-    /// Runs at once on this node (default: number of CPUs).
+    /// Runs at once on this node (default: number of CPUs); 0 makes a node
+    /// that submits and watches but runs nobody's work (a laptop).
     #[arg(long)]
     pub slots: Option<u32>,
+    /// The same as --slots 0: a full peer that claims nothing.
+    #[arg(long, conflicts_with = "slots")]
+    pub client: bool,
     /// Which executor runs user code.
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorChoice>,
@@ -82,10 +86,10 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         cfg.api = a;
     }
     if let Some(s) = args.slots {
-        if s == 0 {
-            bail!("--slots must be at least 1");
-        }
         cfg.slots = s;
+    }
+    if args.client {
+        cfg.slots = 0;
     }
     if let Some(e) = args.executor {
         cfg.executor = e;

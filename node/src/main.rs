@@ -45,6 +45,16 @@ enum Cmd {
     Node(daemon::NodeArgs),
     /// Run a program file or a directory N times on the grid.
     Submit(cli::SubmitArgs),
+    /// Run a directory (default: this one) on the grid: every rank's output
+    /// live, the results unpacked in ./pesc-results/ID at the end.
+    Run(cli::run::RunArgs),
+    /// Follow a request again (after Ctrl-C left it running), then unpack
+    /// its results.
+    Attach {
+        request: String,
+        #[command(flatten)]
+        watch: cli::run::WatchArgs,
+    },
     /// Show all requests, or one request rank by rank.
     Status {
         request: Option<String>,
@@ -56,7 +66,8 @@ enum Cmd {
         request: String,
         #[arg(long)]
         rank: Option<u32>,
-        /// Keep printing until the run ends.
+        /// Keep printing until the run ends (every rank's, prefixed by its
+        /// rank, wherever it runs, without --rank).
         #[arg(short, long)]
         follow: bool,
         /// Standard error instead of standard output.
@@ -149,6 +160,8 @@ fn main() {
             Cmd::Node(_) | Cmd::Grid(_) => unreachable!("handled above"),
             Cmd::Nodes { json } => cli::nodes(&c, json).await,
             Cmd::Submit(a) => cli::submit(&c, a).await,
+            Cmd::Run(a) => cli::run::run(&c, a).await,
+            Cmd::Attach { request, watch } => cli::run::attach(&c, &request, watch).await,
             Cmd::Status { request, json } => cli::status(&c, request, json).await,
             Cmd::Logs {
                 request,

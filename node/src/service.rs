@@ -633,6 +633,13 @@ impl NodeService for Service {
                 Ok(blob_stream(&self.blobs, h).await?)
             }
             LogSource::NotYet if !follow => Ok(Box::pin(futures_util::stream::empty())),
+            LogSource::Remote { node, key } if !follow => {
+                // What the run on the other node has written so far.
+                let runner = self.runner.clone();
+                Ok(Box::pin(async_stream(move |tx| async move {
+                    follow_remote(&runner, &node, &key, which, true, &tx).await;
+                })))
+            }
             src => {
                 let agent = self.agent.clone();
                 let runner = self.runner.clone();
@@ -769,6 +776,29 @@ fn follow_log(
                 }
                 return;
             }
+            LogSource::Remote { node, key } => {
+                // Running on another node: read it from there as it grows,
+                // then the rest from the stored blob once it ended.
+                let Some(sent) = follow_remote(&runner, &node, &key, which, false, &tx).await
+                else {
+                    return;
+                };
+                if let Some(LogSource::Stored {
+                    stdout,
+                    stderr,
+                    holders,
+                }) = ask().await
+                    && let Some(h) = pick(stdout, stderr)
+                    && runner.fetcher.ensure(&h, &holders).await.is_ok()
+                    && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
+                {
+                    let rest = data.get(sent as usize..).unwrap_or_default();
+                    if !rest.is_empty() {
+                        let _ = tx.send(Ok(Bytes::copy_from_slice(rest))).await;
+                    }
+                }
+                return;
+            }
             LogSource::NotYet => return,
         };
         let path = runner.log_path(slot, which);
@@ -855,6 +885,55 @@ fn follow_log(
             }
         }
     })
+}
+
+/// Streams what attempt `key` writes on `node` to `tx` while it runs
+/// there (asking every [`FOLLOW_POLL`] when nothing new came), or only what
+/// it has written so far (`once`); how many bytes were sent, or `None`
+/// when the reader went away.
+async fn follow_remote(
+    runner: &RunnerCtx,
+    node: &pesc_protocol::NodeId,
+    key: &pesc_protocol::node::AttemptKey,
+    which: &str,
+    once: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Option<u64> {
+    use pesc_protocol::wire::{LOG_CHUNK, SyncRequest, SyncResponse};
+    let peer = crate::net::peer_of(node)?;
+    let mut sent = 0u64;
+    loop {
+        let ask = SyncRequest::LogTail {
+            request: key.0.clone(),
+            rank: key.1,
+            stderr: which == "stderr",
+            offset: sent,
+        };
+        let (data, running) = match runner.net.ask_sync(peer, ask).await {
+            Ok(SyncResponse::Log {
+                data,
+                epoch,
+                running,
+            }) => (data, running && epoch == key.2),
+            _ => (Vec::new(), false),
+        };
+        let full = data.len() >= LOG_CHUNK;
+        if !data.is_empty() {
+            sent += data.len() as u64;
+            if tx.send(Ok(Bytes::from(data))).await.is_err() {
+                return None;
+            }
+        }
+        if !running || (once && !full) {
+            return Some(sent);
+        }
+        if !full {
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                _ = tx.closed() => return None,
+            }
+        }
+    }
 }
 
 /// What wakes a follower when the request it follows changes: the

@@ -72,7 +72,20 @@ pub enum SyncRequest {
     /// receiver fetches them (from the sender first) and answers
     /// [`SyncResponse::Held`] once they are all on its disk.
     Hold { blobs: Vec<BlobHash> },
+    /// "What has this run written since `offset`": a live log of a run the
+    /// receiver runs now, for a user following it on another node.
+    /// Answered with [`SyncResponse::Log`].
+    LogTail {
+        request: RequestId,
+        rank: u32,
+        /// Standard error instead of standard output.
+        stderr: bool,
+        offset: u64,
+    },
 }
+
+/// The most log bytes one [`SyncResponse::Log`] carries.
+pub const LOG_CHUNK: usize = 256 * 1024;
 
 /// The answer on the sync channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +98,15 @@ pub enum SyncResponse {
     Refused(String),
     /// The answer to a ping: the receiver's own heartbeat.
     Pong(Beat),
+    /// Log bytes from the offset asked (at most [`LOG_CHUNK`]), the attempt
+    /// they belong to (its epoch), and whether it still runs here (when
+    /// not, the rest is in the log's blob, named in the request document).
+    Log {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        epoch: u32,
+        running: bool,
+    },
 }
 
 /// A question on the blob channel. Blobs move in whole blocks of

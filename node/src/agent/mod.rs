@@ -609,7 +609,7 @@ impl Agent {
                 let _ = reply.send(n.result_plan(now, &id));
             }
             Command::Log { id, rank, reply } => {
-                let _ = reply.send(n.log_source(&id, rank));
+                let _ = reply.send(n.log_source(now, &id, rank));
             }
             Command::PutFile(f, reply) => {
                 let _ = reply.send(n.put_file(f));

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use pesc_protocol::api::RequestInfo;
+use pesc_protocol::node::LogSource;
 use pesc_protocol::node::{NodeError, Submitted};
-use pesc_protocol::wire::{DocKey, SyncRequest, SyncResponse};
+use pesc_protocol::wire::{DocKey, LOG_CHUNK, SyncRequest, SyncResponse};
 use pesc_protocol::{BlobHash, NodeId};
 use tokio::sync::oneshot;
 
@@ -74,6 +75,22 @@ impl Agent {
                             }
                             Err(why) => SyncResponse::Refused(why),
                         }
+                    }
+                    SyncRequest::LogTail {
+                        request,
+                        rank,
+                        stderr,
+                        offset,
+                    } => {
+                        // A user on that node follows a run of this one.
+                        let src = n.log_source(now, request.as_str(), rank);
+                        let runner = self.runner.clone();
+                        let net = self.net.clone();
+                        tokio::spawn(async move {
+                            let resp = log_tail(&runner, src, stderr, offset).await;
+                            net.send(NetCmd::RespondSync { channel, resp });
+                        });
+                        return;
                     }
                     SyncRequest::Hold { blobs } => {
                         // Fetches blobs a peer asks this node to keep a copy
@@ -158,4 +175,34 @@ async fn fetch_all(runner: &RunnerCtx, blobs: &[BlobHash], from: NodeId) -> Sync
         }
     }
     SyncResponse::Held
+}
+
+/// What a run running here has written to a log from `offset` (at most
+/// [`LOG_CHUNK`] bytes). Not running here: nothing, `running: false`.
+async fn log_tail(
+    runner: &RunnerCtx,
+    src: Result<LogSource, NodeError>,
+    stderr: bool,
+    offset: u64,
+) -> SyncResponse {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(LogSource::Live { key, slot }) = src else {
+        return SyncResponse::Log {
+            data: Vec::new(),
+            epoch: 0,
+            running: false,
+        };
+    };
+    let path = runner.log_path(slot, if stderr { "stderr" } else { "stdout" });
+    let mut data = Vec::new();
+    if let Ok(mut f) = tokio::fs::File::open(&path).await
+        && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
+    {
+        let _ = f.take(LOG_CHUNK as u64).read_to_end(&mut data).await;
+    }
+    SyncResponse::Log {
+        data,
+        epoch: key.2,
+        running: true,
+    }
 }

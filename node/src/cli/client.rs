@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use pesc_protocol::api::ApiError;
 use reqwest::{Method, RequestBuilder, Response};
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,

@@ -3,6 +3,9 @@
 mod client;
 pub mod domains;
 pub mod files;
+mod pack;
+pub mod run;
+mod stream;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,20 @@ pub use client::Client;
 /// `pesc submit` flags.
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
-    /// A program file, or a directory (zipped and sent whole).
+    #[command(flatten)]
+    pub req: RequestArgs,
+    /// Wait for every run to finish, with a progress bar; exit 1 if any failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON (the request, with "id" and "state").
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What to run and how: the flags `pesc submit` and `pesc run` share.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// A program file, or a directory (its files sent as one zip; see --include).
     pub path: PathBuf,
     /// How many times to run it (ranks 0..N-1).
     #[arg(short = 'n', long, default_value_t = 1)]
@@ -67,19 +83,42 @@ pub struct SubmitArgs {
     /// CPUs per run (containers; default: the node's).
     #[arg(long, value_name = "N")]
     pub cpus: Option<f64>,
-    /// Wait for every run to finish, with a progress bar; exit 1 if any failed.
-    #[arg(long)]
-    pub wait: bool,
-    /// Print JSON (the request, with "id" and "state").
-    #[arg(long)]
-    pub json: bool,
+    /// A file of the directory to send although `.gitignore`, `.pescignore`
+    /// or the secrets rule (`.env`, keys, `.git/`) leaves it out; repeat for more.
+    #[arg(long, value_name = "PATH")]
+    pub include: Vec<PathBuf>,
 }
 
 pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
+    let info = send_request(c, a.req).await?;
+    if !a.wait {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        } else {
+            println!("{}", info.id);
+            eprintln!(
+                "submitted request {} ({} runs); follow it with `pesc status {}`",
+                info.id, info.repetitions, info.id
+            );
+        }
+        return Ok(0);
+    }
+    let done = wait(c, info.id.as_str(), !a.json).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        print_request(&done, true);
+    }
+    Ok(exit_code(&done))
+}
+
+/// Uploads the program (a file, or a directory's files) and makes the
+/// request.
+pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
     let meta =
         std::fs::metadata(&a.path).with_context(|| format!("cannot read {}", a.path.display()))?;
     let (upload, file_name, kind, files) = if meta.is_dir() {
-        let (tmp, files) = zip_dir(&a.path)?;
+        let (tmp, files) = zip_dir(&a.path, &a.include)?;
         let base = a
             .path
             .canonicalize()?
@@ -149,28 +188,8 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
         same_node: a.same_node,
         retries: a.retries,
     };
-    let info: RequestInfo = c
-        .json(c.request(Method::POST, "/requests").json(&req))
-        .await?;
-    if !a.wait {
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&info)?);
-        } else {
-            println!("{}", info.id);
-            eprintln!(
-                "submitted request {} ({} runs); follow it with `pesc status {}`",
-                info.id, info.repetitions, info.id
-            );
-        }
-        return Ok(0);
-    }
-    let done = wait(c, info.id.as_str(), !a.json).await?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-    } else {
-        print_request(&done, true);
-    }
-    Ok(exit_code(&done))
+    c.json(c.request(Method::POST, "/requests").json(&req))
+        .await
 }
 
 fn exit_code(r: &RequestInfo) -> i32 {
@@ -181,9 +200,15 @@ fn exit_code(r: &RequestInfo) -> i32 {
     }
 }
 
-/// Zips a directory (skipping `.git`, `__pycache__` and links) into a temp file.
-fn zip_dir(dir: &Path) -> Result<(PathBuf, Vec<String>)> {
+/// Zips the files of a directory that go to the grid (`pack`: ignore
+/// files honoured, secrets and version control left out, no links) into a
+/// temp file.
+fn zip_dir(dir: &Path, include: &[PathBuf]) -> Result<(PathBuf, Vec<String>)> {
     use zip::write::SimpleFileOptions;
+    let files = pack::files_to_send(dir, include)?;
+    if files.is_empty() {
+        bail!("{} holds no files to send", dir.display());
+    }
     let tmp = std::env::temp_dir().join(format!(
         "pesc-upload-{}.zip",
         hex::encode(rand::random::<[u8; 8]>())
@@ -192,36 +217,15 @@ fn zip_dir(dir: &Path) -> Result<(PathBuf, Vec<String>)> {
     let opts = SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .large_file(true);
-    let mut files = Vec::new();
-    let walker = walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| {
-            let n = e.file_name().to_string_lossy();
-            !(e.file_type().is_dir() && (n == ".git" || n == "__pycache__"))
-        });
-    for e in walker {
-        let e = e.with_context(|| format!("reading {}", dir.display()))?;
-        if !e.file_type().is_file() {
-            continue;
-        }
-        let rel = e
-            .path()
-            .strip_prefix(dir)?
-            .to_string_lossy()
-            .replace('\\', "/");
+    for rel in &files {
+        let path = dir.join(rel);
         use std::os::unix::fs::PermissionsExt;
-        let mode = e.metadata()?.permissions().mode() & 0o777;
+        let mode = std::fs::symlink_metadata(&path)?.permissions().mode() & 0o777;
         z.start_file(rel.as_str(), opts.unix_permissions(mode))?;
-        std::io::copy(&mut std::fs::File::open(e.path())?, &mut z)?;
-        files.push(rel);
+        std::io::copy(&mut std::fs::File::open(&path)?, &mut z)
+            .with_context(|| format!("reading {}", path.display()))?;
     }
     z.finish()?.flush()?;
-    if files.is_empty() {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("{} holds no files", dir.display());
-    }
     Ok((tmp, files))
 }
 
@@ -367,10 +371,12 @@ pub async fn logs(
     follow: bool,
     stderr: bool,
 ) -> Result<i32> {
+    if follow && rank.is_none() {
+        return run::follow_logs(c, id).await;
+    }
     let stream = if stderr { "stderr" } else { "stdout" };
     let ranks: Vec<u32> = match rank {
         Some(r) => vec![r],
-        None if follow => vec![0],
         None => {
             let r: RequestInfo = c
                 .json(

@@ -143,7 +143,7 @@ fn sync_bytes(r: &SyncRequest) -> usize {
     match r {
         SyncRequest::Sync { msg, .. } => msg.len(),
         SyncRequest::Push { data, .. } => data.len(),
-        SyncRequest::Ping(_) | SyncRequest::Hold { .. } => 0,
+        SyncRequest::Ping(_) | SyncRequest::Hold { .. } | SyncRequest::LogTail { .. } => 0,
     }
 }
 
@@ -399,7 +399,9 @@ impl NetTask {
                     SyncRequest::Sync { doc, .. } | SyncRequest::Push { doc, .. } => {
                         Some(doc.clone())
                     }
-                    SyncRequest::Ping(_) | SyncRequest::Hold { .. } => None,
+                    SyncRequest::Ping(_)
+                    | SyncRequest::Hold { .. }
+                    | SyncRequest::LogTail { .. } => None,
                 };
                 add(&self.stats.sync_sent, sync_bytes(&req));
                 let id = b.sync.send_request(&peer, req);

@@ -38,6 +38,9 @@ pub enum LogSource {
     },
     /// Running here: the files grow until the attempt ends.
     Live { key: AttemptKey, slot: usize },
+    /// Running on another node: ask it for what the run writes
+    /// (`wire::SyncRequest::LogTail`).
+    Remote { node: NodeId, key: AttemptKey },
     /// Not started yet (or running on another node).
     NotYet,
 }
@@ -276,7 +279,7 @@ impl Node {
     }
 
     /// Where rank `rank`'s log is now.
-    pub fn log_source(&self, prefix: &str, rank: u32) -> Answer<LogSource> {
+    pub fn log_source(&self, now: Now, prefix: &str, rank: u32) -> Answer<LogSource> {
         let id = self.resolve(prefix)?;
         let Some(q) = self.requests.get(&id) else {
             return Err(NodeError::NotFound(format!("no request {id} on this grid")));
@@ -302,6 +305,17 @@ impl Node {
             return Ok(LogSource::Live {
                 key: k.clone(),
                 slot,
+            });
+        }
+        let now_ms = now.mono_ms;
+        let run = q.doc.run(rank, |a| self.is_live(&id, a, now_ms));
+        if run.state == crate::model::RunState::Running
+            && let Some(a) = run.current
+            && a.node != self.cfg.node
+        {
+            return Ok(LogSource::Remote {
+                node: a.node.clone(),
+                key: (id.clone(), rank, a.epoch),
             });
         }
         let latest = q
