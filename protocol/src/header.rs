@@ -82,6 +82,109 @@ pub fn header_env(ctx: &RunContext) -> Vec<(String, String)> {
     ]
 }
 
+/// Whether the node inserts PESC's header into a Python or R program that
+/// does not read PESC's arguments itself (the thesis's behaviour).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderMode {
+    /// When the program reads no arguments (no argparse, `sys.argv`,
+    /// `--rank`, `commandArgs`…).
+    #[default]
+    Auto,
+    /// Never: the program runs as written.
+    Never,
+}
+
+/// The first line of an inserted header: a program that has it is never
+/// given a second.
+pub const HEADER_MARK: &str = "PESC header (inserted by the node";
+
+const PYTHON_HEADER: &str = r#"# --- PESC header (inserted by the node: the program reads no arguments; --header never turns it off) ---
+import argparse as _pesc_argparse
+_pesc_parser = _pesc_argparse.ArgumentParser(add_help=False)
+_pesc_parser.add_argument("--app_dir", default=".")
+_pesc_parser.add_argument("--checkpoint_dir", default="checkpoint")
+_pesc_parser.add_argument("--output_dir", default="output")
+_pesc_parser.add_argument("--rank", type=int, default=0)
+_pesc_parser.add_argument("--world_size", type=int, default=1)
+_pesc_parser.add_argument("--master_addr", default="127.0.0.1")
+_pesc_parser.add_argument("--master_port", type=int, default=29500)
+_pesc_parser.add_argument("--parameters", nargs="*", default=[])
+args, _ = _pesc_parser.parse_known_args()
+del _pesc_argparse, _pesc_parser
+# --- end of the PESC header ---
+"#;
+
+const R_HEADER: &str = r#"# --- PESC header (inserted by the node: the program reads no arguments; --header never turns it off) ---
+args <- local({
+  a <- commandArgs(trailingOnly = TRUE)
+  get <- function(name, default) {
+    i <- match(paste0("--", name), a)
+    if (is.na(i) || i == length(a)) default else a[[i + 1]]
+  }
+  p <- match("--parameters", a)
+  list(
+    app_dir = get("app_dir", "."),
+    checkpoint_dir = get("checkpoint_dir", "checkpoint"),
+    output_dir = get("output_dir", "output"),
+    rank = as.integer(get("rank", "0")),
+    world_size = as.integer(get("world_size", "1")),
+    master_addr = get("master_addr", "127.0.0.1"),
+    master_port = as.integer(get("master_port", "29500")),
+    parameters = if (is.na(p) || p == length(a)) character(0) else a[(p + 1):length(a)]
+  )
+})
+# --- end of the PESC header ---
+"#;
+
+/// The program with PESC's header inserted, when it needs one: a Python or
+/// R program that reads no arguments and has no header yet. Python's goes
+/// after a shebang, an encoding line, the module docstring's start and any
+/// `from __future__` import (which must come first).
+pub fn with_header(language: crate::model::Language, source: &str) -> Option<String> {
+    use crate::model::Language;
+    if source.contains(HEADER_MARK) {
+        return None;
+    }
+    let (header, reads_args): (&str, &[&str]) = match language {
+        Language::Python => (
+            PYTHON_HEADER,
+            &[
+                "argparse", "sys.argv", "--rank", "getopt", "click", "typer", "docopt", "fire.",
+            ],
+        ),
+        Language::R => (R_HEADER, &["commandArgs", "--rank", "optparse", "argparse"]),
+        _ => return None,
+    };
+    if reads_args.iter().any(|w| source.contains(w)) {
+        return None;
+    }
+    let lines: Vec<&str> = source.split_inclusive('\n').collect();
+    let mut at = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim_start();
+        let keep = (i == 0 && t.starts_with("#!"))
+            || (i < 2 && t.starts_with('#') && t.contains("coding"))
+            || (language == Language::Python && t.starts_with("from __future__"));
+        if keep {
+            at = i + 1;
+        }
+    }
+    let mut out = String::with_capacity(source.len() + header.len() + 1);
+    for l in &lines[..at] {
+        out.push_str(l);
+    }
+    if at > 0 && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(header);
+    for l in &lines[at..] {
+        out.push_str(l);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +229,24 @@ mod tests {
         assert_eq!(get("MASTER_ADDR"), Some("127.0.0.1"));
         assert_eq!(get("MASTER_PORT"), Some("29500"));
         assert_eq!(get("PESC_PARAMETERS"), Some("alpha 0.5"));
+    }
+
+    #[test]
+    fn the_header_goes_into_python_and_r_programs_that_read_no_arguments_once() {
+        use crate::model::Language;
+        let py = "#!/usr/bin/env python3\nfrom __future__ import annotations\nprint(args.rank)\n";
+        let got = with_header(Language::Python, py).unwrap();
+        assert!(got.starts_with(
+            "#!/usr/bin/env python3\nfrom __future__ import annotations\n# --- PESC header"
+        ));
+        assert!(got.ends_with("print(args.rank)\n"));
+        assert_eq!(with_header(Language::Python, &got), None, "never twice");
+        let own = "import argparse\np = argparse.ArgumentParser()\n";
+        assert_eq!(with_header(Language::Python, own), None);
+        let r = "cat(args$rank, \"\\n\")\n";
+        let got = with_header(Language::R, r).unwrap();
+        assert!(got.starts_with("# --- PESC header") && got.contains("args <- local("));
+        assert_eq!(with_header(Language::R, "a <- commandArgs()\n"), None);
+        assert_eq!(with_header(Language::Shell, "echo $PESC_RANK\n"), None);
     }
 }

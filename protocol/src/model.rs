@@ -402,6 +402,10 @@ pub struct RequestSpec {
     /// A parallel request's ranks all on one node.
     #[serde(default)]
     pub same_node: bool,
+    /// Whether a Python or R program that reads no arguments gets PESC's
+    /// header inserted (`header::with_header`).
+    #[serde(default)]
+    pub header: crate::header::HeaderMode,
     /// Extra attempts after the program exits non-zero.
     #[serde(default)]
     pub retries: u32,

@@ -77,6 +77,7 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
         gpu: GpuNeeds::default(),
         parallel: false,
         same_node: false,
+        header: Default::default(),
         retries: 0,
         created_ms,
     }

@@ -588,6 +588,27 @@ fn r_scripts_and_java_jars_run_in_their_domains() {
         run_for_output(&node, &args, &tmp.path().join("r")),
         "0\n2\n4\n"
     );
+    // Without PESC's header, as the thesis allows: the node inserts it.
+    let script = write_file(
+        tmp.path(),
+        "bare.R",
+        "writeLines(paste(args$rank, args$world_size, paste(args$parameters, collapse = \"+\")), \
+         file.path(args$output_dir, \"output.txt\"))\n",
+    );
+    let args = [
+        script.as_str(),
+        "-n",
+        "2",
+        "--domain",
+        &r,
+        "--parameters",
+        "a",
+        "b",
+    ];
+    assert_eq!(
+        run_for_output(&node, &args, &tmp.path().join("bare")),
+        "0 2 a+b\n1 2 a+b\n"
+    );
 
     // A runnable jar, compiled with the JDK of the offline image.
     let src = tmp.path().join("src");

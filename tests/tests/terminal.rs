@@ -314,3 +314,30 @@ fn pesc_logs_follow_prints_every_rank_wherever_it_runs() {
         }
     }
 }
+
+#[test]
+fn a_python_script_without_the_header_gets_it_unless_asked_not_to() {
+    let node = Node::start(2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write_file(
+        tmp.path(),
+        "bare.py",
+        "import os\nopen(os.path.join(args.output_dir, 'output.txt'), 'w').write(f\"{args.rank} {args.world_size} {'+'.join(args.parameters)}\\n\")\n",
+    );
+    let id = node.submit(&[&prog, "-n", "2", "--parameters", "x", "y"]);
+    let v = node.wait_for(&id, Duration::from_secs(60), |v: &Value| {
+        v["state"] == "succeeded" || v["state"] == "failed"
+    });
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    assert_eq!(
+        pesc_tests::zip_text(&zip, "output.txt").unwrap(),
+        "0 2 x+y\n1 2 x+y\n"
+    );
+    // --header never: the program runs as written, and `args` is unknown.
+    let id = node.submit(&[&prog, "--header", "never"]);
+    let v = node.wait_for(&id, Duration::from_secs(60), |v: &Value| {
+        v["state"] == "succeeded" || v["state"] == "failed"
+    });
+    assert_eq!(v["state"], "failed", "{v:#}");
+}

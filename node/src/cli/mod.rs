@@ -18,6 +18,13 @@ use reqwest::Method;
 
 pub use client::Client;
 
+/// `--header`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HeaderChoice {
+    Auto,
+    Never,
+}
+
 /// `pesc submit` flags.
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
@@ -59,6 +66,10 @@ pub struct RequestArgs {
     /// With --parallel: every rank on one node (it needs that many slots).
     #[arg(long, requires = "parallel")]
     pub same_node: bool,
+    /// auto: a Python or R program that reads no arguments gets PESC's
+    /// header (`args.rank`, `args$rank`, ...); never: it runs as written.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub header: HeaderChoice,
     /// Name shown for the process.
     #[arg(long)]
     pub name: Option<String>,
@@ -187,6 +198,10 @@ pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
         parallel: a.parallel,
         same_node: a.same_node,
         retries: a.retries,
+        header: match a.header {
+            HeaderChoice::Auto => pesc_protocol::header::HeaderMode::Auto,
+            HeaderChoice::Never => pesc_protocol::header::HeaderMode::Never,
+        },
     };
     c.json(c.request(Method::POST, "/requests").json(&req))
         .await

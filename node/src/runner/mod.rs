@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use pesc_protocol::header::{DEFAULT_MASTER_PORT, RunContext, header_args, header_env};
+use pesc_protocol::header::{DEFAULT_MASTER_PORT, HeaderMode, RunContext, header_args, header_env};
 use pesc_protocol::model::{Process, ProcessKind, SharedFile};
 use pesc_protocol::{BlobHash, RequestId};
 use tokio::sync::{mpsc, watch};
@@ -226,9 +226,10 @@ async fn attempt(
         let ctx = ctx.clone();
         let (slot_dir, process, req) = (slot_dir.clone(), job.process.clone(), req.clone());
         let inputs: Vec<SharedFile> = job.inputs.iter().map(|(f, _)| f.clone()).collect();
+        let header = job.header;
         move || {
             prepare(
-                &ctx, &slot_dir, &process, &req, rank, epoch, &inputs, restore,
+                &ctx, &slot_dir, &process, header, &req, rank, epoch, &inputs, restore,
             )
         }
     };
@@ -500,10 +501,12 @@ async fn fs_work<T: Send + 'static>(
 /// process's files, an empty `output/`, and `checkpoint/` with the rank's
 /// saved checkpoint if it has one.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     ctx: &RunnerCtx,
     slot_dir: &Path,
     p: &Process,
+    header: HeaderMode,
     req: &RequestId,
     rank: u32,
     epoch: u32,
@@ -563,6 +566,37 @@ fn prepare(
     // Containers get read-only mounts of the blob store's copies instead.
     if !ctx.executor.runs_containers() {
         inputs::place(&ctx.blobs, slot_dir, &app, shared)?;
+    }
+    if header == HeaderMode::Auto {
+        insert_header(&app, p)?;
+    }
+    Ok(())
+}
+
+/// Puts PESC's header into a Python or R entry file that reads no
+/// arguments (`header::with_header`), as the thesis's PESC does.
+fn insert_header(app: &Path, p: &Process) -> Result<()> {
+    if p.entry_is_command {
+        return Ok(());
+    }
+    let entry = match p.kind {
+        ProcessKind::File => p.file_name.as_str(),
+        ProcessKind::Zip => p.entry.as_str(),
+    };
+    // The entry is the node's own copy, just written; never a link.
+    let path = app.join(entry);
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return Ok(());
+    };
+    if !meta.is_file() || meta.len() > 4 << 20 {
+        return Ok(());
+    }
+    let Ok(source) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    if let Some(with) = pesc_protocol::header::with_header(p.language, &source) {
+        std::fs::write(&path, with)
+            .with_context(|| format!("inserting the header into {entry}"))?;
     }
     Ok(())
 }

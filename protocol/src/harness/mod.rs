@@ -420,6 +420,7 @@ impl Harness {
                 parallel: false,
                 same_node: false,
                 retries: 0,
+                header: Default::default(),
             },
         )
     }

@@ -79,6 +79,9 @@ pub struct Job {
     /// A rank of a parallel request: where its rank 0 is; set when the
     /// gang has gathered and the rank starts.
     pub gang: Option<GangJob>,
+    /// Whether to insert PESC's header into a Python or R program that
+    /// reads no arguments.
+    pub header: crate::header::HeaderMode,
 }
 
 /// Where a parallel request's rank finds the others.

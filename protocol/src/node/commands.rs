@@ -95,6 +95,7 @@ impl Node {
             parallel: n.parallel,
             same_node: n.same_node,
             retries: n.retries,
+            header: n.header,
             created_ms: now.wall_ms,
         };
         spec.validate()?;

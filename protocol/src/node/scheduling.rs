@@ -294,6 +294,7 @@ impl Node {
             limits: spec.limits,
             gpus,
             gang: None,
+            header: spec.header,
             copies: self
                 .cfg
                 .replication

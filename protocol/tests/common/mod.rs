@@ -40,6 +40,7 @@ pub fn spec(id: u8, owner: &str, repetitions: u32, retries: u32, created_ms: u64
         gpu: Default::default(),
         parallel: false,
         same_node: false,
+        header: Default::default(),
         retries,
         created_ms,
     }
