@@ -501,7 +501,6 @@ async fn fs_work<T: Send + 'static>(
 /// process's files, an empty `output/`, and `checkpoint/` with the rank's
 /// saved checkpoint if it has one.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn prepare(
     ctx: &RunnerCtx,
     slot_dir: &Path,
