@@ -16,7 +16,7 @@
 use crate::ids::{NodeId, RequestId};
 use crate::limits::MAX_INFRA_ATTEMPTS;
 use crate::model::{Attempt, AttemptState, RunState};
-use crate::run_view::{Abandon, RunPolicy, RunView, claim_priority, first_claim};
+use crate::run_view::{Abandon, RunPolicy, RunView, claim_priority};
 use crate::schedule::hash64;
 
 /// The most ranks of a parallel request: every rank's view is derived from
@@ -85,10 +85,36 @@ pub struct GangView<'a> {
     same_node: bool,
 }
 
+/// The most rounds a gang gets: past them it has failed. Rounds handed
+/// back to an older gang count too (one every [`GATHER_WAIT_MS`] at most
+/// per node), so this is far above what a gang that can run needs; it
+/// bounds what a peer writing one round after another can make every node
+/// derive and restart.
+pub const MAX_ROUNDS: u32 = 10_000;
+
+/// What one round's attempts add up to (derived in one pass over them).
+#[derive(Default)]
+struct Round {
+    /// Ranks with a success in the round.
+    succeeded: u32,
+    /// A program failed in it.
+    failed: bool,
+    /// A node could not run, or lost, an attempt of it.
+    infra: bool,
+    /// Every attempt of it not handed back has ended.
+    ended: bool,
+    /// The attempt whose end counts against the gang (the first seen).
+    failure: Option<usize>,
+}
+
 /// Derives a gang of `world` ranks from every rank's attempts
 /// (`attempts(rank)`); `live` says whether a non-terminal attempt's holder
 /// is trusted. With `same_node`, a rank stands only on rank 0's node: a
 /// claim elsewhere lost to rank 0's claim.
+///
+/// Rounds are read from 0 up and must follow each other: attempts past a
+/// missing round are ignored (no honest node claims round g + 1 before
+/// round g broke), so a crafted attempt far ahead moves nothing.
 pub fn derive<'a>(
     request: &RequestId,
     world: u32,
@@ -98,11 +124,54 @@ pub fn derive<'a>(
     live: impl Fn(&Attempt) -> bool,
 ) -> GangView<'a> {
     let ranks: Vec<&'a [Attempt]> = (0..world).map(&attempts).collect();
+    // One pass: each round's sums, and the rounds that exist.
+    let mut rounds: std::collections::BTreeMap<u32, Round> = Default::default();
+    let mut flat: Vec<&'a Attempt> = Vec::new();
+    for list in &ranks {
+        let mut won: Vec<u32> = Vec::new();
+        for a in list.iter() {
+            let r = rounds.entry(a.epoch).or_insert_with(|| Round {
+                ended: true,
+                ..Default::default()
+            });
+            match a.state {
+                AttemptState::Succeeded if !won.contains(&a.epoch) => {
+                    won.push(a.epoch);
+                    r.succeeded += 1;
+                }
+                AttemptState::Failed => r.failed = true,
+                AttemptState::Error | AttemptState::Lost => r.infra = true,
+                _ => {}
+            }
+            if matches!(
+                a.state,
+                AttemptState::Failed | AttemptState::Error | AttemptState::Lost
+            ) && r.failure.is_none()
+            {
+                r.failure = Some(flat.len());
+            }
+            if !a.state.is_terminal() {
+                r.ended = false;
+            }
+            flat.push(a);
+        }
+    }
+    // Contiguous from round 0.
+    let last = rounds
+        .keys()
+        .enumerate()
+        .take_while(|(i, g)| **g as usize == *i)
+        .last()
+        .map(|(_, g)| *g);
+    let in_range = |a: &&Attempt| last.is_some_and(|l| a.epoch <= l);
     let latest: Vec<Option<&'a Attempt>> = ranks
         .iter()
-        .map(|list| list.iter().max_by_key(|a| (a.epoch, a.claimed_ms)))
+        .map(|list| {
+            list.iter()
+                .filter(in_range)
+                .max_by_key(|a| (a.epoch, a.claimed_ms))
+        })
         .collect();
-    let all = || ranks.iter().flat_map(|l| l.iter());
     let view = |round, phase, holders, broke| GangView {
         round,
         phase,
@@ -111,49 +180,45 @@ pub fn derive<'a>(
         latest: latest.clone(),
         same_node,
     };
-    let mut rounds: Vec<u32> = all().map(|a| a.epoch).collect();
-    rounds.sort_unstable();
-    rounds.dedup();
-    // The first round whose every rank succeeded is the gang's result.
-    for &g in &rounds {
-        let wins: Vec<Option<&'a Attempt>> = ranks
-            .iter()
-            .map(|l| {
-                first_claim(
-                    request,
-                    &l.iter()
-                        .filter(|a| a.epoch == g && a.state == AttemptState::Succeeded)
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
-                .and_then(|w| l.iter().find(|a| a.key() == w.key()))
-            })
-            .collect();
+    let round = last.unwrap_or(0);
+    // The first round whose every rank succeeded (on rank 0's node, for a
+    // same-node gang) is the gang's result.
+    for (&g, r) in rounds.range(..=round) {
+        if r.succeeded < world {
+            continue;
+        }
+        let win = |list: &'a [Attempt], on: Option<&NodeId>| {
+            list.iter()
+                .filter(|a| a.epoch == g && a.state == AttemptState::Succeeded)
+                .filter(|a| on.is_none_or(|n| &a.node == n))
+                .min_by_key(|a| claim_priority(request, a.rank, a.epoch, &a.node))
+        };
+        let zero = ranks.first().and_then(|l| win(l, None));
+        let on = zero.map(|z| &z.node).filter(|_| same_node);
+        let wins: Vec<Option<&'a Attempt>> = ranks.iter().map(|l| win(l, on)).collect();
         if wins.iter().all(Option::is_some) {
             return view(g, Phase::Succeeded, wins, None);
         }
     }
-    let round = rounds.last().copied().unwrap_or(0);
     if policy.cancelled {
         return view(round, Phase::Cancelled, vec![None; world as usize], None);
     }
-    // Retries count rounds: one that a program failed in, or one the
-    // nodes could not run.
+    // Retries count rounds: one a program failed in (once every attempt of
+    // it ended and no node lost one: a rank whose peer died fails too), or
+    // one the nodes could not run.
     let (mut user, mut infra) = (0u32, 0u32);
     let mut last_failure: Option<&'a Attempt> = None;
-    for &g in &rounds {
-        let failed = all().find(|a| a.epoch == g && a.state == AttemptState::Failed);
-        let infra_end = all()
-            .find(|a| a.epoch == g && matches!(a.state, AttemptState::Error | AttemptState::Lost));
-        if let Some(f) = failed {
-            user += 1;
-            last_failure = Some(f);
-        } else if let Some(f) = infra_end {
+    for r in rounds.range(..=round).map(|(_, r)| r) {
+        if r.infra {
             infra += 1;
-            last_failure = Some(f);
+        } else if r.failed && r.ended {
+            user += 1;
+        } else {
+            continue;
         }
+        last_failure = r.failure.map(|i| flat[i]).or(last_failure);
     }
-    if user > policy.retries || infra >= MAX_INFRA_ATTEMPTS {
+    if user > policy.retries || infra >= MAX_INFRA_ATTEMPTS || round >= MAX_ROUNDS {
         return view(
             round,
             Phase::Failed,
@@ -161,7 +226,7 @@ pub fn derive<'a>(
             last_failure,
         );
     }
-    // A rank's first claim in the round by priority, among those not
+    // A rank's first claim in the round by rank order, among those not
     // handed back.
     let first_of = |list: &'a [Attempt], on: Option<&NodeId>| {
         list.iter()
@@ -238,7 +303,9 @@ impl<'a> GangView<'a> {
         let (state, current, next_epoch) = match self.phase {
             Phase::Succeeded => (RunState::Succeeded, holder, 0),
             Phase::Cancelled => (RunState::Cancelled, latest, 0),
-            Phase::Failed => (RunState::Failed, self.broke.or(latest), 0),
+            // Each rank's own last attempt (the one that broke the gang is
+            // named in the request's reason).
+            Phase::Failed => (RunState::Failed, latest, 0),
             Phase::Broken => (RunState::Queued, latest, self.round.saturating_add(1)),
             Phase::Gathering | Phase::Gathered => match holder {
                 Some(h) => (
@@ -443,9 +510,12 @@ mod tests {
         }
         let mine = &all[2][0];
         assert_eq!(v.abandon(&r, mine, &all[2]), Some(Abandon::GangStopped));
-        // A second failing round uses the one retry up.
+        // Rank 2 stopped with its gang; a second failing round uses the one
+        // retry up.
         let mut flat: Vec<Attempt> = all.concat();
+        flat.retain(|a| a.rank != 2);
         flat.extend([
+            att(2, 0, "c", AttemptState::Yielded),
             att(0, 1, "a", AttemptState::Failed),
             att(1, 1, "b", AttemptState::Yielded),
             att(2, 1, "c", AttemptState::Yielded),
@@ -454,6 +524,54 @@ mod tests {
         let v = derive(&r, 3, false, |k| &all[k as usize], policy, |_| true);
         assert_eq!(v.phase, Phase::Failed);
         assert_eq!(v.run(1).state, RunState::Failed);
+    }
+
+    #[test]
+    fn a_rank_failing_because_its_peer_died_is_not_the_programs_failure() {
+        // Rank 1's node died; rank 0's program failed when its peer went
+        // away. The dead node's attempt never ends in the documents: the
+        // round breaks, but no retry is spent.
+        let r = req();
+        let all = by_rank(
+            &[
+                att(0, 0, "a", AttemptState::Failed),
+                att(1, 0, "dead", AttemptState::Running),
+            ],
+            2,
+        );
+        let v = derive(
+            &r,
+            2,
+            false,
+            |k| &all[k as usize],
+            OPEN,
+            |a| a.node.as_str() != "dead",
+        );
+        assert_eq!(v.phase, Phase::Broken);
+        assert_eq!(v.run(0).next_epoch, 1);
+    }
+
+    #[test]
+    fn rounds_must_follow_each_other_and_are_bounded() {
+        let r = req();
+        // A crafted attempt far ahead of round 0 moves nothing.
+        let all = by_rank(
+            &[
+                att(0, 0, "a", AttemptState::Running),
+                att(1, 0, "b", AttemptState::Running),
+                att(0, 1 << 24, "evil", AttemptState::Yielded),
+            ],
+            2,
+        );
+        let v = derive(&r, 2, false, |k| &all[k as usize], OPEN, |_| true);
+        assert_eq!((v.round, v.phase), (0, Phase::Gathered));
+        // Past MAX_ROUNDS rounds, the gang has failed.
+        let flat: Vec<Attempt> = (0..=MAX_ROUNDS)
+            .map(|g| att(0, g, "a", AttemptState::Yielded))
+            .collect();
+        let all = by_rank(&flat, 1);
+        let v = derive(&r, 1, false, |k| &all[k as usize], OPEN, |_| true);
+        assert_eq!(v.phase, Phase::Failed);
     }
 
     #[test]

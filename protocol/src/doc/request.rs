@@ -145,9 +145,7 @@ impl RequestDoc {
                 None => return self.rematerialize_all(),
             }
         }
-        for rank in ranks {
-            self.refresh_rank(rank);
-        }
+        self.refresh_ranks(ranks);
         Ok(())
     }
 
@@ -213,9 +211,7 @@ impl RequestDoc {
         self.done = RunCounts::default();
         self.terminal.clear();
         let ranks: Vec<u32> = self.attempts.keys().copied().collect();
-        for rank in ranks {
-            self.refresh_rank(rank);
-        }
+        self.refresh_ranks(ranks);
         Ok(())
     }
 
@@ -251,6 +247,20 @@ impl RequestDoc {
     /// Attempts skipped because they failed their checks (`attempts/KEY`, why).
     pub fn skipped(&self) -> &[(String, String)] {
         &self.skipped
+    }
+
+    /// Derives these ranks' runs again (a gang once, whichever changed).
+    fn refresh_ranks(&mut self, ranks: impl IntoIterator<Item = u32>) {
+        let mut ranks = ranks.into_iter();
+        if self.spec.parallel {
+            if let Some(r) = ranks.next() {
+                self.refresh_rank(r);
+            }
+            return;
+        }
+        for rank in ranks {
+            self.refresh_rank(rank);
+        }
     }
 
     /// Derives rank `rank`'s run again and keeps the unfinished, tried
@@ -378,6 +388,38 @@ impl RequestDoc {
             return self.gang(live).run(rank);
         }
         derive_run(&self.spec.id, self.attempts_of(rank), self.policy(), live)
+    }
+
+    /// Every rank's run, in rank order (a gang derived once).
+    pub fn runs(&self, live: impl Fn(&Attempt) -> bool) -> Vec<RunView<'_>> {
+        if self.spec.parallel {
+            let view = self.gang(live);
+            return (0..self.spec.repetitions).map(|r| view.run(r)).collect();
+        }
+        (0..self.spec.repetitions)
+            .map(|r| derive_run(&self.spec.id, self.attempts_of(r), self.policy(), &live))
+            .collect()
+    }
+
+    /// Every rank's result attempt (see [`RequestDoc::result_attempt`]), in
+    /// rank order.
+    pub fn result_attempts(&self) -> Vec<Option<&Attempt>> {
+        self.runs(|_| true)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, v)| match v.state {
+                RunState::Succeeded => v.current,
+                _ => self.last_ended(rank as u32),
+            })
+            .collect()
+    }
+
+    /// A rank's latest attempt that ended, not handed back.
+    fn last_ended(&self, rank: u32) -> Option<&Attempt> {
+        self.attempts_of(rank)
+            .iter()
+            .filter(|a| a.state.is_terminal() && a.state != AttemptState::Yielded)
+            .max_by_key(|a| (a.epoch, a.finished_ms))
     }
 
     /// A parallel request's gang (see [`crate::gang`]); `live` judges
@@ -514,11 +556,7 @@ impl RequestDoc {
         let v = self.run(rank, |_| true);
         match v.state {
             RunState::Succeeded => v.current,
-            _ => self
-                .attempts_of(rank)
-                .iter()
-                .filter(|a| a.state.is_terminal() && a.state != AttemptState::Yielded)
-                .max_by_key(|a| (a.epoch, a.finished_ms)),
+            _ => self.last_ended(rank),
         }
     }
 

@@ -33,10 +33,12 @@ impl Node {
     /// claims ranks of the gang this node serves, and starts the ranks of
     /// gangs that have gathered. Runs before ordinary claims: a gathering
     /// gang gets a slot as soon as one frees.
-    pub(super) fn schedule_gangs(&mut self, at: Now) {
+    /// Whether this node serves a gang that still gathers (then it claims
+    /// no runs ahead: its freed slots are the gang's).
+    pub(super) fn schedule_gangs(&mut self, at: Now) -> bool {
         let order = self.gang_order();
         if order.is_empty() {
-            return;
+            return false;
         }
         for id in &order {
             self.abandon_lost(at, id);
@@ -49,6 +51,7 @@ impl Node {
             }
         }
         self.start_gathered(at);
+        serve.is_some()
     }
 
     /// Unfinished parallel requests this node may run, oldest first.
@@ -98,12 +101,28 @@ impl Node {
     /// Whether the grid's live members have slots enough for the gang (on
     /// one of them, for a same-node request).
     pub(super) fn gang_fits(&self, spec: &RequestSpec) -> bool {
+        // Every live member's slots, but those of a member this node knows
+        // cannot take the runs (room, GPUs, isolation) or is paused; a
+        // member it hears nothing from counts (its state is not known here).
+        let statuses: std::collections::HashMap<&NodeId, _> = self.repl.live_statuses().collect();
         let slots: Vec<u32> = self
             .grid
             .nodes()
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| n.id == self.cfg.node || !self.liveness.is_down(&n.id))
+            .filter(|n| {
+                if n.id == self.cfg.node {
+                    return eligible(spec, &self.caps) && self.paused.is_none();
+                }
+                if self.liveness.is_down(&n.id) {
+                    return false;
+                }
+                statuses.get(&n.id).is_none_or(|s| {
+                    let mut offer = s.offer();
+                    offer.caps.min_isolation = self.caps.min_isolation;
+                    !offer.paused && eligible(spec, &offer.caps)
+                })
+            })
             .map(|n| n.slots)
             .collect();
         if spec.same_node {
@@ -140,7 +159,9 @@ impl Node {
                 .copied()
                 .flatten()
                 .is_some_and(|h| h.node == self.cfg.node);
-            let zero_queued = queued.first().is_some_and(|(r, _)| *r == 0);
+            // Rank 0 decides the node: take it only with a slot free for
+            // every rank, or a busy node would hold the gang back.
+            let zero_queued = queued.first().is_some_and(|(r, _)| *r == 0) && free >= queued.len();
             if zero_here || zero_queued {
                 queued.into_iter().take(free).collect()
             } else {
@@ -170,11 +191,19 @@ impl Node {
     /// Hands back the slots this node holds for `younger` gangs still
     /// gathering, once held for [`GATHER_WAIT_MS`].
     fn hand_back_younger(&mut self, at: Now, younger: &[RequestId]) {
+        // Only gangs that still gather: one that has gathered starts now.
+        let gathering: Vec<&RequestId> = younger
+            .iter()
+            .filter(|id| {
+                self.gang_view(id, at.mono_ms)
+                    .is_some_and(|v| v.phase == Phase::Gathering)
+            })
+            .collect();
         let stale: Vec<_> = self
             .running
             .iter()
             .filter(|(k, r)| {
-                younger.contains(&k.0)
+                gathering.contains(&&k.0)
                     && r.waiting.is_some()
                     && r.stopping.is_none()
                     && at.wall_ms.saturating_sub(r.attempt.claimed_ms) >= GATHER_WAIT_MS
@@ -207,6 +236,9 @@ impl Node {
         let mut go: Vec<(super::AttemptKey, GangJob)> = Vec::new();
         let mut gathered_at = std::mem::take(&mut self.gathered_at);
         let mut wake = None;
+        // Each gang derived once per pass, however many of its ranks wait.
+        let mut views: std::collections::HashMap<&RequestId, Option<GangView>> =
+            std::collections::HashMap::new();
         for (k, r) in &self.running {
             if r.waiting.is_none() || r.slot.is_none() || r.stopping.is_some() {
                 continue;
@@ -218,7 +250,11 @@ impl Node {
             {
                 continue;
             }
-            let Some(view) = self.gang_view(&k.0, at.mono_ms) else {
+            let Some(view) = views
+                .entry(&k.0)
+                .or_insert_with(|| self.gang_view(&k.0, at.mono_ms))
+                .as_ref()
+            else {
                 continue;
             };
             if view.phase != Phase::Gathered {
@@ -239,7 +275,7 @@ impl Node {
             if mine.is_none_or(|m| m.key() != r.attempt.key()) {
                 continue;
             }
-            let (local_rank, local_world_size) = local_rank(&view, k.1);
+            let (local_rank, local_world_size) = local_rank(view, k.1);
             go.push((
                 k.clone(),
                 GangJob {

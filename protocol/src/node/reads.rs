@@ -108,9 +108,11 @@ impl Node {
         let spec = q.doc.spec();
         let counts: RunCounts = q.doc.counts(live);
         let runs = with_runs.then(|| {
-            (0..spec.repetitions)
-                .map(|rank| {
-                    let v = q.doc.run(rank, live);
+            q.doc
+                .runs(live)
+                .into_iter()
+                .zip(0..spec.repetitions)
+                .map(|(v, rank)| {
                     let a = v.current;
                     RunInfo {
                         rank,
@@ -265,8 +267,8 @@ impl Node {
             return Err(NodeError::NotFound(format!("no request {id} on this grid")));
         };
         let ranks = (0..q.doc.spec().repetitions)
-            .map(|r| {
-                let a = q.doc.result_attempt(r);
+            .zip(q.doc.result_attempts())
+            .map(|(r, a)| {
                 (
                     r,
                     a.and_then(|a| a.output),

@@ -56,10 +56,14 @@ impl Node {
             self.release_gathering(at, super::gangs::PAUSED_WHILE_GATHERING);
             return;
         }
+        // A gang that gathers gets freed slots before runs claimed ahead.
+        let gathering = self.schedule_gangs(at);
+        if gathering {
+            self.release_ahead(at, FOR_A_GANG);
+        }
         self.start_ahead();
-        self.schedule_gangs(at);
         let free = self.free_slots.len();
-        let room = if self.ahead.is_empty() {
+        let room = if self.ahead.is_empty() && !gathering {
             self.ahead_room()
         } else {
             0
@@ -231,6 +235,14 @@ impl Node {
             return;
         };
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
+        // Never an epoch peers would skip, never an attempt of ours twice.
+        let mine = crate::model::attempt_key(c.rank, c.epoch, &self.cfg.node);
+        if c.epoch > crate::doc::request::MAX_EPOCH
+            || self.running.contains_key(&key)
+            || req.doc.attempts_of(c.rank).iter().any(|a| a.key() == mine)
+        {
+            return;
+        }
         let need = &req.doc.spec().gpu;
         let gpus = if need.count > 0 {
             let peak = self.gpu_peaks.get(&usage_key(req.doc.spec())).copied();
@@ -333,6 +345,9 @@ impl Node {
 /// Runs claimed ahead per slot, and at least (see [`Node::schedule`]).
 const AHEAD_PER_SLOT: usize = 2;
 const AHEAD_LEAST: usize = 4;
+
+/// Why a run claimed ahead went back unstarted while a gang gathers here.
+const FOR_A_GANG: &str = "a parallel request gathers slots on this node; the run goes on elsewhere";
 
 /// Why a run claimed ahead went back to the grid unstarted.
 const NOT_STARTED_PAUSED: &str =
