@@ -218,7 +218,9 @@ pub fn derive<'a>(
         }
         last_failure = r.failure.map(|i| flat[i]).or(last_failure);
     }
-    if user > policy.retries || infra >= MAX_INFRA_ATTEMPTS || round >= MAX_ROUNDS {
+    // A gang is as exposed to its nodes' failures as its ranks together:
+    // each rank may cost one round on top of what one run may.
+    if user > policy.retries || infra >= MAX_INFRA_ATTEMPTS + world || round >= MAX_ROUNDS {
         return view(
             round,
             Phase::Failed,

@@ -303,10 +303,18 @@ impl Node {
                 .filter(|a| a.node == cfg.node && !a.state.is_terminal())
                 .cloned()
                 .collect();
+            let gang = req.doc.spec().parallel;
             for mut a in mine {
-                a.state = AttemptState::Lost;
+                // A gang's rank that had not started lost nothing: it was
+                // only holding a slot (not a failure of the round).
+                if gang && a.started_ms.is_none() {
+                    a.state = AttemptState::Yielded;
+                    a.reason = Some("the node restarted before the gang started".into());
+                } else {
+                    a.state = AttemptState::Lost;
+                    a.reason = Some("the node restarted while this attempt ran".into());
+                }
                 a.finished_ms = Some(now.wall_ms);
-                a.reason = Some("the node restarted while this attempt ran".into());
                 req.doc.put_attempt(&a)?;
                 req.dirty = true;
                 recovered += 1;
