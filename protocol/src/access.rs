@@ -251,6 +251,8 @@ pub struct AccessState {
     pub rooms: Vec<Room>,
     /// The named room each placed node is in.
     pub placements: Vec<(crate::NodeId, String)>,
+    /// Placed nodes that also stay in General.
+    pub in_general: Vec<crate::NodeId>,
     /// The grid's minimum isolation level: nodes below it take no runs.
     pub min_isolation: crate::isolation::IsolationLevel,
 }
@@ -288,7 +290,9 @@ pub enum AccessChange {
         present: bool,
     },
     /// Puts a node in a named room, or takes it out of its room.
-    PlaceNode(crate::NodeId, Option<String>),
+    /// A node into a named room (or out of it), and whether it also stays
+    /// in General.
+    PlaceNode(crate::NodeId, Option<String>, bool),
     /// Sets the grid's minimum isolation level (admins only).
     SetMinIsolation(crate::isolation::IsolationLevel),
 }

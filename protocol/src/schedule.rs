@@ -114,8 +114,11 @@ pub fn scan_position(rank: u32, start: u32, repetitions: u32) -> u32 {
 /// What a node offers, as far as placement cares.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeCaps {
-    /// Rooms the node belongs to (every node is in General).
+    /// Named rooms the node belongs to.
     pub rooms: Vec<String>,
+    /// Kept to its named room: a room admin put it there without leaving
+    /// it in General, so it does not serve General.
+    pub private: bool,
     /// GPUs the node has.
     pub gpus: u32,
     /// The node runs user code in containers (it can build domains).
@@ -136,13 +139,7 @@ pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
     if !caps.isolation.meets(caps.min_isolation) {
         return false;
     }
-    let in_room = if spec.rooms.is_empty() {
-        true
-    } else {
-        spec.rooms
-            .iter()
-            .any(|r| r == GENERAL_ROOM || caps.rooms.iter().any(|c| c == r))
-    };
+    let in_room = spec.effective_rooms().iter().any(|r| serves_room(caps, r));
     let gpus_fit = spec.gpu.count == 0
         || (caps.gpus >= spec.gpu.count
             && spec
@@ -150,6 +147,11 @@ pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
                 .min_capability
                 .is_none_or(|c| caps.gpu_capability >= c));
     in_room && gpus_fit && (spec.domain.is_none() || caps.containers)
+}
+
+/// Whether a node takes requests of `room`.
+pub fn serves_room(caps: &NodeCaps, room: &str) -> bool {
+    (room == GENERAL_ROOM && !caps.private) || caps.rooms.iter().any(|c| c == room)
 }
 
 /// What one node offers now, as far as a waiting run is concerned.
@@ -169,11 +171,7 @@ pub fn why_waiting(spec: &RequestSpec, nodes: &[NodeOffer]) -> String {
     let rooms = spec.effective_rooms();
     let in_room: Vec<&NodeOffer> = nodes
         .iter()
-        .filter(|n| {
-            rooms
-                .iter()
-                .any(|r| r == GENERAL_ROOM || n.caps.rooms.iter().any(|c| c == r))
-        })
+        .filter(|n| rooms.iter().any(|r| serves_room(&n.caps, r)))
         .collect();
     if in_room.is_empty() {
         return format!("no node known here serves room {}", rooms.join(" or "));

@@ -191,6 +191,9 @@ pub struct NodeStatus {
     /// Rooms it serves besides General.
     #[serde(default)]
     pub rooms: Vec<String>,
+    /// Kept to its named room: it does not serve General.
+    #[serde(default)]
+    pub private: bool,
     /// It runs user code in containers.
     #[serde(default)]
     pub containers: bool,
@@ -244,6 +247,7 @@ impl NodeStatus {
             name: self.name.clone(),
             caps: crate::schedule::NodeCaps {
                 rooms: self.rooms.clone(),
+                private: self.private,
                 gpus: self.gpus.len() as u32,
                 containers: self.containers,
                 isolation: self.isolation,

@@ -102,6 +102,7 @@ fn apply(g: &mut GridDoc, e: &Edit) {
             .place_node(
                 &NodeId::new(format!("n{n}")),
                 r.map(|x| if x { "lab" } else { "other" }),
+                false,
             )
             .unwrap(),
         Edit::User(u, disabled) => g

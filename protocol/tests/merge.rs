@@ -112,6 +112,7 @@ fn accounts_tokens_and_placements_made_on_different_nodes_merge() {
     g2.change_access(&AccessChange::PlaceNode(
         NodeId::new("n1"),
         Some("Lab".into()),
+        false,
     ))
     .unwrap();
     g1.commit();
@@ -122,7 +123,7 @@ fn accounts_tokens_and_placements_made_on_different_nodes_merge() {
     assert_eq!(g1.token(&t.id).unwrap(), Some(t.clone()));
     assert_eq!(a.placement(&NodeId::new("n1")), Some("Lab"));
     // Taking the node out and revoking the token remove the entries.
-    g1.change_access(&AccessChange::PlaceNode(NodeId::new("n1"), None))
+    g1.change_access(&AccessChange::PlaceNode(NodeId::new("n1"), None, true))
         .unwrap();
     g1.change_access(&AccessChange::RemoveToken(t.id.clone()))
         .unwrap();

@@ -161,6 +161,7 @@ impl Sizes {
             ],
             gpus: Vec::new(),
             rooms: Vec::new(),
+            private: false,
             containers: true,
             isolation: pesc_protocol::isolation::IsolationLevel::Containers,
             isolation_detail: "containers".into(),

@@ -292,6 +292,37 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
         );
     }
 
+    // In the room only, n1 runs none of General's requests: they all go
+    // to n0, while n1 idles.
+    let (s, req) = status(bob.submit_script("sleep 0.3; echo ran\n", 6, &[]));
+    assert_eq!(s, 201, "{req}");
+    let general = wait_done(&bob, req["id"].as_str().unwrap(), Duration::from_secs(90));
+    assert_eq!(general["state"], "succeeded", "{general}");
+    for run in general["runs"].as_array().unwrap() {
+        assert_ne!(
+            run["node"].as_str(),
+            Some(n1_id.as_str()),
+            "a General run on a node kept to its room: {run}"
+        );
+    }
+    // Left in General too, it takes General's runs again.
+    let (s, e) = status(ana.put("/rooms/lab/nodes/n1?general=true").send().unwrap());
+    assert_eq!(s, 204, "{e}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (s, req) = status(bob.submit_script("sleep 1; echo ran\n", 8, &[]));
+    assert_eq!(s, 201, "{req}");
+    let general = wait_done(&bob, req["id"].as_str().unwrap(), Duration::from_secs(90));
+    assert!(
+        general["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["node"].as_str() == Some(n1_id.as_str())),
+        "n1 ran none of General's runs: {general}"
+    );
+    let (s, _) = status(ana.put("/rooms/lab/nodes/n1").send().unwrap());
+    assert_eq!(s, 204);
+
     // What bob uploaded is his.
     let procs: Vec<Value> = admin.get("/processes").send().unwrap().json().unwrap();
     assert!(procs.iter().any(|p| p["owner"] == "bob"), "{procs:?}");
@@ -321,9 +352,9 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
             .map(|r| r["id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(listed(&bob).len(), 2);
+    assert_eq!(listed(&bob).len(), 4);
     assert!(listed(&eve).is_empty());
-    assert_eq!(listed(&op).len(), 2);
+    assert_eq!(listed(&op).len(), 4);
     assert_eq!(
         eve.get(&format!("/requests/{slow}"))
             .send()

@@ -572,13 +572,16 @@ async fn remove_room_user(
 }
 
 /// Puts a node in a room (or, with None, takes it out of `room`). Moving
-/// a node out of another named room needs admin of that room too.
+/// a node out of another named room needs admin of that room too. In a
+/// named room a node runs only that room's requests unless `general`
+/// keeps it in General as well.
 pub(crate) async fn move_node(
     st: &AppState,
     who: &Principal,
     room: &str,
     node: &str,
     put_in: bool,
+    general: bool,
 ) -> Result<(), ApiFailure> {
     let a = st.svc.access().await?;
     let target = a
@@ -603,7 +606,11 @@ pub(crate) async fn move_node(
     if put_in {
         pesc_protocol::access::check_node_placement(who, &n.name, current, Some(target))?;
         st.svc
-            .change_access(AccessChange::PlaceNode(id, Some(target.name.clone())))
+            .change_access(AccessChange::PlaceNode(
+                id,
+                Some(target.name.clone()),
+                general,
+            ))
             .await
     } else {
         pesc_protocol::access::check_node_placement(who, &n.name, Some(target), None)?;
@@ -614,17 +621,25 @@ pub(crate) async fn move_node(
             )));
         }
         st.svc
-            .change_access(AccessChange::PlaceNode(id, None))
+            .change_access(AccessChange::PlaceNode(id, None, true))
             .await
     }
+}
+
+/// `?general=true`: the node stays in General too.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct Placing {
+    #[serde(default)]
+    general: bool,
 }
 
 async fn place_node(
     State(st): St,
     Extension(c): Who,
     Path((room, node)): Path<(String, String)>,
+    Query(q): Query<Placing>,
 ) -> Result<StatusCode, ApiFailure> {
-    move_node(&st, &c.who, &room, &node, true).await?;
+    move_node(&st, &c.who, &room, &node, true, q.general).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -633,7 +648,7 @@ async fn unplace_node(
     Extension(c): Who,
     Path((room, node)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiFailure> {
-    move_node(&st, &c.who, &room, &node, false).await?;
+    move_node(&st, &c.who, &room, &node, false, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -350,7 +350,8 @@ member_path!(
 );
 
 #[utoipa::path(put, path = "/api/v1/rooms/{name}/nodes/{node}",
-    params(("name" = String, Path), ("node" = String, Path, description = "Node id or name")),
+    params(("name" = String, Path), ("node" = String, Path, description = "Node id or name"),
+        ("general" = Option<bool>, Query, description = "The node also stays in General (default: it runs only this room's requests)")),
     responses(
         (status = 204, description = "The node is in the room (moving it from another room needs admin of both)"),
         (status = 403, body = ApiError),

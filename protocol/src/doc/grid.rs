@@ -414,17 +414,38 @@ impl GridDoc {
         self.remove("tokens", id)
     }
 
-    /// Puts a node in a named room (or takes it out with None).
-    pub fn place_node(&mut self, node: &NodeId, room: Option<&str>) -> Result<()> {
+    /// Puts a node in a named room (or takes it out with None); `general`:
+    /// it also stays in General (kept as `NODE/general` → "1" in the same
+    /// map, last writer wins per key like the placement itself).
+    pub fn place_node(&mut self, node: &NodeId, room: Option<&str>, general: bool) -> Result<()> {
         use automerge::transaction::Transactable;
         let o = self.obj("placements")?;
+        let flag = format!("{node}/general");
         match room {
-            Some(r) => self.doc.put(&o, node.as_str(), r)?,
+            Some(r) => {
+                self.doc.put(&o, node.as_str(), r)?;
+                if general {
+                    self.doc.put(&o, flag.as_str(), "1")?;
+                } else {
+                    self.remove("placements", &flag)?;
+                }
+            }
             None => {
                 self.remove("placements", node.as_str())?;
+                self.remove("placements", &flag)?;
             }
         }
         Ok(())
+    }
+
+    /// Whether a node serves General: unless a room admin put it in a
+    /// named room without leaving it in General too.
+    pub fn in_general(&self, node: &NodeId) -> Result<bool> {
+        if self.placement(node)?.is_none() {
+            return Ok(true);
+        }
+        let flag = format!("{node}/general");
+        Ok(get_str(&self.doc, &self.obj("placements")?, &flag)?.as_deref() == Some("1"))
     }
 
     /// The named room a node was put in, if any.
@@ -439,6 +460,8 @@ impl GridDoc {
         Ok(self
             .doc
             .map_range(&o, ..)
+            // `NODE/general` flags are not placements.
+            .filter(|item| !item.key.contains('/'))
             .filter_map(|item| match item.value {
                 automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(r)) => {
                     Some((NodeId::new(item.key.as_ref()), r.to_string()))
@@ -455,6 +478,12 @@ impl GridDoc {
             tokens: self.tokens()?,
             rooms: self.rooms()?,
             placements: self.placements()?,
+            in_general: self
+                .placements()?
+                .into_iter()
+                .filter(|(n, _)| self.in_general(n).unwrap_or(true))
+                .map(|(n, _)| n)
+                .collect(),
             min_isolation: self.min_isolation(),
         })
     }
@@ -474,7 +503,7 @@ impl GridDoc {
                 user,
                 present,
             } => self.set_room_member(room, *list, user, *present),
-            PlaceNode(n, r) => self.place_node(n, r.as_deref()),
+            PlaceNode(n, r, general) => self.place_node(n, r.as_deref(), *general),
             SetMinIsolation(l) => self.set_min_isolation(*l),
         }
     }

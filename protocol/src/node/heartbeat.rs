@@ -122,6 +122,7 @@ impl Node {
             addrs: self.repl.listen.clone(),
             gpus: self.gpus.clone(),
             rooms: self.caps.rooms.clone(),
+            private: self.caps.private,
             containers: self.caps.containers,
             isolation: self.caps.isolation,
             isolation_detail: self.cfg.executor.isolation_detail.clone(),

@@ -329,6 +329,7 @@ impl Node {
         }
         let caps = NodeCaps {
             rooms: cfg.rooms.clone(),
+            private: false,
             gpus: 0,
             containers: cfg.executor.containers,
             isolation: cfg.executor.isolation,
@@ -492,6 +493,7 @@ impl Node {
             rooms.push(r);
         }
         self.caps.rooms = rooms;
+        self.caps.private = !self.grid.in_general(&self.cfg.node).unwrap_or(true);
         self.caps.min_isolation = self.grid.min_isolation();
     }
 

@@ -52,6 +52,7 @@ pub(crate) async fn rooms_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                         form.inline method="post" action={ "/rooms/" (r.room.name) "/nodes" } {
                             (csrf_field(&p))
                             select name="node" { @for n in &nodes { option value=(n.id) { (n.name) } } }
+                            label.check { input type="checkbox" name="general" value="1"; " also General" }
                             button name="action" value="add" { "Put node in this room" }
                             button name="action" value="remove" { "Take node out" }
                         }
@@ -149,6 +150,9 @@ pub(crate) struct NodeForm {
     csrf: String,
     node: String,
     action: String,
+    /// The node also stays in General (a checkbox: present when ticked).
+    #[serde(default)]
+    general: Option<String>,
 }
 
 pub(crate) async fn node_form(
@@ -161,13 +165,16 @@ pub(crate) async fn node_form(
         return *r;
     }
     let add = f.action == "add";
-    let r = move_node(&st, p.who(), &room, &f.node, add).await.map(|_| {
-        format!(
-            "Node {} {} room {room}.",
-            f.node.chars().take(12).collect::<String>(),
-            if add { "put in" } else { "taken out of" }
-        )
-    });
+    let general = f.general.is_some();
+    let r = move_node(&st, p.who(), &room, &f.node, add, general)
+        .await
+        .map(|_| {
+            format!(
+                "Node {} {} room {room}.",
+                f.node.chars().take(12).collect::<String>(),
+                if add { "put in" } else { "taken out of" }
+            )
+        });
     back("/rooms", r)
 }
 
@@ -216,7 +223,13 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                     tr data-node=(n.id) {
                         td { (n.name) @if n.this_node { " " span.badge { "this node" } } br; small { code { (n.id.as_str().chars().take(16).collect::<String>()) "…" } } }
                         td { @if n.this_node || n.connected { (super::badge("online")) } @else { (super::badge("offline")) } }
-                        td { (access.placement(&n.id).unwrap_or("General")) }
+                        td {
+                            @match access.placement(&n.id) {
+                                Some(r) if access.in_general.contains(&n.id) => { (r) " and General" }
+                                Some(r) => { (r) " only" }
+                                None => "General",
+                            }
+                        }
                         td { (n.executor) }
                         td { (n.isolation) @if !n.meets_minimum { br; (super::badge("below minimum")) } }
                         td { (n.slots) @if let Some(f) = n.slots_free { " (" (f) " free)" } }
