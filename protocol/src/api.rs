@@ -92,6 +92,10 @@ pub struct NewRequest {
     pub same_node: bool,
     #[serde(default)]
     pub retries: u32,
+    /// Extra attempts, beyond `retries`, for a rank that has a checkpoint
+    /// (default 1).
+    #[serde(default)]
+    pub checkpoint_retries: Option<u32>,
     /// `auto` (default): a Python or R program that reads no arguments gets
     /// PESC's header (`args.rank`, `args$rank`…); `never`: runs as written.
     #[serde(default)]

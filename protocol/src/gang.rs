@@ -220,7 +220,11 @@ pub fn derive<'a>(
     }
     // A gang is as exposed to its nodes' failures as its ranks together:
     // each rank may cost one round on top of what one run may.
-    if user > policy.retries || infra >= MAX_INFRA_ATTEMPTS + world || round >= MAX_ROUNDS {
+    let has_checkpoint = flat.iter().any(|a| a.checkpoint.is_some());
+    if user > policy.allowed_failures(has_checkpoint)
+        || infra >= MAX_INFRA_ATTEMPTS + world
+        || round >= MAX_ROUNDS
+    {
         return view(
             round,
             Phase::Failed,
@@ -449,6 +453,7 @@ mod tests {
 
     const OPEN: RunPolicy = RunPolicy {
         retries: 0,
+        checkpoint_retries: 0,
         cancelled: false,
     };
 
@@ -494,6 +499,7 @@ mod tests {
         let r = req();
         let policy = RunPolicy {
             retries: 1,
+            checkpoint_retries: 0,
             cancelled: false,
         };
         let all = by_rank(

@@ -409,6 +409,10 @@ pub struct RequestSpec {
     /// Extra attempts after the program exits non-zero.
     #[serde(default)]
     pub retries: u32,
+    /// Extra attempts, beyond `retries`, for a rank that has a checkpoint
+    /// (default 1: a crash with a checkpoint goes on from it once).
+    #[serde(default = "one")]
+    pub checkpoint_retries: u32,
     /// The environment the runs execute in (a container image built from
     /// it); `None`: the node's default.
     #[serde(default)]
@@ -794,4 +798,9 @@ mod tests {
         );
         assert_eq!(Language::C.command_for("prog"), vec!["./prog"]);
     }
+}
+
+/// serde's default of one.
+fn one() -> u32 {
+    1
 }

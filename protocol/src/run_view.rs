@@ -71,8 +71,22 @@ pub struct RunView<'a> {
 pub struct RunPolicy {
     /// Extra attempts after the program exits non-zero.
     pub retries: u32,
+    /// Extra attempts, beyond `retries`, for a rank that has a checkpoint:
+    /// it goes on from where it stopped, as PESC's process monitor does.
+    pub checkpoint_retries: u32,
     /// The request was cancelled.
     pub cancelled: bool,
+}
+
+impl RunPolicy {
+    /// How many failed attempts a rank may have before it has failed.
+    pub fn allowed_failures(&self, has_checkpoint: bool) -> u32 {
+        self.retries.saturating_add(if has_checkpoint {
+            self.checkpoint_retries
+        } else {
+            0
+        })
+    }
 }
 
 /// Derives one run's state. `attempts` are all attempts of this rank (any
@@ -114,7 +128,10 @@ pub fn derive_run<'a>(
         .iter()
         .filter(|a| matches!(a.state, AttemptState::Error | AttemptState::Lost))
         .count() as u32;
-    if user_failures > policy.retries || infra_failures >= MAX_INFRA_ATTEMPTS {
+    let has_checkpoint = attempts.iter().any(|a| a.checkpoint.is_some());
+    if user_failures > policy.allowed_failures(has_checkpoint)
+        || infra_failures >= MAX_INFRA_ATTEMPTS
+    {
         // The failure to show: a yielded copy (stopped because another node
         // held the run) explains nothing.
         let last_failure = by_priority(
@@ -297,6 +314,7 @@ mod tests {
 
     const OPEN: RunPolicy = RunPolicy {
         retries: 0,
+        checkpoint_retries: 0,
         cancelled: false,
     };
 
@@ -361,6 +379,7 @@ mod tests {
             std::slice::from_ref(&f0),
             RunPolicy {
                 retries: 1,
+                checkpoint_retries: 0,
                 cancelled: false,
             },
             |_| true,
@@ -401,6 +420,7 @@ mod tests {
             std::slice::from_ref(&a),
             RunPolicy {
                 retries: 0,
+                checkpoint_retries: 0,
                 cancelled: true,
             },
             |_| true,
@@ -453,5 +473,33 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.request_state(true), RequestState::Cancelled);
+    }
+
+    #[test]
+    fn a_crash_with_a_checkpoint_goes_on_from_it_once() {
+        let r = req();
+        let policy = RunPolicy {
+            retries: 0,
+            checkpoint_retries: 1,
+            cancelled: false,
+        };
+        let mut crashed = att(0, 0, "a", AttemptState::Failed);
+        // Without a checkpoint: --retries decides (none left).
+        let v = derive_run(&r, std::slice::from_ref(&crashed), policy, |_| true);
+        assert_eq!(v.state, RunState::Failed);
+        // With one: once more, from it.
+        crashed.checkpoint = Some(crate::BlobHash::of(b"state"));
+        let v = derive_run(&r, std::slice::from_ref(&crashed), policy, |_| true);
+        assert_eq!((v.state, v.next_epoch), (RunState::Queued, 1));
+        let again = att(0, 1, "b", AttemptState::Failed);
+        let both = [crashed.clone(), again];
+        let v = derive_run(&r, &both, policy, |_| true);
+        assert_eq!(v.state, RunState::Failed, "only once");
+        let off = RunPolicy {
+            checkpoint_retries: 0,
+            ..policy
+        };
+        let v = derive_run(&r, std::slice::from_ref(&crashed), off, |_| true);
+        assert_eq!(v.state, RunState::Failed);
     }
 }

@@ -65,6 +65,7 @@ fn parallel(h: &mut Harness, on: &NodeId, world: u32, same_node: bool, retries: 
             parallel: true,
             same_node,
             retries,
+            checkpoint_retries: None,
             header: Default::default(),
         },
     )

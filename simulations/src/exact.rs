@@ -225,6 +225,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
                                 parallel: true,
                                 same_node: plan.same_node,
                                 retries: 0,
+                                checkpoint_retries: None,
                                 header: Default::default(),
                             },
                         )

@@ -78,6 +78,7 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
         parallel: false,
         same_node: false,
         header: Default::default(),
+        checkpoint_retries: 1,
         retries: 0,
         created_ms,
     }

@@ -269,6 +269,7 @@ impl Sim {
         let req = &self.reqs[q as usize];
         let policy = RunPolicy {
             retries: req.spec.retries,
+            checkpoint_retries: req.spec.checkpoint_retries,
             cancelled: false,
         };
         // derive_run hands back references into `attempts`: find each by address.

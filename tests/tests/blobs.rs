@@ -343,3 +343,38 @@ fn a_stopped_node_hands_its_runs_back_with_their_last_checkpoint() {
     );
     assert_eq!(reached, 80);
 }
+
+/// A program that crashes halfway, having saved its progress in
+/// `checkpoint/`, goes on from there once by itself (PESC's process
+/// monitor), without `--retries`; told not to, it fails.
+#[test]
+fn a_crash_with_a_checkpoint_is_retried_from_it_once() {
+    let node = Node::start(1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = write_file(
+        tmp.path(),
+        "crash.py",
+        r#"import os, sys
+ck = os.path.join(os.environ["PESC_CHECKPOINT_DIR"], "done_half")
+out = os.path.join(os.environ["PESC_OUTPUT_DIR"], "output.txt")
+if not os.path.exists(ck):
+    open(ck + ".tmp", "w").write("50")
+    os.rename(ck + ".tmp", ck)
+    sys.exit("crashed halfway")
+open(out, "w").write("resumed from " + open(ck).read() + "\n")
+"#,
+    );
+    let id = node.submit(&[&prog]);
+    let v = node.wait_for(&id, Duration::from_secs(60), |v| {
+        v["state"] == "succeeded" || v["state"] == "failed"
+    });
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(runs(&v)[0]["attempts"], 2, "{v:#}");
+    let zip = node.results_zip(&id, &tmp.path().join("r"));
+    assert_eq!(zip_text(&zip, "output.txt").unwrap(), "resumed from 50\n");
+    let id = node.submit(&[&prog, "--checkpoint-retries", "0"]);
+    let v = node.wait_for(&id, Duration::from_secs(60), |v| {
+        v["state"] == "succeeded" || v["state"] == "failed"
+    });
+    assert_eq!(v["state"], "failed", "{v:#}");
+}

@@ -59,6 +59,10 @@ pub struct RequestArgs {
     /// request: extra rounds of the whole gang).
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
+    /// Extra attempts, beyond --retries, for a rank that has a checkpoint:
+    /// it goes on from where it stopped.
+    #[arg(long, default_value_t = 1)]
+    pub checkpoint_retries: u32,
     /// Every rank runs at the same time and finds rank 0 (MASTER_ADDR,
     /// MASTER_PORT): torch.distributed and other programs whose ranks talk.
     #[arg(long)]
@@ -198,6 +202,7 @@ pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
         parallel: a.parallel,
         same_node: a.same_node,
         retries: a.retries,
+        checkpoint_retries: Some(a.checkpoint_retries),
         header: match a.header {
             HeaderChoice::Auto => pesc_protocol::header::HeaderMode::Auto,
             HeaderChoice::Never => pesc_protocol::header::HeaderMode::Never,

@@ -269,6 +269,7 @@ impl RequestDoc {
     fn refresh_rank(&mut self, rank: u32) {
         let policy = RunPolicy {
             retries: self.spec.retries,
+            checkpoint_retries: self.spec.checkpoint_retries,
             cancelled: false,
         };
         if self.spec.parallel {
@@ -378,6 +379,7 @@ impl RequestDoc {
     fn policy(&self) -> RunPolicy {
         RunPolicy {
             retries: self.spec.retries,
+            checkpoint_retries: self.spec.checkpoint_retries,
             cancelled: self.cancelled,
         }
     }

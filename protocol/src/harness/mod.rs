@@ -420,6 +420,7 @@ impl Harness {
                 parallel: false,
                 same_node: false,
                 retries: 0,
+                checkpoint_retries: None,
                 header: Default::default(),
             },
         )

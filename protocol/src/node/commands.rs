@@ -95,6 +95,7 @@ impl Node {
             parallel: n.parallel,
             same_node: n.same_node,
             retries: n.retries,
+            checkpoint_retries: n.checkpoint_retries.unwrap_or(1),
             header: n.header,
             created_ms: now.wall_ms,
         };

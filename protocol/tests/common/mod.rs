@@ -41,6 +41,7 @@ pub fn spec(id: u8, owner: &str, repetitions: u32, retries: u32, created_ms: u64
         parallel: false,
         same_node: false,
         header: Default::default(),
+        checkpoint_retries: 1,
         retries,
         created_ms,
     }
