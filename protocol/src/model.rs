@@ -740,6 +740,11 @@ impl RequestState {
     }
 }
 
+/// serde's default of one.
+fn one() -> u32 {
+    1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,9 +803,4 @@ mod tests {
         );
         assert_eq!(Language::C.command_for("prog"), vec!["./prog"]);
     }
-}
-
-/// serde's default of one.
-fn one() -> u32 {
-    1
 }
