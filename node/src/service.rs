@@ -455,7 +455,12 @@ impl NodeService for Service {
         Ok(crate::metrics::prometheus(&m, count, bytes, partial))
     }
 
-    async fn create_domain(&self, d: NewDomain, owner: &str) -> Result<Domain, ApiFailure> {
+    async fn create_domain(
+        &self,
+        d: NewDomain,
+        owner: &str,
+        review: pesc_protocol::domain::Review,
+    ) -> Result<Domain, ApiFailure> {
         let bad = |e: pesc_protocol::error::Error| ApiFailure::bad_request(e.to_string());
         let (dockerfile, requirements, template) = match (&d.template, &d.dockerfile) {
             (Some(t), None) => {
@@ -483,7 +488,7 @@ impl NodeService for Service {
                 ));
             }
         };
-        let domain = Domain::new(
+        let mut domain = Domain::new(
             &d.name,
             &dockerfile,
             &requirements,
@@ -492,7 +497,20 @@ impl NodeService for Service {
             crate::agent::now_ms(),
         )
         .map_err(bad)?;
+        domain.review = review;
         self.agent.call(|r| Command::PutDomain(domain, r)).await
+    }
+
+    async fn review_domain(
+        &self,
+        name: &str,
+        review: pesc_protocol::domain::Review,
+        rooms: Vec<String>,
+    ) -> Result<Domain, ApiFailure> {
+        let mut d = self.get_domain(name).await?;
+        d.review = review;
+        d.rooms = rooms;
+        self.agent.call(|r| Command::PutDomain(d, r)).await
     }
 
     async fn list_domains(&self) -> Result<Vec<Domain>, ApiFailure> {

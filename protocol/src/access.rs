@@ -177,14 +177,61 @@ pub fn check_admin(who: &Principal, what: &str) -> Result<()> {
     Err(Error::Forbidden(format!("only admins {what}")))
 }
 
-/// Checks that `who` may add a domain.
-pub fn check_make_domain(who: &Principal) -> Result<()> {
+/// How a domain `who` makes starts out: operators' and admins' domains,
+/// and anyone's made from a template, are usable at once; a user's own
+/// Dockerfile is a request an operator or admin reviews.
+pub fn new_domain_review(who: &Principal, own_dockerfile: bool) -> crate::domain::Review {
+    if who.may_make_domain() || !own_dockerfile {
+        crate::domain::Review::Approved
+    } else {
+        crate::domain::Review::Requested
+    }
+}
+
+/// Checks that `who` may replace domain `existing` (its owner, or an
+/// operator or admin).
+pub fn check_replace_domain(who: &Principal, existing: &crate::domain::Domain) -> Result<()> {
+    if who.may_make_domain() || existing.owner == who.user {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!(
+        "domain '{}' is {}'s: choose another name",
+        existing.name, existing.owner
+    )))
+}
+
+/// Checks that `who` may approve or reject domains.
+pub fn check_review_domain(who: &Principal) -> Result<()> {
     if who.may_make_domain() {
         return Ok(());
     }
     Err(Error::Forbidden(
-        "only operators and admins make domains: ask one to add it".into(),
+        "only operators and admins approve or reject domains".into(),
     ))
+}
+
+/// Checks that `who` may run requests in domain `d` (in `request_rooms`):
+/// it is approved, and a reviewed one (a user's own Dockerfile) is its
+/// owner's and the rooms' the operator chose.
+pub fn check_use_domain(
+    who: &Principal,
+    d: &crate::domain::Domain,
+    rooms: &[Room],
+    request_rooms: &[String],
+) -> Result<()> {
+    d.usable()?;
+    if d.template.is_some() || d.owner == who.user {
+        return Ok(());
+    }
+    check_shared_use(
+        who,
+        "domain",
+        &d.name,
+        &d.owner,
+        &d.rooms,
+        rooms,
+        request_rooms,
+    )
 }
 
 /// Checks that `who` may change user `name`: anyone their own password;
@@ -485,7 +532,13 @@ mod tests {
         assert!(check_node_placement(&ana, "n1", Some(&lab), Some(&lab)).is_ok());
         assert!(check_node_placement(&bob, "n1", Some(&lab), None).is_err());
         assert!(check_node_placement(&root, "n1", Some(&gpu), Some(&lab)).is_ok());
-        assert!(check_make_domain(&op).is_ok() && check_make_domain(&ana).is_err());
+        // Users make domains from templates at once; their own Dockerfiles
+        // wait for an operator.
+        use crate::domain::Review;
+        assert_eq!(new_domain_review(&op, true), Review::Approved);
+        assert_eq!(new_domain_review(&ana, false), Review::Approved);
+        assert_eq!(new_domain_review(&ana, true), Review::Requested);
+        assert!(check_review_domain(&op).is_ok() && check_review_domain(&ana).is_err());
         let t = |user: &str| ApiToken {
             id: "t1".into(),
             user: user.into(),

@@ -311,6 +311,20 @@ pub struct NewDomain {
     pub requirements: Option<String>,
 }
 
+/// `POST /domains/{name}/review`: an operator's or admin's answer to a
+/// domain request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DomainReview {
+    pub approve: bool,
+    /// Why it is rejected (required to reject).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Rooms whose users may use it besides its owner.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+}
+
 /// A template that ships in the binary, as this node would render it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -27,9 +27,57 @@ pub struct Domain {
     pub template: Option<String>,
     pub owner: String,
     pub created_ms: u64,
+    /// Whether runs may use it: a user's own Dockerfile waits for an
+    /// operator's review; templates and operators' domains need none.
+    #[serde(default)]
+    pub review: Review,
+    /// Rooms whose users may use a reviewed domain besides its owner (the
+    /// operator chooses them when approving).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
+}
+
+/// Where a domain stands with the grid's operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum Review {
+    /// Runs may use it.
+    #[default]
+    Approved,
+    /// A user's own Dockerfile: an operator or admin approves or rejects it.
+    Requested,
+    /// Not to be used, and why.
+    Rejected(String),
+}
+
+impl Review {
+    /// In words, for lists.
+    pub fn describe(&self) -> String {
+        match self {
+            Review::Approved => "approved".into(),
+            Review::Requested => "waiting for an operator's approval".into(),
+            Review::Rejected(why) => format!("rejected: {why}"),
+        }
+    }
 }
 
 impl Domain {
+    /// Whether runs may use it now; the error says why not.
+    pub fn usable(&self) -> Result<()> {
+        match &self.review {
+            Review::Approved => Ok(()),
+            Review::Requested => Err(Error::invalid(format!(
+                "domain '{}' waits for an operator's approval of its Dockerfile",
+                self.name
+            ))),
+            Review::Rejected(why) => Err(Error::invalid(format!(
+                "domain '{}' was rejected by an operator: {why}",
+                self.name
+            ))),
+        }
+    }
+
     /// A domain from its texts, checked.
     pub fn new(
         name: &str,
@@ -55,6 +103,8 @@ impl Domain {
             template: template.map(str::to_string),
             owner: owner.to_string(),
             created_ms,
+            review: Review::Approved,
+            rooms: Vec::new(),
         })
     }
 

@@ -146,7 +146,13 @@ pub fn eligible(spec: &RequestSpec, caps: &NodeCaps) -> bool {
                 .gpu
                 .min_capability
                 .is_none_or(|c| caps.gpu_capability >= c));
-    in_room && gpus_fit && (spec.domain.is_none() || caps.containers)
+    // A domain no operator approved is never built, whoever wrote the
+    // request (a peer's copy of it included).
+    let domain_ok = spec
+        .domain
+        .as_ref()
+        .is_none_or(|d| caps.containers && d.usable().is_ok());
+    in_room && gpus_fit && domain_ok
 }
 
 /// Whether a node takes requests of `room`.
@@ -168,6 +174,9 @@ pub struct NodeOffer {
 /// this node knows of the others (its own state and its neighbours'
 /// heartbeats).
 pub fn why_waiting(spec: &RequestSpec, nodes: &[NodeOffer]) -> String {
+    if let Some(Err(e)) = spec.domain.as_ref().map(|d| d.usable()) {
+        return e.to_string();
+    }
     let rooms = spec.effective_rooms();
     let in_room: Vec<&NodeOffer> = nodes
         .iter()

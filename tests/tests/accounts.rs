@@ -435,9 +435,12 @@ fn rooms_decide_who_runs_where_and_users_see_only_their_own_requests() {
         "{j}"
     );
 
-    // Operators make domains, users do not.
-    let d = json!({"name": "py", "template": "python"});
-    assert_eq!(bob.post("/domains").json(&d).send().unwrap().status(), 403);
+    // Users make domains too; their own Dockerfile waits for review (see
+    // users_make_domains_and_operators_review_their_dockerfiles).
+    let d = json!({"name": "py", "dockerfile": "FROM debian:bookworm-slim\n"});
+    let (s, made) = status(bob.post("/domains").json(&d).send().unwrap());
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(made["review"]["state"], "requested", "{made}");
 
     // Accounts made on one node work on the other.
     let other = grid.nodes[1].http().with_token(&bob.token);
@@ -574,4 +577,99 @@ fn disabled_deleted_and_re_passworded_accounts_lose_every_session_and_token_on_e
             .unwrap(),
     );
     assert_eq!(s, 409);
+}
+
+/// Users make their own environments: from a template at once; their own
+/// Dockerfile is a request an operator approves (for them and the rooms
+/// chosen) or rejects with a reason, and no run uses it before.
+#[test]
+fn users_make_domains_and_operators_review_their_dockerfiles() {
+    let node = pesc_tests::Node::start(1).unwrap();
+    let admin = node.http();
+    let ana = admin.add_user("ana", "user");
+    let bob = admin.add_user("bob", "user");
+    let op = admin.add_user("op", "operator");
+    let make = |api: &pesc_tests::Api, body: Value| {
+        status(api.post("/domains").json(&body).send().unwrap())
+    };
+    let (s, d) = make(
+        &ana,
+        json!({"name": "ana-sci", "template": "SimplePython", "packages": ["numpy"]}),
+    );
+    assert_eq!(s, 201, "{d}");
+    assert_eq!(d["review"]["state"], "approved", "{d}");
+    let (s, d) = make(
+        &ana,
+        json!({"name": "ana-own", "dockerfile": "FROM debian:bookworm-slim\n"}),
+    );
+    assert_eq!(s, 201, "{d}");
+    assert_eq!(d["review"]["state"], "requested", "{d}");
+    // Nobody else replaces it.
+    let (s, e) = make(&bob, json!({"name": "ana-own", "template": "SimplePython"}));
+    assert_eq!(s, 403, "{e}");
+    // No run uses it before an operator approves.
+    let submit = |api: &pesc_tests::Api, domain: &str| {
+        let p: Value = api
+            .post("/processes?file_name=job.sh&language=shell")
+            .body("echo hi\n")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        status(
+            api.post("/requests")
+                .json(&json!({"process": p["id"], "repetitions": 1, "domain": domain}))
+                .send()
+                .unwrap(),
+        )
+    };
+    let (s, e) = submit(&ana, "ana-own");
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("waits for an operator's approval"),
+        "{e}"
+    );
+    // Users do not review; a rejection says why.
+    let review = |api: &pesc_tests::Api, body: Value| {
+        status(
+            api.post("/domains/ana-own/review")
+                .json(&body)
+                .send()
+                .unwrap(),
+        )
+    };
+    let (s, _) = review(&ana, json!({"approve": true}));
+    assert_eq!(s, 403);
+    let (s, _) = review(&op, json!({"approve": false}));
+    assert_eq!(s, 400, "a rejection needs a reason");
+    let (s, d) = review(
+        &op,
+        json!({"approve": false, "reason": "installs from the internet"}),
+    );
+    assert_eq!(s, 200, "{d}");
+    let listed: Vec<Value> = ana.get("/domains").send().unwrap().json().unwrap();
+    let own = listed.iter().find(|d| d["name"] == "ana-own").unwrap();
+    assert_eq!(own["review"]["state"], "rejected", "{own}");
+    let (s, e) = submit(&ana, "ana-own");
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("installs from the internet"),
+        "{e}"
+    );
+    // Approved: usable by its owner, not by others it is not shared with.
+    let (s, d) = review(&op, json!({"approve": true}));
+    assert_eq!(s, 200, "{d}");
+    let (s, r) = submit(&ana, "ana-own");
+    assert_eq!(s, 201, "{r}");
+    let (s, e) = submit(&bob, "ana-own");
+    assert_eq!(s, 403, "{e}");
+    // A template domain is anyone's.
+    let (s, r) = submit(&bob, "ana-sci");
+    assert_eq!(s, 201, "{r}");
 }

@@ -32,7 +32,7 @@ use utoipa::OpenApi;
     ),
     paths(
         node, nodes, list_processes, upload_process, list_files, upload_file, fetch_file,
-        list_domains, create_domain, get_domain, templates, events, list_requests,
+        list_domains, create_domain, get_domain, review_domain, templates, events, list_requests,
         create_request, get_request, cancel_request, logs, results, health, login, logout, me,
         list_users, create_user, change_user, delete_user, list_tokens, create_token, delete_token,
         list_rooms, create_room, get_room, add_room_admin, remove_room_admin, add_room_user,
@@ -141,6 +141,17 @@ fn create_domain() {}
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
 fn get_domain() {}
+
+#[utoipa::path(post, path = "/api/v1/domains/{name}/review",
+    params(("name" = String, Path)),
+    request_body = pesc_protocol::api::DomainReview,
+    responses(
+        (status = 200, body = Domain, description = "Approved (usable by its owner and the rooms named) or rejected with the reason"),
+        (status = 400, description = "A rejection without a reason", body = ApiError),
+        (status = 403, description = "Only operators and admins review domains", body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn review_domain() {}
 
 #[utoipa::path(get, path = "/api/v1/templates", responses(
     (status = 200, description = "Templates, with this node's base images", body = Vec<TemplateInfo>),

@@ -34,6 +34,7 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/files/{name}/fetch", post(fetch_file))
         .route("/domains", get(list_domains).post(create_domain))
         .route("/domains/{name}", get(get_domain))
+        .route("/domains/{name}/review", post(review_domain))
         .route("/templates", get(templates))
         .route("/events", get(events))
         .route("/requests", get(list_requests).post(create_request))
@@ -293,11 +294,53 @@ async fn create_domain(
 ) -> Result<impl IntoResponse, ApiFailure> {
     let Json(d) =
         body.map_err(|e| ApiFailure::bad_request(format!("bad domain body: {}", e.body_text())))?;
-    pesc_protocol::access::check_make_domain(&c.who)?;
     Ok((
         StatusCode::CREATED,
-        Json(st.svc.create_domain(d, &c.who.user).await?),
+        Json(make_domain(&st, &c.who, d).await?),
     ))
+}
+
+/// Makes (or replaces) a domain as `who`: anyone from a template, a user's
+/// own Dockerfile as a request operators review; only its owner (or an
+/// operator) replaces it. The API and the Domains page both come here.
+pub(crate) async fn make_domain(
+    st: &AppState,
+    who: &pesc_protocol::access::Principal,
+    d: NewDomain,
+) -> Result<pesc_protocol::domain::Domain, ApiFailure> {
+    use pesc_protocol::access::{check_replace_domain, new_domain_review};
+    if let Ok(existing) = st.svc.get_domain(&d.name).await {
+        check_replace_domain(who, &existing)?;
+    }
+    let review = new_domain_review(who, d.dockerfile.is_some());
+    st.svc.create_domain(d, &who.user, review).await
+}
+
+async fn review_domain(
+    State(st): Svc,
+    axum::Extension(c): Who,
+    Path(name): Path<String>,
+    body: Result<Json<pesc_protocol::api::DomainReview>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    use pesc_protocol::domain::Review;
+    let Json(r) =
+        body.map_err(|e| ApiFailure::bad_request(format!("bad review body: {}", e.body_text())))?;
+    pesc_protocol::access::check_review_domain(&c.who)?;
+    let access = st.svc.access().await?;
+    pesc_protocol::access::check_share_rooms(&c.who, &r.rooms, &access.rooms)?;
+    let review = if r.approve {
+        Review::Approved
+    } else {
+        let why = r.reason.unwrap_or_default();
+        let why = why.trim();
+        if why.is_empty() || why.len() > 1_000 {
+            return Err(ApiFailure::bad_request(
+                "say why it is rejected (reason, at most 1 000 bytes)",
+            ));
+        }
+        Review::Rejected(why.to_string())
+    };
+    Ok(Json(st.svc.review_domain(&name, review, r.rooms).await?))
 }
 
 async fn create_request(
@@ -343,6 +386,11 @@ async fn create_request(
                 &req.rooms,
             )?;
         }
+    }
+    if let Some(name) = &req.domain
+        && let Ok(d) = st.svc.get_domain(name).await
+    {
+        pesc_protocol::access::check_use_domain(&c.who, &d, &access.rooms, &req.rooms)?;
     }
     Ok((
         StatusCode::CREATED,

@@ -77,7 +77,19 @@ pub trait NodeService: Send + Sync + 'static {
     /// from the nodes that have it).
     async fn fetch_file(&self, name: &str) -> Result<SharedFileInfo, ApiFailure>;
     /// Makes (or replaces) a domain, checked.
-    async fn create_domain(&self, d: NewDomain, owner: &str) -> Result<Domain, ApiFailure>;
+    async fn create_domain(
+        &self,
+        d: NewDomain,
+        owner: &str,
+        review: pesc_protocol::domain::Review,
+    ) -> Result<Domain, ApiFailure>;
+    /// Records an operator's answer to a domain request.
+    async fn review_domain(
+        &self,
+        name: &str,
+        review: pesc_protocol::domain::Review,
+        rooms: Vec<String>,
+    ) -> Result<Domain, ApiFailure>;
     async fn list_domains(&self) -> Result<Vec<Domain>, ApiFailure>;
     async fn get_domain(&self, name: &str) -> Result<Domain, ApiFailure>;
     async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiFailure>;

@@ -46,6 +46,19 @@ pub enum DomainsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Approve a domain request (a user's own Dockerfile), or reject it
+    /// with the reason (operators and admins).
+    Review {
+        name: String,
+        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        approve: bool,
+        /// Why it is rejected.
+        #[arg(long, value_name = "REASON")]
+        reject: Option<String>,
+        /// Rooms whose users may use it besides its owner; repeat for more.
+        #[arg(long = "room", value_name = "ROOM")]
+        rooms: Vec<String>,
+    },
     /// The templates that ship with PESC, with this node's base images.
     Templates {
         #[arg(long)]
@@ -81,9 +94,10 @@ pub async fn run(c: &Client, cmd: DomainsCmd) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 println!(
-                    "domain {} ({}): each node builds it the first time it runs it",
+                    "domain {} ({}): {}; each node builds it the first time it runs it",
                     d.name,
-                    d.image_tag()
+                    d.image_tag(),
+                    d.review.describe()
                 );
             }
         }
@@ -94,18 +108,38 @@ pub async fn run(c: &Client, cmd: DomainsCmd) -> Result<i32> {
                 return Ok(0);
             }
             println!(
-                "{:<24} {:<18} {:<40} OWNER",
-                "NAME", "TEMPLATE", "BASE IMAGE"
+                "{:<24} {:<18} {:<40} {:<12} STATUS",
+                "NAME", "TEMPLATE", "BASE IMAGE", "OWNER"
             );
             for d in list {
                 println!(
-                    "{:<24} {:<18} {:<40} {}",
+                    "{:<24} {:<18} {:<40} {:<12} {}",
                     d.name,
                     d.template.as_deref().unwrap_or("-"),
                     d.base_image().unwrap_or_default(),
-                    d.owner
+                    d.owner,
+                    d.review.describe()
                 );
             }
+        }
+        DomainsCmd::Review {
+            name,
+            approve,
+            reject,
+            rooms,
+        } => {
+            let body = pesc_protocol::api::DomainReview {
+                approve,
+                reason: reject,
+                rooms,
+            };
+            let d: Domain = c
+                .json(
+                    c.request(Method::POST, &format!("/domains/{name}/review"))
+                        .json(&body),
+                )
+                .await?;
+            println!("domain {}: {}", d.name, d.review.describe());
         }
         DomainsCmd::Show { name, json } => {
             let d: Domain = c

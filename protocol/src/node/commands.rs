@@ -89,7 +89,16 @@ impl Node {
                 .map(|name| self.shared_file(name))
                 .collect::<Answer<Vec<_>>>()?,
             shared_files: n.shared_files,
-            domain: n.domain.as_deref().map(|d| self.domain(d)).transpose()?,
+            domain: n
+                .domain
+                .as_deref()
+                .map(|d| {
+                    let d = self.domain(d)?;
+                    // Never a Dockerfile no operator approved.
+                    d.usable()?;
+                    Answer::Ok(d)
+                })
+                .transpose()?,
             limits: n.limits,
             gpu: n.gpu,
             parallel: n.parallel,

@@ -30,7 +30,7 @@ pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) ->
             @if docker.is_empty() { b { "No node of this grid runs Docker now: requests naming a domain will wait." } }
             @else { "Nodes that build domains: " (docker.join(", ")) "." } }
         table {
-            thead { tr { th { "Name" } th { "Image tag" } th { "Template" } th { "By" } th { "Created" } th { "Built on" } th { "Dockerfile" } } }
+            thead { tr { th { "Name" } th { "Image tag" } th { "Template" } th { "By" } th { "Status" } th { "Created" } th { "Built on" } th { "Dockerfile" } } }
             tbody {
                 @for d in &domains {
                     tr {
@@ -38,6 +38,7 @@ pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) ->
                         td { code { (d.image_tag()) } }
                         td { (d.template.as_deref().unwrap_or("own Dockerfile")) }
                         td { (d.owner) }
+                        td { (d.review.describe()) @if !d.rooms.is_empty() { " (rooms " (d.rooms.join(", ")) ")" } }
                         td { (when(d.created_ms)) }
                         td.builds {
                             @for n in &nodes {
@@ -55,24 +56,23 @@ pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) ->
                 }
             }
         }
-        @if p.who().may_make_domain() {
-            h2 { "New domain" }
-            form.card method="post" action="/domains" {
-                (csrf_field(&p))
-                label { "Name " input name="name" required pattern="[A-Za-z0-9._-]+"; }
-                label { "Template "
-                    select name="template" {
-                        option value="" { "— my own Dockerfile below —" }
-                        @for t in &templates { option value=(t.name) { (t.name) ": " (t.description) " (" (t.base) ")" } }
-                    }
+        h2 { "New domain" }
+        @if !p.who().may_make_domain() {
+            p { "From a template it is yours at once; your own Dockerfile waits for an operator's approval (its status shows above)." }
+        }
+        form.card method="post" action="/domains" {
+            (csrf_field(&p))
+            label { "Name " input name="name" required pattern="[A-Za-z0-9._-]+"; }
+            label { "Template "
+                select name="template" {
+                    option value="" { "— my own Dockerfile below —" }
+                    @for t in &templates { option value=(t.name) { (t.name) ": " (t.description) " (" (t.base) ")" } }
                 }
-                label { "Extra packages (space or comma separated) " input name="packages" placeholder="numpy scipy"; }
-                label { "Own Dockerfile " textarea name="dockerfile" rows="6" placeholder="FROM python:3.12-slim" {} }
-                label { "requirements.txt (optional) " textarea name="requirements" rows="3" {} }
-                button type="submit" { "Save domain" }
             }
-        } @else {
-            p { "Operators and admins add domains." }
+            label { "Extra packages (space or comma separated) " input name="packages" placeholder="numpy scipy"; }
+            label { "Own Dockerfile " textarea name="dockerfile" rows="6" placeholder="FROM python:3.12-slim" {} }
+            label { "requirements.txt (optional) " textarea name="requirements" rows="3" {} }
+            button type="submit" { "Save domain" }
         }
     };
     layout(&p, "Domains", &flash, body).into_response()
@@ -98,7 +98,6 @@ pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm
         return *r;
     }
     let r = async {
-        pesc_protocol::access::check_make_domain(p.who())?;
         let nonempty = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
         let d = NewDomain {
             name: f.name.trim().to_string(),
@@ -112,11 +111,12 @@ pub(crate) async fn domain_form(State(st): St, p: Page, Form(f): Form<DomainForm
             dockerfile: nonempty(f.dockerfile),
             requirements: nonempty(f.requirements),
         };
-        let d = st.svc.create_domain(d, &p.who().user).await?;
+        let d = crate::routes::make_domain(&st, p.who(), d).await?;
         Ok(format!(
-            "Domain {} saved (image {}).",
+            "Domain {} saved (image {}): {}.",
             d.name,
-            d.image_tag()
+            d.image_tag(),
+            d.review.describe()
         ))
     }
     .await;
