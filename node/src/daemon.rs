@@ -94,7 +94,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     if let Some(e) = args.executor {
         cfg.executor = e;
     }
-    if let Some(n) = args.name {
+    if let Some(n) = args.name.clone() {
         cfg.name = n;
     }
     if !args.listen.is_empty() {
@@ -236,6 +236,12 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     };
     let (agent, handle, commands) = Agent::new(settings, store, runner.clone(), net)?;
     let stop_tx = handle.tx.clone();
+    reload_on_sighup(
+        handle.tx.clone(),
+        data_dir.clone(),
+        args.name.clone(),
+        args.cpu_percent_limit,
+    );
     let service = Arc::new(Service {
         token,
         agent: handle,
@@ -379,6 +385,46 @@ async fn pick_executor(
             }
         },
     }
+}
+
+/// Re-reads node.toml on SIGHUP: the name, rooms and the owner's policy
+/// apply at once, running runs go on (flags given at start still win). A
+/// file that does not parse or check leaves the settings as they were.
+fn reload_on_sighup(
+    tx: tokio::sync::mpsc::Sender<crate::agent::Command>,
+    data_dir: PathBuf,
+    name_flag: Option<String>,
+    cpu_flag: Option<u32>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: node.toml is read at start only");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let read = NodeConfig::load_or_init(&data_dir).and_then(|mut c| {
+                if let Some(cpu) = cpu_flag {
+                    c.policy.cpu_percent_limit = cpu;
+                }
+                c.policy.check()?;
+                Ok(c)
+            });
+            match read {
+                Ok(c) => {
+                    let cmd = crate::agent::Command::Reconfigure {
+                        name: name_flag.clone().unwrap_or(c.name),
+                        rooms: c.rooms,
+                        policy: c.policy,
+                    };
+                    if tx.send(cmd).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!("node.toml not re-read, the settings stay: {e:#}"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -389,3 +389,70 @@ fn events_stream_every_change_and_resume_after_the_last_id() {
     let evs = read_events(&mut future, |evs| evs.len() >= 2);
     assert_eq!(evs[1].1, "reset", "{evs:?}");
 }
+
+/// node.toml re-read on SIGHUP: the new name and policy apply without a
+/// restart, and a run that was running goes on untouched.
+#[test]
+fn sighup_rereads_node_toml_without_stopping_runs() {
+    let node = pesc_tests::Node::start(1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = pesc_tests::write_file(
+        tmp.path(),
+        "job.sh",
+        "sleep 2\necho done > \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    let id = node.submit(&[&prog]);
+    node.wait_for(&id, Duration::from_secs(30), |v| {
+        v["counts"]["running"] == 1
+    });
+    let path = node.data_dir.join("node.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let renamed: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("name = ") {
+                "name = \"renamed\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(renamed.contains("name = \"renamed\""), "{text}");
+    std::fs::write(&path, renamed + "\n").unwrap();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+    let t0 = std::time::Instant::now();
+    loop {
+        let nodes = node.cli_json(&["nodes", "--json"]);
+        if nodes.to_string().contains("\"renamed\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{nodes}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = node.wait_for(&id, Duration::from_secs(30), |v| {
+        v["state"] == "succeeded" || v["state"] == "failed"
+    });
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(
+        pesc_tests::runs(&v)[0]["attempts"],
+        1,
+        "the run went on: {v}"
+    );
+    // A node.toml that does not parse leaves the settings as they were.
+    std::fs::write(&path, "slots = \"many\"\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        node.cli_json(&["nodes", "--json"])
+            .to_string()
+            .contains("\"renamed\"")
+    );
+    assert!(
+        node.log().contains("node.toml not re-read"),
+        "{}",
+        node.log()
+    );
+}

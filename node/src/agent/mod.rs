@@ -87,6 +87,13 @@ pub enum Command {
     HoldFile(BlobHash, Reply<()>),
     /// Records a domain (checked already) in the grid.
     PutDomain(Domain, Reply<NodeResult<Domain>>),
+    /// node.toml was re-read (SIGHUP): the name, rooms and owner's policy
+    /// apply now, without a restart.
+    Reconfigure {
+        name: String,
+        rooms: Vec<String>,
+        policy: crate::policy::PolicyConfig,
+    },
     Domains(Reply<Vec<Domain>>),
     /// Request changes after this version (the event stream); with an
     /// owner, only changes to that user's requests.
@@ -143,6 +150,8 @@ pub struct Agent {
     net: NetHandle,
     /// The probes, until `run` sets them going.
     probes: Option<probe::Probes>,
+    /// The owner's policy the probes read (changed by a reload).
+    policy_tx: watch::Sender<crate::policy::PolicyConfig>,
     /// Who asked the node to stop.
     stop_reply: Option<Reply<()>>,
     /// The core says the stop is complete.
@@ -282,7 +291,8 @@ impl Agent {
         let watchers = Arc::new(Watchers::default());
         let reads = Arc::new(std::sync::RwLock::new(ReadModel::default()));
         let traffic = net.stats.clone();
-        let probes = probe::Probes::new(s.policy.clone(), s.gpus, &s.node);
+        let (policy_tx, policy_rx) = watch::channel(s.policy.clone());
+        let probes = probe::Probes::new(policy_rx, s.gpus, &s.node);
         let agent = Agent {
             node,
             started,
@@ -302,6 +312,7 @@ impl Agent {
             events_rx,
             net,
             probes: Some(probes),
+            policy_tx,
             stop_reply: None,
             stopped: false,
             watchers: watchers.clone(),
@@ -630,6 +641,21 @@ impl Agent {
             }
             Command::PutDomain(d, reply) => {
                 let _ = reply.send(n.put_domain(d));
+            }
+            Command::Reconfigure {
+                name,
+                rooms,
+                policy,
+            } => {
+                let core = Policy {
+                    cpu_percent_limit: policy.cpu_percent_limit,
+                    concurrent_resources_percent: policy.concurrent_resources_percent,
+                    gpu_percent_memory_limit: policy.gpu_percent_memory_limit,
+                };
+                n.reconfigure(name.clone(), rooms, core);
+                self.name = name;
+                self.policy_tx.send_replace(policy);
+                tracing::info!("node.toml re-read: name, rooms and the owner's policy apply now");
             }
             Command::Events(since, owner, reply) => {
                 let _ = reply.send(n.events(since, owner.as_deref()));

@@ -14,7 +14,8 @@ use crate::policy::{self, CpuSample, PolicyConfig};
 use pesc_protocol::NodeId;
 
 pub(super) struct Probes {
-    policy: PolicyConfig,
+    /// The owner's policy, as last configured (node.toml can be re-read).
+    policy: tokio::sync::watch::Receiver<PolicyConfig>,
     gpus: Box<dyn GpuProbe>,
     /// This node's id (its runs' processes carry it).
     node: String,
@@ -25,7 +26,11 @@ pub(super) struct Probes {
 }
 
 impl Probes {
-    pub(super) fn new(policy: PolicyConfig, gpus: Box<dyn GpuProbe>, node: &NodeId) -> Probes {
+    pub(super) fn new(
+        policy: tokio::sync::watch::Receiver<PolicyConfig>,
+        gpus: Box<dyn GpuProbe>,
+        node: &NodeId,
+    ) -> Probes {
         Probes {
             policy,
             gpus,
@@ -38,7 +43,7 @@ impl Probes {
     }
 
     fn sample(&mut self) -> Sample {
-        let p = &self.policy;
+        let p = self.policy.borrow().clone();
         let mut s = Sample {
             load: load_per_cpu(),
             ..Default::default()

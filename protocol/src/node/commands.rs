@@ -59,6 +59,32 @@ impl Node {
         self.record_holding(hash);
     }
 
+    /// New settings from the node's configuration (re-read without a
+    /// restart): its name, the rooms it serves and its owner's policy.
+    /// Running runs go on; the next scheduling pass uses them.
+    pub fn reconfigure(&mut self, name: String, rooms: Vec<String>, policy: super::Policy) {
+        if name != self.cfg.name {
+            self.cfg.name = name;
+            let mut rec = self
+                .grid
+                .nodes()
+                .ok()
+                .and_then(|ns| ns.into_iter().find(|n| n.id == self.cfg.node));
+            if let Some(r) = rec.as_mut() {
+                r.name = self.cfg.name.clone();
+                match self.grid.put_node(r) {
+                    Ok(()) => self.grid_dirty = true,
+                    Err(e) => tracing::error!("cannot record the node's new name: {e}"),
+                }
+            }
+        }
+        self.cfg.rooms = rooms;
+        self.cfg.policy = policy;
+        self.refresh_caps();
+        self.rescan = true;
+        self.stale.all = true;
+    }
+
     /// Records a domain (checked already) in the grid.
     pub fn put_domain(&mut self, d: Domain) -> Answer<Domain> {
         self.grid.put_domain(&d)?;
