@@ -283,6 +283,15 @@ pub struct GridNode {
     pub builds: Vec<crate::model::DomainBuild>,
     /// Milliseconds since its last heartbeat was received.
     pub last_seen_ms_ago: Option<u64>,
+    /// Alive as this node's view of the grid says (gossip, its ring
+    /// neighbours' watch): true for a node whose heartbeats go to others.
+    #[serde(default)]
+    pub up: bool,
+    /// Its memory (MiB), from its last heartbeat.
+    #[serde(default)]
+    pub mem_total_mb: Option<u64>,
+    #[serde(default)]
+    pub mem_free_mb: Option<u64>,
 }
 
 /// Reply of a process upload.

@@ -183,6 +183,11 @@ pub struct NodeStatus {
     pub slots_free: u32,
     /// One-minute load average divided by the number of CPUs.
     pub load: f32,
+    /// Its memory (MiB): all, and what programs may still take.
+    #[serde(default)]
+    pub mem_total_mb: Option<u64>,
+    #[serde(default)]
+    pub mem_free_mb: Option<u64>,
     /// Addresses the node listens on, as multiaddrs.
     pub addrs: Vec<String>,
     /// Its GPUs now.

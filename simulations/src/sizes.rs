@@ -163,6 +163,8 @@ impl Sizes {
             gpus: Vec::new(),
             rooms: Vec::new(),
             private: false,
+            mem_total_mb: Some(16 * 1024),
+            mem_free_mb: Some(12 * 1024),
             containers: true,
             isolation: pesc_protocol::isolation::IsolationLevel::Containers,
             isolation_detail: "containers".into(),

@@ -270,3 +270,35 @@ fn a_node_without_the_grid_key_cannot_connect() {
         "the forger's request reached the grid"
     );
 }
+
+/// A lab larger than a node's ring of heartbeat neighbours: every healthy
+/// node is shown up (not offline), and nodes report their memory.
+#[test]
+fn every_node_of_a_lab_shows_up_with_its_memory() {
+    let g = Grid::loopback(9, 1, &[]).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let list = g.nodes[0].cli_json(&["nodes", "--json"]);
+        let nodes = list.as_array().unwrap();
+        let me = nodes.iter().find(|n| n["this_node"] == true).unwrap();
+        let heard = nodes
+            .iter()
+            .filter(|n| {
+                n["this_node"] == false && n["mem_total_mb"].as_u64().is_some_and(|m| m > 0)
+            })
+            .count();
+        if nodes.len() == 9
+            && nodes.iter().all(|n| n["up"] == true)
+            && me["mem_total_mb"].as_u64().is_some_and(|m| m > 0)
+            && me["mem_free_mb"].as_u64().is_some()
+            && heard > 0
+        {
+            let text = pesc_tests::stdout(&g.nodes[0].cli(&["nodes"]));
+            assert!(text.contains("GiB"), "{text}");
+            assert!(!text.contains(" down "), "{text}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{list:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

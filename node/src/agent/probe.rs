@@ -23,6 +23,8 @@ pub(super) struct Probes {
     os_user: String,
     /// The last CPU counters (for others' CPU use between samples).
     cpu: Option<CpuSample>,
+    /// Memory and load (sysinfo); `None` where it cannot read them.
+    system: Option<sysinfo::System>,
 }
 
 impl Probes {
@@ -39,6 +41,7 @@ impl Probes {
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_default(),
             cpu: None,
+            system: sysinfo::System::new().ok(),
         }
     }
 
@@ -46,6 +49,10 @@ impl Probes {
         let p = self.policy.borrow().clone();
         let mut s = Sample {
             load: load_per_cpu(),
+            memory: self.system.as_mut().map(|sys| {
+                sys.refresh_memory();
+                (sys.total_memory() >> 20, sys.available_memory() >> 20)
+            }),
             ..Default::default()
         };
         if p.check_concurrent_user {
@@ -101,9 +108,7 @@ fn load_per_cpu() -> f32 {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f32;
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
-        .map(|l| l / cpus)
+    sysinfo::System::load_average()
+        .map(|l| l.one as f32 / cpus)
         .unwrap_or(0.0)
 }

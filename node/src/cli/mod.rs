@@ -469,8 +469,8 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<20} {:<10} {:>5} {:>5} {:>5} {:>9}  ADDRESS",
-        "NAME", "SLOTS", "FREE", "LOAD", "GPUS", "SEEN"
+        "{:<20} {:<10} {:>5} {:>5} {:>13} {:>5} {:>9}  ADDRESS",
+        "NAME", "SLOTS", "FREE", "LOAD", "MEM FREE/ALL", "GPUS", "SEEN"
     );
     for n in list {
         let name = if n.this_node {
@@ -478,18 +478,26 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
         } else {
             n.name.clone()
         };
-        let seen = match (n.this_node, n.last_seen_ms_ago) {
-            (true, _) => "now".to_string(),
-            (false, Some(ms)) => format!("{:.0}s ago", ms as f64 / 1000.0),
-            (false, None) => "never".to_string(),
+        // A node whose heartbeats go to other nodes is up all the same.
+        let seen = match (n.this_node, n.last_seen_ms_ago, n.up) {
+            (true, _, _) => "now".to_string(),
+            (false, Some(ms), _) => format!("{:.0}s ago", ms as f64 / 1000.0),
+            (false, None, true) => "up".to_string(),
+            (false, None, false) => "down".to_string(),
+        };
+        let gib = |mb: u64| format!("{:.1}", mb as f64 / 1024.0);
+        let mem = match (n.mem_free_mb, n.mem_total_mb) {
+            (Some(f), Some(t)) => format!("{}/{} GiB", gib(f), gib(t)),
+            _ => "-".to_string(),
         };
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<20} {:<10} {:>5} {:>5} {:>5} {:>9}  {}",
+            "{:<20} {:<10} {:>5} {:>5} {:>13} {:>5} {:>9}  {}",
             name,
             format!("{} {}", n.slots, n.executor),
             opt(n.slots_free.map(|f| f.to_string())),
             opt(n.load.map(|l| format!("{l:.2}"))),
+            mem,
             n.gpus.len(),
             seen,
             n.addrs.first().cloned().unwrap_or_else(|| "-".into())

@@ -119,6 +119,8 @@ impl Node {
             slots: self.cfg.slots,
             slots_free: self.free_slots.len() as u32,
             load: self.load,
+            mem_total_mb: self.memory.map(|m| m.0),
+            mem_free_mb: self.memory.map(|m| m.1),
             addrs: self.repl.listen.clone(),
             gpus: self.gpus.clone(),
             rooms: self.caps.rooms.clone(),

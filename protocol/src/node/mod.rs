@@ -213,6 +213,8 @@ pub struct Node {
     builds: BTreeMap<String, BuildState>,
     /// One-minute load per CPU, as last sampled.
     load: f32,
+    /// Memory (MiB) as last sampled: total and available.
+    memory: Option<(u64, u64)>,
     /// Monotonic ms of the next heartbeat, scheduling pass and eviction.
     next_heartbeat: u64,
     next_tick: u64,
@@ -375,6 +377,7 @@ impl Node {
             gpu_peaks: HashMap::new(),
             builds: BTreeMap::new(),
             load: 0.0,
+            memory: None,
             next_heartbeat: now.mono_ms,
             next_tick: now.mono_ms,
             rescan: true,

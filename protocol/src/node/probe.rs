@@ -38,6 +38,8 @@ pub struct Sample {
     pub gpu_use: Vec<(RequestId, u64)>,
     /// One-minute load average per CPU.
     pub load: f32,
+    /// Memory (MiB): total and available, when known.
+    pub memory: Option<(u64, u64)>,
 }
 
 /// Why the node takes no new runs now, if it does not.
@@ -63,6 +65,7 @@ impl Node {
     pub fn probe(&mut self, _now: Now, s: Sample) {
         self.rescan = true;
         self.load = s.load;
+        self.memory = s.memory;
         self.apply_policy(&s);
         self.read_gpus(s.gpus, &s.gpu_use);
     }

@@ -436,6 +436,9 @@ impl Node {
                     } else {
                         live.map(|(_, t)| now.saturating_sub(*t))
                     },
+                    up: me || !self.liveness.is_down(&n.id),
+                    mem_total_mb: status.as_ref().and_then(|s| s.mem_total_mb),
+                    mem_free_mb: status.as_ref().and_then(|s| s.mem_free_mb),
                     id: n.id,
                 }
             })

@@ -217,12 +217,14 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
             }
         }
         table.nodes {
-            thead { tr { th { "Node" } th { "State" } th { "Room" } th { "Executor" } th { "Isolation" } th { "Slots (free)" } th { "Load" } th { "GPUs" } th { "Last heard" } } }
+            thead { tr { th { "Node" } th { "State" } th { "Room" } th { "Executor" } th { "Isolation" } th { "Slots (free)" } th { "Load" } th { "Memory (free of all)" } th { "GPUs" } th { "Last heard" } } }
             tbody {
                 @for n in &nodes {
                     tr data-node=(n.id) {
                         td { (n.name) @if n.this_node { " " span.badge { "this node" } } br; small { code { (n.id.as_str().chars().take(16).collect::<String>()) "…" } } }
-                        td { @if n.this_node || n.connected { (super::badge("online")) } @else { (super::badge("offline")) } }
+                        // Up by the grid's view of liveness: a node whose
+                        // heartbeats go to others is not offline.
+                        td { @if n.this_node || n.connected || n.up { (super::badge("online")) } @else { (super::badge("offline")) } }
                         td {
                             @match access.placement(&n.id) {
                                 Some(r) if access.in_general.contains(&n.id) => { (r) " and General" }
@@ -234,6 +236,7 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                         td { (n.isolation) @if !n.meets_minimum { br; (super::badge("below minimum")) } }
                         td { (n.slots) @if let Some(f) = n.slots_free { " (" (f) " free)" } }
                         td { @if let Some(l) = n.load { (format!("{:.0}%", l * 100.0)) } }
+                        td { @if let (Some(f), Some(t)) = (n.mem_free_mb, n.mem_total_mb) { (format!("{:.1} of {:.1} GiB", f as f64 / 1024.0, t as f64 / 1024.0)) } }
                         td { @for g in &n.gpus { div { (g.name) " (" (g.memory_total_mb) " MiB, capability " (g.capability) ")" } } }
                         td { @if let Some(ms) = n.last_seen_ms_ago { (super::fmt_duration(ms)) " ago" } @else if n.this_node { "now" } }
                     }
