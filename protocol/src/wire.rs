@@ -97,7 +97,7 @@ pub enum SyncResponse {
     /// The message was refused, with a sentence saying why.
     Refused(String),
     /// The answer to a ping: the receiver's own heartbeat.
-    Pong(Beat),
+    Pong(Box<Beat>),
     /// Log bytes from the offset asked (at most [`LOG_CHUNK`]), the attempt
     /// they belong to (its epoch), and whether it still runs here (when
     /// not, the rest is in the log's blob, named in the request document).

@@ -614,7 +614,7 @@ impl NetTask {
                     (Some((peer, _, None)), SyncResponse::Pong(beat)) => {
                         self.emit(NetEvent::Pong {
                             from: node_of(&peer),
-                            beat,
+                            beat: *beat,
                         })
                     }
                     _ => {}

@@ -633,7 +633,7 @@ impl Harness {
                         None
                     }
                     Msg::Ping(beat) => match node.receive_ping(now, &from, beat) {
-                        SyncResponse::Pong(b) => Some(Msg::Pong(b)),
+                        SyncResponse::Pong(b) => Some(Msg::Pong(*b)),
                         _ => None,
                     },
                     Msg::Pong(beat) => {

@@ -81,7 +81,7 @@ impl Node {
     /// A neighbour's ping: answered with this node's beat.
     pub fn receive_ping(&mut self, now: Now, from: &NodeId, beat: Beat) -> SyncResponse {
         if self.beat_received(now, from, beat) {
-            SyncResponse::Pong(self.own_beat(from))
+            SyncResponse::Pong(Box::new(self.own_beat(from)))
         } else {
             SyncResponse::Refused("a ping must come from its node".into())
         }
