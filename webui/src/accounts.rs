@@ -637,8 +637,11 @@ async fn place_node(
     State(st): St,
     Extension(c): Who,
     Path((room, node)): Path<(String, String)>,
-    Query(q): Query<Placing>,
+    q: Result<Query<Placing>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, ApiFailure> {
+    let Query(q) = q.map_err(|e| {
+        ApiFailure::bad_request(format!("general is true or false: {}", e.body_text()))
+    })?;
     move_node(&st, &c.who, &room, &node, true, q.general).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -364,6 +364,7 @@ member_path!(
     params(("name" = String, Path), ("node" = String, Path, description = "Node id or name"),
         ("general" = Option<bool>, Query, description = "The node also stays in General (default: it runs only this room's requests)")),
     responses(
+        (status = 400, description = "general is neither true nor false", body = ApiError),
         (status = 204, description = "The node is in the room (moving it from another room needs admin of both)"),
         (status = 403, body = ApiError),
         (status = 404, body = ApiError),
