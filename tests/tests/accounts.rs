@@ -662,9 +662,22 @@ fn users_make_domains_and_operators_review_their_dockerfiles() {
             .contains("installs from the internet"),
         "{e}"
     );
+    // The Domains page answers too (the same rule): approved there.
+    let (cookie, csrf) = op.login("op", "op-password");
+    let root = op.base.trim_end_matches("/api/v1").to_string();
+    let page = op
+        .http
+        .post(format!("{root}/domains/ana-own/review"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&action=approve&rooms="))
+        .send()
+        .unwrap();
+    assert!(page.status().is_success(), "{}", page.status());
+    let listed: Vec<Value> = ana.get("/domains").send().unwrap().json().unwrap();
+    let own = listed.iter().find(|d| d["name"] == "ana-own").unwrap();
+    assert_eq!(own["review"]["state"], "approved", "{own}");
     // Approved: usable by its owner, not by others it is not shared with.
-    let (s, d) = review(&op, json!({"approve": true}));
-    assert_eq!(s, 200, "{d}");
     let (s, r) = submit(&ana, "ana-own");
     assert_eq!(s, 201, "{r}");
     let (s, e) = submit(&bob, "ana-own");

@@ -322,12 +322,23 @@ async fn review_domain(
     Path(name): Path<String>,
     body: Result<Json<pesc_protocol::api::DomainReview>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    use pesc_protocol::domain::Review;
     let Json(r) =
         body.map_err(|e| ApiFailure::bad_request(format!("bad review body: {}", e.body_text())))?;
-    pesc_protocol::access::check_review_domain(&c.who)?;
+    Ok(Json(answer_domain(&st, &c.who, &name, r).await?))
+}
+
+/// An operator's or admin's answer to a domain request: the API and the
+/// Domains page both come here.
+pub(crate) async fn answer_domain(
+    st: &AppState,
+    who: &pesc_protocol::access::Principal,
+    name: &str,
+    r: pesc_protocol::api::DomainReview,
+) -> Result<pesc_protocol::domain::Domain, ApiFailure> {
+    use pesc_protocol::domain::Review;
+    pesc_protocol::access::check_review_domain(who)?;
     let access = st.svc.access().await?;
-    pesc_protocol::access::check_share_rooms(&c.who, &r.rooms, &access.rooms)?;
+    pesc_protocol::access::check_share_rooms(who, &r.rooms, &access.rooms)?;
     let review = if r.approve {
         Review::Approved
     } else {
@@ -340,7 +351,7 @@ async fn review_domain(
         }
         Review::Rejected(why.to_string())
     };
-    Ok(Json(st.svc.review_domain(&name, review, r.rooms).await?))
+    st.svc.review_domain(name, review, r.rooms).await
 }
 
 async fn create_request(

@@ -38,7 +38,18 @@ pub(crate) async fn domains_page(State(st): St, p: Page, flash: Query<Flash>) ->
                         td { code { (d.image_tag()) } }
                         td { (d.template.as_deref().unwrap_or("own Dockerfile")) }
                         td { (d.owner) }
-                        td { (d.review.describe()) @if !d.rooms.is_empty() { " (rooms " (d.rooms.join(", ")) ")" } }
+                        td {
+                            (d.review.describe()) @if !d.rooms.is_empty() { " (rooms " (d.rooms.join(", ")) ")" }
+                            @if p.who().may_make_domain() && d.template.is_none() && d.review != pesc_protocol::domain::Review::Approved {
+                                form.inline method="post" action={ "/domains/" (d.name) "/review" } {
+                                    (csrf_field(&p))
+                                    input name="rooms" placeholder="rooms (optional)";
+                                    button name="action" value="approve" { "Approve" }
+                                    input name="reason" placeholder="why not";
+                                    button name="action" value="reject" { "Reject" }
+                                }
+                            }
+                        }
                         td { (when(d.created_ms)) }
                         td.builds {
                             @for n in &nodes {
@@ -185,4 +196,41 @@ pub(crate) async fn files_page(State(st): St, p: Page, flash: Query<Flash>) -> R
         }
     };
     layout(&p, "Shared files", &flash, body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ReviewForm {
+    #[serde(default)]
+    csrf: String,
+    action: String,
+    #[serde(default)]
+    rooms: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// An operator approves or rejects a domain request from the Domains page.
+pub(crate) async fn domain_review_form(
+    State(st): St,
+    p: Page,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Form(f): Form<ReviewForm>,
+) -> Response {
+    if let Err(r) = p.check_csrf(&f.csrf) {
+        return *r;
+    }
+    let review = pesc_protocol::api::DomainReview {
+        approve: f.action == "approve",
+        reason: Some(f.reason.trim().to_string()).filter(|r| !r.is_empty()),
+        rooms: f
+            .rooms
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    let r = crate::routes::answer_domain(&st, p.who(), &name, review)
+        .await
+        .map(|d| format!("Domain {}: {}.", d.name, d.review.describe()));
+    back("/domains", r)
 }

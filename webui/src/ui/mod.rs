@@ -42,6 +42,10 @@ pub(crate) fn routes() -> Router<AppState> {
             "/domains",
             get(catalog::domains_page).post(catalog::domain_form),
         )
+        .route(
+            "/domains/{name}/review",
+            axum::routing::post(catalog::domain_review_form),
+        )
         .route("/processes", get(catalog::processes_page))
         .route("/files", get(catalog::files_page))
         .route("/rooms", get(admin::rooms_page).post(admin::room_form))
