@@ -57,10 +57,10 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Each rank prints a line every 0.4 s, six times, then writes its output.
+/// Each rank prints a line every 0.4 s, ten times, then writes its output.
 const TICKS: &str = r#"import os, sys, time
 rank = int(os.environ["PESC_RANK"])
-for i in range(6):
+for i in range(10):
     print(f"tick {i} of rank {rank}", flush=True)
     time.sleep(0.4)
 print(f"rank {rank} warns", file=sys.stderr, flush=True)
@@ -110,7 +110,7 @@ fn pesc_run_on_a_laptop_streams_every_rank_live_and_unpacks_the_results() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{status:?}\n{lines:?}\n{err}");
     for r in 0..2 {
-        for i in 0..6 {
+        for i in 0..10 {
             let want = format!("[{r}] tick {i} of rank {r}");
             assert!(lines.iter().any(|(_, l)| l == &want), "{want}: {lines:?}");
         }
@@ -135,8 +135,9 @@ fn pesc_run_on_a_laptop_streams_every_rank_live_and_unpacks_the_results() {
             .find(|(_, l)| l == &format!("[{rank}] tick 0 of rank {rank}"))
             .unwrap()
             .0;
+        // (The rank runs 4 s; its first line comes at its start.)
         assert!(
-            first + 1_000 < finished,
+            first + 1_500 < finished,
             "rank {rank}'s first line came at {first}, the rank finished at {finished}"
         );
     }
@@ -306,7 +307,7 @@ fn pesc_logs_follow_prints_every_rank_wherever_it_runs() {
     let out = laptop.cli(&["logs", &id, "--follow"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for r in 0..2 {
-        for i in 0..6 {
+        for i in 0..10 {
             assert!(
                 text.contains(&format!("[{r}] tick {i} of rank {r}")),
                 "{text}"
