@@ -655,7 +655,7 @@ impl NodeService for Service {
                 // What the run on the other node has written so far.
                 let runner = self.runner.clone();
                 Ok(Box::pin(async_stream(move |tx| async move {
-                    follow_remote(&runner, &node, &key, which, true, &tx).await;
+                    follow_remote(&runner, &node, &key, which, 0, true, &tx).await;
                 })))
             }
             src => {
@@ -794,28 +794,58 @@ fn follow_log(
                 }
                 return;
             }
-            LogSource::Remote { node, key } => {
+            LogSource::Remote { mut node, mut key } => {
                 // Running on another node: read it from there as it grows,
-                // then the rest from the stored blob once it ended.
-                let Some(sent) = follow_remote(&runner, &node, &key, which, false, &tx).await
-                else {
-                    return;
-                };
-                if let Some(LogSource::Stored {
-                    stdout,
-                    stderr,
-                    holders,
-                }) = ask().await
-                    && let Some(h) = pick(stdout, stderr)
-                    && runner.fetcher.ensure(&h, &holders).await.is_ok()
-                    && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
-                {
-                    let rest = data.get(sent as usize..).unwrap_or_default();
-                    if !rest.is_empty() {
-                        let _ = tx.send(Ok(Bytes::copy_from_slice(rest))).await;
+                // then the rest from the stored blob once this node sees
+                // the attempt's end (its news may come after the other node
+                // stopped answering for it, or an answer may be lost: then
+                // it reads on from where it was).
+                let mut sent = 0u64;
+                loop {
+                    let Some(n) =
+                        follow_remote(&runner, &node, &key, which, sent, false, &tx).await
+                    else {
+                        return;
+                    };
+                    sent = n;
+                    let next = tokio::select! {
+                        s = ask() => s,
+                        _ = tx.closed() => return,
+                    };
+                    match next {
+                        Some(LogSource::Stored {
+                            stdout,
+                            stderr,
+                            holders,
+                        }) => {
+                            if let Some(h) = pick(stdout, stderr)
+                                && runner.fetcher.ensure(&h, &holders).await.is_ok()
+                                && let Ok(data) = tokio::fs::read(blobs.path(&h)).await
+                            {
+                                let rest = data.get(sent as usize..).unwrap_or_default();
+                                if !rest.is_empty() {
+                                    let _ = tx.send(Ok(Bytes::copy_from_slice(rest))).await;
+                                }
+                            }
+                            return;
+                        }
+                        // Still running there as far as this node knows:
+                        // wait for news (bounded by the poll) and read on.
+                        Some(LogSource::Remote { node: n, key: k }) => {
+                            if k != key {
+                                // Another attempt: its log starts afresh.
+                                sent = 0;
+                            }
+                            (node, key) = (n, k);
+                            tokio::select! {
+                                _ = request.changed() => {}
+                                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                                _ = tx.closed() => return,
+                            }
+                        }
+                        _ => return,
                     }
                 }
-                return;
             }
             LogSource::NotYet => return,
         };
@@ -906,7 +936,7 @@ fn follow_log(
 }
 
 /// Streams what attempt `key` writes on `node` to `tx` while it runs
-/// there (asking every [`FOLLOW_POLL`] when nothing new came), or only what
+/// there from byte `from` (asking every [`FOLLOW_POLL`] when nothing new came), or only what
 /// it has written so far (`once`); how many bytes were sent, or `None`
 /// when the reader went away.
 async fn follow_remote(
@@ -914,12 +944,13 @@ async fn follow_remote(
     node: &pesc_protocol::NodeId,
     key: &pesc_protocol::node::AttemptKey,
     which: &str,
+    from: u64,
     once: bool,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Option<u64> {
     use pesc_protocol::wire::{LOG_CHUNK, SyncRequest, SyncResponse};
     let peer = crate::net::peer_of(node)?;
-    let mut sent = 0u64;
+    let mut sent = from;
     loop {
         let ask = SyncRequest::LogTail {
             request: key.0.clone(),
