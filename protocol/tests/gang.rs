@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use pesc_protocol::api::{NewRequest, RequestInfo};
+use pesc_protocol::api::RequestInfo;
 use pesc_protocol::harness::{Harness, Program};
 use pesc_protocol::model::{AttemptState, RequestState, RunState};
 use pesc_protocol::node::{Exit, GangJob};
@@ -49,26 +49,7 @@ fn recording(
 }
 
 fn parallel(h: &mut Harness, on: &NodeId, world: u32, same_node: bool, retries: u32) -> RequestId {
-    let process = h.program_of(on, "ana").id;
-    h.submit_new(
-        on,
-        "ana",
-        NewRequest {
-            process,
-            repetitions: world,
-            parameters: Vec::new(),
-            rooms: Vec::new(),
-            shared_files: Vec::new(),
-            domain: None,
-            limits: Default::default(),
-            gpu: Default::default(),
-            parallel: true,
-            same_node,
-            retries,
-            checkpoint_retries: None,
-            header: Default::default(),
-        },
-    )
+    h.submit_gang(on, "ana", world, same_node, retries)
 }
 
 /// Per rank, the attempt that stands for it: (state, node, epoch, start).

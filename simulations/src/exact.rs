@@ -209,26 +209,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
                 if let Some(on) = on {
                     *submitting.borrow_mut() = Some(drawn[i].1.clone());
                     let id = if plan.parallel {
-                        let process = h.program_of(&on, &plan.owner).id;
-                        h.submit_new(
-                            &on,
-                            &plan.owner,
-                            pesc_protocol::api::NewRequest {
-                                process,
-                                repetitions: plan.runs,
-                                parameters: Vec::new(),
-                                rooms: Vec::new(),
-                                shared_files: Vec::new(),
-                                domain: None,
-                                limits: Default::default(),
-                                gpu: Default::default(),
-                                parallel: true,
-                                same_node: plan.same_node,
-                                retries: 0,
-                                checkpoint_retries: None,
-                                header: Default::default(),
-                            },
-                        )
+                        h.submit_gang(&on, &plan.owner, plan.runs, plan.same_node, 0)
                     } else {
                         h.submit(&on, &plan.owner, plan.runs)
                     };

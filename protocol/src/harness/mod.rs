@@ -404,26 +404,46 @@ impl Harness {
     /// Submits a request of `repetitions` runs on node `on` (the push to
     /// peers goes over the link like any message).
     pub fn submit(&mut self, on: &NodeId, owner: &str, repetitions: u32) -> RequestId {
-        let process = self.program_of(on, owner);
-        self.submit_new(
-            on,
-            owner,
-            NewRequest {
-                process: process.id,
-                repetitions,
-                parameters: Vec::new(),
-                rooms: Vec::new(),
-                shared_files: Vec::new(),
-                domain: None,
-                limits: Default::default(),
-                gpu: Default::default(),
-                parallel: false,
-                same_node: false,
-                retries: 0,
-                checkpoint_retries: None,
-                header: Default::default(),
-            },
-        )
+        let req = self.plain_request(on, owner, repetitions);
+        self.submit_new(on, owner, req)
+    }
+
+    /// Submits a parallel request (a gang of `world` ranks) on node `on`.
+    pub fn submit_gang(
+        &mut self,
+        on: &NodeId,
+        owner: &str,
+        world: u32,
+        same_node: bool,
+        retries: u32,
+    ) -> RequestId {
+        let req = NewRequest {
+            parallel: true,
+            same_node,
+            retries,
+            ..self.plain_request(on, owner, world)
+        };
+        self.submit_new(on, owner, req)
+    }
+
+    /// A request of `repetitions` runs of `owner`'s program, with nothing
+    /// else asked.
+    fn plain_request(&mut self, on: &NodeId, owner: &str, repetitions: u32) -> NewRequest {
+        NewRequest {
+            process: self.program_of(on, owner).id,
+            repetitions,
+            parameters: Vec::new(),
+            rooms: Vec::new(),
+            shared_files: Vec::new(),
+            domain: None,
+            limits: Default::default(),
+            gpu: Default::default(),
+            parallel: false,
+            same_node: false,
+            retries: 0,
+            checkpoint_retries: None,
+            header: Default::default(),
+        }
     }
 
     /// Submits a request as given.
