@@ -63,7 +63,7 @@ pub struct NodeConfig {
     /// Rooms this node serves besides General (requests for a room run only
     /// on its nodes).
     pub rooms: Vec<String>,
-    /// The desktop owner's policy: `cpu_percent_limit`,
+    /// The desktop owner's policy: `pause_when_others_above`,
     /// `check_concurrent_user`, `concurrent_resources_percent`.
     #[serde(flatten)]
     pub policy: crate::policy::PolicyConfig,

@@ -74,9 +74,9 @@ pub struct NodeArgs {
     #[arg(long, value_name = "IMAGE")]
     pub docker_image: Option<String>,
     /// Take no new runs while others use more CPU than this percentage
-    /// (default: `cpu_percent_limit`; 100: never pause).
-    #[arg(long, value_name = "PERCENT")]
-    pub cpu_percent_limit: Option<u32>,
+    /// (default: `pause_when_others_above`; 100: never pause).
+    #[arg(long, value_name = "PERCENT", alias = "cpu-percent-limit")]
+    pub pause_when_others_above: Option<u32>,
 }
 
 pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
@@ -131,8 +131,8 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     if let Some(i) = args.docker_image {
         cfg.docker.default_image = i;
     }
-    if let Some(c) = args.cpu_percent_limit {
-        cfg.policy.cpu_percent_limit = c;
+    if let Some(c) = args.pause_when_others_above {
+        cfg.policy.pause_when_others_above = c;
     }
     cfg.docker.check().context("node.toml")?;
     cfg.policy.check().context("node.toml")?;
@@ -240,7 +240,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         handle.tx.clone(),
         data_dir.clone(),
         args.name.clone(),
-        args.cpu_percent_limit,
+        args.pause_when_others_above,
     );
     let service = Arc::new(Service {
         token,
@@ -405,7 +405,7 @@ fn reload_on_sighup(
         while hup.recv().await.is_some() {
             let read = NodeConfig::load_or_init(&data_dir).and_then(|mut c| {
                 if let Some(cpu) = cpu_flag {
-                    c.policy.cpu_percent_limit = cpu;
+                    c.policy.pause_when_others_above = cpu;
                 }
                 c.policy.check()?;
                 Ok(c)

@@ -13,12 +13,14 @@ mod file_watch;
 mod gpu;
 mod grid_secret;
 mod identity;
+mod idle;
 mod metrics;
 mod net;
 mod policy;
 mod runner;
 mod service;
 mod store;
+mod usage;
 mod zip_check;
 
 use std::path::PathBuf;
@@ -94,6 +96,10 @@ enum Cmd {
     /// Domains: the environments (container images) runs execute in.
     #[command(subcommand)]
     Domains(cli::domains::DomainsCmd),
+    /// A node's settings (admins): limits, idle times, slots; they apply
+    /// at once, without a restart.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCmd),
     /// The grid this data dir belongs to.
     #[command(subcommand)]
     Grid(GridCmd),
@@ -173,6 +179,7 @@ fn main() {
             Cmd::Cancel { request } => cli::cancel(&c, &request).await,
             Cmd::Files(f) => cli::files::run(&c, f).await,
             Cmd::Domains(d) => cli::domains::run(&c, d).await,
+            Cmd::Config(d) => cli::config::run(&c, d).await,
         }
     });
     match code {

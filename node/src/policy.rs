@@ -14,9 +14,33 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PolicyConfig {
-    /// Take no new runs while others' CPU use is above this percentage of
-    /// the machine (100: never pause).
-    pub cpu_percent_limit: u32,
+    /// Take no new runs while others' CPU use (everything but this node and
+    /// its runs) is above this percentage of the machine (100: never
+    /// pause). Called `cpu_percent_limit` before; that name still reads.
+    #[serde(alias = "cpu_percent_limit")]
+    pub pause_when_others_above: u32,
+    /// The share of the machine's CPUs this node's runs may keep busy
+    /// together (percent; 100: as many runs as slots): the thesis's other
+    /// meaning of a CPU limit, PESC's own use counted.
+    pub max_cpu_share: u32,
+    /// Take a run only while the machine's memory in use, with every run's
+    /// expected peak, stays under this percentage.
+    pub memory_percent_limit: u32,
+    /// The peak memory (MiB) expected of a program this node has not seen
+    /// run yet, when its request asks none.
+    pub default_run_memory_mb: u64,
+    /// Start runs only after this many minutes without keyboard or mouse
+    /// (0: do not watch for the owner). When the owner comes back, runs are
+    /// suspended at once.
+    pub idle_minutes: u32,
+    /// Runs suspended for the owner this many minutes are handed back to
+    /// the grid from their checkpoints.
+    pub vacate_minutes: u32,
+    /// Where idle time is read: `auto` (logind's local sessions, else input
+    /// devices), `logind`, or `input`.
+    pub idle_source: crate::idle::IdleSource,
+    /// The input devices `input` looks at (a directory: its entries).
+    pub input_paths: Vec<PathBuf>,
     /// Watch for other users logged in at this desktop.
     pub check_concurrent_user: bool,
     /// While one is: running containers get this percentage of their CPU,
@@ -32,7 +56,14 @@ pub struct PolicyConfig {
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
-            cpu_percent_limit: 70,
+            pause_when_others_above: 70,
+            max_cpu_share: 100,
+            memory_percent_limit: 80,
+            default_run_memory_mb: 1024,
+            idle_minutes: 0,
+            vacate_minutes: 10,
+            idle_source: Default::default(),
+            input_paths: crate::idle::default_input_paths(),
             check_concurrent_user: false,
             concurrent_resources_percent: 10,
             utmp_path: PathBuf::from("/var/run/utmp"),
@@ -42,15 +73,59 @@ impl Default for PolicyConfig {
 }
 
 impl PolicyConfig {
+    /// What the protocol core decides from.
+    pub fn core(&self) -> pesc_protocol::node::Policy {
+        pesc_protocol::node::Policy {
+            pause_when_others_above: self.pause_when_others_above,
+            concurrent_resources_percent: self.concurrent_resources_percent,
+            gpu_percent_memory_limit: self.gpu_percent_memory_limit,
+            memory_percent_limit: self.memory_percent_limit,
+            default_run_memory_mb: self.default_run_memory_mb,
+            max_cpu_share: self.max_cpu_share,
+            idle_minutes: self.idle_minutes,
+            vacate_minutes: self.vacate_minutes,
+        }
+    }
+
+    /// Takes what the core decides from (an admin's settings laid over
+    /// node.toml); what only this machine knows (paths, sources) stays.
+    pub fn set_core(&mut self, p: &pesc_protocol::node::Policy) {
+        self.pause_when_others_above = p.pause_when_others_above;
+        self.concurrent_resources_percent = p.concurrent_resources_percent;
+        self.gpu_percent_memory_limit = p.gpu_percent_memory_limit;
+        self.memory_percent_limit = p.memory_percent_limit;
+        self.default_run_memory_mb = p.default_run_memory_mb;
+        self.max_cpu_share = p.max_cpu_share;
+        self.idle_minutes = p.idle_minutes;
+        self.vacate_minutes = p.vacate_minutes;
+    }
+
     pub fn check(&self) -> anyhow::Result<()> {
-        if !(1..=100).contains(&self.cpu_percent_limit) {
-            anyhow::bail!("cpu_percent_limit is {}: 1 to 100", self.cpu_percent_limit);
+        if !(1..=100).contains(&self.pause_when_others_above) {
+            anyhow::bail!(
+                "pause_when_others_above is {}: 1 to 100",
+                self.pause_when_others_above
+            );
         }
         if !(1..=100).contains(&self.gpu_percent_memory_limit) {
             anyhow::bail!(
                 "gpu_percent_memory_limit is {}: 1 to 100",
                 self.gpu_percent_memory_limit
             );
+        }
+        for (name, v) in [
+            ("max_cpu_share", self.max_cpu_share),
+            ("memory_percent_limit", self.memory_percent_limit),
+        ] {
+            if !(1..=100).contains(&v) {
+                anyhow::bail!("{name} is {v}: 1 to 100");
+            }
+        }
+        if self.idle_minutes > 24 * 60 || self.vacate_minutes > 24 * 60 {
+            anyhow::bail!("idle_minutes and vacate_minutes are at most a day (1440)");
+        }
+        if self.default_run_memory_mb == 0 {
+            anyhow::bail!("default_run_memory_mb is 0: a run takes some memory");
         }
         if !(1..=100).contains(&self.concurrent_resources_percent) {
             anyhow::bail!(
@@ -114,21 +189,16 @@ pub fn parse_pid_cpu(text: &str) -> Option<u64> {
     (11..15).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }
 
-/// Reads the counters now: the machine, this process, and every process
-/// whose environment names this node (its runs, in containers too).
-pub fn sample(node_id: &str) -> Option<CpuSample> {
+/// Reads the counters now: the machine, this process, and the node's
+/// processes as `usage::scan` found them (its runs, in containers too).
+pub fn sample(procs: &std::collections::HashMap<u32, crate::usage::Proc>) -> Option<CpuSample> {
     let (busy, total) = parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)?;
-    let cpu_of = |pid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| parse_pid_cpu(&s))
-    };
     let mut ours: std::collections::HashMap<u32, u64> =
-        crate::executor::process::processes_of(node_id)
-            .into_iter()
-            .filter_map(|pid| Some((pid, cpu_of(&pid.to_string())?)))
-            .collect();
-    if let Some(t) = cpu_of("self") {
+        procs.iter().map(|(pid, p)| (*pid, p.cpu)).collect();
+    if let Some(t) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_pid_cpu(&s))
+    {
         ours.insert(std::process::id(), t);
     }
     Some(CpuSample { busy, total, ours })
@@ -238,7 +308,7 @@ mod tests {
     fn settings_out_of_range_are_refused() {
         assert!(PolicyConfig::default().check().is_ok());
         let c = PolicyConfig {
-            cpu_percent_limit: 0,
+            pause_when_others_above: 0,
             ..Default::default()
         };
         assert!(c.check().is_err());

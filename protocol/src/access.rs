@@ -302,6 +302,8 @@ pub struct AccessState {
     pub in_general: Vec<crate::NodeId>,
     /// The grid's minimum isolation level: nodes below it take no runs.
     pub min_isolation: crate::isolation::IsolationLevel,
+    /// Settings admins gave nodes: (node, key, value).
+    pub node_settings: Vec<(crate::NodeId, String, String)>,
 }
 
 impl AccessState {
@@ -342,6 +344,13 @@ pub enum AccessChange {
     PlaceNode(crate::NodeId, Option<String>, bool),
     /// Sets the grid's minimum isolation level (admins only).
     SetMinIsolation(crate::isolation::IsolationLevel),
+    /// Sets one of a node's settings (`crate::node_settings`), or clears
+    /// it (`None`: the node's own configuration decides again). Admins only.
+    NodeSetting {
+        node: crate::NodeId,
+        key: String,
+        value: Option<String>,
+    },
 }
 
 /// A room's list of members.

@@ -292,6 +292,18 @@ pub struct GridNode {
     pub mem_total_mb: Option<u64>,
     #[serde(default)]
     pub mem_free_mb: Option<u64>,
+    /// Memory (MiB) one more run may take under its owner's limit.
+    #[serde(default)]
+    pub mem_room_mb: Option<u64>,
+    /// Why its owner's policy keeps it from taking runs now, if it does.
+    #[serde(default)]
+    pub pause: Option<String>,
+    /// Its owner is at the desktop.
+    #[serde(default)]
+    pub owner_here: bool,
+    /// Its runs suspended for its owner now.
+    #[serde(default)]
+    pub suspended: u32,
 }
 
 /// Reply of a process upload.
@@ -464,6 +476,25 @@ pub struct JoinInfo {
     pub token: String,
     /// What to run on a desktop to add it.
     pub command: String,
+}
+
+/// One of a node's settings (`GET /api/v1/nodes/{node}/settings`): what
+/// an admin set for it through the grid, laid over its node.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeSetting {
+    pub key: String,
+    /// The value set; `None` when the node's own configuration decides.
+    pub value: Option<String>,
+    /// What it means, in words.
+    pub meaning: String,
+}
+
+/// `PUT /api/v1/nodes/{node}/settings/{key}`'s body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeSettingValue {
+    pub value: String,
 }
 
 /// `GET`/`PUT /api/v1/grid/settings`: grid-wide settings (admins change them).

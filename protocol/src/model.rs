@@ -628,6 +628,10 @@ pub struct Attempt {
     /// its last message (see [`crate::progress`]).
     pub progress: Option<u8>,
     pub message: Option<String>,
+    /// The most memory (MiB) and CPU (percent of one CPU) its processes
+    /// were seen to take (by the probes of the node that ran it).
+    pub peak_memory_mb: Option<u64>,
+    pub peak_cpu_percent: Option<u32>,
 }
 
 impl Attempt {
@@ -650,6 +654,8 @@ impl Attempt {
             checkpoint_holders: Vec::new(),
             progress: None,
             message: None,
+            peak_memory_mb: None,
+            peak_cpu_percent: None,
         }
     }
 

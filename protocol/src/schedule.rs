@@ -168,6 +168,10 @@ pub struct NodeOffer {
     pub slots_free: u32,
     /// The owner's policy keeps it from taking runs.
     pub paused: bool,
+    /// Paused because its owner is at the desktop.
+    pub owner_here: bool,
+    /// Why its last look left a run for lack of memory or CPU.
+    pub no_room: Option<String>,
 }
 
 /// Why a request's queued runs are not running, in plain words, from what
@@ -235,12 +239,36 @@ pub fn why_waiting(spec: &RequestSpec, nodes: &[NodeOffer]) -> String {
     }
     let open: Vec<&&NodeOffer> = able.iter().filter(|n| !n.paused).collect();
     if open.is_empty() {
+        let owners = able.iter().filter(|n| n.owner_here).count();
+        let busy = able.len() - owners;
+        let mut parts = Vec::new();
+        if owners > 0 {
+            parts.push(match owners {
+                1 => "1 desktop is in use by its owner".to_string(),
+                n => format!("{n} desktops are in use by their owners"),
+            });
+        }
+        if busy > 0 {
+            parts.push(format!("{busy} busy with their owners' work"));
+        }
         return format!(
-            "every node that can run it is in use by its owner ({})",
+            "every node that can run it is paused for its owner: {} ({})",
+            parts.join(", "),
             able.iter()
                 .map(|n| n.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    let roomy: Vec<&&&NodeOffer> = open.iter().filter(|n| n.slots_free > 0).collect();
+    if !roomy.is_empty() && roomy.iter().all(|n| n.no_room.is_some()) {
+        return format!(
+            "no node with a free slot has room for it now: {}",
+            roomy
+                .iter()
+                .map(|n| format!("{}: {}", n.name, n.no_room.as_deref().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
     if open.iter().all(|n| n.slots_free == 0) {
@@ -294,6 +322,8 @@ mod eligibility_tests {
             caps,
             slots_free: free,
             paused,
+            owner_here: false,
+            no_room: None,
         };
         let gpu = NodeCaps {
             gpus: 1,
@@ -324,7 +354,25 @@ mod eligibility_tests {
                 &spec(1, None, false),
                 &[node("lab-3", gpu.clone(), 1, true)]
             )
-            .contains("in use by its owner (lab-3)")
+            .contains("1 busy with their owners' work (lab-3)")
+        );
+        let here = |name: &str| NodeOffer {
+            owner_here: true,
+            ..node(name, gpu.clone(), 1, true)
+        };
+        let why = why_waiting(&spec(1, None, false), &[here("lab-3"), here("lab-4")]);
+        assert!(
+            why.contains("2 desktops are in use by their owners (lab-3, lab-4)"),
+            "{why}"
+        );
+        let full = NodeOffer {
+            no_room: Some("each run needs about 4096 MiB".into()),
+            ..node("lab-5", plain.clone(), 2, false)
+        };
+        let why = why_waiting(&spec(0, None, false), &[full]);
+        assert!(
+            why.contains("no node with a free slot has room for it now: lab-5: each run needs"),
+            "{why}"
         );
         assert!(
             why_waiting(&spec(0, None, false), &[node("a", plain.clone(), 0, false)])
@@ -357,6 +405,8 @@ mod eligibility_tests {
             caps,
             slots_free: 1,
             paused: false,
+            owner_here: false,
+            no_room: None,
         };
         let why = why_waiting(&spec(0, None, false), &[offer("lab-1", bare)]);
         assert_eq!(

@@ -67,7 +67,7 @@ pub enum SyncRequest {
         blobs: Vec<BlobHash>,
     },
     /// A heartbeat to a ring neighbour; answered with [`SyncResponse::Pong`].
-    Ping(Beat),
+    Ping(Box<Beat>),
     /// "Keep a copy of these blobs" (a run's results, a checkpoint): the
     /// receiver fetches them (from the sender first) and answers
     /// [`SyncResponse::Held`] once they are all on its disk.
@@ -175,6 +175,10 @@ pub enum BlobResponse {
     Refused(String),
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A node's live state, as announced in its heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -211,6 +215,21 @@ pub struct NodeStatus {
     /// The owner's policy keeps it from taking runs now.
     #[serde(default)]
     pub paused: bool,
+    /// Why, in words (`Pause`'s display).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
+    /// Its owner is at the desktop (the node is paused for them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner_here: bool,
+    /// Memory (MiB) one more run may take under its owner's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_room_mb: Option<u64>,
+    /// Its runs suspended for its owner now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub suspended: u32,
+    /// Why its last look left a run for lack of memory or CPU, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_room: Option<String>,
     /// Domain images it built or is building.
     #[serde(default)]
     pub builds: Vec<crate::model::DomainBuild>,
@@ -239,6 +258,9 @@ impl NodeStatus {
         self.rooms.retain(|r| r.len() <= TEXT);
         self.gpus.truncate(ITEMS);
         self.builds.truncate(ITEMS);
+        for t in [&mut self.pause, &mut self.no_room].into_iter().flatten() {
+            cut(t);
+        }
         self.slots_free = self.slots_free.min(self.slots);
         if !self.load.is_finite() {
             self.load = 0.0;
@@ -262,6 +284,8 @@ impl NodeStatus {
             },
             slots_free: self.slots_free,
             paused: self.paused,
+            owner_here: self.owner_here,
+            no_room: self.no_room.clone(),
         }
     }
 }

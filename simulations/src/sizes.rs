@@ -170,6 +170,8 @@ impl Sizes {
             isolation_detail: "containers".into(),
             paused: false,
             builds: Vec::new(),
+            mem_room_mb: Some(9 * 1024),
+            ..Default::default()
         };
         let beat = serde_json::to_vec(&Beat {
             node: writer.clone(),

@@ -107,8 +107,8 @@ impl Node {
         }
         // Test machines are busy with other tests' nodes: the owner's CPU
         // limit would pause claims at random.
-        if !extra.contains(&"--cpu-percent-limit") {
-            defaults.extend(["--cpu-percent-limit", "100"]);
+        if !extra.contains(&"--pause-when-others-above") {
+            defaults.extend(["--pause-when-others-above", "100"]);
         }
         let child = command_in(netns, &bin)
             .arg("--data-dir")

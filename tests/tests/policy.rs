@@ -25,7 +25,7 @@ fn a_busy_machine_takes_no_new_runs_but_its_own_runs_do_not_count() {
         2,
         pesc_tests::pesc_bin("debug"),
         None,
-        &["--cpu-percent-limit", "40"],
+        &["--pause-when-others-above", "40"],
     )
     .unwrap();
     // The node's own busy runs are not "others": it keeps taking runs while

@@ -12,8 +12,8 @@ use pesc_protocol::access::{
     AccessChange, AccessState, ApiToken, Principal, Role, User, check_name, check_password,
 };
 use pesc_protocol::api::{
-    CreatedToken, GridSettings, JoinInfo, Login, Me, NewRoom, NewToken, NewUser, RoomInfo,
-    UserChange, UserInfo,
+    CreatedToken, GridSettings, JoinInfo, Login, Me, NewRoom, NewToken, NewUser, NodeSetting,
+    NodeSettingValue, RoomInfo, UserChange, UserInfo,
 };
 use pesc_protocol::model::{GENERAL_ROOM, Room};
 
@@ -47,6 +47,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/rooms/{name}/nodes/{node}",
             put(place_node).delete(unplace_node),
+        )
+        .route("/nodes/{node}/settings", get(node_settings))
+        .route(
+            "/nodes/{node}/settings/{key}",
+            put(set_node_setting).delete(clear_node_setting),
         )
         .route("/grid/join-token", get(join_token))
         .route("/grid/settings", get(grid_settings).put(set_grid_settings))
@@ -653,6 +658,86 @@ async fn unplace_node(
 ) -> Result<StatusCode, ApiFailure> {
     move_node(&st, &c.who, &room, &node, false, true).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The node an API path names (by id or name).
+async fn grid_node(st: &AppState, node: &str) -> Result<NodeId, ApiFailure> {
+    st.svc
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.id.as_str() == node || n.name == node)
+        .map(|n| n.id)
+        .ok_or_else(|| ApiFailure::not_found(format!("no node '{node}' in this grid")))
+}
+
+/// A node's settings, every key with its value (if an admin set one).
+pub(crate) async fn settings_of(
+    st: &AppState,
+    node: &NodeId,
+) -> Result<Vec<NodeSetting>, ApiFailure> {
+    let a = st.svc.access().await?;
+    Ok(pesc_protocol::node_settings::KEYS
+        .iter()
+        .map(|(k, meaning)| NodeSetting {
+            key: k.to_string(),
+            value: a
+                .node_settings
+                .iter()
+                .find(|(n, key, _)| n == node && key == k)
+                .map(|(_, _, v)| v.clone()),
+            meaning: meaning.to_string(),
+        })
+        .collect())
+}
+
+async fn node_settings(
+    State(st): St,
+    Path(node): Path<String>,
+) -> Result<Json<Vec<NodeSetting>>, ApiFailure> {
+    let id = grid_node(&st, &node).await?;
+    Ok(Json(settings_of(&st, &id).await?))
+}
+
+/// Sets or clears one setting of a node: admins only (the API, `pesc
+/// config` and the Nodes page).
+pub(crate) async fn change_node_setting(
+    st: &AppState,
+    who: &Principal,
+    node: &str,
+    key: &str,
+    value: Option<String>,
+) -> Result<NodeId, ApiFailure> {
+    need_admin_principal(who, "change a node's settings")?;
+    let id = grid_node(st, node).await?;
+    st.svc
+        .change_access(AccessChange::NodeSetting {
+            node: id.clone(),
+            key: key.to_string(),
+            value,
+        })
+        .await?;
+    Ok(id)
+}
+
+async fn set_node_setting(
+    State(st): St,
+    Extension(c): Who,
+    Path((node, key)): Path<(String, String)>,
+    b: Result<Json<NodeSettingValue>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Vec<NodeSetting>>, ApiFailure> {
+    let v = body(b, "setting")?;
+    let id = change_node_setting(&st, &c.who, &node, &key, Some(v.value)).await?;
+    Ok(Json(settings_of(&st, &id).await?))
+}
+
+async fn clear_node_setting(
+    State(st): St,
+    Extension(c): Who,
+    Path((node, key)): Path<(String, String)>,
+) -> Result<Json<Vec<NodeSetting>>, ApiFailure> {
+    let id = change_node_setting(&st, &c.who, &node, &key, None).await?;
+    Ok(Json(settings_of(&st, &id).await?))
 }
 
 pub(crate) fn join_info(st: &AppState) -> JoinInfo {

@@ -11,8 +11,8 @@
 use pesc_protocol::access::ApiToken;
 use pesc_protocol::api::{
     ApiError, CreatedToken, GridNode, GridSettings, JoinInfo, Login, Me, NewDomain, NewRequest,
-    NewRoom, NewToken, NewUser, NodeInfo, RequestInfo, RoomInfo, SharedFileInfo, TemplateInfo,
-    UserChange, UserInfo,
+    NewRoom, NewToken, NewUser, NodeInfo, NodeSetting, NodeSettingValue, RequestInfo, RoomInfo,
+    SharedFileInfo, TemplateInfo, UserChange, UserInfo,
 };
 use pesc_protocol::domain::Domain;
 use pesc_protocol::model::Process;
@@ -36,8 +36,8 @@ use utoipa::OpenApi;
         create_request, get_request, cancel_request, logs, results, health, login, logout, me,
         list_users, create_user, change_user, delete_user, list_tokens, create_token, delete_token,
         list_rooms, create_room, get_room, add_room_admin, remove_room_admin, add_room_user,
-        remove_room_user, place_node, unplace_node, join_token, grid_settings,
-        set_grid_settings
+        remove_room_user, place_node, unplace_node, node_settings, set_node_setting,
+        clear_node_setting, join_token, grid_settings, set_grid_settings
     ),
     components(schemas(ApiError)),
     modifiers(&BearerToken)
@@ -379,6 +379,34 @@ fn place_node() {}
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
 fn unplace_node() {}
+
+#[utoipa::path(get, path = "/api/v1/nodes/{node}/settings",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses(
+        (status = 200, description = "Every setting an admin may give the node, with its value if one was set", body = [NodeSetting]),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn node_settings() {}
+
+#[utoipa::path(put, path = "/api/v1/nodes/{node}/settings/{key}", request_body = NodeSettingValue,
+    params(("node" = String, Path, description = "Node id or name"), ("key" = String, Path)),
+    responses(
+        (status = 200, description = "Set (admins only); the node applies it without a restart", body = [NodeSetting]),
+        (status = 400, body = ApiError),
+        (status = 403, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn set_node_setting() {}
+
+#[utoipa::path(delete, path = "/api/v1/nodes/{node}/settings/{key}",
+    params(("node" = String, Path, description = "Node id or name"), ("key" = String, Path)),
+    responses(
+        (status = 200, description = "Cleared (admins only): the node's node.toml decides again", body = [NodeSetting]),
+        (status = 400, body = ApiError),
+        (status = 403, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn clear_node_setting() {}
 
 #[utoipa::path(get, path = "/api/v1/grid/join-token", responses(
     (status = 200, description = "What adds a desktop to this grid (admins only)", body = JoinInfo),

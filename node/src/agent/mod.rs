@@ -23,8 +23,7 @@ use pesc_protocol::api::{NewRequest, NodeInfo, RequestInfo, SharedFileInfo};
 use pesc_protocol::domain::Domain;
 use pesc_protocol::model::{Process, SharedFile};
 use pesc_protocol::node::{
-    Action, AttemptKey, Config, ExecutorInfo, Node, NodeError, Now, Policy, ReadModel, Sample,
-    Submitted,
+    Action, AttemptKey, Config, ExecutorInfo, Node, NodeError, Now, ReadModel, Sample, Submitted,
 };
 use pesc_protocol::wire::{Gossip, SyncRequest};
 use pesc_protocol::{BlobHash, NodeId, RequestId};
@@ -259,11 +258,7 @@ impl Agent {
             grid_id: s.grid_id.clone(),
             replication: s.replication,
             evict_blobs: s.cache_bytes > 0,
-            policy: Policy {
-                cpu_percent_limit: s.policy.cpu_percent_limit,
-                concurrent_resources_percent: s.policy.concurrent_resources_percent,
-                gpu_percent_memory_limit: s.policy.gpu_percent_memory_limit,
-            },
+            policy: s.policy.core(),
             rooms: s.rooms.clone(),
             executor: ExecutorInfo {
                 name: executor.name().to_string(),
@@ -449,6 +444,24 @@ impl Agent {
                 if let Some(s) = self.stops.get(&key) {
                     let _ = s.send(true);
                 }
+            }
+            Action::Policy(p) => {
+                // An admin's setting: the probes watch what it asks.
+                self.policy_tx.send_modify(|c| c.set_core(&p));
+            }
+            Action::Suspend { key, on } => {
+                let executor = self.runner.executor.clone();
+                let node = self.node.id().as_str().to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = executor.suspend(&node, &key.0, key.1, on).await {
+                        tracing::warn!(
+                            "cannot {} rank {} of {}: {e:#}",
+                            if on { "suspend" } else { "resume" },
+                            key.1,
+                            key.0
+                        );
+                    }
+                });
             }
             Action::Sync { to, doc, msg } => {
                 if let Some(peer) = peer_of(&to) {
@@ -647,12 +660,7 @@ impl Agent {
                 rooms,
                 policy,
             } => {
-                let core = Policy {
-                    cpu_percent_limit: policy.cpu_percent_limit,
-                    concurrent_resources_percent: policy.concurrent_resources_percent,
-                    gpu_percent_memory_limit: policy.gpu_percent_memory_limit,
-                };
-                n.reconfigure(name.clone(), rooms, core);
+                n.reconfigure(name.clone(), rooms, policy.core());
                 self.name = name;
                 self.policy_tx.send_replace(policy);
                 tracing::info!("node.toml re-read: name, rooms and the owner's policy apply now");

@@ -45,7 +45,7 @@ impl Agent {
             NetEvent::Sync { from, req, channel } => {
                 let resp = match req {
                     SyncRequest::Sync { doc, msg } => n.receive_sync(now, &from, doc, &msg),
-                    SyncRequest::Ping(beat) => n.receive_ping(now, &from, beat),
+                    SyncRequest::Ping(beat) => n.receive_ping(now, &from, *beat),
                     SyncRequest::Push { doc, data, blobs } => {
                         match n.receive_push(now, &from, &doc, &data) {
                             Ok(()) => {
@@ -108,7 +108,7 @@ impl Agent {
             }
             NetEvent::SyncFailed { peer, doc } => n.sync_failed(peer, doc),
             NetEvent::Gossip { from, msg } => n.gossip(now, &from, msg),
-            NetEvent::Pong { from, beat } => n.receive_pong(now, &from, beat),
+            NetEvent::Pong { from, beat } => n.receive_pong(now, &from, *beat),
         }
     }
 }

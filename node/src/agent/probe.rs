@@ -21,10 +21,13 @@ pub(super) struct Probes {
     node: String,
     /// The operating-system user this node runs as (not "another user").
     os_user: String,
-    /// The last CPU counters (for others' CPU use between samples).
+    /// The last CPU counters (for others' CPU use between samples) and
+    /// the node's processes then (for each run's).
     cpu: Option<CpuSample>,
+    procs: std::collections::HashMap<u32, crate::usage::Proc>,
     /// Memory and load (sysinfo); `None` where it cannot read them.
     system: Option<sysinfo::System>,
+    idle: crate::idle::IdleReader,
 }
 
 impl Probes {
@@ -41,6 +44,8 @@ impl Probes {
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_default(),
             cpu: None,
+            procs: Default::default(),
+            idle: crate::idle::IdleReader::new(),
             system: sysinfo::System::new().ok(),
         }
     }
@@ -58,20 +63,54 @@ impl Probes {
         if p.check_concurrent_user {
             s.others_logged_in = policy::other_users(&p.utmp_path, &self.os_user);
         }
-        if p.cpu_percent_limit < 100 {
-            let now = policy::sample(&self.node);
-            if let (Some(a), Some(b)) = (&self.cpu, &now) {
+        // One pass over /proc: others' CPU use, and each run's memory and CPU.
+        let procs = crate::usage::scan(&self.node);
+        let now = policy::sample(&procs);
+        s.cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
+        if let (Some(a), Some(b)) = (&self.cpu, &now) {
+            if p.pause_when_others_above < 100 {
                 s.others_cpu_percent = Some(policy::others_percent(a, b));
             }
-            self.cpu = now;
+            // Jiffies of one CPU between the readings.
+            let elapsed = b.total.saturating_sub(a.total) / u64::from(s.cpus.max(1));
+            for ((req, rank), (now_mb, peak_mb, cpu_percent)) in
+                crate::usage::per_run(&self.procs, &procs, elapsed)
+            {
+                if let Ok(request) = req.parse() {
+                    s.runs.push(pesc_protocol::node::RunUse {
+                        request,
+                        rank,
+                        now_mb,
+                        peak_mb,
+                        cpu_percent,
+                    });
+                }
+            }
+        }
+        self.cpu = now;
+        self.procs = procs;
+        if p.idle_minutes > 0 {
+            s.idle_ms = self.idle.idle_ms(p.idle_source, &p.input_paths);
         }
         s.gpus = self.gpus.gpus();
         for g in &s.gpus {
             for (pid, mb) in g.processes.iter().flatten() {
-                if let Some((req, _)) = run_of_pid(*pid, &self.node)
-                    && let Ok(id) = req.parse()
-                {
-                    s.gpu_use.push((id, *mb));
+                match run_of_pid(*pid, &self.node) {
+                    Some((req, _)) => {
+                        if let Ok(id) = req.parse() {
+                            s.gpu_use.push((id, *mb));
+                        }
+                    }
+                    // Not a run of this node's: the owner's (or another
+                    // program's) use of the device. A process whose
+                    // environment cannot be read (gone, or not ours to
+                    // read) tells nothing.
+                    None if !s.owner_gpus.contains(&g.index)
+                        && std::fs::read(format!("/proc/{pid}/environ")).is_ok() =>
+                    {
+                        s.owner_gpus.push(g.index)
+                    }
+                    None => {}
                 }
             }
         }

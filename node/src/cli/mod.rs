@@ -1,6 +1,7 @@
 //! The CLI commands: clients of the local node's `/api/v1`.
 
 mod client;
+pub mod config;
 pub mod domains;
 pub mod files;
 mod pack;
@@ -508,6 +509,19 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
             " — below the grid's minimum: takes no runs"
         };
         println!("{:<20} isolation: {}{below}", "", n.isolation);
+        if let Some(why) = &n.pause {
+            println!("{:<20} takes no runs: {why}", "");
+        }
+        if n.suspended > 0 {
+            println!("{:<20} {} run(s) suspended for its owner", "", n.suspended);
+        }
+        if let Some(room) = n.mem_room_mb {
+            println!(
+                "{:<20} room for runs: {} GiB under its owner's memory limit",
+                "",
+                gib(room)
+            );
+        }
     }
     Ok(0)
 }

@@ -37,6 +37,8 @@ pub const APP_DIR: &str = "/app";
 const NODE_LABEL: &str = "pesc.node";
 /// Label with the CPUs a container was given (to cut and restore them).
 const CPUS_LABEL: &str = "pesc.cpus";
+/// Label with the run a container is: `REQUEST/RANK` (to pause it).
+const RUN_LABEL: &str = "pesc.run";
 /// How long a stopped program gets after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_millis(1000);
 
@@ -495,6 +497,40 @@ impl Executor for DockerExecutor {
         }
     }
 
+    async fn suspend(
+        &self,
+        _node_id: &str,
+        request: &pesc_protocol::RequestId,
+        rank: u32,
+        on: bool,
+    ) -> Result<()> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{NODE_LABEL}={}", self.node),
+                format!("{RUN_LABEL}={request}/{rank}"),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let list = self.docker.list_containers(Some(opts)).await?;
+        for id in list.into_iter().filter_map(|c| c.id) {
+            if on {
+                self.docker.pause_container(&id).await
+            } else {
+                self.docker.unpause_container(&id).await
+            }
+            .with_context(|| format!("container {id}"))?;
+            tracing::info!(
+                "rank {rank} of {request}: container {} {}",
+                &id[..12.min(id.len())],
+                if on { "paused" } else { "unpaused" }
+            );
+        }
+        Ok(())
+    }
+
     async fn run(&self, job: Job, mut stop: watch::Receiver<bool>) -> Result<Exit> {
         let image = job
             .image
@@ -503,9 +539,20 @@ impl Executor for DockerExecutor {
         self.ensure_image(&image).await?;
         let memory_mb = job.limits.memory_mb.unwrap_or(self.cfg.memory_mb);
         let cpus = job.limits.cpus.unwrap_or(self.cfg.cpus);
+        let env_of = |k: &str| {
+            job.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         let labels = HashMap::from([
             (NODE_LABEL.to_string(), self.node.clone()),
             (CPUS_LABEL.to_string(), cpus.to_string()),
+            (
+                RUN_LABEL.to_string(),
+                format!("{}/{}", env_of("PESC_REQUEST_ID"), env_of("PESC_RANK")),
+            ),
         ]);
         let body = ContainerCreateBody {
             image: Some(image.clone()),

@@ -128,6 +128,40 @@ pub trait Executor: Send + Sync + 'static {
             );
         }
     }
+    /// Suspends the run of `request`'s `rank` (`on`) or lets it go on: its
+    /// processes (found by the node and run in their environment) get
+    /// SIGSTOP or SIGCONT. Containers are paused instead (Docker).
+    async fn suspend(
+        &self,
+        node_id: &str,
+        request: &pesc_protocol::RequestId,
+        rank: u32,
+        on: bool,
+    ) -> anyhow::Result<()> {
+        let run = (request.to_string(), rank);
+        let node = node_id.to_string();
+        let pids: Vec<u32> = tokio::task::spawn_blocking(move || {
+            crate::usage::scan(&node)
+                .into_iter()
+                .filter(|(_, p)| p.run.as_ref() == Some(&run))
+                .map(|(pid, _)| pid)
+                .collect()
+        })
+        .await?;
+        let sig = if on { libc::SIGSTOP } else { libc::SIGCONT };
+        for pid in &pids {
+            // SAFETY: a signal to a process of this node's run.
+            unsafe {
+                libc::kill(*pid as i32, sig);
+            }
+        }
+        tracing::info!(
+            "rank {rank} of {request}: {} process(es) {}",
+            pids.len(),
+            if on { "suspended" } else { "resumed" }
+        );
+        Ok(())
+    }
     /// Runs the job to its end. An `Err` means it could not be started.
     async fn run(&self, job: Job, stop: watch::Receiver<bool>) -> anyhow::Result<Exit>;
 }

@@ -103,7 +103,7 @@ pub enum NetEvent {
     /// A neighbour answered this node's ping.
     Pong {
         from: NodeId,
-        beat: Beat,
+        beat: Box<Beat>,
     },
 }
 
@@ -614,7 +614,7 @@ impl NetTask {
                     (Some((peer, _, None)), SyncResponse::Pong(beat)) => {
                         self.emit(NetEvent::Pong {
                             from: node_of(&peer),
-                            beat: *beat,
+                            beat,
                         })
                     }
                     _ => {}

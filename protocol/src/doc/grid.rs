@@ -448,6 +448,47 @@ impl GridDoc {
         Ok(get_str(&self.doc, &self.obj("placements")?, &flag)?.as_deref() == Some("1"))
     }
 
+    /// Sets (or with `None` clears) a setting of a node
+    /// (`crate::node_settings`), kept as `NODE/setting/KEY` in the
+    /// placements map: what admins decided about each node, in one place.
+    pub fn set_node_setting(
+        &mut self,
+        node: &NodeId,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
+        use automerge::transaction::Transactable;
+        let o = self.obj("placements")?;
+        let k = format!("{node}/setting/{key}");
+        match value {
+            Some(v) => self.doc.put(&o, k.as_str(), v)?,
+            None => {
+                self.remove("placements", &k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings admins gave a node: (key, value), by key.
+    pub fn node_settings(&self, node: &NodeId) -> Result<Vec<(String, String)>> {
+        use automerge::ReadDoc;
+        let o = self.obj("placements")?;
+        let prefix = format!("{node}/setting/");
+        Ok(self
+            .doc
+            .map_range(&o, prefix.clone()..)
+            .take_while(|item| item.key.starts_with(&prefix))
+            .filter_map(|item| match item.value {
+                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(v)) => Some((
+                    item.key[prefix.len()..].to_string(),
+                    v.chars().take(64).collect(),
+                )),
+                _ => None,
+            })
+            .take(crate::node_settings::KEYS.len() * 2)
+            .collect())
+    }
+
     /// The named room a node was put in, if any.
     pub fn placement(&self, node: &NodeId) -> Result<Option<String>> {
         get_str(&self.doc, &self.obj("placements")?, node.as_str())
@@ -485,7 +526,29 @@ impl GridDoc {
                 .map(|(n, _)| n)
                 .collect(),
             min_isolation: self.min_isolation(),
+            node_settings: self.all_node_settings()?,
         })
+    }
+
+    /// Every node's settings: (node, key, value).
+    pub fn all_node_settings(&self) -> Result<Vec<(NodeId, String, String)>> {
+        use automerge::ReadDoc;
+        let o = self.obj("placements")?;
+        Ok(self
+            .doc
+            .map_range(&o, ..)
+            .filter_map(|item| {
+                let (node, key) = item.key.split_once("/setting/")?;
+                match item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(v)) => Some((
+                        NodeId::new(node),
+                        key.to_string(),
+                        v.chars().take(64).collect(),
+                    )),
+                    _ => None,
+                }
+            })
+            .collect())
     }
 
     /// Applies a change to the access part.
@@ -505,6 +568,18 @@ impl GridDoc {
             } => self.set_room_member(room, *list, user, *present),
             PlaceNode(n, r, general) => self.place_node(n, r.as_deref(), *general),
             SetMinIsolation(l) => self.set_min_isolation(*l),
+            NodeSetting { node, key, value } => {
+                match value {
+                    Some(v) => {
+                        crate::node_settings::check(key, v).map_err(Error::invalid)?;
+                    }
+                    None if !crate::node_settings::KEYS.iter().any(|(k, _)| k == key) => {
+                        return Err(Error::invalid(format!("no setting '{key}'")));
+                    }
+                    None => {}
+                }
+                self.set_node_setting(node, key, value.as_deref())
+            }
         }
     }
 

@@ -658,6 +658,12 @@ fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
             .u64("progress")?
             .and_then(|p| u8::try_from(p.min(100)).ok()),
         message: f.str("message")?,
+        peak_memory_mb: f
+            .u64("peak_memory_mb")?
+            .map(|m| m.min(crate::resources::MAX_PEAK_MB)),
+        peak_cpu_percent: f
+            .u64("peak_cpu_percent")?
+            .and_then(|c| u32::try_from(c).ok()),
     })
 }
 
@@ -722,5 +728,9 @@ fn write_attempt(
     field!(message, |v: &Option<String>| v
         .clone()
         .map(automerge::ScalarValue::from));
+    field!(peak_memory_mb, |v: &Option<u64>| v
+        .map(automerge::ScalarValue::Uint));
+    field!(peak_cpu_percent, |v: &Option<u32>| v
+        .map(|c| automerge::ScalarValue::Uint(c.into())));
     Ok(())
 }

@@ -96,8 +96,8 @@ enum Event {
 enum Msg {
     Sync { doc: DocKey, msg: Vec<u8> },
     Push { doc: DocKey, data: Vec<u8> },
-    Ping(Beat),
-    Pong(Beat),
+    Ping(Box<Beat>),
+    Pong(Box<Beat>),
     Gossip(Gossip),
 }
 
@@ -114,6 +114,9 @@ pub struct Observed {
     pub sent_by_kind: BTreeMap<&'static str, u64>,
     pub lost: u64,
     pub duplicated: u64,
+    /// Suspensions asked for (`Action::Suspend`): node, attempt, on. The
+    /// harness does not hold a suspended run's end back.
+    pub suspended: Vec<(NodeId, AttemptKey, bool)>,
 }
 
 /// Several nodes, one virtual clock, one simulated link.
@@ -229,9 +232,9 @@ impl Harness {
             replication: if self.copy_ms > 0 { 2 } else { 1 },
             evict_blobs: false,
             policy: Policy {
-                cpu_percent_limit: 100,
+                pause_when_others_above: 100,
                 concurrent_resources_percent: 100,
-                gpu_percent_memory_limit: 90,
+                ..Policy::default()
             },
             rooms: Vec::new(),
             executor: ExecutorInfo {
@@ -313,6 +316,16 @@ impl Harness {
     }
 
     /// Whether a node is up.
+    /// A probe reading on a node, now (its batch ends after it).
+    pub fn probe(&mut self, id: &NodeId, s: crate::node::Sample) {
+        let now = self.now();
+        let Some(n) = self.node_mut(id) else {
+            return;
+        };
+        n.probe(now, s);
+        self.end_batch(id);
+    }
+
     pub fn is_up(&self, id: &NodeId) -> bool {
         self.hosts.get(id).is_some_and(|h| h.node.is_some())
     }
@@ -652,12 +665,12 @@ impl Harness {
                         let _ = node.receive_push(now, &from, &doc, &data);
                         None
                     }
-                    Msg::Ping(beat) => match node.receive_ping(now, &from, beat) {
-                        SyncResponse::Pong(b) => Some(Msg::Pong(*b)),
+                    Msg::Ping(beat) => match node.receive_ping(now, &from, *beat) {
+                        SyncResponse::Pong(b) => Some(Msg::Pong(b)),
                         _ => None,
                     },
                     Msg::Pong(beat) => {
-                        node.receive_pong(now, &from, beat);
+                        node.receive_pong(now, &from, *beat);
                         None
                     }
                     Msg::Gossip(g) => {
@@ -730,7 +743,9 @@ impl Harness {
                 };
                 h.running.insert(job.key.clone());
                 *self.observed.started.entry(id.clone()).or_default() += 1;
-                if h.running.len() > h.cfg.slots as usize {
+                // Against the slots it has now (an admin may change them).
+                let slots = h.node.as_ref().map_or(h.cfg.slots, Node::slots);
+                if h.running.len() > slots as usize {
                     self.observed.over_slots.push((id.clone(), self.now));
                 }
                 let key = job.key;
@@ -775,6 +790,8 @@ impl Harness {
                     },
                 );
             }
+            Action::Suspend { key, on } => self.observed.suspended.push((id.clone(), key, on)),
+            Action::Policy(_) => {}
             Action::Stop(key) => {
                 // SIGTERM: the program ends at once.
                 self.schedule(

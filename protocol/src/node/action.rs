@@ -18,6 +18,9 @@ pub enum Action {
     Start(Box<Job>),
     /// Stop this attempt's program (it ends with a `Finished` event).
     Stop(AttemptKey),
+    /// Suspend this attempt's program (`on`: its processes stop, its
+    /// container pauses) or let it go on.
+    Suspend { key: AttemptKey, on: bool },
     /// Send a sync message to a peer.
     Sync {
         to: NodeId,
@@ -25,7 +28,7 @@ pub enum Action {
         msg: Vec<u8>,
     },
     /// Send a heartbeat to a neighbour (it answers with its own).
-    Ping { to: NodeId, beat: Beat },
+    Ping { to: NodeId, beat: Box<Beat> },
     /// Publish a liveness notice on gossip.
     Publish(Notice),
     /// A node's last known addresses: dial it.
@@ -34,6 +37,9 @@ pub enum Action {
     Links(BTreeSet<NodeId>),
     /// Write these document changes in one transaction.
     Persist(Vec<DocWrite>),
+    /// The owner's policy is now this (an admin's setting for this node
+    /// changed it): the probes read by it.
+    Policy(super::Policy),
     /// Cut running containers to this CPU share (percent), or give them
     /// back all of it (`None`).
     Throttle(Option<u32>),

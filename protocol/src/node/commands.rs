@@ -79,6 +79,7 @@ impl Node {
             }
         }
         self.cfg.rooms = rooms;
+        self.base.0 = policy.clone();
         self.cfg.policy = policy;
         self.refresh_caps();
         self.rescan = true;

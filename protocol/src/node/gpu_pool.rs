@@ -71,6 +71,18 @@ impl<K: Clone + PartialEq> GpuPool<K> {
         Some(chosen)
     }
 
+    /// The devices `who` holds.
+    pub fn devices_of(&self, who: &K) -> Vec<u32> {
+        let mut d: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.iter().any(|x| &x.0 == who))
+            .map(|(i, _)| *i)
+            .collect();
+        d.sort_unstable();
+        d
+    }
+
     /// Gives back what `who` held.
     pub fn give_back(&mut self, who: &K) {
         for holders in self.held.values_mut() {

@@ -50,7 +50,7 @@ impl Node {
     }
 
     pub(super) fn ping(&mut self, to: &NodeId) {
-        let beat = self.own_beat(to);
+        let beat = Box::new(self.own_beat(to));
         self.actions.push_back(Action::Ping {
             to: to.clone(),
             beat,
@@ -129,6 +129,11 @@ impl Node {
             isolation: self.caps.isolation,
             isolation_detail: self.cfg.executor.isolation_detail.clone(),
             paused: self.paused.is_some(),
+            pause: self.paused.as_ref().map(|p| p.to_string()),
+            owner_here: self.paused.as_ref().is_some_and(super::Pause::owner_here),
+            mem_room_mb: self.memory_room(),
+            suspended: self.suspended_runs() as u32,
+            no_room: self.misfit_now.clone(),
             builds: self
                 .builds
                 .iter()

@@ -21,13 +21,16 @@ mod gangs;
 mod gpu_pool;
 mod heartbeat;
 mod keep;
+mod owner;
 mod persist;
 mod probe;
 mod read_model;
 mod reads;
 mod replication;
+mod resources;
 mod running;
 mod scheduling;
+mod settings;
 mod shutdown;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -38,7 +41,7 @@ pub use commands::Submitted;
 pub use error::NodeError;
 pub use gpu_pool::GpuPool;
 pub use persist::{DocWrite, SavedDoc, StoredDoc};
-pub use probe::{Pause, Policy, Sample};
+pub use probe::{Pause, Policy, RunUse, Sample};
 pub use read_model::ReadModel;
 pub use reads::{EventsPage, LogSource, RankPlan, ResultPlan};
 pub use running::{Exit, FETCHING_INPUTS, Outcome, RunEvent};
@@ -209,6 +212,22 @@ pub struct Node {
     gpu_pool: GpuPool<AttemptKey>,
     /// Peak GPU memory (MiB) seen per program and domain.
     gpu_peaks: HashMap<String, u64>,
+    /// Peak memory and CPU seen per program and domain (`resources`).
+    peaks: HashMap<String, crate::resources::Peak>,
+    /// The machine's CPUs, as last sampled (0: unknown).
+    cpus: u32,
+    /// The node's own policy and slots (its configuration), under the
+    /// grid's settings for it (`settings`).
+    base: (Policy, u32),
+    /// Runs hold slots above the node's count (an admin cut its slots):
+    /// freed slots are counted afresh until none does.
+    slots_cut: bool,
+    /// Runs suspended for the desktop's owner (`owner`).
+    suspended: owner::Suspended,
+    /// Requests whose runs were said to wait for memory or CPU here.
+    told_misfit: HashSet<RequestId>,
+    /// Why the last scheduling pass left a run for lack of room, if it did.
+    misfit_now: Option<String>,
     /// Domain images this node built or builds, by domain hash.
     builds: BTreeMap<String, BuildState>,
     /// One-minute load per CPU, as last sampled.
@@ -375,6 +394,13 @@ impl Node {
             gpus: Vec::new(),
             gpu_pool: GpuPool::default(),
             gpu_peaks: HashMap::new(),
+            peaks: HashMap::new(),
+            cpus: 0,
+            told_misfit: HashSet::new(),
+            suspended: Default::default(),
+            base: (cfg.policy.clone(), cfg.slots),
+            slots_cut: false,
+            misfit_now: None,
             builds: BTreeMap::new(),
             load: 0.0,
             memory: None,
@@ -404,6 +430,11 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.cfg.node
+    }
+
+    /// Runs at once it takes now.
+    pub fn slots(&self) -> u32 {
+        self.cfg.slots
     }
 
     /// The next thing to do, if any.
@@ -498,6 +529,7 @@ impl Node {
         self.caps.rooms = rooms;
         self.caps.private = !self.grid.in_general(&self.cfg.node).unwrap_or(true);
         self.caps.min_isolation = self.grid.min_isolation();
+        self.apply_settings();
     }
 
     /// Records in the grid that this node keeps a whole copy of a blob.

@@ -94,6 +94,14 @@ impl Node {
     }
 
     /// The owner of a request this node holds.
+    /// Every attempt of a request's rank this node knows of.
+    pub fn attempts_of(&self, id: &RequestId, rank: u32) -> Vec<Attempt> {
+        self.requests
+            .get(id)
+            .map(|q| q.doc.attempts_of(rank).to_vec())
+            .unwrap_or_default()
+    }
+
     pub fn owner_of(&self, id: &RequestId) -> Option<&str> {
         match self.requests.get(id) {
             Some(q) => Some(q.doc.spec().owner.as_str()),
@@ -176,6 +184,8 @@ impl Node {
             caps: self.caps.clone(),
             slots_free: self.free_slots.len() as u32,
             paused: self.paused.is_some(),
+            owner_here: self.paused.as_ref().is_some_and(super::Pause::owner_here),
+            no_room: self.misfit_now.clone(),
         }];
         offers.extend(
             self.repl
@@ -439,6 +449,10 @@ impl Node {
                     up: me || !self.liveness.is_down(&n.id),
                     mem_total_mb: status.as_ref().and_then(|s| s.mem_total_mb),
                     mem_free_mb: status.as_ref().and_then(|s| s.mem_free_mb),
+                    mem_room_mb: status.as_ref().and_then(|s| s.mem_room_mb),
+                    pause: status.as_ref().and_then(|s| s.pause.clone()),
+                    owner_here: status.as_ref().is_some_and(|s| s.owner_here),
+                    suspended: status.as_ref().map_or(0, |s| s.suspended),
                     id: n.id,
                 }
             })

@@ -42,6 +42,12 @@ pub(super) struct Running {
     pub(super) unwritten: bool,
     /// When progress was last put in the document (monotonic ms).
     pub(super) progress_written: Option<u64>,
+    /// What it was expected to take when claimed (`resources`).
+    pub(super) expected: crate::resources::Peak,
+    /// The most its processes were seen to take, and their memory (MiB)
+    /// at the last probe reading.
+    pub(super) used: crate::resources::Peak,
+    pub(super) now_mb: u64,
 }
 
 /// How a program ended.
@@ -203,7 +209,7 @@ impl Node {
             }
             RunEvent::Released { key } => {
                 if let Some(slot) = self.running.get_mut(&key).and_then(|r| r.slot.take()) {
-                    self.free_slots.push(slot);
+                    self.slot_freed(slot);
                 }
             }
             RunEvent::Finished { key, outcome } => {
@@ -215,12 +221,16 @@ impl Node {
                     return;
                 };
                 if let Some(slot) = r.slot {
-                    self.free_slots.push(slot);
+                    self.slot_freed(slot);
                 }
                 self.gpu_pool.give_back(&key);
                 let ran = r.waiting.is_none();
                 let mut a = r.attempt;
                 finish_attempt(&mut a, outcome, r.stopping, now.wall_ms);
+                if r.used.memory_mb > 0 {
+                    a.peak_memory_mb = Some(r.used.memory_mb);
+                    a.peak_cpu_percent = Some(r.used.cpu_percent);
+                }
                 if let (true, Some(q), Some(start), Some(end)) = (
                     ran,
                     self.requests.get_mut(&key.0),
@@ -328,6 +338,7 @@ impl Node {
         }
         r.stopping = Some(why);
         if r.waiting.is_none() {
+            self.wake_to_stop(key);
             self.actions.push_back(super::Action::Stop(key.clone()));
         } else {
             self.ahead.retain(|k| k != key);

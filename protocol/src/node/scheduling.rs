@@ -171,6 +171,7 @@ impl Node {
         if let Some(at) = dealt_opens {
             self.next_tick = self.next_tick.min(at);
         }
+        self.misfit_now = None;
         for c in pick(cands, &in_progress, free + room) {
             self.claim(c, at.wall_ms);
         }
@@ -231,7 +232,7 @@ impl Node {
     /// for the driver.
     pub(super) fn claim(&mut self, c: Candidate, wall: u64) {
         let room = self.ahead_room();
-        let Some(req) = self.requests.get_mut(&c.request) else {
+        let Some(req) = self.requests.get(&c.request) else {
             return;
         };
         let key: AttemptKey = (c.request.clone(), c.rank, c.epoch);
@@ -243,6 +244,17 @@ impl Node {
         {
             return;
         }
+        // Memory and CPU under the owner's limits (a gang's rank holds its
+        // slot while the gang gathers; the gang's own check is its slots).
+        let gang = req.doc.spec().parallel;
+        let expected = self.expected(req.doc.spec());
+        if !gang && let Some(why) = self.misfit(req.doc.spec()) {
+            self.tell_misfit(&c.request, why);
+            return;
+        }
+        let Some(req) = self.requests.get_mut(&c.request) else {
+            return;
+        };
         let need = &req.doc.spec().gpu;
         let gpus = if need.count > 0 {
             let peak = self.gpu_peaks.get(&usage_key(req.doc.spec())).copied();
@@ -263,7 +275,6 @@ impl Node {
         };
         // A free slot, or a place among the runs claimed ahead (never a
         // gang's rank: it holds its slot while the gang gathers).
-        let gang = req.doc.spec().parallel;
         let slot = self.free_slots.pop();
         if slot.is_none()
             && (gang || !(claims_ahead(req.last_run_ms, req.doc.spec()) && self.ahead.len() < room))
@@ -337,6 +348,9 @@ impl Node {
                 stopping: None,
                 unwritten: false,
                 progress_written: None,
+                expected,
+                used: Default::default(),
+                now_mb: 0,
             },
         );
     }

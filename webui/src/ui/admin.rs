@@ -224,7 +224,11 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                         td { (n.name) @if n.this_node { " " span.badge { "this node" } } br; small { code { (n.id.as_str().chars().take(16).collect::<String>()) "…" } } }
                         // Up by the grid's view of liveness: a node whose
                         // heartbeats go to others is not offline.
-                        td { @if n.this_node || n.connected || n.up { (super::badge("online")) } @else { (super::badge("offline")) } }
+                        td {
+                            @if n.this_node || n.connected || n.up { (super::badge("online")) } @else { (super::badge("offline")) }
+                            @if let Some(why) = &n.pause { br; span title=(why) { (super::badge(if n.owner_here { "in use by its owner" } else { "paused" })) } br; small { (why) } }
+                            @if n.suspended > 0 { br; small { (n.suspended) " run(s) suspended" } }
+                        }
                         td {
                             @match access.placement(&n.id) {
                                 Some(r) if access.in_general.contains(&n.id) => { (r) " and General" }
@@ -236,15 +240,81 @@ pub(crate) async fn nodes_page(State(st): St, p: Page, flash: Query<Flash>) -> R
                         td { (n.isolation) @if !n.meets_minimum { br; (super::badge("below minimum")) } }
                         td { (n.slots) @if let Some(f) = n.slots_free { " (" (f) " free)" } }
                         td { @if let Some(l) = n.load { (format!("{:.0}%", l * 100.0)) } }
-                        td { @if let (Some(f), Some(t)) = (n.mem_free_mb, n.mem_total_mb) { (format!("{:.1} of {:.1} GiB", f as f64 / 1024.0, t as f64 / 1024.0)) } }
+                        td {
+                            @if let (Some(f), Some(t)) = (n.mem_free_mb, n.mem_total_mb) { (format!("{:.1} of {:.1} GiB", f as f64 / 1024.0, t as f64 / 1024.0)) }
+                            @if let Some(r) = n.mem_room_mb { br; small { (format!("{:.1} GiB for runs", r as f64 / 1024.0)) } }
+                        }
                         td { @for g in &n.gpus { div { (g.name) " (" (g.memory_total_mb) " MiB, capability " (g.capability) ")" } } }
                         td { @if let Some(ms) = n.last_seen_ms_ago { (super::fmt_duration(ms)) " ago" } @else if n.this_node { "now" } }
                     }
                 }
             }
         }
+        @if p.who().is_admin() {
+            section.card.node-settings {
+                h2 { "Node settings" }
+                p { "Change a node's limits, idle times or slots: the node applies them at once, its runs go on. An empty value clears the setting (its " code { "node.toml" } " decides again). The same as " code { "pesc config set NODE KEY VALUE" } "." }
+                @if !access.node_settings.is_empty() {
+                    table.settings {
+                        thead { tr { th { "Node" } th { "Setting" } th { "Value" } } }
+                        tbody {
+                            @for (n, k, v) in &access.node_settings {
+                                tr {
+                                    td { (nodes.iter().find(|x| &x.id == n).map_or(n.as_str(), |x| x.name.as_str())) }
+                                    td { code { (k) } }
+                                    td { (v) }
+                                }
+                            }
+                        }
+                    }
+                }
+                form.inline method="post" action="/nodes/settings" {
+                    (csrf_field(&p))
+                    select name="node" {
+                        @for n in &nodes { option value=(n.id) { (n.name) } }
+                    }
+                    select name="key" {
+                        @for (k, meaning) in pesc_protocol::node_settings::KEYS {
+                            option value=(k) title=(meaning) { (k) }
+                        }
+                    }
+                    input name="value" placeholder="value (empty: clear)";
+                    button type="submit" { "Set" }
+                }
+                dl.setting-help {
+                    @for (k, meaning) in pesc_protocol::node_settings::KEYS { dt { code { (k) } } dd { (meaning) } }
+                }
+            }
+        }
     };
     layout(&p, "Nodes", &flash, body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NodeSettingForm {
+    csrf: String,
+    node: String,
+    key: String,
+    value: String,
+}
+
+pub(crate) async fn node_setting_form(
+    State(st): St,
+    p: Page,
+    Form(f): Form<NodeSettingForm>,
+) -> Response {
+    if let Err(r) = p.check_csrf(&f.csrf) {
+        return *r;
+    }
+    let value = Some(f.value.trim().to_string()).filter(|v| !v.is_empty());
+    let said = match &value {
+        Some(v) => format!("{} is now {v} on the node.", f.key),
+        None => format!("{} cleared: the node's node.toml decides.", f.key),
+    };
+    let r = crate::accounts::change_node_setting(&st, p.who(), &f.node, &f.key, value)
+        .await
+        .map(|_| said);
+    back("/nodes", r)
 }
 
 #[derive(Deserialize)]

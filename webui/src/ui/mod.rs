@@ -53,6 +53,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/rooms/{name}/nodes", post(admin::node_form))
         .route("/nodes", get(admin::nodes_page))
         .route("/nodes/isolation", post(admin::isolation_form))
+        .route("/nodes/settings", post(admin::node_setting_form))
         .route("/users", get(admin::users_page).post(admin::user_form))
         .route("/users/{name}", post(admin::user_change_form))
         .route("/users/{name}/delete", post(admin::user_delete_form))
