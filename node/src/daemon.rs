@@ -77,6 +77,29 @@ pub struct NodeArgs {
     /// (default: `pause_when_others_above`; 100: never pause).
     #[arg(long, value_name = "PERCENT", alias = "cpu-percent-limit")]
     pub pause_when_others_above: Option<u32>,
+    /// Peak memory expected of a program not seen yet (default:
+    /// `default_run_memory_mb`).
+    #[arg(long, value_name = "MIB")]
+    pub default_run_memory_mb: Option<u64>,
+}
+
+/// The owner's policy as flags give it, over node.toml (at start and on
+/// SIGHUP alike).
+#[derive(Debug, Clone, Copy)]
+struct PolicyFlags {
+    pause_when_others_above: Option<u32>,
+    default_run_memory_mb: Option<u64>,
+}
+
+impl PolicyFlags {
+    fn apply(&self, p: &mut crate::policy::PolicyConfig) {
+        if let Some(c) = self.pause_when_others_above {
+            p.pause_when_others_above = c;
+        }
+        if let Some(m) = self.default_run_memory_mb {
+            p.default_run_memory_mb = m;
+        }
+    }
 }
 
 pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
@@ -131,9 +154,11 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     if let Some(i) = args.docker_image {
         cfg.docker.default_image = i;
     }
-    if let Some(c) = args.pause_when_others_above {
-        cfg.policy.pause_when_others_above = c;
-    }
+    let flags = PolicyFlags {
+        pause_when_others_above: args.pause_when_others_above,
+        default_run_memory_mb: args.default_run_memory_mb,
+    };
+    flags.apply(&mut cfg.policy);
     cfg.docker.check().context("node.toml")?;
     cfg.policy.check().context("node.toml")?;
     if let Some(r) = cfg
@@ -240,7 +265,8 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         handle.tx.clone(),
         data_dir.clone(),
         args.name.clone(),
-        args.pause_when_others_above,
+        if args.client { Some(0) } else { args.slots },
+        flags,
     );
     let service = Arc::new(Service {
         token,
@@ -394,7 +420,8 @@ fn reload_on_sighup(
     tx: tokio::sync::mpsc::Sender<crate::agent::Command>,
     data_dir: PathBuf,
     name_flag: Option<String>,
-    cpu_flag: Option<u32>,
+    slots_flag: Option<u32>,
+    flags: PolicyFlags,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -404,9 +431,7 @@ fn reload_on_sighup(
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let read = NodeConfig::load_or_init(&data_dir).and_then(|mut c| {
-                if let Some(cpu) = cpu_flag {
-                    c.policy.pause_when_others_above = cpu;
-                }
+                flags.apply(&mut c.policy);
                 c.policy.check()?;
                 Ok(c)
             });
@@ -415,6 +440,7 @@ fn reload_on_sighup(
                     let cmd = crate::agent::Command::Reconfigure {
                         name: name_flag.clone().unwrap_or(c.name),
                         rooms: c.rooms,
+                        slots: slots_flag.unwrap_or(c.slots),
                         policy: c.policy,
                     };
                     if tx.send(cmd).await.is_err() {

@@ -129,6 +129,12 @@ pub struct RunInfo {
     pub progress: Option<u8>,
     #[serde(default)]
     pub message: Option<String>,
+    /// The most memory (MiB) and CPU (% of one CPU) the attempt shown was
+    /// seen to take.
+    #[serde(default)]
+    pub peak_memory_mb: Option<u64>,
+    #[serde(default)]
+    pub peak_cpu_percent: Option<u32>,
     /// Every attempt of the rank, oldest first (the run map draws them).
     #[serde(default)]
     pub history: Vec<AttemptSpan>,

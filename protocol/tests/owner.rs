@@ -21,7 +21,8 @@ fn info(h: &Harness, on: &NodeId, id: &RequestId) -> RequestInfo {
 fn set_policy(h: &mut Harness, on: &NodeId, p: Policy) {
     let n = h.node_mut(on).expect("node");
     let name = on.as_str().to_string();
-    n.reconfigure(name, Vec::new(), p);
+    let slots = n.slots();
+    n.reconfigure(name, Vec::new(), slots, p);
 }
 
 /// An 8 GiB desktop whose owner's programs hold 3 GiB, and what the

@@ -110,6 +110,11 @@ impl Node {
         if !extra.contains(&"--pause-when-others-above") {
             defaults.extend(["--pause-when-others-above", "100"]);
         }
+        // Many test nodes share this machine's memory: their small runs
+        // are not the 1 GiB an unknown program is expected to take.
+        if !extra.contains(&"--default-run-memory-mb") {
+            defaults.extend(["--default-run-memory-mb", "64"]);
+        }
         let child = command_in(netns, &bin)
             .arg("--data-dir")
             .arg(&data_dir)

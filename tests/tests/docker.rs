@@ -787,3 +787,73 @@ else:
     );
     assert_eq!(text, "network\n");
 }
+
+fn paused(container: &str) -> bool {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Paused}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+/// Sets a simulated keyboard's last use `ago_s` seconds before now.
+fn keyboard_used(kbd: &std::path::Path, ago_s: u64) {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - ago_s;
+    let ok = Command::new("touch")
+        .args(["-a", "-d", &format!("@{at}")])
+        .arg(kbd)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+#[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
+fn the_owner_at_the_keyboard_pauses_containers_and_idle_unpauses_them() {
+    if !can_run() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let kbd = tmp.path().join("kbd");
+    std::fs::write(&kbd, "").unwrap();
+    keyboard_used(&kbd, 600);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("node.toml"),
+        format!(
+            "idle_minutes = 1\nidle_source = \"input\"\ninput_paths = [\"{}\"]\n",
+            kbd.display()
+        ),
+    )
+    .unwrap();
+    let node = Node::start_in(dir, 1, pesc_tests::pesc_bin("debug"), None, &DOCKER_ARGS).unwrap();
+    let slow = write_file(tmp.path(), "slow.sh", "sleep 300\n");
+    let id = node.submit(&[&slow, "-n", "1"]);
+    node.wait_for(&id, Duration::from_secs(120), all_running(1));
+    wait_containers(&node, 1);
+    let c = containers_of(&node.node_id())[0].clone();
+    assert!(!paused(&c));
+    let wait = |want: bool| {
+        let t0 = std::time::Instant::now();
+        while paused(&c) != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "paused is not {want}: {}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    keyboard_used(&kbd, 0);
+    wait(true);
+    keyboard_used(&kbd, 120);
+    wait(false);
+    let o = node.cli(&["cancel", &id]);
+    assert!(o.status.success());
+}

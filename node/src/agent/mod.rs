@@ -91,6 +91,7 @@ pub enum Command {
     Reconfigure {
         name: String,
         rooms: Vec<String>,
+        slots: u32,
         policy: crate::policy::PolicyConfig,
     },
     Domains(Reply<Vec<Domain>>),
@@ -658,12 +659,15 @@ impl Agent {
             Command::Reconfigure {
                 name,
                 rooms,
+                slots,
                 policy,
             } => {
-                n.reconfigure(name.clone(), rooms, policy.core());
+                self.policy_tx.send_replace(policy.clone());
+                n.reconfigure(name.clone(), rooms, slots, policy.core());
                 self.name = name;
-                self.policy_tx.send_replace(policy);
-                tracing::info!("node.toml re-read: name, rooms and the owner's policy apply now");
+                tracing::info!(
+                    "node.toml re-read: name, rooms, slots and the owner's policy apply now"
+                );
             }
             Command::Events(since, owner, reply) => {
                 let _ = reply.send(n.events(since, owner.as_deref()));

@@ -60,9 +60,15 @@ impl Node {
     }
 
     /// New settings from the node's configuration (re-read without a
-    /// restart): its name, the rooms it serves and its owner's policy.
+    /// restart): its name, the rooms it serves, its slots and its owner's policy.
     /// Running runs go on; the next scheduling pass uses them.
-    pub fn reconfigure(&mut self, name: String, rooms: Vec<String>, policy: super::Policy) {
+    pub fn reconfigure(
+        &mut self,
+        name: String,
+        rooms: Vec<String>,
+        slots: u32,
+        policy: super::Policy,
+    ) {
         if name != self.cfg.name {
             self.cfg.name = name;
             let mut rec = self
@@ -79,7 +85,7 @@ impl Node {
             }
         }
         self.cfg.rooms = rooms;
-        self.base.0 = policy.clone();
+        self.base = (policy.clone(), slots);
         self.cfg.policy = policy;
         self.refresh_caps();
         self.rescan = true;

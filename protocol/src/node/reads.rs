@@ -136,6 +136,8 @@ impl Node {
                         reason: a.and_then(|a| a.reason.clone()),
                         progress: a.and_then(|a| a.progress),
                         message: a.and_then(|a| a.message.clone()),
+                        peak_memory_mb: a.and_then(|a| a.peak_memory_mb),
+                        peak_cpu_percent: a.and_then(|a| a.peak_cpu_percent),
                         replicas: a.map(|a| a.replicas.clone()).unwrap_or_default(),
                         checkpoint: q.doc.latest_checkpoint(rank).and_then(|a| a.checkpoint),
                         history: q

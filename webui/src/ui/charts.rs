@@ -287,6 +287,8 @@ mod tests {
             checkpoint: None,
             progress: None,
             message: None,
+            peak_memory_mb: None,
+            peak_cpu_percent: None,
             history,
         }
     }

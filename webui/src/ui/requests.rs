@@ -222,7 +222,7 @@ async fn request_body(st: &AppState, p: &Page, r: &RequestInfo) -> Result<Markup
         @if let Some(g) = &r.gang { p.gang { b { "Gang: " } (g) } }
         @if let Some(w) = &r.waiting { p.waiting { b { "Why is it waiting? " } (w) } }
         table.runs {
-            thead { tr { th { "Rank" } th { "State" } th { "Node" } th { "Attempt" } th { "Duration" } th { "Exit" } th { "Progress" } th { "Last message" } th { "Logs" } } }
+            thead { tr { th { "Rank" } th { "State" } th { "Node" } th { "Attempt" } th { "Duration" } th { "Peak memory" } th { "Exit" } th { "Progress" } th { "Last message" } th { "Logs" } } }
             tbody {
                 @for run in r.runs.iter().flatten() {
                     tr data-rank=(run.rank) data-state=(run.state.as_str()) {
@@ -231,6 +231,7 @@ async fn request_body(st: &AppState, p: &Page, r: &RequestInfo) -> Result<Markup
                         td { @if let Some(n) = &run.node { (name(n.as_str())) } }
                         td { @if let Some(a) = run.attempt { (a + 1) " of " (run.attempts) } }
                         td { @if let Some(d) = run.duration_ms { (fmt_duration(d)) } }
+                        td { @if let Some(m) = run.peak_memory_mb { (m) " MiB" } }
                         td { @if let Some(c) = run.exit_code { (c) } }
                         td { @if let Some(pc) = run.progress { progress max="100" value=(pc) {} " " (pc) "%" } }
                         td.msg { @if let Some(m) = &run.message { (m) } @else if let Some(m) = &run.reason { em { (m) } } }
