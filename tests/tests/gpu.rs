@@ -153,3 +153,83 @@ fn runs_share_a_gpu_once_their_peak_memory_is_known() {
         .unwrap();
     assert_eq!(most, 3, "runs on the one GPU at once: {spans:?}");
 }
+
+/// The `CUDA_VISIBLE_DEVICES` a process was started with.
+fn devices_of(pid: i32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| {
+        Some(String::from_utf8_lossy(kv.strip_prefix(b"CUDA_VISIBLE_DEVICES=")?).to_string())
+    })
+}
+
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_gpu_its_owner_starts_using_suspends_only_the_runs_on_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gpus = tmp.path().join("gpus.json");
+    let dev = |i: u32, procs: Value| {
+        json!({"index": i, "uuid": format!("GPU-fake-{i}"), "name": "Fake A100",
+               "memory_total_mb": 40960, "memory_free_mb": 40000, "capability": 8.0,
+               "processes": procs})
+    };
+    let write = |procs1: Value| {
+        let list = json!([dev(0, json!([])), dev(1, procs1)]);
+        std::fs::write(&gpus, serde_json::to_vec(&list).unwrap()).unwrap();
+    };
+    write(json!([]));
+    // SAFETY: this test runs alone in its process (nextest); the node inherits it.
+    unsafe { std::env::set_var("PESC_FAKE_GPUS", &gpus) };
+    let node = Node::start(2).unwrap();
+    let prog = write_file(tmp.path(), "gpu.sh", "sleep 120\n");
+    let id = node.submit(&[&prog, "-n", "2", "--gpus", "1"]);
+    node.wait_for(&id, Duration::from_secs(60), |v| {
+        runs(v).iter().all(|r| r["state"] == "running")
+    });
+    let on = |d: &str| -> Vec<i32> {
+        pesc_tests::run_processes(&id)
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| devices_of(*p).as_deref() == Some(d))
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while on("0").is_empty() || on("1").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The desktop's owner starts a program on GPU 1.
+    let mut owner = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    write(json!([[owner.id(), 2048]]));
+    let t0 = std::time::Instant::now();
+    while !on("1").iter().all(|p| stopped(*p)) {
+        assert!(t0.elapsed() < Duration::from_secs(15), "{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        on("0").iter().all(|p| !stopped(*p)),
+        "the run on GPU 0 goes on"
+    );
+    // The owner's program ends: the run on GPU 1 goes on.
+    write(json!([]));
+    let _ = owner.kill();
+    let _ = owner.wait();
+    let t0 = std::time::Instant::now();
+    while on("1").iter().any(|p| stopped(*p)) {
+        assert!(t0.elapsed() < Duration::from_secs(15), "{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(node.cli(&["cancel", &id]).status.success());
+}

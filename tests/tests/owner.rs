@@ -90,9 +90,12 @@ fn the_owner_at_the_keyboard_suspends_runs_and_they_resume_when_the_desktop_is_i
         runs(v)[0]["state"] == "running"
     });
     let pids = || run_processes(&id);
-    wait_until("the run's processes", Duration::from_secs(20), &node, || {
-        !pids().is_empty()
-    });
+    wait_until(
+        "the run's processes",
+        Duration::from_secs(20),
+        &node,
+        || !pids().is_empty(),
+    );
     assert!(pids().iter().all(|(p, _)| state_of(*p) != Some('T')));
 
     // The owner touches the keyboard: every process of the run stops.
@@ -198,7 +201,11 @@ fn an_owner_who_stays_gets_the_desktop_and_the_run_goes_on_elsewhere_from_its_ch
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(from > 0, "it went on from its checkpoint: {out}");
-    assert!(a.log().contains("owner came back and stayed"), "{}", a.log());
+    assert!(
+        a.log().contains("owner came back and stayed"),
+        "{}",
+        a.log()
+    );
 }
 
 #[test]
@@ -241,7 +248,12 @@ fn an_admin_sets_another_nodes_slots_and_idle_time_without_a_restart() {
     let t0 = Instant::now();
     loop {
         let n = b.cli_json(&["nodes", "--json"]);
-        let me = n.as_array().unwrap().iter().find(|x| x["this_node"] == true).cloned();
+        let me = n
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["this_node"] == true)
+            .cloned();
         if me.is_some_and(|m| m["slots"] == 3) {
             break;
         }
@@ -290,7 +302,12 @@ fn an_admin_sets_another_nodes_slots_and_idle_time_without_a_restart() {
     let t0 = Instant::now();
     loop {
         let n = b.cli_json(&["nodes", "--json"]);
-        let me = n.as_array().unwrap().iter().find(|x| x["this_node"] == true).cloned();
+        let me = n
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["this_node"] == true)
+            .cloned();
         if me.is_some_and(|m| m["slots"] == 1) {
             break;
         }
