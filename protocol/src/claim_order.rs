@@ -152,6 +152,32 @@ pub fn past_dealt_grace(held_for_ms: u64) -> bool {
     held_for_ms >= DEALT_GRACE_MS
 }
 
+/// A node this much busier (load per CPU) than the least busy neighbour
+/// with a free slot lets the new request's runs go to the others first.
+pub const LOAD_MARGIN: f32 = 0.25;
+
+/// The longest a busy node holds back from a new request.
+pub const LOAD_DELAY_MAX_MS: u64 = 3_000;
+
+/// How long a node whose load per CPU is `mine` waits, after it first holds
+/// a request, before it claims its runs, when the least loaded neighbour
+/// that has a free slot is at `least` (thesis §4.3.1.2: work goes to the
+/// client with the most free resources). Past [`DEALT_GRACE_MS`] its dealt
+/// blocks are open to the others, so less loaded nodes take them first;
+/// the busier, the longer. Nodes loaded alike (one machine, or a lab whose
+/// desktops are all idle) do not wait at all: nothing is lost where the
+/// choice makes no difference.
+pub fn load_delay_ms(mine: f32, least: Option<f32>) -> u64 {
+    let Some(least) = least.filter(|l| l.is_finite()) else {
+        return 0;
+    };
+    let over = mine.min(4.0) - least.max(0.0);
+    if !over.is_finite() || over < LOAD_MARGIN {
+        return 0;
+    }
+    (DEALT_GRACE_MS + (over * 1000.0) as u64).min(LOAD_DELAY_MAX_MS)
+}
+
 /// How a node cuts one request into blocks and which it takes first.
 #[derive(Debug, Clone, Copy)]
 pub struct Blocks<'a> {
@@ -807,5 +833,21 @@ mod tests {
         );
         assert_eq!(got[0], (6, 1));
         assert_eq!(got.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_node_busier_than_a_free_neighbour_waits_and_the_busier_the_longer() {
+        assert_eq!(load_delay_ms(0.9, None), 0, "no neighbour to leave it to");
+        assert_eq!(load_delay_ms(1.0, Some(0.9)), 0, "loaded alike");
+        assert_eq!(load_delay_ms(0.5, Some(0.0)), DEALT_GRACE_MS + 500);
+        assert!(load_delay_ms(0.9, Some(0.0)) > load_delay_ms(0.5, Some(0.0)));
+        assert_eq!(load_delay_ms(50.0, Some(0.0)), LOAD_DELAY_MAX_MS);
+        assert_eq!(load_delay_ms(f32::NAN, Some(0.0)), 0);
+        assert!(load_delay_ms(0.5, Some(0.0)) > DEALT_GRACE_MS);
     }
 }

@@ -51,11 +51,20 @@ pub struct ExactReport {
     pub gang_wait_max_s: f64,
     pub gang_rounds_restarted: u64,
     pub gang_idle_slot_s: f64,
+    /// Whether nodes used the load order, and the share of runs whose
+    /// result came from a desktop in use by its owner (owner_load > 0).
+    pub load_order: bool,
+    pub runs_on_busy_desktops_pct: f64,
     pub simulated_in_s: f64,
 }
 
+/// How often a node of a scenario with owners' load reads its load.
+const PROBE_EVERY_MS: u64 = 5_000;
+
 /// Something the scenario does at a time.
 enum Cue {
+    /// Every node reads its load (scenarios with owners' load).
+    Probe,
     Submit(usize),
     Down(usize),
     Up(usize),
@@ -118,10 +127,11 @@ pub fn run(sc: &Scenario) -> ExactReport {
     let ids: Vec<NodeId> = (0..sc.nodes.len())
         .map(|i| NodeId::new(format!("n{i:04}")))
         .collect();
+    // What a run gets of a desktop whose owner keeps part of its CPU busy.
     let speed: HashMap<NodeId, f64> = ids
         .iter()
         .zip(&sc.nodes)
-        .map(|(id, n)| (id.clone(), n.speed))
+        .map(|(id, n)| (id.clone(), n.speed * (1.0 - n.owner_load.clamp(0.0, 0.95))))
         .collect();
     let overhead = sc.timing.start_overhead_ms;
     // The work of the request being submitted: its node may start runs
@@ -151,6 +161,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
     // (an archived request lists no runs until restored).
     h.set_archive_after(u64::MAX / 4);
     h.set_lease_ttl(sc.timing.lease_ttl_ms);
+    h.set_load_order(sc.load_order);
     let jitter = sc.net.jitter_ms.ceil() as u64;
     h.link = Link {
         min_delay_ms: sc.net.latency_ms.ceil().max(1.0) as u64,
@@ -180,6 +191,15 @@ pub fn run(sc: &Scenario) -> ExactReport {
     for (p_i, p) in sc.net.partitions.iter().enumerate() {
         cues.push((w + p.start_ms, Cue::Cut(p_i)));
         cues.push((w + p.end_ms, Cue::Heal));
+    }
+    // Owners' load: each node reads its load as a real one does (its
+    // owner's share, plus its own runs), from before the first submit.
+    if sc.nodes.iter().any(|n| n.owner_load > 0.0) {
+        let mut t = PROBE_EVERY_MS;
+        while t < w + sc.time_limit_ms {
+            cues.push((t, Cue::Probe));
+            t += PROBE_EVERY_MS;
+        }
     }
     cues.sort_by_key(|c| c.0);
     let mut requests: Vec<(RequestId, usize)> = Vec::new();
@@ -218,6 +238,23 @@ pub fn run(sc: &Scenario) -> ExactReport {
                     }
                     requests.push((id, plan.runs as usize));
                     first_submit = first_submit.min(t);
+                }
+            }
+            Cue::Probe => {
+                for (id, n) in ids.iter().zip(&sc.nodes) {
+                    if !h.is_up(id) {
+                        continue;
+                    }
+                    let cpus = n.slots.max(1) as f32;
+                    let load = n.owner_load as f32 + h.running_on(id) as f32 / cpus;
+                    h.probe(
+                        id,
+                        pesc_protocol::node::Sample {
+                            load,
+                            cpus: n.slots,
+                            ..Default::default()
+                        },
+                    );
                 }
             }
             Cue::Down(i) => h.crash(&ids[i]),
@@ -274,6 +311,14 @@ fn report(
     let mut violations = Vec::new();
     let (mut last, mut useful, mut wasted, mut claims, mut unfinished) = (0u64, 0u64, 0u64, 0, 0);
     let mut gang = GangStats::default();
+    let busy: std::collections::HashSet<String> = sc
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.owner_load > 0.0)
+        .map(|(i, _)| format!("n{i:04}"))
+        .collect();
+    let (mut succeeded, mut on_busy) = (0u64, 0u64);
     for (id, _) in requests {
         let views: BTreeMap<&NodeId, _> = up
             .iter()
@@ -302,6 +347,10 @@ fn report(
             if r.state != RunState::Succeeded {
                 unfinished += 1;
                 continue;
+            }
+            succeeded += 1;
+            if r.node.as_ref().is_some_and(|n| busy.contains(n.as_str())) {
+                on_busy += 1;
             }
             last = last.max(r.finished_ms.unwrap_or(0).saturating_sub(wall_base));
             for a in &r.history {
@@ -353,6 +402,12 @@ fn report(
         gang_wait_max_s: gang.waits_ms.iter().max().copied().unwrap_or(0) as f64 / 1000.0,
         gang_rounds_restarted: gang.restarted,
         gang_idle_slot_s: gang.idle_ms as f64 / 1000.0,
+        load_order: sc.load_order,
+        runs_on_busy_desktops_pct: if succeeded == 0 {
+            0.0
+        } else {
+            on_busy as f64 * 100.0 / succeeded as f64
+        },
         simulated_in_s: t0.elapsed().as_secs_f64(),
     }
 }

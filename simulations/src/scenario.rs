@@ -17,6 +17,9 @@ pub struct NodeSpec {
     /// Rooms besides General.
     pub rooms: Vec<String>,
     pub avail: Availability,
+    /// The share of its CPU the desktop's owner keeps busy (0 to 1): runs
+    /// there go at the rest, and the node's load says so (exact mode).
+    pub owner_load: f64,
 }
 
 impl NodeSpec {
@@ -27,6 +30,7 @@ impl NodeSpec {
             gpus: 0,
             rooms: Vec::new(),
             avail: Availability::always(),
+            owner_load: 0.0,
         }
     }
 }
@@ -160,6 +164,9 @@ pub struct Scenario {
     pub notes: Vec<String>,
     /// Print a progress line on stderr every simulated 10 minutes.
     pub progress: bool,
+    /// Nodes use the load order (`claim_order::load_delay_ms`); off only to
+    /// measure what it gives (exact mode, `--no-load-order`).
+    pub load_order: bool,
 }
 
 impl Scenario {

@@ -8,7 +8,7 @@ use crate::scenario::{Durations, NodeSpec, Reference, RequestPlan, Scenario, Tim
 const MIN: u64 = 60_000;
 const HOUR: u64 = 60 * MIN;
 
-pub const ALL: [(&str, &str); 11] = [
+pub const ALL: [(&str, &str); 12] = [
     (
         "validate",
         "4 nodes × 2 slots, 64 runs of 0.5 s on loopback: the scenario also run with real pesc processes",
@@ -47,6 +47,10 @@ pub const ALL: [(&str, &str); 11] = [
         "12 desktops × 2 slots, 2 %/min crash; 16 parallel requests of 2–16 ranks (some on one node) within a minute, among 400 ordinary runs (exact mode only)",
     ),
     (
+        "lab-load",
+        "40 desktops × 2 slots, half in use by their owners (50–90 % CPU); three requests of 30 runs of 5–10 min, 30 min apart (exact mode)",
+    ),
+    (
         "smoke",
         "a small mixed scenario for the test suite: 12 nodes, churn, a partition",
     ),
@@ -65,6 +69,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "smoke" => smoke(seed),
         "churn-200" => churn_200(seed),
         "gangs" => gangs(seed),
+        "lab-load" => lab_load(seed),
         _ => return None,
     };
     Some(sc)
@@ -89,6 +94,7 @@ fn base(name: &str, seed: u64, nodes: Vec<NodeSpec>, net: NetModel) -> Scenario 
         reference: None,
         notes: Vec::new(),
         progress: false,
+        load_order: true,
     }
 }
 
@@ -383,5 +389,31 @@ fn gangs(seed: u64) -> Scenario {
         sc.requests.push(r);
     }
     sc.time_limit_ms = 2 * HOUR;
+    sc
+}
+
+/// A heterogeneous lab: half the desktops are in use by their owners (who
+/// keep 50–90 % of the CPU busy, so runs there go at the rest), and work
+/// comes in smaller batches than the lab's free slots. Where runs land
+/// decides the makespan: the load order sends them to idle desktops first.
+fn lab_load(seed: u64) -> Scenario {
+    let mut rng = Rng::new(seed).fork(18);
+    let mut nodes = desktops(&mut rng, 40, 2, 0.8, 1.25);
+    for n in nodes.iter_mut().step_by(2) {
+        n.owner_load = rng.range(0.5, 0.9);
+    }
+    let mut sc = base("lab-load", seed, nodes, NetModel::lan(seed));
+    for (i, owner) in ["ana", "bia", "caio"].iter().enumerate() {
+        let mut r = RequestPlan::new(
+            i as u64 * 30 * MIN,
+            owner,
+            30,
+            Durations::Uniform(300.0, 600.0),
+        );
+        r.node = (i * 7) as u32;
+        sc.requests.push(r);
+    }
+    sc.notes.push("an owner's load is constant through the run; a run on a desktop whose owner keeps p of its CPU goes at (1 − p) of its speed (runs yield to the owner's programs: lower CPU weight); nodes read their load every 5 simulated seconds".into());
+    sc.time_limit_ms = 6 * HOUR;
     sc
 }

@@ -204,6 +204,7 @@ mod tests {
             reference: None,
             notes: Vec::new(),
             progress: false,
+            load_order: true,
         };
         let mut sim = Sim::new(sc);
         sim.reqs[0].work = works.to_vec();

@@ -261,6 +261,7 @@ impl Agent {
             evict_blobs: s.cache_bytes > 0,
             policy: s.policy.core(),
             rooms: s.rooms.clone(),
+            load_order: true,
             executor: ExecutorInfo {
                 name: executor.name().to_string(),
                 isolation: executor.isolation().level(),

@@ -131,6 +131,8 @@ pub struct Harness {
     grid: String,
     lease_ttl_ms: u64,
     archive_after_ms: u64,
+    /// Nodes added from now on use the load order.
+    load_order: bool,
     /// The connections need looking at again (links, sides or hosts changed).
     topology_changed: bool,
     /// Nodes that took inputs at this instant and have yet to end their
@@ -161,6 +163,7 @@ impl Harness {
             grid: "harness-grid".into(),
             lease_ttl_ms: crate::lease::DEFAULT_LEASE_TTL_MS,
             archive_after_ms: crate::node::ARCHIVE_AFTER_MS,
+            load_order: true,
             topology_changed: true,
             pending: BTreeSet::new(),
             publish_reads: true,
@@ -193,6 +196,12 @@ impl Harness {
     /// from now on.
     pub fn set_archive_after(&mut self, ms: u64) {
         self.archive_after_ms = ms;
+    }
+
+    /// Whether nodes added from now on use the load order
+    /// (`claim_order::load_delay_ms`).
+    pub fn set_load_order(&mut self, on: bool) {
+        self.load_order = on;
     }
 
     /// Sets the lease TTL of nodes added from now on.
@@ -237,6 +246,7 @@ impl Harness {
                 ..Policy::default()
             },
             rooms: Vec::new(),
+            load_order: self.load_order,
             executor: ExecutorInfo {
                 name: "harness".into(),
                 isolation: IsolationLevel::default(),

@@ -16,6 +16,14 @@ impl Node {
     pub(super) fn heartbeat(&mut self, now: Now) {
         self.rescan = true;
         self.refresh_members();
+        self.least_load = self
+            .repl
+            .live_statuses()
+            .filter(|(n, s)| {
+                !self.liveness.is_down(n) && s.slots_free > 0 && !s.paused && s.load.is_finite()
+            })
+            .map(|(_, s)| s.load)
+            .reduce(f32::min);
         let members = self.members_list.clone();
         let live = self.live(&members);
         self.live_n = live.len().max(1);

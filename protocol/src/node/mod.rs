@@ -106,6 +106,9 @@ pub struct Config {
     /// Seeds the node's choices that need chance (actor and request ids,
     /// which peers get a push): a harness replays a schedule exactly.
     pub seed: u64,
+    /// Busier nodes leave new requests to less loaded ones first
+    /// (`claim_order::load_delay_ms`); off only to measure what it gives.
+    pub load_order: bool,
 }
 
 /// Housekeeping period when nothing else happens.
@@ -232,6 +235,9 @@ pub struct Node {
     builds: BTreeMap<String, BuildState>,
     /// One-minute load per CPU, as last sampled.
     load: f32,
+    /// The least load per CPU among live neighbours with a free slot that
+    /// take runs, as their last heartbeats said.
+    least_load: Option<f32>,
     /// Memory (MiB) as last sampled: total and available.
     memory: Option<(u64, u64)>,
     /// Monotonic ms of the next heartbeat, scheduling pass and eviction.
@@ -403,6 +409,7 @@ impl Node {
             misfit_now: None,
             builds: BTreeMap::new(),
             load: 0.0,
+            least_load: None,
             memory: None,
             next_heartbeat: now.mono_ms,
             next_tick: now.mono_ms,

@@ -3,7 +3,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::claim_order::{Blocks, DEALT_GRACE_MS, holder, past_dealt_grace, short_runs};
+use crate::claim_order::{
+    Blocks, DEALT_GRACE_MS, holder, load_delay_ms, past_dealt_grace, short_runs,
+};
 use crate::lease::LeaseKey;
 use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
 use crate::model::{Attempt, RequestSpec, RunState, SharedFile};
@@ -81,8 +83,10 @@ impl Node {
         // Runs seen queued for a new try for the first time: recorded after.
         let mut newly_queued = Vec::new();
         let alone = self.repl.connected.is_empty();
-        // When blocks left to their members for now open to this node.
+        // When blocks left to their members for now open to this node, and
+        // when a wait for less loaded nodes ends.
         let mut dealt_opens: Option<u64> = None;
+        let mut load_waits: Option<u64> = None;
         for (id, req) in &self.requests {
             if req.doc.is_finished() {
                 continue;
@@ -99,6 +103,16 @@ impl Node {
             };
             if free + ahead == 0 {
                 continue;
+            }
+            // Busier than a neighbour with room: a new request's runs go
+            // there first.
+            if !alone && self.cfg.load_order {
+                let wait = load_delay_ms(self.load, self.least_load);
+                let until = req.seen_ms.saturating_add(wait);
+                if now < until {
+                    load_waits = Some(load_waits.map_or(until, |t: u64| t.min(until)));
+                    continue;
+                }
             }
             if !spec.inputs.is_empty() {
                 let seen = *self.first_seen.entry(id.clone()).or_insert(now);
@@ -168,7 +182,7 @@ impl Node {
         for (id, rank, epoch) in newly_queued {
             self.sightings.saw_queued(id, rank, epoch, now);
         }
-        if let Some(at) = dealt_opens {
+        for at in dealt_opens.into_iter().chain(load_waits) {
             self.next_tick = self.next_tick.min(at);
         }
         self.misfit_now = None;
