@@ -281,6 +281,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         started_ms: crate::agent::now_ms(),
         session_key: blake3::derive_key("pesc session cookies v1", &secret.psk),
         data_dir: data_dir.clone(),
+        far_statuses: Default::default(),
         allowed_hosts: {
             // The address the API listens on is a name for it too.
             let mut h = cfg.api_hosts.clone();

@@ -50,6 +50,9 @@ pub struct Service {
     pub data_dir: PathBuf,
     /// Host names browsers may use besides the loopback ones.
     pub allowed_hosts: Vec<String>,
+    /// What nodes that are not ring neighbours said of themselves when
+    /// last asked (`nodes`), and when.
+    pub far_statuses: FarStatuses,
 }
 
 impl Service {
@@ -229,7 +232,31 @@ impl NodeService for Service {
     }
 
     async fn nodes(&self) -> Result<Vec<pesc_protocol::api::GridNode>, ApiFailure> {
-        Ok(self.agent.read().nodes())
+        let mut list = self.agent.read().nodes();
+        // Heartbeats go to ring neighbours only: the others are asked.
+        let far: Vec<usize> = (0..list.len())
+            .filter(|&i| {
+                let n = &list[i];
+                !n.this_node && n.up && n.slots_free.is_none()
+            })
+            .take(FAR_STATUS_ASKED)
+            .collect();
+        if far.is_empty() {
+            return Ok(list);
+        }
+        let min = self.access().await?.min_isolation;
+        let answers = futures_util::future::join_all(
+            far.iter()
+                .map(|&i| far_status(&self.runner, &self.far_statuses, &list[i].id)),
+        )
+        .await;
+        for (i, a) in far.into_iter().zip(answers) {
+            if let Some((s, age_ms)) = a {
+                list[i].fill_from_status(&s, min);
+                list[i].last_seen_ms_ago = Some(age_ms);
+            }
+        }
+        Ok(list)
     }
 
     async fn node_info(&self) -> Result<NodeInfo, ApiFailure> {
@@ -1026,4 +1053,52 @@ fn sse_lines(events: &[(u64, RequestId)]) -> String {
             format!("id: {v}\nevent: request\ndata: {{\"request\":\"{id}\",\"version\":{v}}}\n\n")
         })
         .collect()
+}
+
+/// The statuses of nodes that are not this node's ring neighbours, as they
+/// answered: kept a few seconds, so pages that refresh do not ask every
+/// node of the lab each time.
+pub type FarStatuses = std::sync::Mutex<
+    std::collections::HashMap<pesc_protocol::NodeId, (std::time::Instant, NodeStatus)>,
+>;
+
+/// Nodes a Nodes page asks at most (the others show what the grid
+/// document says).
+const FAR_STATUS_ASKED: usize = 64;
+
+/// How long an answer is kept.
+const FAR_STATUS_KEPT: Duration = Duration::from_secs(5);
+
+/// How long a node has to answer.
+const FAR_STATUS_WAIT: Duration = Duration::from_millis(1500);
+
+use pesc_protocol::wire::NodeStatus;
+
+/// A node's status, asked over the sync channel (or kept from a recent
+/// answer): the status, bounded, and how old it is (ms).
+async fn far_status(
+    runner: &RunnerCtx,
+    kept: &FarStatuses,
+    node: &pesc_protocol::NodeId,
+) -> Option<(NodeStatus, u64)> {
+    use pesc_protocol::wire::{SyncRequest, SyncResponse};
+    if let Some((at, s)) = kept.lock().ok()?.get(node).cloned()
+        && at.elapsed() < FAR_STATUS_KEPT
+    {
+        return Some((s, at.elapsed().as_millis() as u64));
+    }
+    let peer = crate::net::peer_of(node)?;
+    let ask = runner.net.ask_sync(peer, SyncRequest::Status);
+    let Ok(Ok(SyncResponse::Status(s))) = tokio::time::timeout(FAR_STATUS_WAIT, ask).await else {
+        return None;
+    };
+    let s = s.bounded();
+    if let Ok(mut k) = kept.lock() {
+        // Nodes that left stop being kept once the map grows.
+        if k.len() > 4 * FAR_STATUS_ASKED {
+            k.retain(|_, (at, _)| at.elapsed() < FAR_STATUS_KEPT);
+        }
+        k.insert(node.clone(), (std::time::Instant::now(), s.clone()));
+    }
+    Some((s, 0))
 }

@@ -312,6 +312,37 @@ pub struct GridNode {
     pub suspended: u32,
 }
 
+impl GridNode {
+    /// What a node's status (its heartbeat, or its answer when asked) says
+    /// of it, laid over what the grid document knows; `min` is the grid's
+    /// minimum isolation.
+    pub fn fill_from_status(
+        &mut self,
+        s: &crate::wire::NodeStatus,
+        min: crate::isolation::IsolationLevel,
+    ) {
+        if !s.addrs.is_empty() {
+            self.addrs = s.addrs.clone();
+        }
+        self.name = s.name.clone();
+        if !s.isolation_detail.is_empty() {
+            self.isolation = s.isolation_detail.clone();
+        }
+        self.meets_minimum = s.isolation.meets(min);
+        self.slots = s.slots;
+        self.slots_free = Some(s.slots_free);
+        self.load = Some(s.load);
+        self.gpus = s.gpus.clone();
+        self.builds = s.builds.clone();
+        self.mem_total_mb = s.mem_total_mb;
+        self.mem_free_mb = s.mem_free_mb;
+        self.mem_room_mb = s.mem_room_mb;
+        self.pause = s.pause.clone();
+        self.owner_here = s.owner_here;
+        self.suspended = s.suspended;
+    }
+}
+
 /// Reply of a process upload.
 pub type ProcessInfo = Process;
 

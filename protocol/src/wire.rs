@@ -82,6 +82,10 @@ pub enum SyncRequest {
         stderr: bool,
         offset: u64,
     },
+    /// "How are you now": the receiver's live state, for a Nodes page on a
+    /// node that is not its ring neighbour (heartbeats go to neighbours
+    /// only). Answered with [`SyncResponse::Status`].
+    Status,
 }
 
 /// The most log bytes one [`SyncResponse::Log`] carries.
@@ -107,6 +111,8 @@ pub enum SyncResponse {
         epoch: u32,
         running: bool,
     },
+    /// The receiver's live state (the answer to [`SyncRequest::Status`]).
+    Status(Box<NodeStatus>),
 }
 
 /// A question on the blob channel. Blobs move in whole blocks of

@@ -227,3 +227,29 @@ fn an_admin_changes_a_nodes_slots_from_another_node_without_a_restart() {
     assert!(info(&h, &b, &id).state.is_terminal());
     assert!(h.observed.over_slots.is_empty());
 }
+
+#[test]
+fn max_cpu_share_counts_the_nodes_own_runs_against_the_cpu() {
+    let mut h = Harness::new(11, Harness::fixed(10 * MIN));
+    let a = h.add_node("a", 8);
+    set_policy(
+        &mut h,
+        &a,
+        Policy {
+            max_cpu_share: 50,
+            ..Policy::default()
+        },
+    );
+    let mut idle = desktop(Vec::new());
+    idle.memory = Some((65_536, 60_000));
+    h.probe(&a, idle);
+    let id = h.submit(&a, "ana", 8);
+    h.run_for(5_000);
+    // Half of 4 CPUs: two sequential programs, though 8 slots are free.
+    assert_eq!(h.running_on(&a), 2);
+    let why = info(&h, &a, &id).waiting.unwrap_or_default();
+    assert!(
+        why.contains("more CPU than this node's owner lets PESC use"),
+        "{why}"
+    );
+}

@@ -272,7 +272,8 @@ fn a_node_without_the_grid_key_cannot_connect() {
 }
 
 /// A lab larger than a node's ring of heartbeat neighbours: every healthy
-/// node is shown up (not offline), and nodes report their memory.
+/// node is shown up (not offline), with its memory and load — the nodes
+/// beyond the ring are asked when the list is read.
 #[test]
 fn every_node_of_a_lab_shows_up_with_its_memory() {
     let g = Grid::loopback(9, 1, &[]).unwrap();
@@ -284,14 +285,17 @@ fn every_node_of_a_lab_shows_up_with_its_memory() {
         let heard = nodes
             .iter()
             .filter(|n| {
-                n["this_node"] == false && n["mem_total_mb"].as_u64().is_some_and(|m| m > 0)
+                n["this_node"] == false
+                    && n["mem_total_mb"].as_u64().is_some_and(|m| m > 0)
+                    && n["load"].as_f64().is_some()
+                    && n["slots_free"].as_u64().is_some()
             })
             .count();
         if nodes.len() == 9
             && nodes.iter().all(|n| n["up"] == true)
             && me["mem_total_mb"].as_u64().is_some_and(|m| m > 0)
             && me["mem_free_mb"].as_u64().is_some()
-            && heard > 0
+            && heard == 8
         {
             let text = pesc_tests::stdout(&g.nodes[0].cli(&["nodes"]));
             assert!(text.contains("GiB"), "{text}");

@@ -46,6 +46,7 @@ impl Agent {
                 let resp = match req {
                     SyncRequest::Sync { doc, msg } => n.receive_sync(now, &from, doc, &msg),
                     SyncRequest::Ping(beat) => n.receive_ping(now, &from, *beat),
+                    SyncRequest::Status => SyncResponse::Status(Box::new(n.status())),
                     SyncRequest::Push { doc, data, blobs } => {
                         match n.receive_push(now, &from, &doc, &data) {
                             Ok(()) => {

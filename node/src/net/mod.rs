@@ -143,7 +143,10 @@ fn sync_bytes(r: &SyncRequest) -> usize {
     match r {
         SyncRequest::Sync { msg, .. } => msg.len(),
         SyncRequest::Push { data, .. } => data.len(),
-        SyncRequest::Ping(_) | SyncRequest::Hold { .. } | SyncRequest::LogTail { .. } => 0,
+        SyncRequest::Ping(_)
+        | SyncRequest::Hold { .. }
+        | SyncRequest::LogTail { .. }
+        | SyncRequest::Status => 0,
     }
 }
 
@@ -401,7 +404,8 @@ impl NetTask {
                     }
                     SyncRequest::Ping(_)
                     | SyncRequest::Hold { .. }
-                    | SyncRequest::LogTail { .. } => None,
+                    | SyncRequest::LogTail { .. }
+                    | SyncRequest::Status => None,
                 };
                 add(&self.stats.sync_sent, sync_bytes(&req));
                 let id = b.sync.send_request(&peer, req);

@@ -121,6 +121,12 @@ impl Node {
         true
     }
 
+    /// This node's live state, for a peer that asks
+    /// ([`crate::wire::SyncRequest::Status`]).
+    pub fn status(&self) -> NodeStatus {
+        self.own_status()
+    }
+
     pub(super) fn own_status(&self) -> NodeStatus {
         NodeStatus {
             name: self.cfg.name.clone(),

@@ -416,47 +416,37 @@ impl Node {
                 } else {
                     live.map(|(s, _)| s.clone())
                 };
-                GridNode {
+                let mut g = GridNode {
                     this_node: me,
                     connected: me || self.repl.connected.contains(&n.id),
-                    addrs: status
-                        .as_ref()
-                        .map(|s| s.addrs.clone())
-                        .filter(|a| !a.is_empty())
-                        .unwrap_or(n.addrs),
-                    name: status.as_ref().map(|s| s.name.clone()).unwrap_or(n.name),
+                    addrs: n.addrs,
+                    name: n.name,
                     executor: n.executor,
-                    isolation: status
-                        .as_ref()
-                        .map(|s| s.isolation_detail.clone())
-                        .filter(|d| !d.is_empty())
-                        .unwrap_or(n.isolation),
-                    meets_minimum: status
-                        .as_ref()
-                        .map(|s| s.isolation.meets(self.caps.min_isolation))
-                        .unwrap_or(true),
-                    slots: status.as_ref().map(|s| s.slots).unwrap_or(n.slots),
-                    slots_free: status.as_ref().map(|s| s.slots_free),
-                    load: status.as_ref().map(|s| s.load),
-                    gpus: status.as_ref().map(|s| s.gpus.clone()).unwrap_or_default(),
-                    builds: status
-                        .as_ref()
-                        .map(|s| s.builds.clone())
-                        .unwrap_or_default(),
+                    isolation: n.isolation,
+                    meets_minimum: true,
+                    slots: n.slots,
+                    slots_free: None,
+                    load: None,
+                    gpus: Vec::new(),
+                    builds: Vec::new(),
                     last_seen_ms_ago: if me {
                         Some(0)
                     } else {
                         live.map(|(_, t)| now.saturating_sub(*t))
                     },
                     up: me || !self.liveness.is_down(&n.id),
-                    mem_total_mb: status.as_ref().and_then(|s| s.mem_total_mb),
-                    mem_free_mb: status.as_ref().and_then(|s| s.mem_free_mb),
-                    mem_room_mb: status.as_ref().and_then(|s| s.mem_room_mb),
-                    pause: status.as_ref().and_then(|s| s.pause.clone()),
-                    owner_here: status.as_ref().is_some_and(|s| s.owner_here),
-                    suspended: status.as_ref().map_or(0, |s| s.suspended),
+                    mem_total_mb: None,
+                    mem_free_mb: None,
+                    mem_room_mb: None,
+                    pause: None,
+                    owner_here: false,
+                    suspended: 0,
                     id: n.id,
+                };
+                if let Some(s) = &status {
+                    g.fill_from_status(s, self.caps.min_isolation);
                 }
+                g
             })
             .collect();
         out.sort_by(|a, b| (!a.this_node, &a.name, &a.id).cmp(&(!b.this_node, &b.name, &b.id)));
