@@ -174,6 +174,10 @@ pub fn load_delay_ms(mine: f32, least: Option<f32>) -> u64 {
     let Some(least) = least.filter(|l| l.is_finite()) else {
         return 0;
     };
+    // (`min` would turn NaN into the bound.)
+    if !mine.is_finite() {
+        return 0;
+    }
     let over = mine.min(4.0) - least.max(0.0);
     if !over.is_finite() || over < LOAD_MARGIN {
         return 0;
