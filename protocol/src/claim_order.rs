@@ -159,6 +159,12 @@ pub fn past_dealt_grace(held_for_ms: u64) -> bool {
 /// climbs in 5 s steps) wait for each other for nothing.
 pub const LOAD_MARGIN: f32 = 0.5;
 
+/// Heartbeats in a row a node must have been that much busier before it
+/// holds back: an owner's load lasts, while nodes of one machine (which
+/// share one load average) differ only for the moment between reading it
+/// on each side of one of its 5-second steps.
+pub const LOAD_STEADY_BEATS: u32 = 3;
+
 /// The longest a busy node holds back from a new request.
 pub const LOAD_DELAY_MAX_MS: u64 = 3_000;
 

@@ -195,7 +195,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
     // Owners' load: each node reads its load as a real one does (its
     // owner's share, plus its own runs), from before the first submit.
     if sc.nodes.iter().any(|n| n.owner_load > 0.0) {
-        let mut t = PROBE_EVERY_MS;
+        let mut t = 1_000;
         while t < w + sc.time_limit_ms {
             cues.push((t, Cue::Probe));
             t += PROBE_EVERY_MS;

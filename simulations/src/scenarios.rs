@@ -404,8 +404,9 @@ fn lab_load(seed: u64) -> Scenario {
     }
     let mut sc = base("lab-load", seed, nodes, NetModel::lan(seed));
     for (i, owner) in ["ana", "bia", "caio"].iter().enumerate() {
+        // The lab has been on for a minute when the first comes.
         let mut r = RequestPlan::new(
-            i as u64 * 30 * MIN,
+            MIN + i as u64 * 30 * MIN,
             owner,
             30,
             Durations::Uniform(300.0, 600.0),

@@ -24,6 +24,12 @@ impl Node {
             })
             .map(|(_, s)| s.load)
             .reduce(f32::min);
+        self.load_over_beats = if crate::claim_order::load_delay_ms(self.load, self.least_load) > 0
+        {
+            self.load_over_beats.saturating_add(1)
+        } else {
+            0
+        };
         let members = self.members_list.clone();
         let live = self.live(&members);
         self.live_n = live.len().max(1);

@@ -238,6 +238,9 @@ pub struct Node {
     /// The least load per CPU among live neighbours with a free slot that
     /// take runs, as their last heartbeats said.
     least_load: Option<f32>,
+    /// Heartbeats in a row this node was busier than that by the margin
+    /// (`claim_order::LOAD_STEADY_BEATS`).
+    load_over_beats: u32,
     /// Memory (MiB) as last sampled: total and available.
     memory: Option<(u64, u64)>,
     /// Monotonic ms of the next heartbeat, scheduling pass and eviction.
@@ -410,6 +413,7 @@ impl Node {
             builds: BTreeMap::new(),
             load: 0.0,
             least_load: None,
+            load_over_beats: 0,
             memory: None,
             next_heartbeat: now.mono_ms,
             next_tick: now.mono_ms,

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::claim_order::{
-    Blocks, DEALT_GRACE_MS, holder, load_delay_ms, past_dealt_grace, short_runs,
+    Blocks, DEALT_GRACE_MS, LOAD_STEADY_BEATS, holder, load_delay_ms, past_dealt_grace, short_runs,
 };
 use crate::lease::LeaseKey;
 use crate::liveness::{FAR_TAKEOVER_DELAY_MS, takeover_delay_ms};
@@ -106,7 +106,7 @@ impl Node {
             }
             // Busier than a neighbour with room: a new request's runs go
             // there first.
-            if !alone && self.cfg.load_order {
+            if !alone && self.cfg.load_order && self.load_over_beats >= LOAD_STEADY_BEATS {
                 let wait = load_delay_ms(self.load, self.least_load);
                 let until = req.seen_ms.saturating_add(wait);
                 if now < until {
