@@ -172,6 +172,35 @@ fn a_user_runs_the_integral_example_from_the_browser() {
     b.wait_text(".flash.ok", "Room open-lab created").unwrap();
     b.screenshot("07-rooms").unwrap();
 
+    // The admin gives this node a setting from the Nodes page: it applies
+    // without a restart, and the page lists it.
+    b.goto(&format!("{ui}/nodes")).unwrap();
+    b.wait_for("form[action='/nodes/settings']").unwrap();
+    b.script("document.querySelector(\"form[action='/nodes/settings'] select[name=key]\").value = 'idle_minutes'; return true;")
+        .unwrap();
+    b.fill("form[action='/nodes/settings'] input[name=value]", "15")
+        .unwrap();
+    b.click("form[action='/nodes/settings'] button[type=submit]")
+        .unwrap();
+    b.wait_text(".flash.ok", "idle_minutes is now 15").unwrap();
+    b.goto(&format!("{ui}/nodes")).unwrap();
+    b.wait_text("table.settings", "idle_minutes").unwrap();
+    let shown = node.cli_json(&["config", "show", &node.node_id(), "--json"]);
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["key"] == "idle_minutes" && s["value"] == "15"),
+        "{shown}"
+    );
+    // Cleared again (an empty value): the rest of the test wants no idle wait.
+    b.script("document.querySelector(\"form[action='/nodes/settings'] select[name=key]\").value = 'idle_minutes'; return true;")
+        .unwrap();
+    b.click("form[action='/nodes/settings'] button[type=submit]")
+        .unwrap();
+    b.wait_text(".flash.ok", "idle_minutes cleared").unwrap();
+
     // Every other page renders for the admin.
     for (path, shot, expect) in [
         ("/nodes", "08-nodes", "pesc node --join"),
