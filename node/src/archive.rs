@@ -98,21 +98,37 @@ pub struct RankResult {
     pub output_zip: Option<std::path::PathBuf>,
     /// The rank's stdout (a blob), if any.
     pub stdout: Option<std::path::PathBuf>,
+    /// Its sweep values and repetition (`results.csv`'s first columns).
+    pub values: Vec<String>,
+    pub repetition: u32,
 }
 
 /// Builds the results zip: `output_rank_N/…` for every rank, `output.txt`
-/// (every rank's `output/output.txt` in rank order) and `stdout.txt` (every
-/// rank's stdout in rank order). Streams everything; nothing is held whole.
-pub fn build_results(ranks: &[RankResult], tmp_dir: &Path, out: &Path) -> Result<()> {
+/// (every rank's `output/output.txt` in rank order), `stdout.txt` (every
+/// rank's stdout in rank order), `results.csv` and `merge-report.txt`
+/// (`results_csv`: the ranks' CSV files with one header, merged, the sweep's
+/// `params` first) and `extra` files (the receipt). Streams everything but
+/// one CSV at a time.
+pub fn build_results(
+    ranks: &[RankResult],
+    params: &[String],
+    extra: &[(&str, Vec<u8>)],
+    tmp_dir: &Path,
+    out: &Path,
+) -> Result<()> {
     let mut z = ZipWriter::new(BufWriter::new(File::create(out)?));
     let opts = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
         .large_file(true);
     let mut output_txt = tempfile_in(tmp_dir, "output-txt")?;
     let mut stdout_txt = tempfile_in(tmp_dir, "stdout-txt")?;
+    let (csv_path, csv_file) = tempfile_in(tmp_dir, "results-csv")?;
+    let mut merge = crate::results_csv::Merge::new(csv_file, params.to_vec());
+    let mut without_csv = Vec::new();
     for r in ranks {
         let dir = format!("output_rank_{}/", r.rank);
         z.add_directory(&dir, opts)?;
+        let mut had_csv = false;
         if let Some(p) = &r.output_zip {
             let mut src =
                 ZipArchive::new(File::open(p)?).context("reading a rank's output archive")?;
@@ -122,6 +138,12 @@ pub fn build_results(ranks: &[RankResult], tmp_dir: &Path, out: &Path) -> Result
                     let mut e = src.by_index(i)?;
                     append_with_newline(&mut e, &mut output_txt.1)?;
                 }
+                if crate::results_csv::Merge::<BufWriter<File>>::wants(&name) {
+                    had_csv = true;
+                    let mut e = src.by_index(i)?;
+                    let size = e.size();
+                    merge.add(r.rank, &r.values, r.repetition, &name, size, &mut e)?;
+                }
                 let e = src.by_index_raw(i)?;
                 z.raw_copy_file_rename(e, format!("{dir}{name}"))?;
             }
@@ -129,14 +151,53 @@ pub fn build_results(ranks: &[RankResult], tmp_dir: &Path, out: &Path) -> Result
         if let Some(p) = &r.stdout {
             append_with_newline(&mut File::open(p)?, &mut stdout_txt.1)?;
         }
+        if !had_csv {
+            without_csv.push(r.rank);
+        }
     }
+    if merge.header_seen() {
+        for rank in &without_csv {
+            merge.no_csv(*rank);
+        }
+    }
+    let (merged, mut report, mut csv) = merge.finish();
+    csv.flush()?;
+    drop(csv);
     for (name, (path, file)) in [("output.txt", output_txt), ("stdout.txt", stdout_txt)] {
         drop(file);
         z.start_file(name, opts)?;
         io::copy(&mut File::open(&path)?, &mut z)?;
         let _ = std::fs::remove_file(&path);
     }
+    if merged {
+        z.start_file("results.csv", opts)?;
+        io::copy(&mut File::open(&csv_path)?, &mut z)?;
+    }
+    let _ = std::fs::remove_file(&csv_path);
+    if !report.is_empty() {
+        report.insert(
+            0,
+            "What results.csv leaves out (every rank's files are in output_rank_N/):".into(),
+        );
+        extra_owned(&mut z, opts, "merge-report.txt", report.join("\n") + "\n")?;
+    }
+    for (name, body) in extra {
+        z.start_file(*name, opts)?;
+        z.write_all(body)?;
+    }
     z.finish()?.flush()?;
+    Ok(())
+}
+
+/// A small file written whole into the archive.
+fn extra_owned<W: Write + Seek>(
+    z: &mut ZipWriter<W>,
+    opts: SimpleFileOptions,
+    name: &str,
+    body: String,
+) -> Result<()> {
+    z.start_file(name, opts)?;
+    z.write_all(body.as_bytes())?;
     Ok(())
 }
 

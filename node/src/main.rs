@@ -17,6 +17,7 @@ mod idle;
 mod metrics;
 mod net;
 mod policy;
+mod results_csv;
 mod runner;
 mod service;
 mod store;

@@ -727,13 +727,24 @@ impl NodeService for Service {
             let ranks: Vec<archive::RankResult> = plan
                 .ranks
                 .iter()
-                .map(|(rank, output, stdout, _)| archive::RankResult {
-                    rank: *rank,
-                    output_zip: output.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
-                    stdout: stdout.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
+                .map(|(rank, output, stdout, _)| {
+                    let (values, repetition) = plan.point(*rank);
+                    archive::RankResult {
+                        rank: *rank,
+                        output_zip: output.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
+                        stdout: stdout.filter(|h| blobs.contains(h)).map(|h| blobs.path(&h)),
+                        values,
+                        repetition,
+                    }
                 })
                 .collect();
-            archive::build_results(&ranks, &tmp, &out2)
+            let params = plan
+                .spec
+                .sweep
+                .as_ref()
+                .map(|s| s.names.clone())
+                .unwrap_or_default();
+            archive::build_results(&ranks, &params, &[], &tmp, &out2)
         })
         .await
         .map_err(internal)?

@@ -100,6 +100,14 @@ pub struct NewRequest {
     /// PESC's header (`args.rank`, `args$rank`…); `never`: runs as written.
     #[serde(default)]
     pub header: crate::header::HeaderMode,
+    /// A parameter sweep: its combinations (names and rows of values); the
+    /// request then has `repetitions` runs of each combination.
+    #[serde(default)]
+    pub sweep: Option<crate::sweep::Sweep>,
+    /// The seed each rank's `PESC_SEED` is derived from (default: drawn
+    /// from the request's id; a rerun passes the original's).
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// One rank as the API shows it.
@@ -129,6 +137,11 @@ pub struct RunInfo {
     pub progress: Option<u8>,
     #[serde(default)]
     pub message: Option<String>,
+    /// Its sweep values (in the sweep's order) and repetition, in a sweep.
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub repetition: Option<u32>,
     /// The most memory (MiB) and CPU (% of one CPU) the attempt shown was
     /// seen to take.
     #[serde(default)]
@@ -171,6 +184,12 @@ pub struct RequestInfo {
     /// A parallel request's ranks all on one node.
     #[serde(default)]
     pub same_node: bool,
+    /// A sweep's parameter names and how many combinations it has (each
+    /// run's values are in its `values`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<String>,
+    #[serde(default)]
+    pub combinations: u32,
     /// A parallel request's gang in plain words ("waiting for 2 more
     /// slots", "starting on A, B", "running on A, B, C").
     #[serde(default, skip_serializing_if = "Option::is_none")]

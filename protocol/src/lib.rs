@@ -32,6 +32,7 @@ pub mod progress;
 pub mod resources;
 pub mod run_view;
 pub mod schedule;
+pub mod sweep;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -420,9 +420,70 @@ pub struct RequestSpec {
     #[serde(default)]
     pub limits: RunLimits,
     pub created_ms: u64,
+    /// A parameter sweep: the ranks cover its combinations, each
+    /// `repetitions / rows` times (`crate::sweep`).
+    #[serde(default)]
+    pub sweep: Option<crate::sweep::Sweep>,
+    /// Where each rank's `PESC_SEED` comes from (`sweep::rank_seed`);
+    /// `None` (older requests): from the request id. A rerun keeps it.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 impl RequestSpec {
+    /// Runs per combination of the sweep (all of them without one).
+    pub fn per_combination(&self) -> u32 {
+        match &self.sweep {
+            Some(s) => self.repetitions / (s.rows.len() as u32).max(1),
+            None => self.repetitions,
+        }
+    }
+
+    /// The seed ranks' seeds come from.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            let h = blake3::hash(self.id.as_str().as_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h.as_bytes()[..8]);
+            u64::from_le_bytes(b)
+        })
+    }
+
+    /// The parameters rank `rank` is given: the request's, then its
+    /// sweep values.
+    pub fn run_parameters(&self, rank: u32) -> Vec<String> {
+        let mut p = self.parameters.clone();
+        if let Some(pt) = self
+            .sweep
+            .as_ref()
+            .and_then(|s| s.point(rank, self.per_combination()))
+        {
+            p.extend(pt.values.iter().cloned());
+        }
+        p
+    }
+
+    /// The environment rank `rank` is given besides the header's: its
+    /// seed, and each swept parameter's value (`PESC_PARAM_NAME`).
+    pub fn run_env(&self, rank: u32) -> Vec<(String, String)> {
+        let mut env = vec![(
+            "PESC_SEED".to_string(),
+            crate::sweep::rank_seed(self.seed(), rank).to_string(),
+        )];
+        if let Some(s) = &self.sweep
+            && let Some(pt) = s.point(rank, self.per_combination())
+        {
+            env.push(("PESC_REPETITION".into(), pt.repetition.to_string()));
+            env.extend(
+                s.names
+                    .iter()
+                    .zip(pt.values)
+                    .map(|(n, v)| (crate::sweep::Sweep::env_name(n), v.clone())),
+            );
+        }
+        env
+    }
+
     /// Checks every user-given field; the message says what to fix.
     pub fn validate(&self) -> Result<()> {
         if self.repetitions == 0 {
@@ -445,6 +506,29 @@ impl RequestSpec {
             return Err(Error::invalid(
                 "same-node is for parallel requests: ask for parallel too",
             ));
+        }
+        if let Some(s) = &self.sweep {
+            s.check()?;
+            if self.parallel {
+                return Err(Error::invalid(
+                    "a sweep's ranks run apart: it cannot be a parallel request",
+                ));
+            }
+            if u64::from(self.repetitions) != s.ranks(self.per_combination())
+                || self.per_combination() == 0
+            {
+                return Err(Error::invalid(format!(
+                    "a sweep of {} combinations needs a multiple of {} ranks, not {}",
+                    s.rows.len(),
+                    s.rows.len(),
+                    self.repetitions
+                )));
+            }
+            if self.parameters.len() + s.names.len() > MAX_PARAMETERS {
+                return Err(Error::invalid(format!(
+                    "at most {MAX_PARAMETERS} parameters, the swept ones included"
+                )));
+            }
         }
         if self.parameters.len() > MAX_PARAMETERS {
             return Err(Error::invalid(format!(

@@ -81,6 +81,8 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
         checkpoint_retries: 1,
         retries: 0,
         created_ms,
+        sweep: None,
+        seed: None,
     }
 }
 

@@ -44,9 +44,23 @@ pub struct SubmitArgs {
 pub struct RequestArgs {
     /// A program file, or a directory (its files sent as one zip; see --include).
     pub path: PathBuf,
-    /// How many times to run it (ranks 0..N-1).
+    /// How many times to run it (ranks 0..N-1); with a sweep, how many
+    /// times each combination runs.
     #[arg(short = 'n', long, default_value_t = 1)]
     pub repetitions: u32,
+    /// A swept parameter: NAME=V1,V2,… or NAME=FROM..TO:STEP; repeat for
+    /// more (every combination runs -n times; values go after
+    /// --parameters and into PESC_PARAM_NAME).
+    #[arg(
+        long = "sweep",
+        value_name = "NAME=VALUES",
+        conflicts_with = "sweep_file"
+    )]
+    pub sweep: Vec<String>,
+    /// The combinations as a CSV file: a header of parameter names, then
+    /// one row of values per combination.
+    #[arg(long, value_name = "CSV")]
+    pub sweep_file: Option<PathBuf>,
     /// Parameters passed to every run after `--parameters`.
     #[arg(long, num_args = 1.., allow_negative_numbers = true)]
     pub parameters: Vec<String>,
@@ -130,7 +144,29 @@ pub async fn submit(c: &Client, a: SubmitArgs) -> Result<i32> {
 
 /// Uploads the program (a file, or a directory's files) and makes the
 /// request.
+/// The sweep the flags ask for, checked before anything is sent.
+fn sweep_of(a: &RequestArgs) -> Result<Option<pesc_protocol::sweep::Sweep>> {
+    use pesc_protocol::sweep::Sweep;
+    if let Some(f) = &a.sweep_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        return Ok(Some(
+            Sweep::from_csv(&text).with_context(|| format!("the sweep file {}", f.display()))?,
+        ));
+    }
+    if a.sweep.is_empty() {
+        return Ok(None);
+    }
+    let params = a
+        .sweep
+        .iter()
+        .map(|s| Sweep::parse_param(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Sweep::grid(&params)?))
+}
+
 pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
+    let sweep = sweep_of(&a)?;
     let meta =
         std::fs::metadata(&a.path).with_context(|| format!("cannot read {}", a.path.display()))?;
     let (upload, file_name, kind, files) = if meta.is_dir() {
@@ -208,6 +244,8 @@ pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
             HeaderChoice::Auto => pesc_protocol::header::HeaderMode::Auto,
             HeaderChoice::Never => pesc_protocol::header::HeaderMode::Never,
         },
+        sweep,
+        seed: None,
     };
     c.json(c.request(Method::POST, "/requests").json(&req))
         .await

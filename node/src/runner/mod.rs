@@ -275,10 +275,12 @@ async fn attempt(
     };
     let mut argv = job.process.command();
     argv.extend(header_args(&hctx));
+    let mut env = header_env(&hctx);
+    env.extend(job.env.iter().cloned());
     let exec_job = Job {
         app_dir: app_dir.clone(),
         argv,
-        env: header_env(&hctx),
+        env,
         stdout: stdout.clone(),
         stderr: stderr.clone(),
         image,

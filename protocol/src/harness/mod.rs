@@ -466,6 +466,8 @@ impl Harness {
             retries: 0,
             checkpoint_retries: None,
             header: Default::default(),
+            sweep: None,
+            seed: None,
         }
     }
 

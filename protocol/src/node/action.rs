@@ -66,7 +66,10 @@ pub struct Job {
     pub node: NodeId,
     pub process: Process,
     pub world_size: u32,
+    /// Its `--parameters`: the request's, then its sweep values.
     pub parameters: Vec<String>,
+    /// Environment besides the header's: `PESC_SEED`, `PESC_PARAM_*`.
+    pub env: Vec<(String, String)>,
     /// Which of the node's slot workspaces to use.
     pub slot: usize,
     /// Shared files the run needs, each with the nodes known to hold it.

@@ -109,11 +109,28 @@ impl Node {
                 n.process
             ))
         })?;
+        let repetitions = match &n.sweep {
+            Some(s) => {
+                s.check()?;
+                u32::try_from(s.ranks(n.repetitions))
+                    .ok()
+                    .filter(|r| *r <= crate::limits::MAX_REPETITIONS)
+                    .ok_or_else(|| {
+                        NodeError::Invalid(format!(
+                            "{} combinations × {} runs is more than {} runs",
+                            s.rows.len(),
+                            n.repetitions,
+                            crate::limits::MAX_REPETITIONS
+                        ))
+                    })?
+            }
+            None => n.repetitions,
+        };
         let spec = RequestSpec {
             id: RequestId::from_bytes(self.random().to_le_bytes()),
             owner,
             process,
-            repetitions: n.repetitions,
+            repetitions,
             parameters: n.parameters,
             rooms: n.rooms,
             inputs: n
@@ -140,6 +157,8 @@ impl Node {
             checkpoint_retries: n.checkpoint_retries.unwrap_or(1),
             header: n.header,
             created_ms: now.wall_ms,
+            sweep: n.sweep,
+            seed: n.seed,
         };
         spec.validate()?;
         let rooms = self.grid.rooms()?;

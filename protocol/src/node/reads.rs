@@ -21,6 +21,26 @@ type Answer<T> = Result<T, NodeError>;
 pub struct ResultPlan {
     pub id: RequestId,
     pub ranks: Vec<RankPlan>,
+    /// What was asked (the receipt records it; a sweep names its columns).
+    pub spec: RequestSpec,
+    /// Each rank's attempt that stands for it.
+    pub attempts: Vec<Option<Attempt>>,
+}
+
+impl ResultPlan {
+    /// A rank's sweep values and repetition (none and the rank itself
+    /// without a sweep).
+    pub fn point(&self, rank: u32) -> (Vec<String>, u32) {
+        match self
+            .spec
+            .sweep
+            .as_ref()
+            .and_then(|s| s.point(rank, self.spec.per_combination()))
+        {
+            Some(p) => (p.values.to_vec(), p.repetition),
+            None => (Vec::new(), rank),
+        }
+    }
 }
 
 /// Per rank: output archive and stdout blobs, and the nodes that hold them.
@@ -136,6 +156,17 @@ impl Node {
                         reason: a.and_then(|a| a.reason.clone()),
                         progress: a.and_then(|a| a.progress),
                         message: a.and_then(|a| a.message.clone()),
+                        values: spec
+                            .sweep
+                            .as_ref()
+                            .and_then(|s| s.point(rank, spec.per_combination()))
+                            .map(|p| p.values.to_vec())
+                            .unwrap_or_default(),
+                        repetition: spec
+                            .sweep
+                            .as_ref()
+                            .and_then(|s| s.point(rank, spec.per_combination()))
+                            .map(|p| p.repetition),
                         peak_memory_mb: a.and_then(|a| a.peak_memory_mb),
                         peak_cpu_percent: a.and_then(|a| a.peak_cpu_percent),
                         replicas: a.map(|a| a.replicas.clone()).unwrap_or_default(),
@@ -169,6 +200,12 @@ impl Node {
             created_ms: spec.created_ms,
             parallel: spec.parallel,
             same_node: spec.same_node,
+            sweep: spec
+                .sweep
+                .as_ref()
+                .map(|s| s.names.clone())
+                .unwrap_or_default(),
+            combinations: spec.sweep.as_ref().map_or(0, |s| s.rows.len() as u32),
             gang: self.gang_state(id, now),
             waiting: (counts.queued > 0 && !q.doc.is_cancelled()).then(|| self.why_waiting(spec)),
             counts,
@@ -278,18 +315,29 @@ impl Node {
         let Some(q) = self.requests.get(&id) else {
             return Err(NodeError::NotFound(format!("no request {id} on this grid")));
         };
+        let attempts: Vec<Option<Attempt>> = q
+            .doc
+            .result_attempts()
+            .into_iter()
+            .map(|a| a.cloned())
+            .collect();
         let ranks = (0..q.doc.spec().repetitions)
-            .zip(q.doc.result_attempts())
+            .zip(&attempts)
             .map(|(r, a)| {
                 (
                     r,
-                    a.and_then(|a| a.output),
-                    a.and_then(|a| a.stdout),
-                    a.map(holders_of_results).unwrap_or_default(),
+                    a.as_ref().and_then(|a| a.output),
+                    a.as_ref().and_then(|a| a.stdout),
+                    a.as_ref().map(holders_of_results).unwrap_or_default(),
                 )
             })
             .collect();
-        Ok(ResultPlan { id, ranks })
+        Ok(ResultPlan {
+            id,
+            ranks,
+            spec: q.doc.spec().clone(),
+            attempts,
+        })
     }
 
     /// Where rank `rank`'s log is now.

@@ -44,6 +44,8 @@ pub fn spec(id: u8, owner: &str, repetitions: u32, retries: u32, created_ms: u64
         checkpoint_retries: 1,
         retries,
         created_ms,
+        sweep: None,
+        seed: None,
     }
 }
 
