@@ -56,9 +56,13 @@ pub fn pack_dir<W: Write + Seek>(dir: &Path, w: W) -> Result<usize> {
         bail!("{} is not a directory (a link?)", dir.display());
     };
     let mut z = ZipWriter::new(w);
+    // No timestamps (1980-01-01 for all) and names in order: the same
+    // files make the same archive, byte for byte, so its hash says
+    // whether two runs' outputs are the same (`pesc verify`).
     let opts = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
-        .large_file(true);
+        .large_file(true)
+        .last_modified_time(zip::DateTime::default());
     let mut n = 0;
     let mut entries: Vec<_> = walkdir::WalkDir::new(dir)
         .min_depth(1)

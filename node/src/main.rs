@@ -86,6 +86,22 @@ enum Cmd {
     },
     /// Stop every run of a request.
     Cancel { request: String },
+    /// Submit a finished request again, exactly: the same code, domain and
+    /// shared files (the same blobs), parameters, sweep and seeds.
+    Rerun {
+        request: String,
+        /// Wait for it and print how it went.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Compare two requests' receipts: whether they ran the same inputs,
+    /// and which ranks' outputs differ (exit 1 if any do).
+    Verify {
+        first: String,
+        second: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the grid's nodes: name, slots, free slots, load, last seen, address.
     Nodes {
         #[arg(long)]
@@ -178,6 +194,12 @@ fn main() {
             } => cli::logs(&c, &request, rank, follow, stderr).await,
             Cmd::Results { request, dir } => cli::results(&c, &request, &dir).await,
             Cmd::Cancel { request } => cli::cancel(&c, &request).await,
+            Cmd::Rerun { request, wait } => cli::rerun(&c, &request, wait).await,
+            Cmd::Verify {
+                first,
+                second,
+                json,
+            } => cli::verify(&c, &first, &second, json).await,
             Cmd::Files(f) => cli::files::run(&c, f).await,
             Cmd::Domains(d) => cli::domains::run(&c, d).await,
             Cmd::Config(d) => cli::config::run(&c, d).await,

@@ -697,6 +697,35 @@ impl NodeService for Service {
         }
     }
 
+    async fn receipt(&self, id: &str) -> Result<pesc_protocol::receipt::Receipt, ApiFailure> {
+        let plan = self
+            .agent
+            .call(|r| Command::Results {
+                id: id.to_string(),
+                reply: r,
+            })
+            .await?;
+        Ok(pesc_protocol::receipt::Receipt::of(
+            &plan.spec,
+            &plan.attempts,
+        ))
+    }
+
+    async fn rerun(
+        &self,
+        id: &str,
+        who: &pesc_protocol::access::Principal,
+    ) -> Result<RequestInfo, ApiFailure> {
+        let (id, owner) = (id.to_string(), who.clone());
+        self.agent
+            .call(|r| Command::Rerun {
+                id,
+                owner,
+                reply: r,
+            })
+            .await
+    }
+
     async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure> {
         let plan = self
             .agent
@@ -744,7 +773,10 @@ impl NodeService for Service {
                 .as_ref()
                 .map(|s| s.names.clone())
                 .unwrap_or_default();
-            archive::build_results(&ranks, &params, &[], &tmp, &out2)
+            let receipt = pesc_protocol::receipt::Receipt::of(&plan.spec, &plan.attempts);
+            let receipt = serde_json::to_vec_pretty(&receipt)
+                .map_err(|e| anyhow::anyhow!("writing the receipt: {e}"))?;
+            archive::build_results(&ranks, &params, &[("receipt.json", receipt)], &tmp, &out2)
         })
         .await
         .map_err(internal)?

@@ -29,6 +29,7 @@ pub mod model;
 pub mod node;
 pub mod node_settings;
 pub mod progress;
+pub mod receipt;
 pub mod resources;
 pub mod run_view;
 pub mod schedule;

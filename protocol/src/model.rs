@@ -716,6 +716,8 @@ pub struct Attempt {
     /// were seen to take (by the probes of the node that ran it).
     pub peak_memory_mb: Option<u64>,
     pub peak_cpu_percent: Option<u32>,
+    /// The container image it ran in (the image's id), if any.
+    pub image: Option<String>,
 }
 
 impl Attempt {
@@ -740,6 +742,7 @@ impl Attempt {
             message: None,
             peak_memory_mb: None,
             peak_cpu_percent: None,
+            image: None,
         }
     }
 

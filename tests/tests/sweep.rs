@@ -130,3 +130,111 @@ fn a_sweep_from_a_csv_file_and_bad_sweeps_are_refused_before_anything_is_sent() 
         );
     }
 }
+
+/// A deterministic program: its output hangs only on its seed, its
+/// parameters and a shared file.
+const DETERMINISTIC: &str = r#"awk -v s="$PESC_SEED" -v a="$PESC_PARAM_ALPHA" 'BEGIN { srand(s); printf "x,y\n%s,%.6f\n", a, rand() }' > "$PESC_OUTPUT_DIR/draw.csv"
+cat weights.txt > "$PESC_OUTPUT_DIR/weights.txt"
+"#;
+
+#[test]
+fn a_receipt_names_every_hash_and_a_rerun_gives_byte_identical_outputs() {
+    let node = Node::start(2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = write_file(tmp.path(), "weights.txt", "1 2 3\n");
+    let added = node.cli_json(&["files", "add", &weights, "--json"]);
+    let file_hash = added["hash"].as_str().unwrap().to_string();
+    let prog = write_file(tmp.path(), "draw.sh", DETERMINISTIC);
+    let done = |v: &serde_json::Value| v["state"] == "succeeded" || v["state"] == "failed";
+    let id = node.submit(&[
+        &prog,
+        "--sweep",
+        "alpha=1,2",
+        "-n",
+        "2",
+        "--shared-file",
+        "weights.txt",
+    ]);
+    let v = node.wait_for(&id, Duration::from_secs(60), done);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let zip = node.results_zip(&id, &tmp.path().join("a"));
+    let receipt: serde_json::Value =
+        serde_json::from_str(&zip_text(&zip, "receipt.json").unwrap()).unwrap();
+    assert_eq!(receipt["request"], id.as_str());
+    assert_eq!(receipt["shared_files"]["weights.txt"], file_hash.as_str());
+    assert_eq!(receipt["sweep"]["names"], serde_json::json!(["alpha"]));
+    assert_eq!(receipt["repetitions"], 2);
+    assert!(
+        receipt["process"]["code"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64)
+    );
+    let ranks = receipt["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 4);
+    for (r, rank) in ranks.iter().enumerate() {
+        assert_eq!(rank["rank"], r as u64);
+        assert_eq!(rank["exit_code"], 0);
+        assert!(rank["node"].as_str().is_some(), "{rank}");
+        assert!(
+            rank["output"].as_str().is_some_and(|h| h.len() == 64),
+            "{rank}"
+        );
+        assert!(rank["seed"].as_u64().is_some());
+    }
+    // The file under that name changes; a rerun still uses the first bytes.
+    std::fs::write(&weights, "9 9 9\n").unwrap();
+    let o = node.cli(&["files", "add", &weights]);
+    assert!(o.status.success());
+    let o = node.cli(&["rerun", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_ne!(again, id);
+    let v = node.wait_for(&again, Duration::from_secs(60), done);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let zip2 = node.results_zip(&again, &tmp.path().join("b"));
+    assert_eq!(
+        zip_text(&zip2, "output_rank_3/weights.txt").unwrap(),
+        "1 2 3\n"
+    );
+    assert_eq!(
+        zip_text(&zip, "results.csv").unwrap(),
+        zip_text(&zip2, "results.csv").unwrap()
+    );
+    let o = node.cli(&["verify", &id, &again]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{said}");
+    assert!(said.contains("identical"), "{said}");
+    // A program that draws from the clock: verify says which ranks differ.
+    let clock = write_file(
+        tmp.path(),
+        "clock.sh",
+        "date +%s%N > \"$PESC_OUTPUT_DIR/t.txt\"\n",
+    );
+    let a = node.submit(&[&clock, "-n", "2"]);
+    node.wait_for(&a, Duration::from_secs(60), done);
+    let o = node.cli(&["rerun", &a, "--wait"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list = node.cli_json(&["status", "--json"]);
+    let b = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .find(|x| *x != a && *x != id && *x != again)
+        .unwrap();
+    let o = node.cli(&["verify", &a, &b]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("2 of 2 ranks' outputs differ: rank(s) 0, 1"),
+        "{said}"
+    );
+    // Only its owner reruns a request.
+    let user = node.http().add_user("bob", "user");
+    let r = user.post(&format!("/requests/{id}/rerun")).send().unwrap();
+    assert!(
+        r.status().as_u16() == 403 || r.status().as_u16() == 404,
+        "{}",
+        r.status()
+    );
+}

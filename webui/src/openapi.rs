@@ -33,7 +33,7 @@ use utoipa::OpenApi;
     paths(
         node, nodes, list_processes, upload_process, list_files, upload_file, fetch_file,
         list_domains, create_domain, get_domain, review_domain, templates, events, list_requests,
-        create_request, get_request, cancel_request, logs, results, health, login, logout, me,
+        create_request, get_request, cancel_request, logs, results, receipt, rerun, health, login, logout, me,
         list_users, create_user, change_user, delete_user, list_tokens, create_token, delete_token,
         list_rooms, create_room, get_room, add_room_admin, remove_room_admin, add_room_user,
         remove_room_user, place_node, unplace_node, node_settings, set_node_setting,
@@ -228,6 +228,27 @@ fn logs() {}
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
 fn results() {}
+
+#[utoipa::path(get, path = "/api/v1/requests/{id}/receipt",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "What the finished request ran, exactly: code, domain, shared files, parameters, sweep, seeds, and per rank node, attempt, exit code, output hash", body = Object),
+        (status = 409, description = "The request still runs", body = ApiError),
+        (status = 400, description = "Not a request id (16 hex digits, or a prefix)", body = ApiError),
+        (status = 403, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn receipt() {}
+
+#[utoipa::path(post, path = "/api/v1/requests/{id}/rerun",
+    params(("id" = String, Path)),
+    responses(
+        (status = 201, description = "The same request again (same blobs, parameters, sweep and seeds), its owner's", body = RequestInfo),
+        (status = 400, description = "Not a request id (16 hex digits, or a prefix)", body = ApiError),
+        (status = 403, description = "Not the request's owner", body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 401, body = ApiError)))]
+fn rerun() {}
 
 #[utoipa::path(get, path = "/api/v1/health", security(()), responses(
     (status = 200, description = "The node answers", content_type = "text/plain", body = String)))]

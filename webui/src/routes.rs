@@ -42,6 +42,8 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/requests/{id}/cancel", post(cancel_request))
         .route("/requests/{id}/runs/{rank}/logs", get(logs))
         .route("/requests/{id}/results", get(results))
+        .route("/requests/{id}/receipt", get(receipt))
+        .route("/requests/{id}/rerun", post(rerun))
         .merge(crate::accounts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
@@ -493,6 +495,26 @@ async fn logs(
         Body::from_stream(s),
     )
         .into_response())
+}
+
+async fn receipt(
+    State(st): Svc,
+    axum::Extension(c): Who,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    visible_request(&st, &c.who, &id, false).await?;
+    Ok(Json(st.svc.receipt(&id).await?))
+}
+
+/// The same request again from the same blobs: its owner only.
+async fn rerun(
+    State(st): Svc,
+    axum::Extension(c): Who,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    visible_request(&st, &c.who, &id, false).await?;
+    let r = st.svc.rerun(&id, &c.who).await?;
+    Ok((StatusCode::CREATED, Json(r)))
 }
 
 async fn results(

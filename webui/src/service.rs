@@ -123,6 +123,14 @@ pub trait NodeService: Send + Sync + 'static {
         follow: bool,
     ) -> Result<ByteStream, ApiFailure>;
     async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure>;
+    /// A finished request's receipt (`pesc_protocol::receipt`).
+    async fn receipt(&self, id: &str) -> Result<pesc_protocol::receipt::Receipt, ApiFailure>;
+    /// Submits request `id` again, exactly, for `owner` (its owner).
+    async fn rerun(
+        &self,
+        id: &str,
+        who: &pesc_protocol::access::Principal,
+    ) -> Result<RequestInfo, ApiFailure>;
     /// `/api/v1/events`: server-sent events, one per request change after
     /// version `since` (and every one after, as they happen).
     /// With `owner`, only that user's requests.

@@ -47,6 +47,12 @@ pub enum Command {
     Processes(Reply<Vec<Process>>),
     /// A new request for this user.
     Submit(NewRequest, String, Reply<NodeResult<RequestInfo>>),
+    /// The same request again, exactly, for its owner.
+    Rerun {
+        id: String,
+        owner: pesc_protocol::access::Principal,
+        reply: Reply<NodeResult<RequestInfo>>,
+    },
     /// Users, tokens, rooms and placements.
     Access(Reply<NodeResult<pesc_protocol::access::AccessState>>),
     ChangeAccess(pesc_protocol::access::AccessChange, Reply<NodeResult<()>>),
@@ -585,6 +591,7 @@ impl Agent {
         match &c {
             Command::Get { id, runs: true, .. }
             | Command::Results { id, .. }
+            | Command::Rerun { id, .. }
             | Command::Log { id, .. } => self.restore(id),
             _ => {}
         }
@@ -609,6 +616,12 @@ impl Agent {
             Command::Token(id, reply) => {
                 let _ = reply.send(n.token(&id));
             }
+            Command::Rerun { id, owner, reply } => match n.rerun(now, &id, &owner) {
+                Ok(s) => self.replicate_then_reply(s, reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Submit(req, owner, reply) => match n.submit(now, req, owner) {
                 // Answer once the request is on disk here and on one peer, so
                 // an accepted request survives a crash of this node.

@@ -564,6 +564,64 @@ pub async fn nodes(c: &Client, json: bool) -> Result<i32> {
     Ok(0)
 }
 
+pub async fn rerun(c: &Client, id: &str, wait_for: bool) -> Result<i32> {
+    let r: RequestInfo = c
+        .json(c.request(Method::POST, &format!("/requests/{id}/rerun")))
+        .await?;
+    if !wait_for {
+        println!("{}", r.id);
+        eprintln!(
+            "request {} runs {id} again ({} runs); follow it with `pesc status {}`",
+            r.id, r.repetitions, r.id
+        );
+        return Ok(0);
+    }
+    let done = wait(c, r.id.as_str(), true).await?;
+    print_request(&done, true);
+    Ok(exit_code(&done))
+}
+
+pub async fn verify(c: &Client, a: &str, b: &str, json: bool) -> Result<i32> {
+    use pesc_protocol::receipt::{Receipt, compare};
+    let ra: Receipt = c
+        .json(c.request(Method::GET, &format!("/requests/{a}/receipt")))
+        .await?;
+    let rb: Receipt = c
+        .json(c.request(Method::GET, &format!("/requests/{b}/receipt")))
+        .await?;
+    let cmp = compare(&ra, &rb);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cmp)?);
+    } else {
+        if cmp.same_inputs.is_empty() {
+            println!("same inputs: code, domain, shared files, parameters, sweep and seeds");
+        } else {
+            println!("different inputs: {}", cmp.same_inputs.join(", "));
+        }
+        if cmp.outputs_differ.is_empty() {
+            println!(
+                "identical: every one of the {} ranks' outputs is byte for byte the same",
+                cmp.ranks
+            );
+        } else {
+            let list: Vec<String> = cmp.outputs_differ.iter().map(u32::to_string).collect();
+            println!(
+                "{} of {} ranks' outputs differ: rank(s) {}",
+                cmp.outputs_differ.len(),
+                cmp.ranks,
+                list.join(", ")
+            );
+        }
+        if !cmp.stdout_differs.is_empty() {
+            println!(
+                "standard output differs in {} rank(s)",
+                cmp.stdout_differs.len()
+            );
+        }
+    }
+    Ok(if cmp.identical() { 0 } else { 1 })
+}
+
 pub async fn cancel(c: &Client, id: &str) -> Result<i32> {
     let r: RequestInfo = c
         .json(c.request(Method::POST, &format!("/requests/{id}/cancel")))

@@ -497,6 +497,11 @@ impl Executor for DockerExecutor {
         }
     }
 
+    async fn image_id(&self, image: Option<&str>) -> Option<String> {
+        let name = image.unwrap_or(&self.cfg.default_image);
+        self.docker.inspect_image(name).await.ok()?.id
+    }
+
     async fn suspend(
         &self,
         _node_id: &str,

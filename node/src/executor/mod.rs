@@ -162,6 +162,11 @@ pub trait Executor: Send + Sync + 'static {
         );
         Ok(())
     }
+    /// The id of the image a run named `image` (or the default one) ran
+    /// in; `None` for runs outside containers.
+    async fn image_id(&self, _image: Option<&str>) -> Option<String> {
+        None
+    }
     /// Runs the job to its end. An `Err` means it could not be started.
     async fn run(&self, job: Job, stop: watch::Receiver<bool>) -> anyhow::Result<Exit>;
 }

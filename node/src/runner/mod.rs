@@ -283,7 +283,7 @@ async fn attempt(
         env,
         stdout: stdout.clone(),
         stderr: stderr.clone(),
-        image,
+        image: image.clone(),
         limits: job.limits,
         gpus: job.gpus.clone(),
         shared: job
@@ -317,6 +317,8 @@ async fn attempt(
         done_tx.subscribe(),
     ));
     let run = ctx.executor.run(exec_job, stop.clone()).await;
+    // The receipt names the image the run used (containers only).
+    let image_id = ctx.executor.image_id(image.as_deref()).await;
     let _ = done_tx.send(true);
     let _ = progress.await;
     let mut last_snapshot = snapshots.await.unwrap_or_default();
@@ -411,6 +413,7 @@ async fn attempt(
             stderr,
             replicas,
             checkpoint: final_checkpoint,
+            image: image_id,
         }),
         Err(e) => Ok(RunnerOutcome {
             exit: None,
@@ -421,6 +424,7 @@ async fn attempt(
             stderr,
             replicas,
             checkpoint: final_checkpoint,
+            image: image_id,
         }),
     }
 }

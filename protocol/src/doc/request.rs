@@ -664,6 +664,7 @@ fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
         peak_cpu_percent: f
             .u64("peak_cpu_percent")?
             .and_then(|c| u32::try_from(c).ok()),
+        image: f.str("image")?.filter(|i| i.len() <= 256),
     })
 }
 
@@ -732,5 +733,8 @@ fn write_attempt(
         .map(automerge::ScalarValue::Uint));
     field!(peak_cpu_percent, |v: &Option<u32>| v
         .map(|c| automerge::ScalarValue::Uint(c.into())));
+    field!(image, |v: &Option<String>| v
+        .clone()
+        .map(automerge::ScalarValue::from));
     Ok(())
 }

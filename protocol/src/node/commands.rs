@@ -160,6 +160,47 @@ impl Node {
             sweep: n.sweep,
             seed: n.seed,
         };
+        self.submit_spec(now, spec)
+    }
+
+    /// Submits `id` again, exactly: the same process, domain and shared
+    /// files (the same blobs, whatever their names hold now), parameters,
+    /// sweep and seeds, as a new request of `owner` (who owned the first).
+    pub fn rerun(
+        &mut self,
+        now: Now,
+        prefix: &str,
+        who: &crate::access::Principal,
+    ) -> Answer<Submitted> {
+        let owner = who.user.as_str();
+        self.rescan = true;
+        let id = self.resolve(prefix)?;
+        // (An archived request is read back by the driver first.)
+        let old = self
+            .requests
+            .get(&id)
+            .map(|q| q.doc.spec().clone())
+            .ok_or_else(|| NodeError::NotFound(format!("no request {id} on this grid")))?;
+        if old.owner != owner {
+            return Err(NodeError::Forbidden(format!(
+                "request {id} is {}'s: only its owner reruns it",
+                old.owner
+            )));
+        }
+        // Still allowed in its rooms.
+        crate::access::check_request_rooms(who, &old.rooms, &self.grid.rooms()?)?;
+        let spec = RequestSpec {
+            id: RequestId::from_bytes(self.random().to_le_bytes()),
+            created_ms: now.wall_ms,
+            seed: Some(old.seed()),
+            ..old
+        };
+        self.submit_spec(now, spec)
+    }
+
+    /// Records a new request checked so far: its document, its line in the
+    /// grid's index, and the peers to hand it to.
+    fn submit_spec(&mut self, now: Now, spec: RequestSpec) -> Answer<Submitted> {
         spec.validate()?;
         let rooms = self.grid.rooms()?;
         if let Some(room) = spec

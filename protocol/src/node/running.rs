@@ -76,6 +76,8 @@ pub struct Outcome {
     /// A last snapshot of `checkpoint/` (taken when the run stopped without
     /// success) and its holders.
     pub checkpoint: Option<(BlobHash, Vec<NodeId>)>,
+    /// The container image it ran in (its id), if any.
+    pub image: Option<String>,
 }
 
 impl Outcome {
@@ -390,6 +392,7 @@ pub(super) fn finish_attempt(
     wall_ms: u64,
 ) {
     a.finished_ms = Some(wall_ms);
+    a.image = o.image.clone();
     a.stdout = o.stdout;
     a.stderr = o.stderr;
     a.replicas = o.replicas;
