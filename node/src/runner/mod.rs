@@ -173,7 +173,12 @@ pub async fn run_attempt(
         Ok(o) => o,
         Err(e) => RunnerOutcome::error(format!("{e:#}")),
     };
-    let _ = events.send(RunnerEvent::Finished { key, outcome }).await;
+    let _ = events
+        .send(RunnerEvent::Finished {
+            key,
+            outcome: Box::new(outcome),
+        })
+        .await;
 }
 
 async fn attempt(

@@ -791,13 +791,13 @@ impl Harness {
                         life,
                         ev: RunEvent::Finished {
                             key,
-                            outcome: Outcome {
+                            outcome: Box::new(Outcome {
                                 exit: Some(exit),
                                 output: Some(out),
                                 stdout: Some(out),
                                 replicas: vec![id.clone()],
                                 ..Default::default()
-                            },
+                            }),
                         },
                     },
                 );
@@ -813,11 +813,11 @@ impl Harness {
                         life,
                         ev: RunEvent::Finished {
                             key,
-                            outcome: Outcome {
+                            outcome: Box::new(Outcome {
                                 exit: Some(Exit::Signal(15)),
                                 replicas: vec![id.clone()],
                                 ..Default::default()
-                            },
+                            }),
                         },
                     },
                 );

@@ -127,7 +127,7 @@ pub enum RunEvent {
     },
     Finished {
         key: AttemptKey,
-        outcome: Outcome,
+        outcome: Box<Outcome>,
     },
 }
 
@@ -228,7 +228,7 @@ impl Node {
                 self.gpu_pool.give_back(&key);
                 let ran = r.waiting.is_none();
                 let mut a = r.attempt;
-                finish_attempt(&mut a, outcome, r.stopping, now.wall_ms);
+                finish_attempt(&mut a, *outcome, r.stopping, now.wall_ms);
                 if r.used.memory_mb > 0 {
                     a.peak_memory_mb = Some(r.used.memory_mb);
                     a.peak_cpu_percent = Some(r.used.cpu_percent);
@@ -348,7 +348,7 @@ impl Node {
                 now,
                 RunEvent::Finished {
                     key: key.clone(),
-                    outcome: Outcome::default(),
+                    outcome: Box::default(),
                 },
             );
         }
