@@ -108,6 +108,59 @@ pub struct NewRequest {
     /// from the request's id; a rerun passes the original's).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// A sweep as the form and the CLI write it, one parameter each:
+    /// `NAME=V1,V2,…` or `NAME=FROM..TO:STEP` (every combination; used when
+    /// `sweep` is not given).
+    #[serde(default)]
+    pub sweep_params: Vec<String>,
+}
+
+/// `POST /api/v1/sweep`: what a sweep written as `sweep_params` makes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SweepPreview {
+    pub names: Vec<String>,
+    pub combinations: u64,
+    /// Combinations × repetitions.
+    pub runs: u64,
+}
+
+/// The body of `POST /api/v1/sweep`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SweepAsk {
+    pub sweep_params: Vec<String>,
+    #[serde(default = "one_u32")]
+    pub repetitions: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+impl SweepAsk {
+    /// The sweep the lines make (the one rule: `sweep::Sweep`).
+    pub fn sweep(lines: &[String]) -> crate::Result<Option<crate::sweep::Sweep>> {
+        let lines: Vec<&String> = lines.iter().filter(|l| !l.trim().is_empty()).collect();
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        let params = lines
+            .iter()
+            .map(|l| crate::sweep::Sweep::parse_param(l))
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(Some(crate::sweep::Sweep::grid(&params)?))
+    }
+
+    pub fn preview(&self) -> crate::Result<SweepPreview> {
+        let s = Self::sweep(&self.sweep_params)?
+            .ok_or_else(|| crate::Error::invalid("no swept parameter"))?;
+        Ok(SweepPreview {
+            names: s.names.clone(),
+            combinations: s.rows.len() as u64,
+            runs: s.ranks(self.repetitions),
+        })
+    }
 }
 
 /// One rank as the API shows it.

@@ -148,6 +148,28 @@ fn a_user_runs_the_integral_example_from_the_browser() {
         Ok(b.count("tr[data-state=cancelled]")? == 3)
     })
     .unwrap();
+
+    // A sweep from the form: the page counts the runs before the submit
+    // (the node parses the lines; a bad one says why).
+    let swept = write_file(
+        tmp.path(),
+        "swept.sh",
+        "echo \"$PESC_PARAM_ALPHA\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
+    );
+    b.goto(&format!("{ui}/requests/new")).unwrap();
+    b.fill("input[name=upload]", &swept).unwrap();
+    b.fill("input[name=repetitions]", "2").unwrap();
+    b.fill("textarea[name=sweep]", "alpha=1..").unwrap();
+    b.wait_text("#sweep-count", "range").unwrap();
+    b.fill("textarea[name=sweep]", "alpha=1,2,3").unwrap();
+    b.wait_text("#sweep-count", "3 combination(s) of alpha × 2 = 6 run(s)")
+        .unwrap();
+    b.screenshot("03b-sweep").unwrap();
+    b.click("#new-request button[type=submit]").unwrap();
+    b.wait_until("the sweep's page", WAIT, |b| {
+        Ok(b.count("#request")? == 1 && b.count("tr[data-state=succeeded]")? == 6)
+    })
+    .unwrap();
     b.screenshot("05-request-cancelled").unwrap();
 
     // A user and a room, made by the admin through the pages.

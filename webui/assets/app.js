@@ -83,6 +83,29 @@ function newRequestForm() {
   const prog = document.getElementById("upload-progress");
   const bar = prog.querySelector("progress"), label = prog.querySelector("span");
   const progress = (what) => (pct) => { prog.hidden = false; bar.value = pct; label.textContent = " " + what + " " + pct + "%"; };
+  // The sweep's size, as the node counts it (it parses; the page only shows).
+  const count = document.getElementById("sweep-count");
+  const sweepLines = () => (f.elements.sweep.value || "").split("\n").map((s) => s.trim()).filter(Boolean);
+  let asked = 0;
+  const recount = async () => {
+    const lines = sweepLines();
+    const reps = Number((f.elements.repetitions.value || "1").trim()) || 1;
+    const mine = ++asked;
+    if (!lines.length) { count.textContent = reps + " run(s)"; return; }
+    try {
+      const p = await api("POST", "/api/v1/sweep", { sweep_params: lines, repetitions: reps });
+      if (mine !== asked) return;
+      count.textContent = p.combinations + " combination(s) of " + p.names.join(", ") + " × " + reps + " = " + p.runs + " run(s)";
+      count.classList.remove("error");
+    } catch (e) {
+      if (mine !== asked) return;
+      count.textContent = e.message;
+      count.classList.add("error");
+    }
+  };
+  f.elements.sweep.addEventListener("input", recount);
+  f.elements.repetitions.addEventListener("input", recount);
+  recount();
   f.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     showError(err, "");
@@ -121,6 +144,7 @@ function newRequestForm() {
         gpu: { count: gpus, min_capability: v("gpu_capability") ? Number(v("gpu_capability")) : null },
         parallel: f.elements.parallel.checked,
         same_node: f.elements.same_node.checked,
+        sweep_params: sweepLines(),
       };
       const r = await api("POST", "/api/v1/requests", body);
       location.href = "/requests/" + r.id;

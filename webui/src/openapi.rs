@@ -33,7 +33,8 @@ use utoipa::OpenApi;
     paths(
         node, nodes, list_processes, upload_process, list_files, upload_file, fetch_file,
         list_domains, create_domain, get_domain, review_domain, templates, events, list_requests,
-        create_request, get_request, cancel_request, logs, results, receipt, rerun, health, login, logout, me,
+        create_request, get_request, cancel_request, logs, results, receipt, rerun, sweep_preview,
+        health, login, logout, me,
         list_users, create_user, change_user, delete_user, list_tokens, create_token, delete_token,
         list_rooms, create_room, get_room, add_room_admin, remove_room_admin, add_room_user,
         remove_room_user, place_node, unplace_node, node_settings, set_node_setting,
@@ -239,6 +240,13 @@ fn results() {}
         (status = 404, body = ApiError),
         (status = 401, body = ApiError)))]
 fn receipt() {}
+
+#[utoipa::path(post, path = "/api/v1/sweep", request_body = pesc_protocol::api::SweepAsk,
+    responses(
+        (status = 200, description = "The parameters, combinations and runs the sweep makes", body = pesc_protocol::api::SweepPreview),
+        (status = 400, description = "A line that is not NAME=V1,V2 or NAME=FROM..TO:STEP", body = ApiError),
+        (status = 401, body = ApiError)))]
+fn sweep_preview() {}
 
 #[utoipa::path(post, path = "/api/v1/requests/{id}/rerun",
     params(("id" = String, Path)),

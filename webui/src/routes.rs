@@ -43,6 +43,7 @@ pub fn router(svc: Arc<dyn NodeService>) -> Router {
         .route("/requests/{id}/runs/{rank}/logs", get(logs))
         .route("/requests/{id}/results", get(results))
         .route("/requests/{id}/receipt", get(receipt))
+        .route("/sweep", post(sweep_preview))
         .route("/requests/{id}/rerun", post(rerun))
         .merge(crate::accounts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -495,6 +496,17 @@ async fn logs(
         Body::from_stream(s),
     )
         .into_response())
+}
+
+/// What a sweep makes, before it is submitted (the form's count).
+async fn sweep_preview(
+    body: Result<Json<pesc_protocol::api::SweepAsk>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let Json(ask) =
+        body.map_err(|e| ApiFailure::bad_request(format!("bad sweep: {}", e.body_text())))?;
+    ask.preview()
+        .map(Json)
+        .map_err(|e| ApiFailure::bad_request(e.to_string()))
 }
 
 async fn receipt(

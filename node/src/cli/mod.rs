@@ -246,6 +246,7 @@ pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
         },
         sweep,
         seed: None,
+        sweep_params: Vec::new(),
     };
     c.json(c.request(Method::POST, "/requests").json(&req))
         .await

@@ -468,6 +468,7 @@ impl Harness {
             header: Default::default(),
             sweep: None,
             seed: None,
+            sweep_params: Vec::new(),
         }
     }
 

@@ -109,6 +109,10 @@ impl Node {
                 n.process
             ))
         })?;
+        let mut n = n;
+        if n.sweep.is_none() {
+            n.sweep = crate::api::SweepAsk::sweep(&n.sweep_params)?;
+        }
         let repetitions = match &n.sweep {
             Some(s) => {
                 s.check()?;

@@ -152,6 +152,9 @@ pub(crate) async fn new_page(State(st): St, p: Page, flash: Query<Flash>) -> Res
                 }
                 label { "Parameters (one per line; every run gets them after " code { "--parameters" } ") "
                     textarea name="parameters" rows="3" {} }
+                label { "Sweep (one parameter per line: " code { "alpha=0.1,0.5,0.9" } " or " code { "n=100..1000:100" } "; every combination runs Repetitions times, its values after the parameters and in " code { "PESC_PARAM_NAME" } ") "
+                    textarea name="sweep" rows="3" placeholder="alpha=0.1,0.5,0.9" {} }
+                p #sweep-count.hint aria-live="polite" {}
                 div.row {
                     label { "Memory per run (MiB) " input type="number" name="memory_mb" min="16"; }
                     label { "CPUs per run " input type="number" name="cpus" min="0.1" step="0.1"; }
