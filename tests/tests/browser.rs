@@ -154,7 +154,7 @@ fn a_user_runs_the_integral_example_from_the_browser() {
     let swept = write_file(
         tmp.path(),
         "swept.sh",
-        "echo \"$PESC_PARAM_ALPHA\" > \"$PESC_OUTPUT_DIR/output.txt\"\n",
+        "echo \"$PESC_PARAM_ALPHA\" > \"$PESC_OUTPUT_DIR/output.txt\"\nprintf 'score\\n%s\\n' \"$PESC_PARAM_ALPHA\" > \"$PESC_OUTPUT_DIR/s.csv\"\n",
     );
     b.goto(&format!("{ui}/requests/new")).unwrap();
     b.fill("input[name=upload]", &swept).unwrap();
@@ -168,6 +168,29 @@ fn a_user_runs_the_integral_example_from_the_browser() {
     b.click("#new-request button[type=submit]").unwrap();
     b.wait_until("the sweep's page", WAIT, |b| {
         Ok(b.count("#request")? == 1 && b.count("tr[data-state=succeeded]")? == 6)
+    })
+    .unwrap();
+    // Its summary plot: the mean of score for each alpha.
+    b.wait_for("section.sweep-plot img").unwrap();
+    let sweep_page = b.url().unwrap();
+    let sweep_id = sweep_page.rsplit('/').next().unwrap().to_string();
+    let plot = b
+        .script_async(&format!(
+            "const done = arguments[arguments.length - 1];
+             fetch('/requests/{sweep_id}/plot.svg').then(async r => done({{status: r.status, svg: await r.text()}}));"
+        ))
+        .unwrap();
+    assert_eq!(plot["status"], 200, "{plot}");
+    let svg = plot["svg"].as_str().unwrap();
+    assert!(
+        svg.contains(r#"data-value="3" data-mean="3" data-n="2""#),
+        "{svg}"
+    );
+    b.screenshot("03c-sweep-plot").unwrap();
+    // Rerun exactly, from its page: a new request of the same runs.
+    b.click("button[data-rerun]").unwrap();
+    b.wait_until("the rerun's page", WAIT, |b| {
+        Ok(b.url()? != sweep_page && b.count("tr[data-state=succeeded]")? == 6)
     })
     .unwrap();
     b.screenshot("05-request-cancelled").unwrap();

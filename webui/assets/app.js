@@ -178,6 +178,15 @@ function fileUploadForm() {
 // Cancel buttons live in regions the server re-renders: listen on the document.
 function cancelButtons() {
   document.addEventListener("click", async (ev) => {
+    const again = ev.target.closest("[data-rerun]");
+    if (again) {
+      again.disabled = true;
+      try {
+        const r = await api("POST", "/api/v1/requests/" + again.dataset.rerun + "/rerun");
+        location.href = "/requests/" + r.id;
+      } catch (e) { alert(e.message); again.disabled = false; }
+      return;
+    }
     const b = ev.target.closest("[data-cancel]");
     if (!b) return;
     if (!confirm("Cancel this request? Runs in progress are stopped.")) return;

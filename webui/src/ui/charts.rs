@@ -252,12 +252,194 @@ pub fn stats_svg(st: &Stats) -> String {
     s
 }
 
+/// One parameter value's numbers in a sweep plot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub value: String,
+    pub n: usize,
+    pub mean: f64,
+    pub sd: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The mean and spread of `column` for each value of `param`, from a
+/// results table (`results.csv`'s header and rows): numeric values of the
+/// parameter in numeric order, others in the order they first appear.
+/// Cells that are not numbers are left out (counted in the caption).
+pub fn sweep_groups(
+    header: &[String],
+    rows: &[Vec<String>],
+    param: &str,
+    column: &str,
+) -> Result<(Vec<Group>, usize), String> {
+    let at = |name: &str| header.iter().position(|h| h == name);
+    let p = at(param).ok_or_else(|| format!("no parameter '{param}' in the table"))?;
+    let c = at(column).ok_or_else(|| {
+        format!(
+            "no column '{column}' in results.csv (its columns: {})",
+            header.join(", ")
+        )
+    })?;
+    let mut order: Vec<String> = Vec::new();
+    let mut values: std::collections::HashMap<String, Vec<f64>> = Default::default();
+    let mut skipped = 0;
+    for r in rows {
+        let (Some(k), Some(v)) = (r.get(p), r.get(c)) else {
+            continue;
+        };
+        match v.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() => {
+                if !values.contains_key(k) {
+                    order.push(k.clone());
+                }
+                values.entry(k.clone()).or_default().push(x);
+            }
+            _ => skipped += 1,
+        }
+    }
+    if order.iter().all(|k| k.trim().parse::<f64>().is_ok()) {
+        order.sort_by(|a, b| {
+            let (x, y) = (a.trim().parse::<f64>(), b.trim().parse::<f64>());
+            x.unwrap_or(0.0).total_cmp(&y.unwrap_or(0.0))
+        });
+    }
+    let groups = order
+        .into_iter()
+        .map(|k| {
+            let v = &values[&k];
+            let n = v.len();
+            let mean = v.iter().sum::<f64>() / n as f64;
+            let var = if n > 1 {
+                v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+            } else {
+                0.0
+            };
+            Group {
+                value: k,
+                n,
+                mean,
+                sd: var.sqrt(),
+                min: v.iter().copied().fold(f64::INFINITY, f64::min),
+                max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            }
+        })
+        .collect();
+    Ok((groups, skipped))
+}
+
+/// The sweep plot: per parameter value, the mean (a dot), mean ± one
+/// standard deviation (a bar) and the range (a thin line).
+pub fn sweep_svg(groups: &[Group], param: &str, column: &str, skipped: usize) -> String {
+    let (left, top, width, height) = (70.0, 30.0, 520.0, 240.0);
+    let lo = groups
+        .iter()
+        .map(|g| g.min.min(g.mean - g.sd))
+        .fold(f64::INFINITY, f64::min);
+    let hi = groups
+        .iter()
+        .map(|g| g.max.max(g.mean + g.sd))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else if lo.is_finite() {
+        (lo - 1.0, lo + 1.0)
+    } else {
+        (0.0, 1.0)
+    };
+    let y = |v: f64| top + height - (v - lo) / (hi - lo) * height;
+    let step = width / groups.len().max(1) as f64;
+    let mut s = format!(
+        r##"<svg class="sweep-plot" role="img" aria-label="{} by {}" viewBox="0 0 {} {}" width="100%" xmlns="http://www.w3.org/2000/svg">"##,
+        esc(column),
+        esc(param),
+        left + width + 20.0,
+        top + height + 60.0
+    );
+    let _ = write!(
+        s,
+        r##"<text x="{left}" y="18" font-size="13">{} by {}: mean (dot), ± 1 sd (bar), range (line){}</text>"##,
+        esc(column),
+        esc(param),
+        if skipped > 0 {
+            format!("; {skipped} cell(s) not numbers left out")
+        } else {
+            String::new()
+        }
+    );
+    for (label, v) in [(format!("{hi:.4}"), hi), (format!("{lo:.4}"), lo)] {
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"##,
+            left - 6.0,
+            y(v) + 4.0,
+            esc(label.trim_end_matches('0').trim_end_matches('.'))
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="#888"/><line x1="{left}" y1="{0}" x2="{}" y2="{0}" stroke="#888"/>"##,
+        top + height,
+        left + width
+    );
+    for (i, g) in groups.iter().enumerate() {
+        let x = left + step * (i as f64 + 0.5);
+        let _ = write!(
+            s,
+            r##"<g data-value="{}" data-mean="{}" data-n="{}"><line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#90caf9"/><rect x="{:.1}" y="{:.1}" width="8" height="{:.1}" fill="#1565c0" opacity="0.35"/><circle cx="{x:.1}" cy="{:.1}" r="4" fill="#1565c0"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text></g>"##,
+            esc(&g.value),
+            g.mean,
+            g.n,
+            y(g.max),
+            y(g.min),
+            x - 4.0,
+            y(g.mean + g.sd),
+            (y(g.mean - g.sd) - y(g.mean + g.sd)).max(1.0),
+            y(g.mean),
+            top + height + 16.0,
+            esc(&g.value)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-size="12">{}</text></svg>"##,
+        left + width / 2.0,
+        top + height + 40.0,
+        esc(param)
+    );
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pesc_protocol::api::{AttemptSpan, RunInfo};
     use pesc_protocol::model::{Language, RequestState, RunState};
     use pesc_protocol::{NodeId, ProcessId, RequestId};
+
+    #[test]
+    fn sweep_groups_give_mean_and_spread_per_value_in_numeric_order() {
+        let h: Vec<String> = ["n", "rank", "score"].map(String::from).to_vec();
+        let row = |n: &str, v: &str| vec![n.to_string(), "0".into(), v.to_string()];
+        let rows = vec![
+            row("100", "2"),
+            row("20", "1"),
+            row("100", "4"),
+            row("20", "3"),
+            row("100", "NA"),
+        ];
+        let (g, skipped) = sweep_groups(&h, &rows, "n", "score").unwrap();
+        assert_eq!(skipped, 1);
+        assert_eq!(g[0].value, "20", "numeric order");
+        assert_eq!((g[0].mean, g[0].n), (2.0, 2));
+        assert_eq!((g[1].mean, g[1].min, g[1].max), (3.0, 2.0, 4.0));
+        assert!((g[1].sd - 2f64.sqrt()).abs() < 1e-12);
+        let svg = sweep_svg(&g, "n", "score", skipped);
+        assert!(svg.contains(r#"data-value="100" data-mean="3""#), "{svg}");
+        assert!(svg.contains("1 cell(s) not numbers"));
+        let e = sweep_groups(&h, &rows, "n", "nope").unwrap_err();
+        assert!(e.contains("its columns: n, rank, score"), "{e}");
+    }
 
     fn span(epoch: u32, node: &str, state: AttemptState, from: u64, to: u64) -> AttemptSpan {
         AttemptSpan {

@@ -38,6 +38,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/requests/{id}", get(requests::request_page))
         .route("/requests/{id}/fragment", get(requests::request_fragment))
         .route("/requests/{id}/output.txt", get(requests::output_txt))
+        .route("/requests/{id}/plot.svg", get(requests::sweep_plot))
         .route(
             "/domains",
             get(catalog::domains_page).post(catalog::domain_form),

@@ -212,8 +212,25 @@ async fn request_body(st: &AppState, p: &Page, r: &RequestInfo) -> Result<Markup
                 a.button href={ "/api/v1/requests/" (r.id) "/results" } download { "Download all results (zip)" }
                 " " a.button href={ "/requests/" (r.id) "/output.txt" } download { "Download output.txt" }
             }
+            @if r.state.is_terminal() {
+                " " a.button href={ "/api/v1/requests/" (r.id) "/receipt" } target="_blank" { "Receipt" }
+                @if p.who().user == r.owner {
+                    " " button data-rerun=(r.id) { "Rerun exactly" }
+                }
+            }
             @if can_cancel && !r.state.is_terminal() {
                 " " button.danger data-cancel=(r.id) { "Cancel request" }
+            }
+        }
+        @if !r.sweep.is_empty() && r.state.is_terminal() {
+            section.sweep-plot {
+                h2 { "Sweep: " (r.combinations) " combinations of " (r.sweep.join(", ")) }
+                img src={ "/requests/" (r.id) "/plot.svg" } alt="mean and spread of the first numeric column of results.csv by the first parameter";
+                form.inline method="get" action={ "/requests/" (r.id) "/plot.svg" } target="_blank" {
+                    label { "Plot column " input name="column" placeholder="a column of results.csv"; }
+                    label { " by " select name="param" { @for n in &r.sweep { option value=(n) { (n) } } } }
+                    button type="submit" { "Plot" }
+                }
             }
         }
         div.summary {
@@ -338,5 +355,80 @@ pub(crate) async fn output_txt(State(st): St, p: Page, Path(id): Path<String>) -
             .into_response(),
         Ok(Err(e)) => failed(ApiFailure::internal(format!("reading the results: {e}"))),
         Err(e) => failed(ApiFailure::internal(e.to_string())),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct PlotQuery {
+    param: Option<String>,
+    column: Option<String>,
+}
+
+/// The sweep's summary plot: one numeric column of `results.csv` against
+/// one parameter (defaults: the first parameter, the first numeric column
+/// of the program's).
+pub(crate) async fn sweep_plot(
+    State(st): St,
+    p: Page,
+    Path(id): Path<String>,
+    Query(q): Query<PlotQuery>,
+) -> Response {
+    let r = match visible_request(&st, p.who(), &id, false).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let Some(param) = q.param.or_else(|| r.sweep.first().cloned()) else {
+        return failed(ApiFailure::bad_request("this request is not a sweep"));
+    };
+    let file = match st.svc.results(r.id.as_str()).await {
+        Ok(f) => f.file.into_std().await,
+        Err(e) => return failed(e),
+    };
+    let table = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        use std::io::Read;
+        let mut z = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
+        let mut entry = z
+            .by_name("results.csv")
+            .map_err(|_| "the runs left no CSV to plot (results.csv)".to_string())?;
+        let mut out = String::new();
+        entry.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    })
+    .await;
+    let text = match table {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return failed(ApiFailure::not_found(e)),
+        Err(e) => return failed(ApiFailure::internal(e.to_string())),
+    };
+    let mut records = pesc_protocol::sweep::split_csv(&text).into_iter();
+    let header = records.next().unwrap_or_default();
+    let rows: Vec<Vec<String>> = records.collect();
+    // The program's columns start after `rank` and `repetition`.
+    let first_own = header
+        .iter()
+        .position(|h| h == "repetition")
+        .map_or(0, |i| i + 1);
+    let column = q.column.or_else(|| {
+        (first_own..header.len())
+            .find(|&c| {
+                rows.iter()
+                    .filter_map(|r| r.get(c))
+                    .any(|v| v.trim().parse::<f64>().is_ok())
+            })
+            .map(|c| header[c].clone())
+    });
+    let Some(column) = column else {
+        return failed(ApiFailure::not_found(
+            "results.csv has no numeric column to plot",
+        ));
+    };
+    match super::charts::sweep_groups(&header, &rows, &param, &column) {
+        Ok((groups, skipped)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "image/svg+xml".to_string())],
+            super::charts::sweep_svg(&groups, &param, &column, skipped),
+        )
+            .into_response(),
+        Err(e) => failed(ApiFailure::bad_request(e)),
     }
 }
