@@ -113,6 +113,10 @@ pub struct NewRequest {
     /// `sweep` is not given).
     #[serde(default)]
     pub sweep_params: Vec<String>,
+    /// Whether idle nodes may start backup copies of its last stragglers
+    /// (default: yes).
+    #[serde(default)]
+    pub backups: Option<bool>,
 }
 
 /// `POST /api/v1/sweep`: what a sweep written as `sweep_params` makes.
@@ -216,6 +220,9 @@ pub struct AttemptSpan {
     pub claimed_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// A backup copy of a straggler (`crate::backup`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 /// A request as the API shows it.

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod api;
+pub mod backup;
 pub mod blob_tree;
 pub mod claim_order;
 pub mod doc;

@@ -428,6 +428,14 @@ pub struct RequestSpec {
     /// `None` (older requests): from the request id. A rerun keeps it.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Idle nodes may start backup copies of its last stragglers
+    /// (`crate::backup`).
+    #[serde(default = "yes")]
+    pub backups: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RequestSpec {
@@ -718,6 +726,9 @@ pub struct Attempt {
     pub peak_cpu_percent: Option<u32>,
     /// The container image it ran in (the image's id), if any.
     pub image: Option<String>,
+    /// A backup copy of a straggler (`crate::backup`): it runs beside the
+    /// rank's holder, never displaces it, and the first success wins.
+    pub backup: bool,
 }
 
 impl Attempt {
@@ -743,6 +754,7 @@ impl Attempt {
             peak_memory_mb: None,
             peak_cpu_percent: None,
             image: None,
+            backup: false,
         }
     }
 

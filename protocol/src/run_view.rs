@@ -52,7 +52,7 @@ fn by_priority<'a>(
 /// The claim that won the first race for a run: lowest epoch, then claim
 /// priority (`None` when nobody claimed it).
 pub fn first_claim<'a>(request: &RequestId, attempts: &'a [Attempt]) -> Option<&'a Attempt> {
-    by_priority(request, attempts.iter(), Pick::First)
+    by_priority(request, attempts.iter().filter(|a| !a.backup), Pick::First)
 }
 
 /// What a run looks like from its attempts.
@@ -120,13 +120,14 @@ pub fn derive_run<'a>(
             next_epoch: 0,
         };
     }
+    // A backup copy's end is not the rank's: only its success counts.
     let user_failures = attempts
         .iter()
-        .filter(|a| a.state == AttemptState::Failed)
+        .filter(|a| a.state == AttemptState::Failed && !a.backup)
         .count() as u32;
     let infra_failures = attempts
         .iter()
-        .filter(|a| matches!(a.state, AttemptState::Error | AttemptState::Lost))
+        .filter(|a| matches!(a.state, AttemptState::Error | AttemptState::Lost) && !a.backup)
         .count() as u32;
     let has_checkpoint = attempts.iter().any(|a| a.checkpoint.is_some());
     if user_failures > policy.allowed_failures(has_checkpoint)
@@ -147,7 +148,7 @@ pub fn derive_run<'a>(
             next_epoch: 0,
         };
     }
-    let Some(top_epoch) = attempts.iter().map(|a| a.epoch).max() else {
+    let Some(top_epoch) = attempts.iter().filter(|a| !a.backup).map(|a| a.epoch).max() else {
         return RunView {
             state: RunState::Queued,
             current: None,
@@ -158,7 +159,7 @@ pub fn derive_run<'a>(
         request,
         attempts
             .iter()
-            .filter(|a| a.epoch == top_epoch && a.state != AttemptState::Yielded),
+            .filter(|a| a.epoch == top_epoch && a.state != AttemptState::Yielded && !a.backup),
         Pick::First,
     );
     match holder {
@@ -215,9 +216,11 @@ pub fn should_abandon(
         return Some(Abandon::AlreadyDone);
     }
     let my_prio = claim_priority(request, mine.rank, mine.epoch, &mine.node);
+    // Backups race backups only: a backup never displaces the holder.
     let beaten = attempts.iter().any(|a| {
         a.epoch == mine.epoch
             && a.node != mine.node
+            && a.backup == mine.backup
             && a.state != AttemptState::Yielded
             && claim_priority(request, a.rank, a.epoch, &a.node) < my_prio
     });
@@ -226,7 +229,7 @@ pub fn should_abandon(
     }
     if attempts
         .iter()
-        .any(|a| a.epoch > mine.epoch && !a.state.is_terminal())
+        .any(|a| a.epoch > mine.epoch && !a.state.is_terminal() && !a.backup)
     {
         return Some(Abandon::Reassigned);
     }

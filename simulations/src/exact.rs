@@ -55,6 +55,13 @@ pub struct ExactReport {
     /// result came from a desktop in use by its owner (owner_load > 0).
     pub load_order: bool,
     pub runs_on_busy_desktops_pct: f64,
+    /// Whether requests allowed backup copies of stragglers, and how many
+    /// were started.
+    pub backups: bool,
+    pub backup_copies: u64,
+    /// Run time of backup copies that did not become the result, over the
+    /// useful work: the extra work the backups themselves cost.
+    pub backup_lost_pct: f64,
     pub simulated_in_s: f64,
 }
 
@@ -162,6 +169,7 @@ pub fn run(sc: &Scenario) -> ExactReport {
     h.set_archive_after(u64::MAX / 4);
     h.set_lease_ttl(sc.timing.lease_ttl_ms);
     h.set_load_order(sc.load_order);
+    h.set_backups(sc.backups);
     let jitter = sc.net.jitter_ms.ceil() as u64;
     h.link = Link {
         min_delay_ms: sc.net.latency_ms.ceil().max(1.0) as u64,
@@ -318,7 +326,7 @@ fn report(
         .filter(|(_, n)| n.owner_load > 0.0)
         .map(|(i, _)| format!("n{i:04}"))
         .collect();
-    let (mut succeeded, mut on_busy) = (0u64, 0u64);
+    let (mut succeeded, mut on_busy, mut copies, mut backup_lost) = (0u64, 0u64, 0u64, 0u64);
     for (id, _) in requests {
         let views: BTreeMap<&NodeId, _> = up
             .iter()
@@ -355,6 +363,7 @@ fn report(
             last = last.max(r.finished_ms.unwrap_or(0).saturating_sub(wall_base));
             for a in &r.history {
                 claims += 1;
+                copies += u64::from(a.backup);
                 let ran = match (a.started_ms, a.finished_ms) {
                     (Some(s), Some(f)) => f.saturating_sub(s),
                     _ => 0,
@@ -363,6 +372,9 @@ fn report(
                     useful += ran;
                 } else {
                     wasted += ran;
+                    if a.backup {
+                        backup_lost += ran;
+                    }
                 }
             }
         }
@@ -403,6 +415,13 @@ fn report(
         gang_rounds_restarted: gang.restarted,
         gang_idle_slot_s: gang.idle_ms as f64 / 1000.0,
         load_order: sc.load_order,
+        backups: sc.backups,
+        backup_copies: copies,
+        backup_lost_pct: if useful == 0 {
+            0.0
+        } else {
+            backup_lost as f64 * 100.0 / useful as f64
+        },
         runs_on_busy_desktops_pct: if succeeded == 0 {
             0.0
         } else {

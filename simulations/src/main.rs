@@ -10,7 +10,7 @@ use pesc_sim::scenarios::{ALL, by_name};
 fn usage() -> String {
     let mut s = String::from(
         "pesc-sim: PESC's protocol on simulated grids\n\n\
-         usage: pesc-sim [--seed N] [--out DIR] [--progress] [--mode fast|exact [--no-load-order]] SCENARIO | all [--except SCENARIO]...\n\n\
+         usage: pesc-sim [--seed N] [--out DIR] [--progress] [--mode fast|exact [--no-load-order] [--no-backups]] SCENARIO | all [--except SCENARIO]...\n\n\
          Prints the scenario's metrics as JSON on stdout (makespan_s, ideal_makespan_s,\n\
          duplicate_work_pct, failover_s, gossip_bytes_per_node_s, ...). With --out, also\n\
          writes DIR/SCENARIO.json and SVG charts. `all` runs every scenario but smoke\n\
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     let mut progress = false;
     let mut exact = false;
     let mut load_order = true;
+    let mut backups = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
             },
             "--progress" => progress = true,
             "--no-load-order" => load_order = false,
+            "--no-backups" => backups = false,
             "--mode" => match args.next().as_deref() {
                 Some("exact") => exact = true,
                 Some("fast") => exact = false,
@@ -108,10 +110,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if exact {
-        return run_exact(&names, seed, progress, load_order);
+        return run_exact(&names, seed, progress, load_order, backups);
     }
-    if !load_order {
-        eprintln!("--no-load-order is for the exact mode (the fast engine does not model load)");
+    if !load_order || !backups {
+        eprintln!(
+            "--no-load-order and --no-backups are for the exact mode (the fast engine models neither)"
+        );
         return ExitCode::from(2);
     }
     let mut reports = Vec::new();
@@ -163,12 +167,19 @@ fn main() -> ExitCode {
 }
 
 /// Runs scenarios in the exact mode and prints their reports.
-fn run_exact(names: &[&str], seed: u64, progress: bool, load_order: bool) -> ExitCode {
+fn run_exact(
+    names: &[&str],
+    seed: u64,
+    progress: bool,
+    load_order: bool,
+    backups: bool,
+) -> ExitCode {
     let mut reports = Vec::new();
     for name in names {
         let mut sc = by_name(name, seed).expect("listed");
         sc.progress = progress;
         sc.load_order = load_order;
+        sc.backups = backups;
         let r = pesc_sim::exact::run(&sc);
         eprintln!(
             "{name} (exact): makespan {:.0} s, duplicate work {:.2} %, {} claims for {} runs, simulated in {:.1} s",

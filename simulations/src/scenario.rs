@@ -167,6 +167,9 @@ pub struct Scenario {
     /// Nodes use the load order (`claim_order::load_delay_ms`); off only to
     /// measure what it gives (exact mode, `--no-load-order`).
     pub load_order: bool,
+    /// Requests allow backup copies of stragglers (`crate::backup` in the
+    /// protocol); off only to measure what they give (`--no-backups`).
+    pub backups: bool,
 }
 
 impl Scenario {

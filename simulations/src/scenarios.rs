@@ -95,6 +95,7 @@ fn base(name: &str, seed: u64, nodes: Vec<NodeSpec>, net: NetModel) -> Scenario 
         notes: Vec::new(),
         progress: false,
         load_order: true,
+        backups: true,
     }
 }
 

@@ -83,6 +83,7 @@ pub fn spec(id: RequestId, owner: &str, repetitions: u32, created_ms: u64) -> Re
         created_ms,
         sweep: None,
         seed: None,
+        backups: true,
     }
 }
 

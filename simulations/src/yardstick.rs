@@ -205,6 +205,7 @@ mod tests {
             notes: Vec::new(),
             progress: false,
             load_order: true,
+            backups: true,
         };
         let mut sim = Sim::new(sc);
         sim.reqs[0].work = works.to_vec();

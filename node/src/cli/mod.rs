@@ -247,6 +247,7 @@ pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
         sweep,
         seed: None,
         sweep_params: Vec::new(),
+        backups: None,
     };
     c.json(c.request(Method::POST, "/requests").json(&req))
         .await

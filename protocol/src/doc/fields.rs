@@ -57,6 +57,14 @@ impl Fields {
     pub(crate) fn i64(&self, key: &str) -> Result<Option<i64>> {
         as_i64(key, self.get(key)?)
     }
+
+    pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key)? {
+            Some(ScalarValue::Boolean(b)) => Ok(Some(b)),
+            Some(ScalarValue::Null) | None => Ok(None),
+            Some(_) => Err(Error::document(format!("'{key}' is not true or false"))),
+        }
+    }
 }
 
 fn as_str(key: &str, v: Option<ScalarValue>) -> Result<Option<String>> {

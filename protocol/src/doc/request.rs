@@ -665,6 +665,7 @@ fn read_attempt(doc: &AutoCommit, key: &str, obj: &ObjId) -> Result<Attempt> {
             .u64("peak_cpu_percent")?
             .and_then(|c| u32::try_from(c).ok()),
         image: f.str("image")?.filter(|i| i.len() <= 256),
+        backup: f.bool("backup")?.unwrap_or(false),
     })
 }
 
@@ -736,5 +737,7 @@ fn write_attempt(
     field!(image, |v: &Option<String>| v
         .clone()
         .map(automerge::ScalarValue::from));
+    field!(backup, |v: &bool| v
+        .then_some(automerge::ScalarValue::Boolean(true)));
     Ok(())
 }

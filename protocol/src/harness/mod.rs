@@ -133,6 +133,8 @@ pub struct Harness {
     archive_after_ms: u64,
     /// Nodes added from now on use the load order.
     load_order: bool,
+    /// Plain requests submitted from now on allow backup copies.
+    backups: bool,
     /// The connections need looking at again (links, sides or hosts changed).
     topology_changed: bool,
     /// Nodes that took inputs at this instant and have yet to end their
@@ -164,6 +166,7 @@ impl Harness {
             lease_ttl_ms: crate::lease::DEFAULT_LEASE_TTL_MS,
             archive_after_ms: crate::node::ARCHIVE_AFTER_MS,
             load_order: true,
+            backups: true,
             topology_changed: true,
             pending: BTreeSet::new(),
             publish_reads: true,
@@ -196,6 +199,12 @@ impl Harness {
     /// from now on.
     pub fn set_archive_after(&mut self, ms: u64) {
         self.archive_after_ms = ms;
+    }
+
+    /// Whether plain requests submitted from now on allow backup copies of
+    /// stragglers (`crate::backup`).
+    pub fn set_backups(&mut self, on: bool) {
+        self.backups = on;
     }
 
     /// Whether nodes added from now on use the load order
@@ -451,7 +460,7 @@ impl Harness {
 
     /// A request of `repetitions` runs of `owner`'s program, with nothing
     /// else asked.
-    fn plain_request(&mut self, on: &NodeId, owner: &str, repetitions: u32) -> NewRequest {
+    pub fn plain_request(&mut self, on: &NodeId, owner: &str, repetitions: u32) -> NewRequest {
         NewRequest {
             process: self.program_of(on, owner).id,
             repetitions,
@@ -469,6 +478,7 @@ impl Harness {
             sweep: None,
             seed: None,
             sweep_params: Vec::new(),
+            backups: Some(self.backups),
         }
     }
 

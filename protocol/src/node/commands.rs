@@ -163,6 +163,7 @@ impl Node {
             created_ms: now.wall_ms,
             sweep: n.sweep,
             seed: n.seed,
+            backups: n.backups.unwrap_or(true),
         };
         self.submit_spec(now, spec)
     }

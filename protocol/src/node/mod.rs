@@ -15,6 +15,7 @@
 
 mod action;
 mod archive;
+mod backups;
 mod commands;
 mod error;
 mod gangs;
@@ -225,6 +226,10 @@ pub struct Node {
     /// Runs hold slots above the node's count (an admin cut its slots):
     /// freed slots are counted afresh until none does.
     slots_cut: bool,
+    /// When this node next looks for stragglers to back up (monotonic ms),
+    /// and when it first saw each a straggler.
+    next_backup_look: u64,
+    stragglers: HashMap<(RequestId, u32), u64>,
     /// Runs suspended for the desktop's owner (`owner`).
     suspended: owner::Suspended,
     /// Requests whose runs were said to wait for memory or CPU here.
@@ -407,6 +412,8 @@ impl Node {
             cpus: 0,
             told_misfit: HashSet::new(),
             suspended: Default::default(),
+            next_backup_look: 0,
+            stragglers: HashMap::new(),
             base: (cfg.policy.clone(), cfg.slots),
             slots_cut: false,
             misfit_now: None,

@@ -182,6 +182,7 @@ impl Node {
                                 claimed_ms: a.claimed_ms,
                                 started_ms: a.started_ms,
                                 finished_ms: a.finished_ms,
+                                backup: a.backup,
                             })
                             .collect(),
                     }

@@ -189,6 +189,8 @@ impl Node {
         for c in pick(cands, &in_progress, free + room) {
             self.claim(c, at.wall_ms);
         }
+        // A slot nothing queued will fill: a straggler's backup copy.
+        self.schedule_backups(at);
         self.idle = !self.free_slots.is_empty();
     }
 
@@ -245,6 +247,11 @@ impl Node {
     /// Takes a run: a GPU and a slot, the claim in the document, and a job
     /// for the driver.
     pub(super) fn claim(&mut self, c: Candidate, wall: u64) {
+        self.claim_as(c, wall, false);
+    }
+
+    /// [`Node::claim`], of a backup copy when `backup` (`crate::backup`).
+    pub(super) fn claim_as(&mut self, c: Candidate, wall: u64, backup: bool) {
         let room = self.ahead_room();
         let Some(req) = self.requests.get(&c.request) else {
             return;
@@ -296,7 +303,8 @@ impl Node {
             self.gpu_pool.give_back(&key);
             return;
         }
-        let attempt = Attempt::claim(c.rank, c.epoch, self.cfg.node.clone(), wall);
+        let mut attempt = Attempt::claim(c.rank, c.epoch, self.cfg.node.clone(), wall);
+        attempt.backup = backup;
         if let Err(e) = req.doc.put_attempt(&attempt) {
             tracing::error!("cannot record a claim: {e}");
             self.free_slots.extend(slot);

@@ -46,6 +46,7 @@ pub fn spec(id: u8, owner: &str, repetitions: u32, retries: u32, created_ms: u64
         created_ms,
         sweep: None,
         seed: None,
+        backups: true,
     }
 }
 

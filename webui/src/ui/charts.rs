@@ -449,6 +449,7 @@ mod tests {
             claimed_ms: from,
             started_ms: Some(from),
             finished_ms: Some(to),
+            backup: false,
         }
     }
 
