@@ -61,6 +61,11 @@ pub struct RequestArgs {
     /// one row of values per combination.
     #[arg(long, value_name = "CSV")]
     pub sweep_file: Option<PathBuf>,
+    /// No backup copies of this request's last stragglers (by default an
+    /// idle node may start a second copy of a run far slower than its
+    /// siblings; the first result wins).
+    #[arg(long)]
+    pub no_backups: bool,
     /// Parameters passed to every run after `--parameters`.
     #[arg(long, num_args = 1.., allow_negative_numbers = true)]
     pub parameters: Vec<String>,
@@ -246,8 +251,8 @@ pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {
         },
         sweep,
         seed: None,
+        backups: Some(!a.no_backups),
         sweep_params: Vec::new(),
-        backups: None,
     };
     c.json(c.request(Method::POST, "/requests").json(&req))
         .await
