@@ -12,7 +12,7 @@ run() {
   local bin=$1 label=$2 d
   d=$(mktemp -d "$work/node.XXXX")
   "$bin" --data-dir "$d" node --api 127.0.0.1:0 --slots 8 --listen /ip4/127.0.0.1/tcp/0 \
-    --mdns false --executor process --cpu-percent-limit 100 > "$d/log" 2>&1 &
+    --mdns false --executor process --pause-when-others-above 100 > "$d/log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do [ -f "$d/api.addr" ] && break; sleep 0.1; done
   "$bin" --data-dir "$d" submit "$work/noop.sh" --entry true -n 50 --wait --json > /dev/null
