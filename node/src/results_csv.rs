@@ -12,6 +12,10 @@ use pesc_protocol::sweep::{csv_field, split_csv};
 /// CSV files larger than this are reported, not merged.
 pub const MAX_MERGED_CSV: u64 = 256 << 20;
 
+/// Rows of one file left out that the report names one by one (a run
+/// decides how many there are); the rest are counted.
+const ROWS_NAMED: usize = 20;
+
 /// The merge as it goes.
 pub struct Merge<W: Write> {
     out: W,
@@ -88,16 +92,20 @@ impl<W: Write> Merge<W> {
             Some(_) => {}
         }
         let width = head.len();
+        let mut left_out = 0;
         for (i, rec) in records.enumerate() {
             if rec.len() == 1 && rec[0].is_empty() {
                 continue;
             }
             if rec.len() != width {
-                self.report.push(format!(
-                    "rank {rank}: output/{name} line {}: {} fields, the header has {width}: row left out",
-                    i + 2,
-                    rec.len()
-                ));
+                left_out += 1;
+                if left_out <= ROWS_NAMED {
+                    self.report.push(format!(
+                        "rank {rank}: output/{name} line {}: {} fields, the header has {width}: row left out",
+                        i + 2,
+                        rec.len()
+                    ));
+                }
                 continue;
             }
             let mut row: Vec<String> = values.to_vec();
@@ -105,6 +113,12 @@ impl<W: Write> Merge<W> {
             row.extend(rec);
             self.write_record(&row)?;
             self.rows += 1;
+        }
+        if left_out > ROWS_NAMED {
+            self.report.push(format!(
+                "rank {rank}: output/{name}: {} more rows of another width left out",
+                left_out - ROWS_NAMED
+            ));
         }
         Ok(())
     }

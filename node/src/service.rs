@@ -698,13 +698,7 @@ impl NodeService for Service {
     }
 
     async fn receipt(&self, id: &str) -> Result<pesc_protocol::receipt::Receipt, ApiFailure> {
-        let plan = self
-            .agent
-            .call(|r| Command::Results {
-                id: id.to_string(),
-                reply: r,
-            })
-            .await?;
+        let plan = self.result_plan(id).await?;
         Ok(pesc_protocol::receipt::Receipt::of(
             &plan.spec,
             &plan.attempts,
@@ -727,13 +721,7 @@ impl NodeService for Service {
     }
 
     async fn results(&self, id: &str) -> Result<ResultsFile, ApiFailure> {
-        let plan = self
-            .agent
-            .call(|r| Command::Results {
-                id: id.to_string(),
-                reply: r,
-            })
-            .await?;
+        let plan = self.result_plan(id).await?;
         // Outputs made on other nodes come here first.
         for (rank, output, stdout, holders) in &plan.ranks {
             for h in [output, stdout].into_iter().flatten() {
@@ -1096,6 +1084,19 @@ fn sse_lines(events: &[(u64, RequestId)]) -> String {
             format!("id: {v}\nevent: request\ndata: {{\"request\":\"{id}\",\"version\":{v}}}\n\n")
         })
         .collect()
+}
+
+impl Service {
+    /// What a finished request's results are made of (its runs' blobs, its
+    /// spec and attempts).
+    async fn result_plan(&self, id: &str) -> Result<pesc_protocol::node::ResultPlan, ApiFailure> {
+        self.agent
+            .call(|r| Command::Results {
+                id: id.to_string(),
+                reply: r,
+            })
+            .await
+    }
 }
 
 /// The statuses of nodes that are not this node's ring neighbours, as they

@@ -143,26 +143,36 @@ fn one_u32() -> u32 {
 }
 
 impl SweepAsk {
+    /// Each non-empty line as a parameter and its values.
+    fn params(lines: &[String]) -> crate::Result<Vec<(String, Vec<String>)>> {
+        lines
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| crate::sweep::Sweep::parse_param(l))
+            .collect()
+    }
+
     /// The sweep the lines make (the one rule: `sweep::Sweep`).
     pub fn sweep(lines: &[String]) -> crate::Result<Option<crate::sweep::Sweep>> {
-        let lines: Vec<&String> = lines.iter().filter(|l| !l.trim().is_empty()).collect();
-        if lines.is_empty() {
+        let params = Self::params(lines)?;
+        if params.is_empty() {
             return Ok(None);
         }
-        let params = lines
-            .iter()
-            .map(|l| crate::sweep::Sweep::parse_param(l))
-            .collect::<crate::Result<Vec<_>>>()?;
         Ok(Some(crate::sweep::Sweep::grid(&params)?))
     }
 
+    /// What the lines make, counted without making every combination (a
+    /// form asks this at every key).
     pub fn preview(&self) -> crate::Result<SweepPreview> {
-        let s = Self::sweep(&self.sweep_params)?
-            .ok_or_else(|| crate::Error::invalid("no swept parameter"))?;
+        let params = Self::params(&self.sweep_params)?;
+        if params.is_empty() {
+            return Err(crate::Error::invalid("no swept parameter"));
+        }
+        let combinations = crate::sweep::Sweep::grid_size(&params)?;
         Ok(SweepPreview {
-            names: s.names.clone(),
-            combinations: s.rows.len() as u64,
-            runs: s.ranks(self.repetitions),
+            names: params.into_iter().map(|(n, _)| n).collect(),
+            combinations,
+            runs: combinations.saturating_mul(u64::from(self.repetitions.max(1))),
         })
     }
 }

@@ -457,15 +457,16 @@ impl RequestSpec {
         })
     }
 
+    /// What rank `rank` of a sweep runs (`None` without a sweep).
+    pub fn point(&self, rank: u32) -> Option<crate::sweep::Point<'_>> {
+        self.sweep.as_ref()?.point(rank, self.per_combination())
+    }
+
     /// The parameters rank `rank` is given: the request's, then its
     /// sweep values.
     pub fn run_parameters(&self, rank: u32) -> Vec<String> {
         let mut p = self.parameters.clone();
-        if let Some(pt) = self
-            .sweep
-            .as_ref()
-            .and_then(|s| s.point(rank, self.per_combination()))
-        {
+        if let Some(pt) = self.point(rank) {
             p.extend(pt.values.iter().cloned());
         }
         p
@@ -478,9 +479,7 @@ impl RequestSpec {
             "PESC_SEED".to_string(),
             crate::sweep::rank_seed(self.seed(), rank).to_string(),
         )];
-        if let Some(s) = &self.sweep
-            && let Some(pt) = s.point(rank, self.per_combination())
-        {
+        if let (Some(s), Some(pt)) = (&self.sweep, self.point(rank)) {
             env.push(("PESC_REPETITION".into(), pt.repetition.to_string()));
             env.extend(
                 s.names

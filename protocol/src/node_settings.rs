@@ -49,6 +49,16 @@ pub const KEYS: [(&str, &str); 9] = [
 /// The most slots a setting gives a node.
 pub const MAX_SLOTS: u32 = 1024;
 
+/// Checks a setting as an admin asks it: `value` for `key`, or, with
+/// `None` (clearing it), only that `key` is a setting.
+pub fn check_change(key: &str, value: Option<&str>) -> Result<(), String> {
+    match value {
+        Some(v) => check(key, v).map(|_| ()),
+        None if KEYS.iter().any(|(k, _)| *k == key) => Ok(()),
+        None => Err(format!("no setting '{key}'")),
+    }
+}
+
 /// Checks `value` for `key`: the value as the node will apply it, or why
 /// not, in words.
 pub fn check(key: &str, value: &str) -> Result<u64, String> {

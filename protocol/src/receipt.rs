@@ -109,9 +109,7 @@ impl Receipt {
                     RankPart {
                         rank,
                         values: spec
-                            .sweep
-                            .as_ref()
-                            .and_then(|s| s.point(rank, per))
+                            .point(rank)
                             .map(|p| p.values.to_vec())
                             .unwrap_or_default(),
                         seed: crate::sweep::rank_seed(spec.seed(), rank),

@@ -43,21 +43,40 @@ pub struct Point<'a> {
 }
 
 impl Sweep {
-    /// Every combination of the values given per parameter, the first
-    /// parameter varying slowest.
-    pub fn grid(params: &[(String, Vec<String>)]) -> Result<Sweep> {
-        let mut rows: Vec<Vec<String>> = vec![Vec::new()];
-        for (_, values) in params {
+    /// How many combinations a grid of these values makes, checked (names,
+    /// values, at most `MAX_REPETITIONS`) without making them.
+    pub fn grid_size(params: &[(String, Vec<String>)]) -> Result<u64> {
+        if params.is_empty() || params.len() > MAX_SWEEP_PARAMS {
+            return Err(Error::invalid(format!(
+                "a sweep has 1 to {MAX_SWEEP_PARAMS} parameters"
+            )));
+        }
+        let mut n: u64 = 1;
+        for (i, (name, values)) in params.iter().enumerate() {
+            check_name(name)?;
+            if params[..i].iter().any(|(m, _)| m == name) {
+                return Err(Error::invalid(format!("the sweep names {name} twice")));
+            }
             if values.is_empty() {
                 return Err(Error::invalid("a swept parameter needs at least one value"));
             }
-            let next = rows.len().saturating_mul(values.len());
-            if next > crate::limits::MAX_REPETITIONS as usize {
+            n = n.saturating_mul(values.len() as u64);
+            if n > u64::from(crate::limits::MAX_REPETITIONS) {
                 return Err(Error::invalid(format!(
                     "the sweep has more than {} combinations",
                     crate::limits::MAX_REPETITIONS
                 )));
             }
+        }
+        Ok(n)
+    }
+
+    /// Every combination of the values given per parameter, the first
+    /// parameter varying slowest.
+    pub fn grid(params: &[(String, Vec<String>)]) -> Result<Sweep> {
+        Self::grid_size(params)?;
+        let mut rows: Vec<Vec<String>> = vec![Vec::new()];
+        for (_, values) in params {
             rows = rows
                 .iter()
                 .flat_map(|r| {

@@ -597,15 +597,7 @@ pub(crate) async fn move_node(
                 "no room '{room}' (every node is in General already)"
             ))
         })?;
-    let nodes = st.svc.nodes().await?;
-    let Some(n) = nodes
-        .iter()
-        .find(|n| n.id.as_str() == node || n.name == node)
-    else {
-        return Err(ApiFailure::not_found(format!(
-            "no node '{node}' in this grid"
-        )));
-    };
+    let n = grid_node(st, node).await?;
     let id: NodeId = n.id.clone();
     let current = a.placement(&id).and_then(|r| a.room(r));
     if put_in {
@@ -661,13 +653,12 @@ async fn unplace_node(
 }
 
 /// The node an API path names (by id or name).
-async fn grid_node(st: &AppState, node: &str) -> Result<NodeId, ApiFailure> {
+async fn grid_node(st: &AppState, node: &str) -> Result<pesc_protocol::api::GridNode, ApiFailure> {
     st.svc
         .nodes()
         .await?
         .into_iter()
         .find(|n| n.id.as_str() == node || n.name == node)
-        .map(|n| n.id)
         .ok_or_else(|| ApiFailure::not_found(format!("no node '{node}' in this grid")))
 }
 
@@ -695,7 +686,7 @@ async fn node_settings(
     State(st): St,
     Path(node): Path<String>,
 ) -> Result<Json<Vec<NodeSetting>>, ApiFailure> {
-    let id = grid_node(&st, &node).await?;
+    let id = grid_node(&st, &node).await?.id;
     Ok(Json(settings_of(&st, &id).await?))
 }
 
@@ -709,7 +700,7 @@ pub(crate) async fn change_node_setting(
     value: Option<String>,
 ) -> Result<NodeId, ApiFailure> {
     need_admin_principal(who, "change a node's settings")?;
-    let id = grid_node(st, node).await?;
+    let id = grid_node(st, node).await?.id;
     st.svc
         .change_access(AccessChange::NodeSetting {
             node: id.clone(),

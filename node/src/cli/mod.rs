@@ -159,15 +159,7 @@ fn sweep_of(a: &RequestArgs) -> Result<Option<pesc_protocol::sweep::Sweep>> {
             Sweep::from_csv(&text).with_context(|| format!("the sweep file {}", f.display()))?,
         ));
     }
-    if a.sweep.is_empty() {
-        return Ok(None);
-    }
-    let params = a
-        .sweep
-        .iter()
-        .map(|s| Sweep::parse_param(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(Sweep::grid(&params)?))
+    Ok(pesc_protocol::api::SweepAsk::sweep(&a.sweep)?)
 }
 
 pub async fn send_request(c: &Client, a: RequestArgs) -> Result<RequestInfo> {

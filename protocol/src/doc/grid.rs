@@ -569,15 +569,8 @@ impl GridDoc {
             PlaceNode(n, r, general) => self.place_node(n, r.as_deref(), *general),
             SetMinIsolation(l) => self.set_min_isolation(*l),
             NodeSetting { node, key, value } => {
-                match value {
-                    Some(v) => {
-                        crate::node_settings::check(key, v).map_err(Error::invalid)?;
-                    }
-                    None if !crate::node_settings::KEYS.iter().any(|(k, _)| k == key) => {
-                        return Err(Error::invalid(format!("no setting '{key}'")));
-                    }
-                    None => {}
-                }
+                crate::node_settings::check_change(key, value.as_deref())
+                    .map_err(Error::invalid)?;
                 self.set_node_setting(node, key, value.as_deref())
             }
         }

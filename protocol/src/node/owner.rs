@@ -14,17 +14,9 @@ use crate::model::AttemptState;
 use super::action::Action;
 use super::{AttemptKey, Node, Now};
 
-/// Why a run is suspended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Held {
-    /// The desktop's owner is at the keyboard.
-    Owner,
-    /// The owner uses the GPU it runs on.
-    Gpu,
-}
-
-/// The suspended runs: since when (monotonic ms) and why.
-pub(super) type Suspended = BTreeMap<AttemptKey, (u64, Held)>;
+/// The suspended runs (for the owner, or for a GPU the owner uses), since
+/// when (monotonic ms).
+pub(super) type Suspended = BTreeMap<AttemptKey, u64>;
 
 /// Why a vacated run went back to the grid.
 pub const VACATED: &str =
@@ -57,26 +49,17 @@ impl Node {
             .map(|(k, _)| k.clone())
             .collect();
         for key in started {
-            let why = if owner {
-                Some(Held::Owner)
-            } else if on_owner_gpu(self, &key) {
-                Some(Held::Gpu)
-            } else {
-                None
-            };
-            match (why, self.suspended.get(&key).copied()) {
-                (Some(w), None) => {
-                    self.suspended.insert(key.clone(), (now.mono_ms, w));
+            let held = owner || on_owner_gpu(self, &key);
+            match (held, self.suspended.contains_key(&key)) {
+                (true, false) => {
+                    self.suspended.insert(key.clone(), now.mono_ms);
                     self.actions.push_back(Action::Suspend { key, on: true });
                 }
-                (Some(w), Some((since, _))) => {
-                    self.suspended.insert(key, (since, w));
-                }
-                (None, Some(_)) => {
+                (false, true) => {
                     self.suspended.remove(&key);
                     self.actions.push_back(Action::Suspend { key, on: false });
                 }
-                (None, None) => {}
+                _ => {}
             }
         }
         self.suspended
@@ -90,7 +73,7 @@ impl Node {
         let due: Vec<AttemptKey> = self
             .suspended
             .iter()
-            .filter(|(_, (since, _))| now.mono_ms >= since.saturating_add(after))
+            .filter(|(_, since)| now.mono_ms >= since.saturating_add(after))
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {

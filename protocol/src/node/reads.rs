@@ -31,12 +31,7 @@ impl ResultPlan {
     /// A rank's sweep values and repetition (none and the rank itself
     /// without a sweep).
     pub fn point(&self, rank: u32) -> (Vec<String>, u32) {
-        match self
-            .spec
-            .sweep
-            .as_ref()
-            .and_then(|s| s.point(rank, self.spec.per_combination()))
-        {
+        match self.spec.point(rank) {
             Some(p) => (p.values.to_vec(), p.repetition),
             None => (Vec::new(), rank),
         }
@@ -157,16 +152,10 @@ impl Node {
                         progress: a.and_then(|a| a.progress),
                         message: a.and_then(|a| a.message.clone()),
                         values: spec
-                            .sweep
-                            .as_ref()
-                            .and_then(|s| s.point(rank, spec.per_combination()))
+                            .point(rank)
                             .map(|p| p.values.to_vec())
                             .unwrap_or_default(),
-                        repetition: spec
-                            .sweep
-                            .as_ref()
-                            .and_then(|s| s.point(rank, spec.per_combination()))
-                            .map(|p| p.repetition),
+                        repetition: spec.point(rank).map(|p| p.repetition),
                         peak_memory_mb: a.and_then(|a| a.peak_memory_mb),
                         peak_cpu_percent: a.and_then(|a| a.peak_cpu_percent),
                         replicas: a.map(|a| a.replicas.clone()).unwrap_or_default(),

@@ -358,6 +358,9 @@ pub(crate) async fn output_txt(State(st): St, p: Page, Path(id): Path<String>) -
     }
 }
 
+/// The largest `results.csv` the request page plots.
+const MAX_PLOTTED_CSV: u64 = 64 << 20;
+
 #[derive(serde::Deserialize)]
 pub(crate) struct PlotQuery {
     param: Option<String>,
@@ -390,6 +393,13 @@ pub(crate) async fn sweep_plot(
         let mut entry = z
             .by_name("results.csv")
             .map_err(|_| "the runs left no CSV to plot (results.csv)".to_string())?;
+        // The runs decide its size: a table too large to hold is not drawn.
+        if entry.size() > MAX_PLOTTED_CSV {
+            return Err(format!(
+                "results.csv is {} bytes, over {MAX_PLOTTED_CSV}: download the results to plot it",
+                entry.size()
+            ));
+        }
         let mut out = String::new();
         entry.read_to_string(&mut out).map_err(|e| e.to_string())?;
         Ok(out)
