@@ -38,6 +38,9 @@ pub enum Ev {
     Check(u32),
     Down(u32),
     Up(u32),
+    /// Idle nodes look for a straggler of a request to copy
+    /// (`pesc_protocol::backup`).
+    Backups(u32),
     Sample,
 }
 
@@ -58,6 +61,8 @@ pub struct Att {
     /// Work (reference ms) the rank's checkpoint held when this attempt
     /// started from it.
     pub base: u32,
+    /// A backup copy of a straggler: it never displaces the holder.
+    pub backup: bool,
 }
 
 pub struct Node {
@@ -106,6 +111,19 @@ pub struct Req {
     pub first_claim: Vec<u64>,
     pub result: Vec<u32>,
     pub done_t: u64,
+    /// Ranks that have a backup copy.
+    pub backed_up: BTreeSet<u32>,
+    /// Run times of successful attempts (the siblings' median).
+    pub durations: Vec<u64>,
+    /// When each straggler was first seen one, by rank (the turns count
+    /// from it).
+    pub straggler_since: HashMap<u32, u64>,
+    /// The next `Ev::Backups` already queued for this request, and the
+    /// last one.
+    pub next_look: u64,
+    pub last_look: u64,
+    /// The siblings' median run and how many runs it was taken over.
+    pub typical: Option<(usize, u64)>,
 }
 
 pub struct Sim {
@@ -127,7 +145,7 @@ pub struct Sim {
     pub degree: f64,
     pub m: Metrics,
     /// Nodes on, with free slots, that found nothing last time they looked.
-    idle: BTreeSet<u32>,
+    pub(crate) idle: BTreeSet<u32>,
     /// Fresh entries to drop once seen everywhere: (until, req, rank).
     fresh_expiry: BinaryHeap<Reverse<(u64, u32, u32)>>,
     pending_submits: usize,
@@ -207,6 +225,7 @@ impl Sim {
             );
             spec.gpu.count = plan.gpus;
             spec.rooms = plan.rooms.clone();
+            spec.backups = sim.sc.backups;
             sim.reqs.push(Req {
                 spec,
                 node: plan.node,
@@ -222,6 +241,12 @@ impl Sim {
                 saved: vec![0; plan.runs as usize],
                 result: vec![u32::MAX; plan.runs as usize],
                 done_t: NEVER,
+                backed_up: BTreeSet::new(),
+                durations: Vec::new(),
+                straggler_since: HashMap::new(),
+                next_look: NEVER,
+                last_look: 0,
+                typical: None,
             });
             sim.push(plan.at_ms, Ev::Submit(i as u32));
         }
@@ -259,6 +284,7 @@ impl Sim {
                 Ev::Check(a) => self.check(a),
                 Ev::Down(b) => self.down(b),
                 Ev::Up(b) => self.up(b),
+                Ev::Backups(q) => self.look_for_stragglers(q),
                 Ev::Sample => {
                     self.sample();
                     if !self.all_done() {
@@ -435,6 +461,10 @@ impl Sim {
     }
 
     fn claim(&mut self, b: u32, c: crate::view::Claim) {
+        self.claim_as(b, c, false);
+    }
+
+    pub(crate) fn claim_as(&mut self, b: u32, c: crate::view::Claim, backup: bool) {
         let ai = self.atts.len() as u32;
         let speed = self.nodes[b as usize].speed;
         let (work, base) = {
@@ -454,6 +484,7 @@ impl Sim {
             state: AttemptState::Claimed,
             down_t: NEVER,
             base,
+            backup,
         });
         let q = &mut self.reqs[c.req as usize];
         let rank = c.rank as usize;
@@ -466,7 +497,7 @@ impl Sim {
         // A takeover: the rank's previous holder went off or is out of reach.
         for &x in &others {
             let y = &self.atts[x as usize];
-            if y.end_t != NEVER || y.node == b {
+            if y.end_t != NEVER || y.node == b || y.backup != backup {
                 continue;
             }
             if y.epoch < c.epoch {
@@ -556,6 +587,7 @@ impl Sim {
             (x.req, x.rank, x.node, x.start_t)
         };
         let ran = now.saturating_sub(start);
+        let backup = self.atts[a as usize].backup;
         let node = &mut self.nodes[b as usize];
         node.running.retain(|&x| x != a);
         node.last_run_ms.insert(q, ran);
@@ -564,9 +596,11 @@ impl Sim {
             AttemptState::Succeeded => {
                 node.runs_done += 1;
                 node.races_lost = 0;
+                req.durations.push(ran);
                 if req.result[r as usize] == u32::MAX {
                     req.result[r as usize] = a;
                     self.m.useful_ms += ran;
+                    self.m.backup_wins += u64::from(backup);
                     req.unfinished.remove(&r);
                     if req.unfinished.is_empty() {
                         req.done_t = now;
@@ -588,10 +622,16 @@ impl Sim {
                         < rank_of(o, &self.nodes[o.node as usize].id);
                     if new_wins {
                         let old_ran = o.end_t.saturating_sub(o.start_t);
+                        if o.backup {
+                            self.m.backup_lost_ms += old_ran;
+                        }
                         self.reqs[q as usize].result[r as usize] = a;
                         self.m.useful_ms = self.m.useful_ms - old_ran.min(self.m.useful_ms) + ran;
                         self.m.duplicate_ms += old_ran;
                     } else {
+                        if backup {
+                            self.m.backup_lost_ms += ran;
+                        }
                         self.m.duplicate_ms += ran;
                     }
                     self.m.double_results += 1;
@@ -599,6 +639,9 @@ impl Sim {
             }
             AttemptState::Yielded => self.m.duplicate_ms += ran,
             _ => self.m.lost_ms += ran,
+        }
+        if backup && !matches!(state, AttemptState::Succeeded) {
+            self.m.backup_lost_ms += ran;
         }
         self.wrote(a, self.sizes.sync_end);
         self.reclassify(q, r);
@@ -618,6 +661,9 @@ impl Sim {
             self.wake_idle(now, b, a as u64 | END, q, r);
         }
         self.push(now, Ev::Wake(b));
+        // After the wake: the node that just freed a slot may be the one
+        // to copy a straggler.
+        self.look_for_stragglers_at(q, now);
     }
 
     fn check(&mut self, a: u32) {

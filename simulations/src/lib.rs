@@ -3,6 +3,7 @@
 //! nodes over a simulated network, and reports makespan, duplicate work,
 //! failover times, claim conflicts, traffic and fairness.
 
+pub mod backups;
 pub mod churn;
 pub mod engine;
 pub mod exact;

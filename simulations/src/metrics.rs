@@ -124,6 +124,11 @@ pub struct Metrics {
     pub duplicate_ms: u64,
     pub lost_ms: u64,
     pub double_results: u64,
+    /// Backup copies of stragglers started, how many became the result,
+    /// and the run time of those that did not.
+    pub backup_copies: u64,
+    pub backup_wins: u64,
+    pub backup_lost_ms: u64,
     pub abandoned: BTreeMap<String, u64>,
     pub failovers_ms: Vec<u64>,
     pub waits_ms: BTreeMap<String, Vec<u64>>,

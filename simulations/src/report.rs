@@ -88,6 +88,11 @@ pub struct Report {
     /// Runs taken over from a node that was on but out of reach.
     pub takeovers: u64,
     pub double_results: u64,
+    /// Backup copies of stragglers started, how many became the result,
+    /// and the run time of those that did not over the useful work.
+    pub backup_copies: u64,
+    pub backup_wins: u64,
+    pub backup_lost_pct: f64,
     pub abandoned: BTreeMap<String, u64>,
     pub nodes_switched_off: u64,
     /// Time from a holder switching off to its run being claimed elsewhere.
@@ -277,6 +282,9 @@ pub fn build(sim: Sim) -> Report {
         claim_conflicts: m.claim_conflicts,
         takeovers: m.takeovers,
         double_results: m.double_results,
+        backup_copies: m.backup_copies,
+        backup_wins: m.backup_wins,
+        backup_lost_pct: pct(m.backup_lost_ms),
         abandoned: m.abandoned.clone(),
         nodes_switched_off: m.downs,
         failover_s: Distribution::of_ms(&m.failovers_ms),

@@ -121,6 +121,7 @@ impl Sim {
             );
             a.state = state;
             a.started_ms = Some(x.start_t);
+            a.backup = x.backup;
             out.push((ai, a));
         }
         out

@@ -133,3 +133,37 @@ fn fast_matches_exact(name: &str, seed: u64) {
 fn the_fast_engine_matches_the_exact_mode_on_validate() {
     fast_matches_exact("validate", 1);
 }
+
+#[test]
+fn backup_copies_cut_a_slow_desktops_tail_in_the_fast_engine() {
+    // `validate`'s 4 nodes, one of them 30× slower, 64 runs of 10 s: as the
+    // real-node test `stragglers.rs`, through the fast engine's model of
+    // the protocol's backup rule.
+    let run = |backups: bool| {
+        let mut sc = by_name("validate", 1).unwrap();
+        sc.nodes[0].speed = 1.0 / 30.0;
+        sc.requests[0].durations = pesc_sim::scenario::Durations::Fixed(10.0);
+        sc.check_every_step = true;
+        sc.backups = backups;
+        pesc_sim::run(sc)
+    };
+    let (with, without) = (run(true), run(false));
+    assert_eq!(
+        with.invariant_violations, 0,
+        "{:?}",
+        with.violation_examples
+    );
+    assert_eq!(without.backup_copies, 0);
+    assert!(
+        with.backup_wins >= 1 && with.backup_copies <= 4,
+        "copies {} (won {}): at most the budget, max(4, 5 %)",
+        with.backup_copies,
+        with.backup_wins
+    );
+    assert!(
+        with.makespan_s < without.makespan_s / 2.0,
+        "with backups {} s, without {} s",
+        with.makespan_s,
+        without.makespan_s
+    );
+}

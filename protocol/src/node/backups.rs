@@ -2,7 +2,7 @@
 //! slot would stay idle starts a second copy of a request's slowest last
 //! run.
 
-use crate::backup::{LOOK_EVERY_MS, budget, in_tail, is_straggler, median};
+use crate::backup::{LOOK_EVERY_MS, Tail, choose, due, median};
 use crate::lease::LeaseKey;
 use crate::liveness::takeover_delay_ms;
 use crate::model::{AttemptState, RunState};
@@ -46,40 +46,36 @@ impl Node {
                 .iter()
                 .filter(|v| v.state != RunState::Succeeded)
                 .count() as u32;
-            if unfinished == 0
-                || !in_tail(unfinished, spec.repetitions)
-                || views.iter().any(|v| v.state == RunState::Queued)
-            {
-                continue;
-            }
-            let mut durations = Vec::new();
             // Ranks backed up so far (copies that lost a race among
             // themselves count once).
-            let backups = (0..spec.repetitions)
-                .filter(|r| q.doc.attempts_of(*r).iter().any(|a| a.backup))
-                .count() as u32;
-            for a in (0..spec.repetitions).flat_map(|r| q.doc.attempts_of(r).iter()) {
-                // Both ends from the clock of the node that ran it.
-                if let (AttemptState::Succeeded, Some(s), Some(f)) =
-                    (a.state, a.started_ms, a.finished_ms)
-                {
-                    durations.push(f.saturating_sub(s));
-                }
+            let copied = |r: u32| q.doc.attempts_of(r).iter().any(|a| a.backup);
+            let tail = Tail {
+                repetitions: spec.repetitions,
+                unfinished,
+                queued: views.iter().any(|v| v.state == RunState::Queued),
+                backed_up: (0..spec.repetitions).filter(|r| copied(*r)).count() as u32,
+            };
+            // Both ends from the clock of the node that ran it.
+            let durations = || {
+                (0..spec.repetitions)
+                    .flat_map(|r| q.doc.attempts_of(r).iter())
+                    .filter_map(|a| match (a.state, a.started_ms, a.finished_ms) {
+                        (AttemptState::Succeeded, Some(s), Some(f)) => Some(f.saturating_sub(s)),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            if !due(tail) {
+                continue;
             }
-            let Some(typical) = median(durations) else {
+            let Some(typical) = median(durations()) else {
                 continue;
             };
-            if backups >= budget(spec.repetitions) {
-                continue;
-            }
-            for (rank, v) in views.iter().enumerate() {
-                let Some(cur) = v.current else {
-                    continue;
-                };
+            let held = views.iter().enumerate().filter_map(|(rank, v)| {
+                let cur = v.current?;
                 let rank = rank as u32;
-                let copied = q.doc.attempts_of(rank).iter().any(|a| a.backup);
-                if v.state != RunState::Running || cur.node == self.cfg.node || copied {
-                    continue;
+                if v.state != RunState::Running || cur.node == self.cfg.node || copied(rank) {
+                    return None;
                 }
                 // How long it has been held, as this node has seen it.
                 let seen = self.sightings.first_seen(&LeaseKey {
@@ -88,29 +84,30 @@ impl Node {
                     epoch: cur.epoch,
                     node: cur.node.clone(),
                 });
-                let age = now.saturating_sub(seen.unwrap_or(now));
-                if !is_straggler(age, typical) {
-                    continue;
-                }
-                // Idle nodes take turns (the takeover order), counted from
-                // when this node first saw it a straggler (every node learns
-                // that from the same merge): the first one's copy reaches
-                // the others before theirs comes.
-                let since = *stragglers.entry((id.clone(), rank)).or_insert(now);
-                let turn = takeover_delay_ms(&self.cfg.node, id, rank, self.members_n);
-                if now >= since.saturating_add(turn) && best.as_ref().is_none_or(|(b, _)| age > *b)
-                {
-                    best = Some((
-                        age,
-                        Candidate {
-                            request: id.clone(),
-                            owner: spec.owner.clone(),
-                            created_ms: spec.created_ms,
-                            rank,
-                            epoch: cur.epoch,
-                        },
-                    ));
-                }
+                Some((rank, now.saturating_sub(seen.unwrap_or(now))))
+            });
+            let choice = choose(
+                now,
+                typical,
+                held,
+                |rank| *stragglers.entry((id.clone(), rank)).or_insert(now),
+                |rank| takeover_delay_ms(&self.cfg.node, id, rank, self.members_n),
+            );
+            let Some((rank, age)) = choice.copy else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(b, _)| age > *b) {
+                let epoch = views[rank as usize].current.map_or(0, |c| c.epoch);
+                best = Some((
+                    age,
+                    Candidate {
+                        request: id.clone(),
+                        owner: spec.owner.clone(),
+                        created_ms: spec.created_ms,
+                        rank,
+                        epoch,
+                    },
+                ));
             }
         }
         self.stragglers = stragglers;
