@@ -151,13 +151,24 @@ pub fn resolve_data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(d) = given {
         return Ok(d);
     }
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
-        return Ok(PathBuf::from(x).join("pesc"));
+    let own = if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        PathBuf::from(x).join("pesc")
+    } else {
+        let home = std::env::var_os("HOME")
+            .context("neither --data-dir, PESC_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
+        PathBuf::from(home).join(".local/share/pesc")
+    };
+    // On a desktop where the package installed the service, an admin's
+    // `pesc join`, `pesc doctor` or `pesc status` mean the service's node.
+    let system = Path::new(SYSTEM_DATA_DIR);
+    if !own.exists() && system.join("node.toml").exists() {
+        return Ok(system.to_path_buf());
     }
-    let home = std::env::var_os("HOME")
-        .context("neither --data-dir, PESC_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".local/share/pesc"))
+    Ok(own)
 }
+
+/// The service's data dir (the Debian package's `pesc` service).
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/pesc";
 
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")

@@ -171,11 +171,20 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
             pesc_protocol::limits::MAX_NAME_BYTES
         );
     }
-    let join: Option<JoinToken> = args
+    let mut join: Option<JoinToken> = args
         .join
         .as_deref()
         .map(|t| t.parse().map_err(|e| anyhow::anyhow!("--join: {e}")))
         .transpose()?;
+    // A token `pesc join` left for this start.
+    let pending = if join.is_none() {
+        grid_secret::pending_join(&data_dir)?
+    } else {
+        None
+    };
+    if pending.is_some() {
+        join = pending.clone();
+    }
     let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
         list.iter()
             .map(|a| {
@@ -210,7 +219,27 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         tracing::warn!("stopped {orphans} process(es) left running by this node's previous life");
     }
     let store = Store::open(&data_dir.join("node.redb"))?;
-    let (secret, joined) = grid_secret::settle(&data_dir, &store, join.as_ref())?;
+    let settled = grid_secret::settle(&data_dir, &store, join.as_ref());
+    let (secret, joined) = match (settled, pending.is_some()) {
+        (Ok(s), from_file) => {
+            if from_file {
+                let _ = std::fs::remove_file(data_dir.join(grid_secret::JOIN_FILE));
+            }
+            s
+        }
+        // A token `pesc join` left that cannot be followed: the node stays
+        // in its grid, and says why.
+        (Err(e), true) => {
+            let kept = data_dir.join(format!("{}.refused", grid_secret::JOIN_FILE));
+            let _ = std::fs::rename(data_dir.join(grid_secret::JOIN_FILE), &kept);
+            tracing::error!(
+                "not joining the grid `pesc join` named ({e:#}); the token is kept in {}",
+                kept.display()
+            );
+            grid_secret::settle(&data_dir, &store, None)?
+        }
+        (Err(e), false) => return Err(e),
+    };
     let grid_id = secret.grid_id_hex();
     let blobs = Arc::new(BlobStore::open(data_dir.join("blobs"))?);
     let tmp_dir = data_dir.join("tmp");
@@ -268,8 +297,10 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         if args.client { Some(0) } else { args.slots },
         flags,
     );
+    let setup_code = blake3::hash(&rand::random::<[u8; 32]>()).to_hex()[..32].to_string();
     let service = Arc::new(Service {
         token,
+        setup_code: setup_code.clone(),
         agent: handle,
         blobs,
         runner: runner.clone(),
@@ -325,10 +356,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         runner.executor.isolation().describe(),
         data_dir.display()
     );
-    tracing::info!(
-        "web UI: http://{addr}/ (a new grid asks there for its first admin; the setup code is in {})",
-        data_dir.join("api-token").display()
-    );
+    tracing::info!("web UI: http://{addr}/");
     match joined {
         // The join token is the grid's password: never in the log in full.
         Joined::Created => tracing::info!(
@@ -338,6 +366,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         Joined::Again => tracing::info!("grid {grid_id}"),
     }
     let agent_task = tokio::spawn(agent.run(commands, net_events));
+    print_setup_link(&*service, addr, &setup_code).await;
     let app = pesc_webui::router(service);
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(
@@ -372,6 +401,25 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// While the grid has no account, the link that makes its first admin: the
+/// page with this run's one-time code filled in. (Only the code: neither the
+/// API token nor the grid key is ever written to the log.)
+async fn print_setup_link(service: &Service, addr: SocketAddr, code: &str) {
+    use pesc_webui::NodeService;
+    let has_accounts = service.access().await.is_ok_and(|a| !a.users.is_empty());
+    if has_accounts {
+        return;
+    }
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    tracing::info!(
+        "this grid has no admin yet: open http://{host}/setup?code={code} to make its first one (the link works until then, for this run of the node)"
+    );
 }
 
 /// The longest a stopping node waits for its runs to be handed back.

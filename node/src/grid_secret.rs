@@ -136,3 +136,59 @@ pub fn token(data_dir: &Path) -> Result<JoinToken> {
     };
     Ok(JoinToken { secret, addrs })
 }
+
+/// Where `pesc join` leaves a token for the node's next start.
+pub const JOIN_FILE: &str = "join-token";
+
+/// `pesc join TOKEN`: checks the token and keeps it in the data dir (private
+/// to the data dir's owner, the service's user when root runs this), so
+/// that the node starts in that grid next time; restarts the `pesc`
+/// service when this is its data dir.
+pub fn join_later(data_dir: &Path, token: &str) -> Result<()> {
+    let t: JoinToken = token.trim().parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    if load(data_dir)?.is_some_and(|s| s == t.secret) {
+        println!("this node is in grid {} already", t.secret.grid_id_hex());
+        return Ok(());
+    }
+    let path = data_dir.join(JOIN_FILE);
+    write_private(&path, format!("{t}\n").as_bytes())?;
+    // Root preparing the service's data dir: the file is the service's.
+    let owner = std::fs::metadata(data_dir)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok();
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(&path, Some(uid), None)
+            .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
+    }
+    let service = data_dir == Path::new(crate::config::SYSTEM_DATA_DIR)
+        && std::process::Command::new("systemctl")
+            .args(["restart", "pesc"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if service {
+        println!(
+            "the pesc service restarted and joins grid {} (journalctl -u pesc to follow it)",
+            t.secret.grid_id_hex()
+        );
+    } else {
+        println!(
+            "this node joins grid {} at its next start (`pesc node`, or `systemctl restart pesc`)",
+            t.secret.grid_id_hex()
+        );
+    }
+    Ok(())
+}
+
+/// The token `pesc join` left, if any.
+pub fn pending_join(data_dir: &Path) -> Result<Option<JoinToken>> {
+    let path = data_dir.join(JOIN_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{} is not a join token: {e}", path.display()))
+}

@@ -8,6 +8,7 @@ mod config;
 mod confined;
 mod daemon;
 mod data_dir;
+mod doctor;
 mod executor;
 mod file_watch;
 mod gpu;
@@ -120,6 +121,18 @@ enum Cmd {
     /// The grid this data dir belongs to.
     #[command(subcommand)]
     Grid(GridCmd),
+    /// Check this desktop: what isolation, GPUs, disk, ports, peers and
+    /// clock it offers runs, in plain words (exit 1 if it cannot run work).
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a grid: keep the join token in this data dir so the node (the
+    /// `pesc` service, or the next `pesc node`) starts in that grid.
+    Join {
+        /// What `pesc grid token` printed on a node of the grid.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,11 +189,18 @@ fn main() {
                 println!("{}", grid_secret::token(&data_dir)?);
                 return Ok(0);
             }
+            Cmd::Doctor { json } => return doctor::run(&data_dir, json).await,
+            Cmd::Join { token } => {
+                grid_secret::join_later(&data_dir, &token)?;
+                return Ok(0);
+            }
             _ => {}
         }
         let c = cli::Client::from_data_dir(&data_dir)?;
         match cli.cmd {
-            Cmd::Node(_) | Cmd::Grid(_) => unreachable!("handled above"),
+            Cmd::Node(_) | Cmd::Grid(_) | Cmd::Doctor { .. } | Cmd::Join { .. } => {
+                unreachable!("handled above")
+            }
             Cmd::Nodes { json } => cli::nodes(&c, json).await,
             Cmd::Submit(a) => cli::submit(&c, a).await,
             Cmd::Run(a) => cli::run::run(&c, a).await,

@@ -33,6 +33,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub struct Service {
     pub token: String,
+    /// The one-time code of the setup link printed at start.
+    pub setup_code: String,
     pub agent: AgentHandle,
     pub blobs: Arc<BlobStore>,
     pub runner: Arc<RunnerCtx>,
@@ -193,6 +195,10 @@ fn preview(files: &[String]) -> String {
 impl NodeService for Service {
     fn api_token(&self) -> &str {
         &self.token
+    }
+
+    fn setup_code(&self) -> &str {
+        &self.setup_code
     }
 
     fn node_owner(&self) -> &str {

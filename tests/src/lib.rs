@@ -299,6 +299,25 @@ impl Node {
         format!("http://{}/api/v1", addr.trim())
     }
 
+    /// The one-time setup link the node printed at start (it waits for it).
+    pub fn setup_link(&self) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(link) = log
+                .split_whitespace()
+                .find(|w| w.starts_with("http://") && w.contains("/setup?code="))
+            {
+                return link.to_string();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no setup link in the log: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("api-token"))
             .expect("api-token")

@@ -37,6 +37,9 @@ pub struct ResultsFile {
 pub trait NodeService: Send + Sync + 'static {
     /// The node's own API token (file `api-token`): acts as an admin.
     fn api_token(&self) -> &str;
+    /// The one-time code of the setup link the node printed at start
+    /// (random, this run only; good until the grid has its first admin).
+    fn setup_code(&self) -> &str;
     /// The user name the node's own token acts as.
     fn node_owner(&self) -> &str;
     /// Key that signs session cookies: the same on every node of the grid.

@@ -135,6 +135,16 @@ impl DockerExecutor {
         })
     }
 
+    /// The daemon's version, for `pesc doctor`.
+    pub async fn server_version(&self) -> String {
+        self.docker
+            .version()
+            .await
+            .ok()
+            .and_then(|v| v.version)
+            .unwrap_or_else(|| "unknown".into())
+    }
+
     /// Removes the containers an earlier life of this node left (after
     /// `kill -9` or a power loss). Returns how many.
     pub async fn remove_orphans(&self) -> usize {

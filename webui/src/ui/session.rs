@@ -151,9 +151,10 @@ fn setup_markup(code: &str, error: Option<&str>) -> Markup {
     bare(
         "Set up PESC",
         html! {
-            p { "This grid has no accounts yet. Make its first admin. The setup code is this node's API token: "
-                "the node printed a link with it when it started, and it is in the file "
-                code { "api-token" } " of the node's data dir." }
+            p { "This grid has no accounts yet. Make its first admin. The node printed a setup link "
+                "when it started (in its log: " code { "journalctl -u pesc" } " for the service); it fills "
+                "the code in. The node's API token (the file " code { "api-token" } " of its data dir) "
+                "works as the code too." }
             @if let Some(e) = error { p.flash.error role="alert" { (e) } }
             form.card method="post" action="/setup" {
                 label { "Setup code" input name="code" value=(code) required; }
@@ -188,10 +189,13 @@ pub(crate) async fn setup_form(State(st): State<AppState>, Form(f): Form<SetupFo
         return Redirect::to("/login?error=The+grid+has+an+admin+already%3A+log+in")
             .into_response();
     }
-    if !constant_time_eq(f.code.trim().as_bytes(), st.svc.api_token().as_bytes()) {
+    let code = f.code.trim().as_bytes();
+    if !constant_time_eq(code, st.svc.setup_code().as_bytes())
+        && !constant_time_eq(code, st.svc.api_token().as_bytes())
+    {
         return (
             StatusCode::FORBIDDEN,
-            setup_markup(&f.code, Some("Wrong setup code: it is the node's API token (file api-token in its data dir).")),
+            setup_markup(&f.code, Some("Wrong setup code: use the link the node printed at start, or the node's API token (file api-token in its data dir).")),
         )
             .into_response();
     }
