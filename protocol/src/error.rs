@@ -15,6 +15,10 @@ pub enum Error {
     /// A document (local or from a peer) does not follow the schema.
     #[error("malformed document: {0}")]
     Document(String),
+    /// A document written by a newer PESC that this node cannot read
+    /// safely (`doc::check_readable`).
+    #[error("{0}")]
+    TooNew(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -199,3 +199,100 @@ fn e_spec_with(doc: &mut AutoCommit) -> pesc_protocol::model::RequestSpec {
         other => panic!("{other:?}"),
     }
 }
+
+/// A scalar at `obj`/`key`, as text.
+fn text_at(doc: &AutoCommit, obj: &automerge::ObjId, key: &str) -> Option<String> {
+    match doc.get(obj, key).unwrap() {
+        Some((automerge::Value::Scalar(s), _)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_document_from_a_newer_pesc_is_read_and_keeps_what_this_node_does_not_know() {
+    // A newer PESC made the request: a higher schema, a root field and an
+    // attempt field this version does not know.
+    let mut d = RequestDoc::create(spec(4, "ana", 2, 0, 1), actor("new", 0)).unwrap();
+    let mut done = Attempt::claim(0, 0, NodeId::new("new"), 1);
+    done.state = AttemptState::Succeeded;
+    done.exit_code = Some(0);
+    done.finished_ms = Some(2);
+    d.put_attempt(&done).unwrap();
+    let doc = d.doc_mut();
+    doc.put(ROOT, "schema", 2u64).unwrap();
+    doc.put(ROOT, "future_root", "kept").unwrap();
+    let attempts = root_map(doc, "attempts");
+    let key = doc.keys(&attempts).next().unwrap();
+    let a = match doc.get(&attempts, &key).unwrap() {
+        Some((_, id)) => id,
+        None => unreachable!(),
+    };
+    doc.put(&a, "future_field", "kept too").unwrap();
+    d.commit();
+    let bytes = d.save();
+
+    // This node reads it, runs rank 1 and writes its own attempt.
+    let mut old = RequestDoc::load(&bytes, actor("old", 0)).unwrap();
+    assert_eq!(
+        old.run(0, |_| true).state,
+        pesc_protocol::model::RunState::Succeeded
+    );
+    let mut mine = Attempt::claim(1, 0, NodeId::new("old"), 3);
+    mine.state = AttemptState::Succeeded;
+    mine.exit_code = Some(0);
+    mine.finished_ms = Some(4);
+    old.put_attempt(&mine).unwrap();
+    old.commit();
+    assert!(old.is_finished());
+
+    // What it did not know is still there, for the nodes that do.
+    let mut again = RequestDoc::load(&old.save(), actor("new", 1)).unwrap();
+    let doc = again.doc_mut();
+    assert_eq!(
+        text_at(doc, &ROOT, "future_root").as_deref(),
+        Some("\"kept\"")
+    );
+    let attempts = root_map(doc, "attempts");
+    let a = match doc.get(&attempts, &key).unwrap() {
+        Some((_, id)) => id,
+        None => unreachable!(),
+    };
+    assert_eq!(
+        text_at(doc, &a, "future_field").as_deref(),
+        Some("\"kept too\"")
+    );
+}
+
+#[test]
+fn a_document_that_needs_a_newer_reader_is_refused_saying_to_upgrade() {
+    let mut d = RequestDoc::create(spec(5, "ana", 2, 0, 1), actor("new", 0)).unwrap();
+    d.doc_mut().put(ROOT, "schema", 3u64).unwrap();
+    d.doc_mut().put(ROOT, "min_reader", 2u64).unwrap();
+    d.commit();
+    let err = RequestDoc::load(&d.save(), actor("old", 0))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, pesc_protocol::Error::TooNew(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("newer PESC") && msg.contains("upgrade"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("schema 3") && msg.contains("reads schema 1"),
+        "{msg}"
+    );
+
+    // The grid's document too: the node must not start afresh beside it.
+    let mut g = GridDoc::genesis("g", actor("new", 0)).unwrap();
+    g.doc_mut().put(ROOT, "min_reader", 2u64).unwrap();
+    let err = GridDoc::load_for("g", &g.save(), actor("old", 0))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, pesc_protocol::Error::TooNew(_)), "{err:?}");
+
+    // A higher schema alone (new fields only) is read.
+    let mut g = GridDoc::genesis("g", actor("new", 0)).unwrap();
+    g.doc_mut().put(ROOT, "schema", 2u64).unwrap();
+    assert!(GridDoc::load_for("g", &g.save(), actor("old", 0)).is_ok());
+}

@@ -703,7 +703,10 @@ impl Sim {
         let mut went_off = 0;
         for &x in &req.ranks[r as usize] {
             let y = &self.atts[x as usize];
-            if y.end_t == NEVER {
+            // A backup copy never holds the rank (`run_view`): with its
+            // holder gone the run is free again, and the copy stops once
+            // another node claims it.
+            if y.end_t == NEVER && !y.backup {
                 any = true;
                 if y.down_t == NEVER {
                     on_live_node = true;

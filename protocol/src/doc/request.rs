@@ -69,6 +69,7 @@ impl RequestDoc {
 
     /// Wraps a document received from a peer (fails until it holds a spec).
     pub fn from_automerge(mut doc: AutoCommit) -> Result<Self> {
+        super::check_readable(&doc, "request")?;
         let made = creation(&mut doc)?;
         let spec: RequestSpec = serde_json::from_str(&made.spec)
             .map_err(|e| Error::document(format!("the request's spec does not parse: {e}")))?;

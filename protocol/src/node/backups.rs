@@ -18,7 +18,11 @@ impl Node {
     /// straggler that has been held longest, if a request has one.
     pub(super) fn schedule_backups(&mut self, at: Now) {
         let now = at.mono_ms;
-        if self.free_slots.is_empty() || now < self.next_backup_look || self.paused.is_some() {
+        if self.free_slots.is_empty()
+            || now < self.next_backup_look
+            || self.paused.is_some()
+            || self.grid_too_new.is_some()
+        {
             return;
         }
         // A copy on a node busier than its neighbours would straggle too.

@@ -212,6 +212,9 @@ pub struct Node {
     stopping: Option<Stopping>,
     caps: NodeCaps,
     paused: Option<Pause>,
+    /// The grid's document came to need a newer PESC (`min_reader`): why.
+    /// The node takes no new runs until it is upgraded.
+    grid_too_new: Option<String>,
     gpus: Vec<Gpu>,
     gpu_pool: GpuPool<AttemptKey>,
     /// Peak GPU memory (MiB) seen per program and domain.
@@ -287,6 +290,8 @@ impl Node {
                 // (or a document without this grid's genesis) starts afresh.
                 match GridDoc::load_for(&cfg.grid_id, &d.bytes, actor()) {
                     Ok(g) => grid = Some(g),
+                    // Starting afresh would leave the grid this node is in.
+                    Err(e @ crate::error::Error::TooNew(_)) => return Err(e.into()),
                     Err(e) => tracing::warn!(
                         "the stored grid document is not this grid's ({e}): starting afresh"
                     ),
@@ -405,6 +410,7 @@ impl Node {
             stopping: None,
             caps,
             paused: None,
+            grid_too_new: None,
             gpus: Vec::new(),
             gpu_pool: GpuPool::default(),
             gpu_peaks: HashMap::new(),

@@ -366,6 +366,12 @@ impl Node {
     /// The grid document got changes from a peer.
     fn grid_merged(&mut self) {
         self.rescan = true;
+        if let Err(e) = crate::doc::check_readable(self.grid.doc_mut(), "grid's document") {
+            if self.grid_too_new.is_none() {
+                tracing::error!("this node takes no new runs: {e}");
+            }
+            self.grid_too_new = Some(e.to_string());
+        }
         // At once, not at the next heartbeat: a request submitted just after
         // nodes joined is dealt out among all of them.
         self.refresh_members();

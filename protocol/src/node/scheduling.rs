@@ -50,7 +50,7 @@ impl Node {
     /// per few runs, not once per run: fewer urgent sync messages (see
     /// `Replication::urgent`), fewer scans, and no slot waits for a pass.
     pub(super) fn schedule(&mut self, at: Now) {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || self.grid_too_new.is_some() {
             return;
         }
         if self.paused.is_some() {
