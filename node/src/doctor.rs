@@ -45,7 +45,11 @@ const MIN_FREE_MB: u64 = 512;
 
 /// Runs every check on `data_dir` and prints them; the process's exit code.
 pub async fn run(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let checks = all(data_dir).await;
+    let mut checks = Vec::new();
+    if let Some(c) = become_the_nodes_user(data_dir) {
+        checks.push(c);
+    }
+    checks.extend(all(data_dir).await);
     if json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
@@ -101,6 +105,48 @@ async fn all(data_dir: &Path) -> Vec<Check> {
     out.push(peers_check(data_dir, &cfg));
     out.push(clock_check());
     out
+}
+
+/// Root checking the service's data dir (owned by the `pesc` account):
+/// the checks run as that account, as the node does, not as root, which
+/// would see a sandbox and ports the node never gets.
+fn become_the_nodes_user(data_dir: &Path) -> Option<Check> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let m = std::fs::metadata(data_dir).ok()?;
+    if m.uid() == 0 {
+        return None;
+    }
+    let (uid, gid) = (m.uid(), m.gid());
+    // SAFETY: plain system calls on this process's credentials; glibc
+    // applies them to every thread. Groups first, the uid last.
+    let dropped = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(gid) == 0
+            && libc::setuid(uid) == 0
+    };
+    Some(if dropped {
+        check(
+            "user",
+            Verdict::Ok,
+            format!(
+                "checking as uid {uid}, the owner of {} (the node's user)",
+                data_dir.display()
+            ),
+        )
+    } else {
+        check(
+            "user",
+            Verdict::Warn,
+            format!(
+                "cannot become uid {uid}, the owner of {}: checking as root",
+                data_dir.display()
+            ),
+        )
+    })
 }
 
 /// The data dir: the node's own, private, writable.
