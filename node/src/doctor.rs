@@ -103,6 +103,9 @@ async fn all(data_dir: &Path) -> Vec<Check> {
     out.push(api_port_check(&cfg, running));
     out.extend(p2p_port_checks(&cfg, running));
     out.push(peers_check(data_dir, &cfg));
+    if running.is_some() {
+        out.push(grid_check(data_dir).await);
+    }
     out.push(clock_check());
     out
 }
@@ -466,6 +469,67 @@ fn peers_check(data_dir: &Path, cfg: &NodeConfig) -> Check {
             ),
         )
     }
+}
+
+/// The running node's view of its grid: how many nodes it is connected
+/// to, and whether it meets the grid's minimum isolation (below it, it
+/// takes no runs).
+async fn grid_check(data_dir: &Path) -> Check {
+    let asked = async {
+        let c = crate::cli::Client::from_data_dir(data_dir)?;
+        let list: Vec<pesc_protocol::api::GridNode> =
+            c.json(c.request(reqwest::Method::GET, "/nodes")).await?;
+        anyhow::Ok(list)
+    };
+    let list = match tokio::time::timeout(Duration::from_secs(5), asked).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            return check(
+                "grid",
+                Verdict::Warn,
+                format!("the running node does not answer: {e:#}"),
+            );
+        }
+        Err(_) => {
+            return check(
+                "grid",
+                Verdict::Warn,
+                "the running node does not answer within 5 s",
+            );
+        }
+    };
+    let Some(me) = list.iter().find(|n| n.this_node) else {
+        return check(
+            "grid",
+            Verdict::Warn,
+            "the running node does not list itself",
+        );
+    };
+    let others = list.len() - 1;
+    let connected = list.iter().filter(|n| !n.this_node && n.connected).count();
+    if !me.meets_minimum {
+        return check(
+            "grid",
+            Verdict::Fail,
+            format!(
+                "isolation {} is below the grid's minimum: this node takes no runs (docs: security.md, isolation levels)",
+                me.isolation
+            ),
+        );
+    }
+    let verdict = if others > 0 && connected == 0 {
+        Verdict::Warn
+    } else {
+        Verdict::Ok
+    };
+    check(
+        "grid",
+        verdict,
+        format!(
+            "the node runs, isolation {}; connected to {connected} of the {others} other node(s) of its grid",
+            me.isolation
+        ),
+    )
 }
 
 /// Leases and run times are read from clocks: a clock far off confuses the

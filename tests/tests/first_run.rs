@@ -207,4 +207,17 @@ fn pesc_join_leaves_the_token_for_the_next_start_and_the_node_joins() {
             .to_string()
     };
     assert_eq!(grid(&first), grid(&second));
+
+    // The doctor of a desktop whose node runs reads the grid from it.
+    second.wait_connected(2, std::time::Duration::from_secs(30));
+    let (code, text) = doctor(&dir);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("a node of this data dir is running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("connected to 1 of the 1 other node(s)"),
+        "{text}"
+    );
 }
