@@ -366,7 +366,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         Joined::Again => tracing::info!("grid {grid_id}"),
     }
     let agent_task = tokio::spawn(agent.run(commands, net_events));
-    print_setup_link(&*service, addr, &setup_code).await;
+    print_setup_link(&service, addr, &setup_code).await;
     let app = pesc_webui::router(service);
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(

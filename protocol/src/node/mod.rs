@@ -291,7 +291,7 @@ impl Node {
                 match GridDoc::load_for(&cfg.grid_id, &d.bytes, actor()) {
                     Ok(g) => grid = Some(g),
                     // Starting afresh would leave the grid this node is in.
-                    Err(e @ crate::error::Error::TooNew(_)) => return Err(e.into()),
+                    Err(e @ crate::error::Error::TooNew(_)) => return Err(e),
                     Err(e) => tracing::warn!(
                         "the stored grid document is not this grid's ({e}): starting afresh"
                     ),
