@@ -70,10 +70,6 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-if ! cargo nextest --version >/dev/null 2>&1; then
-  cargo install cargo-nextest --locked || { echo "test.sh: cannot install cargo-nextest" >&2; exit 1; }
-fi
-
 # Docker: the engine, a running daemon, and the offline base images.
 started_dockerd=""
 stop_dockerd() {
@@ -92,8 +88,13 @@ if [ -z "${PESC_SKIP_DOCKER:-}" ]; then
       started_dockerd=$!
       for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     fi
-    docker info >/dev/null 2>&1 \
-      || skip PESC_SKIP_DOCKER "the Docker executor's tests: the Docker daemon does not start here (see /tmp/pesc-test-dockerd.log)"
+    if ! docker info >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ]; then
+        skip PESC_SKIP_DOCKER "the Docker executor's tests: the Docker daemon does not start here (see /tmp/pesc-test-dockerd.log)"
+      else
+        skip PESC_SKIP_DOCKER "the Docker executor's tests: no Docker daemon this user may use (not root, not in the docker group)"
+      fi
+    fi
   fi
   if [ -z "${PESC_SKIP_DOCKER:-}" ] && ! scripts/offline-images.sh; then
     skip PESC_SKIP_DOCKER "the Docker executor's tests: the offline base images could not be made"
@@ -164,6 +165,9 @@ if [ $provision_only = 1 ]; then
   exit 0
 fi
 
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked || { echo "test.sh: cannot install cargo-nextest" >&2; exit 1; }
+fi
 cargo build -p pesc-node || exit 1
 cargo nextest run --workspace "$@"
 rc=$?

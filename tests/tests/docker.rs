@@ -1,5 +1,5 @@
 //! The Docker executor against the real daemon, with the offline base image
-//! `scripts/offline-images.sh` makes (`.ci/run` makes it).
+//! `scripts/offline-images.sh` makes (`scripts/test.sh` makes it).
 
 use std::process::Command;
 use std::time::Duration;
