@@ -221,3 +221,36 @@ fn pesc_join_leaves_the_token_for_the_next_start_and_the_node_joins() {
         "{text}"
     );
 }
+
+#[test]
+fn a_user_with_a_token_reaches_a_node_whose_data_dir_is_not_theirs() {
+    let node = Node::start(1).unwrap();
+    let addr = node
+        .api_base()
+        .trim_start_matches("http://")
+        .trim_end_matches("/api/v1")
+        .to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(&node.bin);
+        c.arg("--data-dir").arg(elsewhere.path().join("not-mine"));
+        c.args(["status", "--json"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let none = cli(&[]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("PESC_API"),
+        "{none:?}"
+    );
+    let token = node.token();
+    let ok = cli(&[("PESC_API", &addr), ("PESC_TOKEN", &token)]);
+    assert!(ok.status.success(), "{ok:?}");
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert!(v.is_array(), "{v}");
+    let bad = cli(&[("PESC_API", &addr), ("PESC_TOKEN", "pesc_not_a_token")]);
+    assert!(!bad.status.success(), "a wrong token is refused");
+}
