@@ -12,6 +12,8 @@
 #   scripts/test.sh -E 'test(sweep)'  extra arguments go to `cargo nextest run`
 #   scripts/test.sh --provision-only  provision and report, run nothing
 #   PESC_NO_INSTALL=1 scripts/test.sh install nothing; skip what is missing
+#   PESC_REQUIRE_ALL=1 scripts/test.sh a piece that cannot be had fails the run
+#                                     instead of skipping (CI sets it)
 #
 # A PESC_SKIP_* variable already set is kept (README.md lists them). A Docker
 # daemon this script starts is stopped at the end, by its PID.
@@ -163,6 +165,11 @@ summary() {
 if [ $provision_only = 1 ]; then
   summary
   exit 0
+fi
+if [ -n "${PESC_REQUIRE_ALL:-}" ] && [ ${#reasons[@]} -gt 0 ]; then
+  summary
+  echo "test.sh: PESC_REQUIRE_ALL is set and pieces are missing: not running a partial suite" >&2
+  exit 1
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

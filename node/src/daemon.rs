@@ -176,11 +176,23 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         .as_deref()
         .map(|t| t.parse().map_err(|e| anyhow::anyhow!("--join: {e}")))
         .transpose()?;
-    // A token `pesc join` left for this start.
-    let pending = if join.is_none() {
-        grid_secret::pending_join(&data_dir)?
-    } else {
+    // A token `pesc join` left for this start (`--join` wins over it).
+    let join_file = data_dir.join(grid_secret::JOIN_FILE);
+    let refused = data_dir.join(format!("{}.refused", grid_secret::JOIN_FILE));
+    let pending = if join.is_some() {
+        if std::fs::remove_file(&join_file).is_ok() {
+            tracing::info!("--join given: the token `pesc join` left is dropped");
+        }
         None
+    } else {
+        match grid_secret::pending_join(&data_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::rename(&join_file, &refused);
+                tracing::error!("not joining: {e:#}; kept as {}", refused.display());
+                None
+            }
+        }
     };
     if pending.is_some() {
         join = pending.clone();
@@ -223,18 +235,17 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     let (secret, joined) = match (settled, pending.is_some()) {
         (Ok(s), from_file) => {
             if from_file {
-                let _ = std::fs::remove_file(data_dir.join(grid_secret::JOIN_FILE));
+                let _ = std::fs::remove_file(&join_file);
             }
             s
         }
         // A token `pesc join` left that cannot be followed: the node stays
         // in its grid, and says why.
         (Err(e), true) => {
-            let kept = data_dir.join(format!("{}.refused", grid_secret::JOIN_FILE));
-            let _ = std::fs::rename(data_dir.join(grid_secret::JOIN_FILE), &kept);
+            let _ = std::fs::rename(&join_file, &refused);
             tracing::error!(
                 "not joining the grid `pesc join` named ({e:#}); the token is kept in {}",
-                kept.display()
+                refused.display()
             );
             grid_secret::settle(&data_dir, &store, None)?
         }

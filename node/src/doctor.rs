@@ -46,7 +46,7 @@ const MIN_FREE_MB: u64 = 512;
 /// Runs every check on `data_dir` and prints them; the process's exit code.
 pub async fn run(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let mut checks = Vec::new();
-    if let Some(c) = become_the_nodes_user(data_dir) {
+    if let Some(c) = become_the_nodes_user(data_dir)? {
         checks.push(c);
     }
     checks.extend(all(data_dir).await);
@@ -111,45 +111,55 @@ async fn all(data_dir: &Path) -> Vec<Check> {
 }
 
 /// Root checking the service's data dir (owned by the `pesc` account):
-/// the checks run as that account, as the node does, not as root, which
-/// would see a sandbox and ports the node never gets.
-fn become_the_nodes_user(data_dir: &Path) -> Option<Check> {
+/// the checks run as that account, with its groups, as the node does, not
+/// as root, which would see a sandbox and ports the node never gets (and
+/// would write as root into a dir that account controls). Not being able
+/// to become it is an error: nothing is checked as root there.
+fn become_the_nodes_user(data_dir: &Path) -> anyhow::Result<Option<Check>> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return None;
+        return Ok(None);
     }
-    let m = std::fs::metadata(data_dir).ok()?;
+    let Ok(m) = std::fs::symlink_metadata(data_dir) else {
+        return Ok(None);
+    };
     if m.uid() == 0 {
-        return None;
+        return Ok(None);
     }
     let (uid, gid) = (m.uid(), m.gid());
+    // SAFETY: getpwuid returns a pointer into static storage or null; this
+    // runs before anything else here reads the password database.
+    let name = unsafe {
+        let pw = libc::getpwuid(uid);
+        (!pw.is_null()).then(|| std::ffi::CStr::from_ptr((*pw).pw_name).to_owned())
+    };
     // SAFETY: plain system calls on this process's credentials; glibc
     // applies them to every thread. Groups first, the uid last.
     let dropped = unsafe {
-        libc::setgroups(0, std::ptr::null()) == 0
-            && libc::setgid(gid) == 0
-            && libc::setuid(uid) == 0
+        let groups = match &name {
+            Some(n) => libc::initgroups(n.as_ptr(), gid) == 0,
+            None => libc::setgroups(0, std::ptr::null()) == 0,
+        };
+        groups && libc::setgid(gid) == 0 && libc::setuid(uid) == 0
     };
-    Some(if dropped {
-        check(
-            "user",
-            Verdict::Ok,
-            format!(
-                "checking as uid {uid}, the owner of {} (the node's user)",
-                data_dir.display()
-            ),
-        )
-    } else {
-        check(
-            "user",
-            Verdict::Warn,
-            format!(
-                "cannot become uid {uid}, the owner of {}: checking as root",
-                data_dir.display()
-            ),
-        )
-    })
+    // SAFETY: getuid/geteuid have no preconditions.
+    if !dropped || unsafe { libc::geteuid() != uid || libc::getuid() != uid } {
+        anyhow::bail!(
+            "cannot become uid {uid}, the owner of {}: run `pesc doctor` as that user",
+            data_dir.display()
+        );
+    }
+    Ok(Some(check(
+        "user",
+        Verdict::Ok,
+        format!(
+            "checking as {} (uid {uid}), the owner of {}: the node's user",
+            name.as_ref()
+                .map_or("?".into(), |n| n.to_string_lossy().into_owned()),
+            data_dir.display()
+        ),
+    )))
 }
 
 /// The data dir: the node's own, private, writable.

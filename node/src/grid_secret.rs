@@ -144,7 +144,22 @@ pub const JOIN_FILE: &str = "join-token";
 /// to the data dir's owner, the service's user when root runs this), so
 /// that the node starts in that grid next time; restarts the `pesc`
 /// service when this is its data dir.
-pub fn join_later(data_dir: &Path, token: &str) -> Result<()> {
+pub fn join_later(data_dir: &Path, token: Option<&str>) -> Result<()> {
+    // Read from standard input when not given: a token on the command line
+    // lands in the shell's history, `ps` and sudo's log.
+    let read;
+    let token = match token {
+        Some(t) if t != "-" => t,
+        _ => {
+            eprintln!("paste the join token (from `pesc grid token`), then Enter:");
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the join token from standard input")?;
+            read = line;
+            read.as_str()
+        }
+    };
     let t: JoinToken = token.trim().parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
@@ -153,15 +168,19 @@ pub fn join_later(data_dir: &Path, token: &str) -> Result<()> {
         return Ok(());
     }
     let path = data_dir.join(JOIN_FILE);
-    write_private(&path, format!("{t}\n").as_bytes())?;
-    // Root preparing the service's data dir: the file is the service's.
-    let owner = std::fs::metadata(data_dir)
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .ok();
-    if let Some(uid) = owner {
-        std::os::unix::fs::chown(&path, Some(uid), None)
-            .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
-    }
+    // Root preparing the service's data dir: the file is the service's,
+    // handed over before it has its name (the dir is that account's, and
+    // what runs as it could plant links there).
+    let owner = std::fs::symlink_metadata(data_dir)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.uid(), m.gid())
+        })
+        .with_context(|| format!("reading {}", data_dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let give = (owner.0 != me).then_some(owner);
+    crate::identity::write_private_as(&path, format!("{t}\n").as_bytes(), give)?;
     let service = data_dir == Path::new(crate::config::SYSTEM_DATA_DIR)
         && std::process::Command::new("systemctl")
             .args(["restart", "pesc"])

@@ -46,16 +46,31 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String> {
 
 /// Writes a file only its owner may read.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_private_as(path, bytes, None)
+}
+
+/// Writes a file only its owner may read, whole or not at all, giving it
+/// to `owner` (uid, gid) when root writes into another account's dir. The
+/// temporary file is made new (`O_EXCL`, `O_NOFOLLOW`: a link planted in
+/// its place is not followed), handed over by its open descriptor before
+/// it takes the name (`rename` replaces a link, never writes through it).
+pub fn write_private_as(path: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    // A stale one (or a link in its place): removing never follows it.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to uid {uid}", tmp.display()))?;
+    }
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;

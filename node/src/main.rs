@@ -130,8 +130,10 @@ enum Cmd {
     /// Join a grid: keep the join token in this data dir so the node (the
     /// `pesc` service, or the next `pesc node`) starts in that grid.
     Join {
-        /// What `pesc grid token` printed on a node of the grid.
-        token: String,
+        /// What `pesc grid token` printed on a node of the grid; without it
+        /// (or `-`) it is read from standard input, out of the shell's
+        /// history and the process list.
+        token: Option<String>,
     },
 }
 
@@ -191,7 +193,7 @@ fn main() {
             }
             Cmd::Doctor { json } => return doctor::run(&data_dir, json).await,
             Cmd::Join { token } => {
-                grid_secret::join_later(&data_dir, &token)?;
+                grid_secret::join_later(&data_dir, token.as_deref())?;
                 return Ok(0);
             }
             _ => {}

@@ -104,7 +104,7 @@ fn the_package_installs_a_node_that_runs_work_and_purges_clean() {
         "unit: installed",
         "doctor: exit 0",
         "request: 3 runs succeeded",
-        "checking as uid",
+        "checking as pesc (uid",
         "status: read",
         "node: stopped cleanly",
         "purge: clean",

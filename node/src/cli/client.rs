@@ -13,27 +13,22 @@ pub struct Client {
     token: String,
 }
 
-/// Where a node's API listens unless told otherwise (node.toml's `api`).
-const DEFAULT_API: &str = "127.0.0.1:7372";
-
 impl Client {
     /// Finds the node through `PESC_API` (host:port) or the `api.addr` of
     /// `data_dir`; authenticates with `PESC_TOKEN` or the node's
     /// `api-token`. A user with a token of their own on a desktop whose
-    /// node is the service (its data dir is not theirs to read) reaches it
-    /// at the default address.
+    /// node is the service (its data dir is not theirs to read) names the
+    /// address: never guessed, since whoever listens there would get the
+    /// token.
     pub fn from_data_dir(data_dir: &Path) -> Result<Self> {
-        let own_token = std::env::var("PESC_TOKEN").is_ok_and(|t| !t.trim().is_empty());
         let addr = match std::env::var("PESC_API") {
             Ok(a) if !a.trim().is_empty() => a,
-            _ => match std::fs::read_to_string(data_dir.join("api.addr")) {
-                Ok(a) => a,
-                Err(_) if own_token => DEFAULT_API.to_string(),
-                Err(_) => anyhow::bail!(
-                    "no node has run with data dir {}: start one with `pesc node` (or pass --data-dir, or set PESC_API and PESC_TOKEN)",
+            _ => std::fs::read_to_string(data_dir.join("api.addr")).with_context(|| {
+                format!(
+                    "no node has run with data dir {}: start one with `pesc node` (or pass --data-dir; for the desktop's service, set PESC_API=127.0.0.1:7372 and PESC_TOKEN)",
                     data_dir.display()
-                ),
-            },
+                )
+            })?,
         };
         // A user's own token (from the Tokens page) acts as that user;
         // without one, the node's token acts as its admin.

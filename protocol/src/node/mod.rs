@@ -290,8 +290,6 @@ impl Node {
                 // (or a document without this grid's genesis) starts afresh.
                 match GridDoc::load_for(&cfg.grid_id, &d.bytes, actor()) {
                     Ok(g) => grid = Some(g),
-                    // Starting afresh would leave the grid this node is in.
-                    Err(e @ crate::error::Error::TooNew(_)) => return Err(e),
                     Err(e) => tracing::warn!(
                         "the stored grid document is not this grid's ({e}): starting afresh"
                     ),
@@ -334,6 +332,9 @@ impl Node {
             addrs: Vec::new(),
         })?;
         let grid_dirty = grid.commit() || fresh_grid;
+        // A grid document only a newer PESC reads safely: the node starts
+        // (it keeps syncing, so the grid can undo it) but takes no runs.
+        let grid_too_new = too_new(&mut grid);
         // Attempts this node had in flight when it died: their processes are gone.
         let mut recovered = 0;
         for req in requests.values_mut() {
@@ -410,7 +411,7 @@ impl Node {
             stopping: None,
             caps,
             paused: None,
-            grid_too_new: None,
+            grid_too_new,
             gpus: Vec::new(),
             gpu_pool: GpuPool::default(),
             gpu_peaks: HashMap::new(),
@@ -573,4 +574,11 @@ fn next_random(state: &mut u64) -> u64 {
     x ^= x >> 27;
     *state = x;
     x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Why this node cannot use the grid's document safely, if so (logged).
+fn too_new(grid: &mut GridDoc) -> Option<String> {
+    let e = crate::doc::check_readable(grid.doc_mut(), "grid's document").err()?;
+    tracing::error!("this node takes no new runs: {e}");
+    Some(e.to_string())
 }

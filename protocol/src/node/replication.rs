@@ -366,11 +366,18 @@ impl Node {
     /// The grid document got changes from a peer.
     fn grid_merged(&mut self) {
         self.rescan = true;
-        if let Err(e) = crate::doc::check_readable(self.grid.doc_mut(), "grid's document") {
-            if self.grid_too_new.is_none() {
-                tracing::error!("this node takes no new runs: {e}");
+        // Checked at every merge: a value the grid removes (or that a
+        // rolled-back node stops writing) frees the node again.
+        let now_too_new = match crate::doc::check_readable(self.grid.doc_mut(), "grid's document") {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if now_too_new != self.grid_too_new {
+            match &now_too_new {
+                Some(e) => tracing::error!("this node takes no new runs: {e}"),
+                None => tracing::info!("the grid's document is readable again: taking runs"),
             }
-            self.grid_too_new = Some(e.to_string());
+            self.grid_too_new = now_too_new;
         }
         // At once, not at the next heartbeat: a request submitted just after
         // nodes joined is dealt out among all of them.

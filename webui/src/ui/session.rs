@@ -180,7 +180,11 @@ pub(crate) struct SetupForm {
     password: String,
 }
 
-pub(crate) async fn setup_form(State(st): State<AppState>, Form(f): Form<SetupForm>) -> Response {
+pub(crate) async fn setup_form(
+    State(st): State<AppState>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Form(f): Form<SetupForm>,
+) -> Response {
     let a = match st.svc.access().await {
         Ok(a) => a,
         Err(e) => return failed(e),
@@ -190,9 +194,13 @@ pub(crate) async fn setup_form(State(st): State<AppState>, Form(f): Form<SetupFo
             .into_response();
     }
     let code = f.code.trim().as_bytes();
-    if !constant_time_eq(code, st.svc.setup_code().as_bytes())
-        && !constant_time_eq(code, st.svc.api_token().as_bytes())
-    {
+    // The printed code is in the log, which more people may read than the
+    // data dir: it works only from this machine. The API token works from
+    // anywhere, as it does for the API.
+    let local =
+        client.is_some_and(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip().is_loopback());
+    let by_link = local && constant_time_eq(code, st.svc.setup_code().as_bytes());
+    if !by_link && !constant_time_eq(code, st.svc.api_token().as_bytes()) {
         return (
             StatusCode::FORBIDDEN,
             setup_markup(&f.code, Some("Wrong setup code: use the link the node printed at start, or the node's API token (file api-token in its data dir).")),

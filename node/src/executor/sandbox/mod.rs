@@ -130,6 +130,21 @@ impl SandboxCaps {
     }
 }
 
+/// The Docker daemon's socket, when this process may connect to it.
+fn docker_socket_usable() -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    ["/run/docker.sock", "/var/run/docker.sock"]
+        .into_iter()
+        .find(|p| {
+            let is_socket = std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
+            let Ok(c) = std::ffi::CString::new(*p) else {
+                return false;
+            };
+            // SAFETY: `c` is a valid C string; access only reads permissions.
+            is_socket && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
+        })
+}
+
 /// The process executor: sandboxed child processes.
 pub struct Sandbox {
     cfg: SandboxConfig,
@@ -256,6 +271,18 @@ impl Sandbox {
         for caps in [full, reduced] {
             if !caps.namespaces && caps.landlock_abi == 0 {
                 why.push("no Landlock either".to_string());
+                continue;
+            }
+            // Without a mount namespace a run sees the host's paths, and
+            // Landlock does not govern connecting to a socket: one the
+            // node's account may use (the Docker daemon's, through the
+            // docker group) would be the run's too, and that is root.
+            if !caps.namespaces
+                && let Some(sock) = docker_socket_usable()
+            {
+                why.push(format!(
+                    "without namespaces runs could use {sock} (this account may; it is root on this machine)"
+                ));
                 continue;
             }
             sb.caps = Some(caps.clone());
