@@ -254,3 +254,50 @@ fn a_user_with_a_token_reaches_a_node_whose_data_dir_is_not_theirs() {
     let bad = cli(&[("PESC_API", &addr), ("PESC_TOKEN", "pesc_not_a_token")]);
     assert!(!bad.status.success(), "a wrong token is refused");
 }
+
+#[test]
+fn pesc_join_follows_no_link_planted_in_the_data_dir_and_reads_the_token_from_stdin() {
+    use std::io::Write;
+    let first = Node::start(1).unwrap();
+    let token = first.join_token();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    // What runs as the data dir's owner could plant: links where root's
+    // `pesc join` writes.
+    let victims = [tmp.path().join("passwd"), tmp.path().join("shadow")];
+    for v in &victims {
+        std::fs::write(v, "root:x:0:0\n").unwrap();
+    }
+    std::os::unix::fs::symlink(&victims[0], dir.join("join-token.tmp")).unwrap();
+    std::os::unix::fs::symlink(&victims[1], dir.join("join-token")).unwrap();
+    let mut child = std::process::Command::new(&first.bin)
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("join")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for v in &victims {
+        assert_eq!(
+            std::fs::read_to_string(v).unwrap(),
+            "root:x:0:0\n",
+            "{} was written",
+            v.display()
+        );
+    }
+    let m = std::fs::symlink_metadata(dir.join("join-token")).unwrap();
+    assert!(m.is_file(), "the token is a file of its own, not the link");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("join-token"))
+            .unwrap()
+            .trim(),
+        token
+    );
+    assert!(!dir.join("join-token.tmp").exists());
+}
