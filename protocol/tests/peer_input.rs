@@ -289,9 +289,7 @@ fn a_document_that_needs_a_newer_reader_is_refused_saying_to_upgrade() {
     let mut g = GridDoc::genesis("g", actor("new", 0)).unwrap();
     g.doc_mut().put(ROOT, "min_reader", 2u64).unwrap();
     let mut old = GridDoc::load_for("g", &g.save(), actor("old", 0)).unwrap();
-    let err = check_readable(old.doc_mut(), "grid's document")
-        .err()
-        .expect("refused");
+    let err = check_readable(old.doc_mut(), "grid's document").expect_err("refused");
     assert!(matches!(err, pesc_protocol::Error::TooNew(_)), "{err:?}");
     old.doc_mut().delete(ROOT, "min_reader").unwrap();
     assert!(check_readable(old.doc_mut(), "grid's document").is_ok());
