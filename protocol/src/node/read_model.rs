@@ -165,7 +165,7 @@ impl Node {
             leases: self.running.len() as u32,
             peers: self.repl.connected.len() as u32,
             sync_pending: self.repl.pending() as u32,
-            paused: self.paused.is_some(),
+            paused: self.takes_no_runs(),
             gpus: self.gpus.len() as u32,
             traffic: Default::default(),
             skipped: self.skipped_count(),

@@ -212,7 +212,7 @@ impl Node {
             name: self.cfg.name.clone(),
             caps: self.caps.clone(),
             slots_free: self.free_slots.len() as u32,
-            paused: self.paused.is_some(),
+            paused: self.takes_no_runs(),
             owner_here: self.paused.as_ref().is_some_and(super::Pause::owner_here),
             no_room: self.misfit_now.clone(),
         }];
@@ -494,6 +494,21 @@ impl Node {
     /// Whether the node takes no new runs now (the owner's policy), and why.
     pub fn paused(&self) -> Option<&super::Pause> {
         self.paused.as_ref()
+    }
+
+    /// Whether the node takes no new runs now: its owner's policy, or a
+    /// grid document only a newer PESC reads safely.
+    pub(super) fn takes_no_runs(&self) -> bool {
+        self.paused.is_some() || self.grid_too_new.is_some()
+    }
+
+    /// Why it takes no new runs, in words for `pesc nodes` and the Nodes page.
+    pub(super) fn why_no_runs(&self) -> Option<String> {
+        match (&self.grid_too_new, &self.paused) {
+            (Some(e), _) => Some(e.clone()),
+            (None, Some(p)) => Some(p.to_string()),
+            (None, None) => None,
+        }
     }
 }
 
