@@ -194,8 +194,9 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
             }
         }
     };
-    if pending.is_some() {
-        join = pending.clone();
+    let from_file = pending.is_some();
+    if from_file {
+        join = pending;
     }
     let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
         list.iter()
@@ -232,8 +233,8 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
     }
     let store = Store::open(&data_dir.join("node.redb"))?;
     let settled = grid_secret::settle(&data_dir, &store, join.as_ref());
-    let (secret, joined) = match (settled, pending.is_some()) {
-        (Ok(s), from_file) => {
+    let (secret, joined) = match (settled, from_file) {
+        (Ok(s), _) => {
             if from_file {
                 let _ = std::fs::remove_file(&join_file);
             }
@@ -308,7 +309,7 @@ pub async fn run(data_dir: PathBuf, args: NodeArgs) -> Result<()> {
         if args.client { Some(0) } else { args.slots },
         flags,
     );
-    let setup_code = blake3::hash(&rand::random::<[u8; 32]>()).to_hex()[..32].to_string();
+    let setup_code = hex::encode(rand::random::<[u8; 16]>());
     let service = Arc::new(Service {
         token,
         setup_code: setup_code.clone(),

@@ -102,7 +102,7 @@ async fn all(data_dir: &Path) -> Vec<Check> {
     let running = running_node(data_dir);
     out.push(api_port_check(&cfg, running));
     out.extend(p2p_port_checks(&cfg, running));
-    out.push(peers_check(data_dir, &cfg));
+    out.push(peers_check(&cfg));
     if running.is_some() {
         out.push(grid_check(data_dir).await);
     }
@@ -431,19 +431,12 @@ fn tcp_of_multiaddr(a: &str) -> Option<SocketAddr> {
     }
 }
 
-/// Whether the peers this node knows of answer on TCP: node.toml's `peers`
-/// and the addresses its grid's nodes last listened on (`p2p.addr` files
-/// are the node's own; the grid document's are read by a running node).
-fn peers_check(data_dir: &Path, cfg: &NodeConfig) -> Check {
-    let own: Vec<String> = std::fs::read_to_string(data_dir.join(crate::grid_secret::ADDR_FILE))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
+/// Whether the peers in node.toml's `peers` answer on TCP (the rest of the
+/// grid a running node knows: `grid_check`).
+fn peers_check(cfg: &NodeConfig) -> Check {
     let known: Vec<SocketAddr> = cfg
         .peers
         .iter()
-        .filter(|p| !own.contains(p))
         .filter_map(|p| tcp_of_multiaddr(p))
         .collect();
     if known.is_empty() {
@@ -554,9 +547,7 @@ fn clock_check() -> Check {
             "the system clock is before 2025: set it (timedatectl set-ntp true)",
         );
     }
-    let synced = ["/run/systemd/timesync/synchronized"]
-        .iter()
-        .any(|p| Path::new(p).exists())
+    let synced = Path::new("/run/systemd/timesync/synchronized").exists()
         || std::process::Command::new("timedatectl")
             .args(["show", "-p", "NTPSynchronized", "--value"])
             .output()

@@ -60,15 +60,15 @@ impl Sim {
         }
         let n = req.durations.len();
         let typical = match req.typical {
-            Some((at, t)) if n <= at + at / 100 => Some(t),
-            _ => median(req.durations.clone()),
+            Some((at, t)) if n <= at + at / 100 => t,
+            _ => {
+                let Some(t) = median(req.durations.clone()) else {
+                    return;
+                };
+                self.reqs[qi].typical = Some((n, t));
+                t
+            }
         };
-        let Some(typical) = typical else {
-            return;
-        };
-        if req.typical.is_none_or(|(at, _)| n > at + at / 100) {
-            self.reqs[qi].typical = Some((n, typical));
-        }
         let req = &self.reqs[qi];
         let line = straggler_after(typical);
         // Held runs not yet copied: (rank, age, holder, epoch); and when the

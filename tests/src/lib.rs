@@ -12,6 +12,28 @@ pub mod grid;
 pub mod webdriver;
 
 /// The workspace root.
+/// Whether the Docker tests can run: a daemon and every base image in
+/// `images`. In CI all must be there (the tests fail loudly: a missing image
+/// would send the daemon to a public registry); elsewhere
+/// `PESC_SKIP_DOCKER=1` skips them.
+pub fn docker_with(images: &[&str]) -> bool {
+    if std::env::var_os("PESC_SKIP_DOCKER").is_some() {
+        eprintln!("skipped: PESC_SKIP_DOCKER is set");
+        return false;
+    }
+    for image in images {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "no Docker daemon or no {image}: start dockerd and run scripts/offline-images.sh (or set PESC_SKIP_DOCKER=1)"
+        );
+    }
+    true
+}
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -16,27 +16,9 @@ const OFFLINE_IMAGES: [&str; 4] = [
 ];
 const DOCKER_ARGS: [&str; 4] = ["--executor", "docker", "--docker-image", IMAGE];
 
-/// Whether the Docker tests can run: a daemon and the offline image. In CI
-/// both must be there (the tests fail loudly); elsewhere `PESC_SKIP_DOCKER=1`
-/// skips them.
+/// Whether the Docker tests can run: a daemon and every offline image.
 fn can_run() -> bool {
-    if std::env::var_os("PESC_SKIP_DOCKER").is_some() {
-        eprintln!("skipped: PESC_SKIP_DOCKER is set");
-        return false;
-    }
-    // Every base image the tests build on must be here: a missing one would
-    // send the daemon to a public registry.
-    for image in OFFLINE_IMAGES {
-        let ok = Command::new("docker")
-            .args(["image", "inspect", image])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            ok,
-            "no Docker daemon or no {image}: start dockerd and run scripts/offline-images.sh (or set PESC_SKIP_DOCKER=1)"
-        );
-    }
-    true
+    pesc_tests::docker_with(&OFFLINE_IMAGES)
 }
 
 fn docker_node() -> Node {

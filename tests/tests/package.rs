@@ -37,26 +37,10 @@ dpkg --purge pesc >/dev/null
 if [ ! -e /var/lib/pesc ] && ! id pesc >/dev/null 2>&1 && [ ! -e /usr/bin/pesc ]; then echo "purge: clean"; fi
 "#;
 
-fn docker_here() -> bool {
-    if std::env::var_os("PESC_SKIP_DOCKER").is_some() {
-        eprintln!("skipped: PESC_SKIP_DOCKER is set");
-        return false;
-    }
-    let ok = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "no Docker daemon or no {IMAGE}: start dockerd and run scripts/offline-images.sh (or set PESC_SKIP_DOCKER=1)"
-    );
-    true
-}
-
 #[test]
 #[cfg_attr(pesc_skip_docker, ignore = "PESC_SKIP_DOCKER is set")]
 fn the_package_installs_a_node_that_runs_work_and_purges_clean() {
-    if !docker_here() {
+    if !pesc_tests::docker_with(&[IMAGE]) {
         return;
     }
     // The package of the binaries the suite built (scripts/deb.sh, as the

@@ -18,11 +18,7 @@ impl Node {
     /// straggler that has been held longest, if a request has one.
     pub(super) fn schedule_backups(&mut self, at: Now) {
         let now = at.mono_ms;
-        if self.free_slots.is_empty()
-            || now < self.next_backup_look
-            || self.paused.is_some()
-            || self.grid_too_new.is_some()
-        {
+        if self.free_slots.is_empty() || now < self.next_backup_look || self.takes_no_runs() {
             return;
         }
         // A copy on a node busier than its neighbours would straggle too.
@@ -59,20 +55,18 @@ impl Node {
                 queued: views.iter().any(|v| v.state == RunState::Queued),
                 backed_up: (0..spec.repetitions).filter(|r| copied(*r)).count() as u32,
             };
-            // Both ends from the clock of the node that ran it.
-            let durations = || {
-                (0..spec.repetitions)
-                    .flat_map(|r| q.doc.attempts_of(r).iter())
-                    .filter_map(|a| match (a.state, a.started_ms, a.finished_ms) {
-                        (AttemptState::Succeeded, Some(s), Some(f)) => Some(f.saturating_sub(s)),
-                        _ => None,
-                    })
-                    .collect()
-            };
             if !due(tail) {
                 continue;
             }
-            let Some(typical) = median(durations()) else {
+            // Both ends from the clock of the node that ran it.
+            let durations = (0..spec.repetitions)
+                .flat_map(|r| q.doc.attempts_of(r).iter())
+                .filter_map(|a| match (a.state, a.started_ms, a.finished_ms) {
+                    (AttemptState::Succeeded, Some(s), Some(f)) => Some(f.saturating_sub(s)),
+                    _ => None,
+                })
+                .collect();
+            let Some(typical) = median(durations) else {
                 continue;
             };
             let held = views.iter().enumerate().filter_map(|(rank, v)| {

@@ -46,7 +46,7 @@ impl Node {
         let serve = order.iter().position(|id| self.may_serve(id, at.mono_ms));
         if let Some(i) = serve {
             self.hand_back_younger(at, &order[i + 1..]);
-            if self.paused.is_none() && at.mono_ms >= self.claims_paused_until {
+            if !self.takes_no_runs() && at.mono_ms >= self.claims_paused_until {
                 self.claim_gang(at, &order[i]);
             }
         }
@@ -112,7 +112,7 @@ impl Node {
             .into_iter()
             .filter(|n| {
                 if n.id == self.cfg.node {
-                    return eligible(spec, &self.caps) && self.paused.is_none();
+                    return eligible(spec, &self.caps) && !self.takes_no_runs();
                 }
                 if self.liveness.is_down(&n.id) {
                     return false;

@@ -50,10 +50,12 @@ impl Node {
     /// per few runs, not once per run: fewer urgent sync messages (see
     /// `Replication::urgent`), fewer scans, and no slot waits for a pass.
     pub(super) fn schedule(&mut self, at: Now) {
-        if self.stopping.is_some() || self.grid_too_new.is_some() {
+        if self.stopping.is_some() {
             return;
         }
-        if self.paused.is_some() {
+        // Paused for the owner, or a grid document only a newer PESC reads:
+        // what was claimed ahead or gathered goes back to the grid.
+        if self.takes_no_runs() {
             self.release_ahead(at, NOT_STARTED_PAUSED);
             self.release_gathering(at, super::gangs::PAUSED_WHILE_GATHERING);
             return;
